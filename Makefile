@@ -1,0 +1,34 @@
+# pullwake: `make run` serves, `make test` tests. Both work from a clean clone:
+# they find or start PostgreSQL (installing it with apt-get when missing) and
+# fetch Go tools through the module proxy.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/pullwake
+
+.PHONY: run test build schema generate check-generated ci conformance bench vet
+
+build:
+	$(GO) build -o $(BIN) ./cmd/pullwake
+
+run: build
+	scripts/run.sh
+
+test:
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 10m ./...
+
+# sql/schema.sql from the migrations (needs a PostgreSQL; found or started).
+schema:
+	scripts/schema.sh
+
+# db/ from queries/ and sql/schema.sql with the pinned sqlc (go.mod tool).
+generate:
+	$(GO) tool sqlc generate
+
+# Fails when sql/schema.sql or the sqlc output is stale.
+check-generated:
+	scripts/schema.sh .data/schema.check.sql
+	diff -u sql/schema.sql .data/schema.check.sql || { echo "sql/schema.sql is stale: run make schema" >&2; exit 1; }
+	$(GO) tool sqlc diff || { echo "db/ is stale: run make generate" >&2; exit 1; }
+
+ci: check-generated test

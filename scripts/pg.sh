@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Finds or starts a private PostgreSQL cluster from the installed binaries.
+#   scripts/pg.sh ensure DIR PORT   start (initdb first if needed); print its URL
+#   scripts/pg.sh stop DIR          stop it (fast shutdown)
+#   scripts/pg.sh restart DIR       restart it
+# Installs the Debian postgresql package with apt-get when no binaries exist.
+# Runs the server as the postgres user when invoked as root (initdb refuses root).
+set -euo pipefail
+
+bindir() {
+  local d
+  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    [ -x "$d/initdb" ] && { echo "$d"; return; }
+  done
+  command -v initdb >/dev/null 2>&1 && { dirname "$(command -v initdb)"; return; }
+  return 1
+}
+
+install_pg() {
+  echo "pg.sh: no PostgreSQL binaries found; installing the postgresql package" >&2
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >&2
+}
+
+as_pg() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+cmd=${1:?usage: pg.sh ensure DIR PORT | stop DIR | restart DIR}
+dir=${2:?missing DIR}
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+bin=$(bindir) || { install_pg; bin=$(bindir); }
+
+case "$cmd" in
+ensure)
+  port=${3:?missing PORT}
+  if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$dir"; fi
+  if [ ! -f "$dir/PG_VERSION" ]; then
+    as_pg "$bin/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 --no-sync >"$dir.initdb.log" 2>&1 ||
+      { cat "$dir.initdb.log" >&2; exit 1; }
+  fi
+  if ! as_pg "$bin/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+    as_pg "$bin/pg_ctl" -D "$dir" -w -t 60 -l "$dir/server.log" \
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300" start >&2 ||
+      { tail -n 20 "$dir/server.log" >&2; exit 1; }
+  fi
+  echo "postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
+  ;;
+stop)
+  as_pg "$bin/pg_ctl" -D "$dir" -m fast -w stop >&2 || true
+  ;;
+restart)
+  as_pg "$bin/pg_ctl" -D "$dir" -m fast -w -t 60 restart >&2
+  ;;
+*)
+  echo "pg.sh: unknown command $cmd" >&2; exit 2 ;;
+esac
