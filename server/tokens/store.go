@@ -1,0 +1,162 @@
+// Package tokens is the in-memory write-token store: for each entity main
+// stream, the one write token that may append to it and the claim
+// (consumer, epoch) that holds it.
+//
+// It never touches the database: it is the append hot path. It does not
+// decide any claim's lifecycle either; PostgreSQL does. Losing its contents
+// (a restart) only means runners re-mint through their wake-callback.
+//
+// Reads are lock-free: the map is split into shards, each an immutable map
+// behind an atomic pointer, replaced whole (copy on write) under the shard's
+// mutex on every change. Minting and clearing cost a shard copy; checking a
+// token costs one atomic load and one map lookup, with no allocation.
+package tokens
+
+import (
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+
+	"github.com/pullwake/pullwake/internal/secret"
+)
+
+const shardCount = 256
+
+// Owner is the durable identity of the claim that holds a write token.
+type Owner struct {
+	ConsumerID string
+	Epoch      int64
+}
+
+type entry struct {
+	token string
+	owner Owner
+}
+
+type shard struct {
+	mu sync.Mutex // serializes writers; readers never take it
+	m  atomic.Pointer[map[string]entry]
+}
+
+// Store maps stream paths to their live write token. The zero value is not
+// usable; call New.
+type Store struct {
+	seed   maphash.Seed
+	shards [shardCount]shard
+	size   atomic.Int64
+}
+
+// New returns an empty store.
+func New() *Store {
+	s := &Store{seed: maphash.MakeSeed()}
+	for i := range s.shards {
+		m := map[string]entry{}
+		s.shards[i].m.Store(&m)
+	}
+	return s
+}
+
+func (s *Store) shard(path string) *shard {
+	return &s.shards[maphash.String(s.seed, path)%shardCount]
+}
+
+// update replaces the shard's map with a modified copy.
+func (sh *shard) update(fn func(m map[string]entry) bool) bool {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	old := *sh.m.Load()
+	m := make(map[string]entry, len(old)+1)
+	for k, v := range old {
+		m[k] = v
+	}
+	if !fn(m) {
+		return false
+	}
+	sh.m.Store(&m)
+	return true
+}
+
+// Mint makes a fresh write token for path held by owner, evicting any older
+// token of that stream, and returns it.
+func (s *Store) Mint(path string, owner Owner) string {
+	tok := secret.New()
+	s.shard(path).update(func(m map[string]entry) bool {
+		if _, ok := m[path]; !ok {
+			s.size.Add(1)
+		}
+		m[path] = entry{token: tok, owner: owner}
+		return true
+	})
+	return tok
+}
+
+// Valid reports whether token is the live write token of path, and the
+// claim that holds it. Constant-time comparison; no allocation.
+func (s *Store) Valid(path, token string) (Owner, bool) {
+	e, ok := (*s.shard(path).m.Load())[path]
+	if !ok || token == "" || !secret.Equal(e.token, token) {
+		return Owner{}, false
+	}
+	return e.owner, true
+}
+
+// Authorize is Valid in the shape the stream handler's write gate wants.
+func (s *Store) Authorize(path, token string) (int64, bool) {
+	o, ok := s.Valid(path, token)
+	return o.Epoch, ok
+}
+
+// Owns reports whether owner holds the token of path.
+func (s *Store) Owns(path string, owner Owner) bool {
+	e, ok := (*s.shard(path).m.Load())[path]
+	return ok && e.owner == owner
+}
+
+// ClearStream drops whatever token path has.
+func (s *Store) ClearStream(path string) bool {
+	return s.shard(path).update(func(m map[string]entry) bool {
+		if _, ok := m[path]; !ok {
+			return false
+		}
+		delete(m, path)
+		s.size.Add(-1)
+		return true
+	})
+}
+
+// ClearIfOwner drops path's token only if owner still holds it, so a late
+// done or expiry of an old claim never clears a newer claim's token.
+func (s *Store) ClearIfOwner(path string, owner Owner) bool {
+	sh := s.shard(path)
+	if e, ok := (*sh.m.Load())[path]; !ok || e.owner != owner {
+		return false // common case: nothing to do, no copy
+	}
+	return sh.update(func(m map[string]entry) bool {
+		if e, ok := m[path]; !ok || e.owner != owner {
+			return false
+		}
+		delete(m, path)
+		s.size.Add(-1)
+		return true
+	})
+}
+
+// Len is the number of live tokens.
+func (s *Store) Len() int { return int(s.size.Load()) }
+
+// Held is one live token's stream and owner.
+type Held struct {
+	Path  string
+	Owner Owner
+}
+
+// Snapshot lists every live token's stream and owner.
+func (s *Store) Snapshot() []Held {
+	var out []Held
+	for i := range s.shards {
+		for p, e := range *s.shards[i].m.Load() {
+			out = append(out, Held{Path: p, Owner: e.owner})
+		}
+	}
+	return out
+}
