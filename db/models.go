@@ -71,17 +71,21 @@ type Runner struct {
 }
 
 type Stream struct {
-	TenantID    string
-	Path        string
-	ContentType string
-	TailSeq     int64
-	Closed      bool
-	TtlSeconds  *int64
-	ExpiresAt   *time.Time
-	LastSeqHdr  *string
-	EntityUrl   *string
-	CreatedAt   time.Time
-	UpdatedAt   time.Time
+	TenantID         string
+	Path             string
+	ContentType      string
+	TailSeq          int64
+	Closed           bool
+	TtlSeconds       *int64
+	ExpiresAt        *time.Time
+	LastSeqHdr       *string
+	EntityUrl        *string
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
+	AccessedAt       *time.Time
+	ClosedByProducer *string
+	ClosedByEpoch    *int64
+	ClosedBySeq      *int64
 }
 
 type StreamMessage struct {
@@ -90,6 +94,15 @@ type StreamMessage struct {
 	Seq       int64
 	Data      []byte
 	CreatedAt time.Time
+}
+
+type StreamProducer struct {
+	TenantID   string
+	Path       string
+	ProducerID string
+	Epoch      int64
+	LastSeq    int64
+	UpdatedAt  time.Time
 }
 
 type Wake struct {

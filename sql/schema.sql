@@ -244,6 +244,16 @@ END
 $$;
 
 --
+-- Name: pw_media_type(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_media_type(p_ct text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    SELECT lower(btrim(split_part(p_ct, ';', 1)))
+$$;
+
+--
 -- Name: pw_notify_claim(text, text, bigint, text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -253,6 +263,16 @@ CREATE FUNCTION public.pw_notify_claim(p_tenant text, p_consumer_id text, p_epoc
     SELECT pg_notify('pullwake_claims', json_build_object(
         'tenant_id', p_tenant, 'consumer_id', p_consumer_id, 'epoch', p_epoch,
         'stream_path', p_stream_path, 'status', p_status)::text)
+$$;
+
+--
+-- Name: pw_notify_stream(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_notify_stream(p_tenant text, p_path text) RETURNS void
+    LANGUAGE sql
+    AS $$
+    SELECT pg_notify('pullwake_streams', json_build_object('tenant_id', p_tenant, 'path', p_path)::text)
 $$;
 
 --
@@ -329,7 +349,278 @@ BEGIN
     INSERT INTO stream_messages (tenant_id, path, seq, data, created_at)
     SELECT p_tenant, p_path, v_tail - v_n + u.i, u.d, p_now
       FROM unnest(p_data) WITH ORDINALITY AS u(d, i);
+    IF v_n > 0 THEN
+        PERFORM pw_notify_stream(p_tenant, p_path);
+    END IF;
     RETURN v_tail;
+END
+$$;
+
+--
+-- Name: pw_stream_create(text, text, text, bigint, timestamp with time zone, boolean, bytea[], timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_stream_create(p_tenant text, p_path text, p_content_type text, p_ttl_seconds bigint, p_expires_at timestamp with time zone, p_closed boolean, p_data bytea[], p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(status text, content_type text, tail_seq bigint, closed boolean, created_at timestamp with time zone)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_now timestamptz := coalesce(p_now, now());
+    v_s   streams%ROWTYPE;
+BEGIN
+    FOR attempt IN 1..2 LOOP
+        SELECT s.* INTO v_s FROM streams s
+         WHERE s.tenant_id = p_tenant AND s.path = p_path FOR UPDATE;
+        IF FOUND AND v_s.entity_url IS NULL AND pw_stream_expired(v_s, v_now) THEN
+            DELETE FROM streams s WHERE s.tenant_id = p_tenant AND s.path = p_path;
+            PERFORM pw_notify_stream(p_tenant, p_path);
+        ELSIF FOUND THEN
+            IF v_s.entity_url IS NOT NULL THEN
+                RETURN QUERY SELECT 'forbidden'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+            ELSIF pw_media_type(v_s.content_type) = pw_media_type(p_content_type)
+                  AND v_s.ttl_seconds IS NOT DISTINCT FROM p_ttl_seconds
+                  AND v_s.expires_at IS NOT DISTINCT FROM p_expires_at
+                  AND v_s.closed = p_closed THEN
+                RETURN QUERY SELECT 'exists'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+            ELSE
+                RETURN QUERY SELECT 'conflict'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+            END IF;
+            RETURN;
+        END IF;
+        INSERT INTO streams AS s (tenant_id, path, content_type, ttl_seconds, expires_at,
+                                  accessed_at, created_at, updated_at)
+        VALUES (p_tenant, p_path, p_content_type, p_ttl_seconds, p_expires_at, v_now, v_now, v_now)
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            IF coalesce(cardinality(p_data), 0) > 0 THEN
+                PERFORM pw_stream_append(p_tenant, p_path, p_data, v_now);
+            END IF;
+            UPDATE streams s SET closed = p_closed
+             WHERE s.tenant_id = p_tenant AND s.path = p_path
+            RETURNING s.* INTO v_s;
+            RETURN QUERY SELECT 'created'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+            RETURN;
+        END IF;
+        -- A concurrent PUT created it first: compare against that one.
+    END LOOP;
+    RAISE EXCEPTION 'stream % changed concurrently', p_path USING ERRCODE = '40001';
+END
+$$;
+
+--
+-- Name: pw_stream_delete(text, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_stream_delete(p_tenant text, p_path text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_now timestamptz := coalesce(p_now, now());
+    v_s   streams%ROWTYPE;
+BEGIN
+    SELECT s.* INTO v_s FROM streams s
+     WHERE s.tenant_id = p_tenant AND s.path = p_path FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'not_found';
+    END IF;
+    IF v_s.entity_url IS NOT NULL THEN
+        RETURN 'forbidden';
+    END IF;
+    DELETE FROM streams s WHERE s.tenant_id = p_tenant AND s.path = p_path;
+    PERFORM pw_notify_stream(p_tenant, p_path);
+    IF pw_stream_expired(v_s, v_now) THEN
+        RETURN 'not_found';
+    END IF;
+    RETURN 'deleted';
+END
+$$;
+
+--
+-- Name: streams; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.streams (
+    tenant_id text DEFAULT 'default'::text NOT NULL,
+    path text NOT NULL,
+    content_type text NOT NULL,
+    tail_seq bigint DEFAULT 0 NOT NULL,
+    closed boolean DEFAULT false NOT NULL,
+    ttl_seconds bigint,
+    expires_at timestamp with time zone,
+    last_seq_hdr text,
+    entity_url text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    accessed_at timestamp with time zone,
+    closed_by_producer text,
+    closed_by_epoch bigint,
+    closed_by_seq bigint
+);
+
+--
+-- Name: pw_stream_expired(public.streams, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_stream_expired(p_s public.streams, p_now timestamp with time zone) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT (p_s.expires_at IS NOT NULL AND p_s.expires_at <= p_now)
+        OR (p_s.ttl_seconds IS NOT NULL
+            AND coalesce(p_s.accessed_at, p_s.created_at) + p_s.ttl_seconds * interval '1 second' <= p_now)
+$$;
+
+--
+-- Name: pw_stream_read(text, text, bigint, integer, bigint, boolean, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_stream_read(p_tenant text, p_path text, p_after bigint, p_max_rows integer, p_max_bytes bigint, p_touch boolean, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(status text, content_type text, tail_seq bigint, closed boolean, ttl_seconds bigint, expires_at timestamp with time zone, created_at timestamp with time zone, is_entity boolean, last_seq bigint, data bytea[])
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_now   timestamptz := coalesce(p_now, now());
+    v_s     streams%ROWTYPE;
+    v_after bigint;
+    v_last  bigint;
+    v_data  bytea[];
+BEGIN
+    SELECT s.* INTO v_s FROM streams s WHERE s.tenant_id = p_tenant AND s.path = p_path;
+    IF NOT FOUND OR (v_s.entity_url IS NULL AND pw_stream_expired(v_s, v_now)) THEN
+        RETURN QUERY SELECT 'not_found'::text, ''::text, 0::bigint, false, NULL::bigint,
+                            NULL::timestamptz, NULL::timestamptz, false, 0::bigint, NULL::bytea[];
+        RETURN;
+    END IF;
+    IF p_touch AND v_s.ttl_seconds IS NOT NULL THEN
+        UPDATE streams s SET accessed_at = greatest(s.accessed_at, v_now)
+         WHERE s.tenant_id = p_tenant AND s.path = p_path;
+    END IF;
+    v_after := coalesce(p_after, v_s.tail_seq);
+    IF v_after > v_s.tail_seq THEN
+        RETURN QUERY SELECT 'bad_offset'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.ttl_seconds,
+                            v_s.expires_at, v_s.created_at, v_s.entity_url IS NOT NULL, v_after, NULL::bytea[];
+        RETURN;
+    END IF;
+    IF p_max_rows > 0 AND v_after < v_s.tail_seq THEN
+        SELECT array_agg(y.data ORDER BY y.seq), max(y.seq) INTO v_data, v_last
+          FROM (SELECT x.seq, x.data,
+                       sum(octet_length(x.data)) OVER (ORDER BY x.seq) - octet_length(x.data) AS before
+                  FROM (SELECT m.seq, m.data FROM stream_messages m
+                         WHERE m.tenant_id = p_tenant AND m.path = p_path
+                           AND m.seq > v_after AND m.seq <= v_s.tail_seq
+                         ORDER BY m.seq LIMIT p_max_rows) x) y
+         WHERE y.before < p_max_bytes;
+    END IF;
+    RETURN QUERY SELECT 'ok'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.ttl_seconds,
+                        v_s.expires_at, v_s.created_at, v_s.entity_url IS NOT NULL,
+                        coalesce(v_last, v_after), v_data;
+END
+$$;
+
+--
+-- Name: pw_stream_write(text, text, text, bytea[], boolean, text, text, bigint, bigint, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_stream_write(p_tenant text, p_path text, p_content_type text, p_data bytea[], p_close boolean, p_stream_seq text, p_producer_id text, p_producer_epoch bigint, p_producer_seq bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(status text, tail_seq bigint, closed boolean, producer_epoch bigint, producer_seq bigint)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_now    timestamptz := coalesce(p_now, now());
+    v_s      streams%ROWTYPE;
+    v_p      stream_producers%ROWTYPE;
+    v_has_p  boolean := false;
+    v_n      integer := coalesce(cardinality(p_data), 0);
+    v_status text;
+BEGIN
+    SELECT s.* INTO v_s FROM streams s
+     WHERE s.tenant_id = p_tenant AND s.path = p_path FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'not_found'::text, 0::bigint, false, NULL::bigint, NULL::bigint;
+        RETURN;
+    END IF;
+    IF v_s.entity_url IS NULL AND pw_stream_expired(v_s, v_now) THEN
+        DELETE FROM streams s WHERE s.tenant_id = p_tenant AND s.path = p_path;
+        PERFORM pw_notify_stream(p_tenant, p_path);
+        RETURN QUERY SELECT 'not_found'::text, 0::bigint, false, NULL::bigint, NULL::bigint;
+        RETURN;
+    END IF;
+    IF v_s.entity_url IS NOT NULL THEN
+        SELECT e.status INTO v_status FROM entities e
+         WHERE e.tenant_id = p_tenant AND e.url = v_s.entity_url;
+        IF v_status = 'stopped' THEN
+            RETURN QUERY SELECT 'entity_stopped'::text, v_s.tail_seq, v_s.closed, NULL::bigint, NULL::bigint;
+            RETURN;
+        END IF;
+    END IF;
+    IF p_producer_id IS NOT NULL THEN
+        SELECT p.* INTO v_p FROM stream_producers p
+         WHERE p.tenant_id = p_tenant AND p.path = p_path AND p.producer_id = p_producer_id;
+        v_has_p := FOUND;
+    END IF;
+
+    IF v_s.closed THEN
+        IF p_producer_id IS NOT NULL AND v_s.closed_by_producer = p_producer_id
+           AND v_s.closed_by_epoch = p_producer_epoch AND v_s.closed_by_seq = p_producer_seq THEN
+            RETURN QUERY SELECT 'duplicate'::text, v_s.tail_seq, true, p_producer_epoch, p_producer_seq;
+        ELSIF v_n = 0 AND p_close THEN
+            RETURN QUERY SELECT 'closed_noop'::text, v_s.tail_seq, true, NULL::bigint, NULL::bigint;
+        ELSE
+            RETURN QUERY SELECT 'closed'::text, v_s.tail_seq, true, NULL::bigint, NULL::bigint;
+        END IF;
+        RETURN;
+    END IF;
+
+    IF v_n > 0 AND p_content_type IS DISTINCT FROM pw_media_type(v_s.content_type) THEN
+        RETURN QUERY SELECT 'content_type'::text, v_s.tail_seq, v_s.closed, NULL::bigint, NULL::bigint;
+        RETURN;
+    END IF;
+
+    IF p_producer_id IS NOT NULL THEN
+        IF v_has_p AND p_producer_epoch < v_p.epoch THEN
+            RETURN QUERY SELECT 'stale_epoch'::text, v_s.tail_seq, v_s.closed, v_p.epoch, v_p.last_seq;
+            RETURN;
+        ELSIF NOT v_has_p OR p_producer_epoch > v_p.epoch THEN
+            IF p_producer_seq <> 0 THEN
+                RETURN QUERY SELECT CASE WHEN v_has_p THEN 'bad_epoch_seq' ELSE 'seq_gap' END::text,
+                                    v_s.tail_seq, v_s.closed, p_producer_epoch, 0::bigint;
+                RETURN;
+            END IF;
+        ELSIF p_producer_seq <= v_p.last_seq THEN
+            RETURN QUERY SELECT 'duplicate'::text, v_s.tail_seq, v_s.closed, v_p.epoch, v_p.last_seq;
+            RETURN;
+        ELSIF p_producer_seq > v_p.last_seq + 1 THEN
+            RETURN QUERY SELECT 'seq_gap'::text, v_s.tail_seq, v_s.closed, v_p.epoch, v_p.last_seq + 1;
+            RETURN;
+        END IF;
+    END IF;
+
+    IF p_stream_seq IS NOT NULL AND v_s.last_seq_hdr IS NOT NULL
+       AND p_stream_seq COLLATE "C" <= v_s.last_seq_hdr COLLATE "C" THEN
+        RETURN QUERY SELECT 'stream_seq'::text, v_s.tail_seq, v_s.closed, NULL::bigint, NULL::bigint;
+        RETURN;
+    END IF;
+
+    IF v_n > 0 THEN
+        PERFORM pw_stream_append(p_tenant, p_path, p_data, v_now);
+    ELSE
+        PERFORM pw_notify_stream(p_tenant, p_path);
+    END IF;
+    UPDATE streams s
+       SET closed = s.closed OR p_close,
+           closed_by_producer = CASE WHEN p_close THEN p_producer_id ELSE NULL END,
+           closed_by_epoch = CASE WHEN p_close THEN p_producer_epoch ELSE NULL END,
+           closed_by_seq = CASE WHEN p_close THEN p_producer_seq ELSE NULL END,
+           last_seq_hdr = coalesce(p_stream_seq, s.last_seq_hdr),
+           accessed_at = v_now, updated_at = v_now
+     WHERE s.tenant_id = p_tenant AND s.path = p_path
+    RETURNING s.* INTO v_s;
+    IF p_producer_id IS NOT NULL THEN
+        INSERT INTO stream_producers AS p (tenant_id, path, producer_id, epoch, last_seq, updated_at)
+        VALUES (p_tenant, p_path, p_producer_id, p_producer_epoch, p_producer_seq, v_now)
+        ON CONFLICT (tenant_id, path, producer_id)
+        DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq, updated_at = excluded.updated_at;
+    END IF;
+    RETURN QUERY SELECT 'appended'::text, v_s.tail_seq, v_s.closed, p_producer_epoch, p_producer_seq;
 END
 $$;
 
@@ -615,21 +906,18 @@ CREATE TABLE public.stream_messages (
 );
 
 --
--- Name: streams; Type: TABLE; Schema: public; Owner: -
+-- Name: stream_producers; Type: TABLE; Schema: public; Owner: -
 --
 
-CREATE TABLE public.streams (
+CREATE TABLE public.stream_producers (
     tenant_id text DEFAULT 'default'::text NOT NULL,
     path text NOT NULL,
-    content_type text NOT NULL,
-    tail_seq bigint DEFAULT 0 NOT NULL,
-    closed boolean DEFAULT false NOT NULL,
-    ttl_seconds bigint,
-    expires_at timestamp with time zone,
-    last_seq_hdr text,
-    entity_url text,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL
+    producer_id text NOT NULL,
+    epoch bigint NOT NULL,
+    last_seq bigint NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT stream_producers_epoch_check CHECK ((epoch >= 0)),
+    CONSTRAINT stream_producers_last_seq_check CHECK ((last_seq >= 0))
 );
 
 --
@@ -696,6 +984,13 @@ ALTER TABLE ONLY public.runners
 
 ALTER TABLE ONLY public.stream_messages
     ADD CONSTRAINT stream_messages_pkey PRIMARY KEY (tenant_id, path, seq);
+
+--
+-- Name: stream_producers stream_producers_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.stream_producers
+    ADD CONSTRAINT stream_producers_pkey PRIMARY KEY (tenant_id, path, producer_id);
 
 --
 -- Name: streams streams_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -766,6 +1061,13 @@ ALTER TABLE ONLY public.entity_dispatch_state
 
 ALTER TABLE ONLY public.stream_messages
     ADD CONSTRAINT stream_messages_tenant_id_path_fkey FOREIGN KEY (tenant_id, path) REFERENCES public.streams(tenant_id, path) ON DELETE CASCADE;
+
+--
+-- Name: stream_producers stream_producers_tenant_id_path_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.stream_producers
+    ADD CONSTRAINT stream_producers_tenant_id_path_fkey FOREIGN KEY (tenant_id, path) REFERENCES public.streams(tenant_id, path) ON DELETE CASCADE;
 
 --
 -- Name: wakes wakes_tenant_id_entity_url_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
