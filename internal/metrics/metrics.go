@@ -1,0 +1,207 @@
+package metrics
+
+import (
+	"cmp"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Release outcomes, the values of the outcome label of
+// pullwake_releases_total.
+const (
+	// OutcomeReleased: the claim was active and held its entity's dispatch
+	// slot; the release freed the entity.
+	OutcomeReleased = "released"
+	// OutcomeStaleEpoch: the claim was no longer its entity's active claim.
+	// Either it was still active but a newer claim held the slot (released =
+	// true, entity_cleared = false), or it had already ended as expired (by
+	// the sweeper or by a newer claim taking over).
+	OutcomeStaleEpoch = "stale_epoch"
+	// OutcomeNoop: a repeated done for a claim already released; nothing
+	// changed.
+	OutcomeNoop = "noop"
+)
+
+// Outcome classifies a release_claim result (its released, entity_cleared
+// and claim_status columns) as one of the Outcome* constants.
+func Outcome(released, entityCleared bool, claimStatus string) string {
+	switch {
+	case released && entityCleared:
+		return OutcomeReleased
+	case released:
+		return OutcomeStaleEpoch
+	case claimStatus == "expired" || claimStatus == "failed":
+		return OutcomeStaleEpoch
+	default:
+		return OutcomeNoop
+	}
+}
+
+// Claim results, the values of the result label of
+// pullwake_claim_duration_seconds.
+const (
+	claimResultClaimed = "claimed"
+	claimResultNone    = "none"
+)
+
+// Config configures New. Every field is optional.
+type Config struct {
+	// TokenStoreSize reports the number of write tokens held in memory
+	// (tokens.Store.Len). Nil leaves pullwake_token_store_size out.
+	TokenStoreSize func() int
+	// Source reads claim state from the database at scrape time. Nil
+	// leaves the DB-derived gauges out.
+	Source Source
+	// ScrapeTimeout bounds the DB queries of one scrape. Default 2s.
+	ScrapeTimeout time.Duration
+	// Logger reports failed DB scrapes. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Metrics is the set of pullwake's instruments and their registry. Its
+// methods are safe for concurrent use; a nil *Metrics records nothing, so
+// code paths may hold an optional one.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	claimsStarted   prometheus.Counter
+	claimDuration   *prometheus.HistogramVec
+	releases        *prometheus.CounterVec
+	releaseDuration prometheus.Histogram
+	expirations     prometheus.Counter
+	appends         prometheus.Counter
+	appendBytes     prometheus.Counter
+}
+
+// latencyBuckets span one PostgreSQL round trip (sub-millisecond) to a
+// request stuck behind locks (seconds).
+var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+
+// New builds the instruments on a fresh registry, with the Go runtime and
+// process collectors.
+func New(cfg Config) *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{
+		reg: reg,
+		claimsStarted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pullwake_claims_started_total",
+			Help: "Claims handed to runners (claim_next_wake returned a wake).",
+		}),
+		claimDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pullwake_claim_duration_seconds",
+			Help:    "Time to serve a claim request, by result (claimed: a wake was handed out; none: no work).",
+			Buckets: latencyBuckets,
+		}, []string{"result"}),
+		releases: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullwake_releases_total",
+			Help: "Claim releases (done callbacks and forced releases) by outcome: released (entity freed), stale_epoch (claim no longer the entity's active one), noop (already released).",
+		}, []string{"outcome"}),
+		releaseDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pullwake_release_duration_seconds",
+			Help:    "Time to serve a claim release.",
+			Buckets: latencyBuckets,
+		}),
+		expirations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pullwake_expirations_total",
+			Help: "Claims expired by the lease sweeper.",
+		}),
+		appends: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pullwake_appends_total",
+			Help: "Messages appended to streams.",
+		}),
+		appendBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pullwake_append_bytes_total",
+			Help: "Bytes appended to streams.",
+		}),
+	}
+	// Every outcome and result shows from the start, at zero.
+	for _, o := range []string{OutcomeReleased, OutcomeStaleEpoch, OutcomeNoop} {
+		m.releases.WithLabelValues(o)
+	}
+	for _, r := range []string{claimResultClaimed, claimResultNone} {
+		m.claimDuration.WithLabelValues(r)
+	}
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.claimsStarted, m.claimDuration, m.releases, m.releaseDuration,
+		m.expirations, m.appends, m.appendBytes,
+	)
+	if f := cfg.TokenStoreSize; f != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pullwake_token_store_size",
+			Help: "Write tokens held in this server's memory.",
+		}, func() float64 { return float64(f()) }))
+	}
+	if cfg.Source != nil {
+		reg.MustRegister(&dbCollector{
+			src:     cfg.Source,
+			timeout: cmp.Or(cfg.ScrapeTimeout, 2*time.Second),
+			log:     cmp.Or(cfg.Logger, slog.Default()),
+		})
+	}
+	return m
+}
+
+// Registry returns the registry, for callers that add their own collectors.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves the registry in the Prometheus exposition format. A failed
+// collector does not fail the scrape: the other metrics are still served.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+		ErrorHandling: promhttp.ContinueOnError,
+		Registry:      m.reg, // promhttp_metric_handler_errors_total
+	})
+}
+
+// ClaimStarted records a claim request that handed out a wake and took d.
+func (m *Metrics) ClaimStarted(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.claimsStarted.Inc()
+	m.claimDuration.WithLabelValues(claimResultClaimed).Observe(d.Seconds())
+}
+
+// ClaimNone records a claim request that found no work and took d.
+func (m *Metrics) ClaimNone(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.claimDuration.WithLabelValues(claimResultNone).Observe(d.Seconds())
+}
+
+// Released records a release with its outcome (one of the Outcome*
+// constants; see Outcome) that took d.
+func (m *Metrics) Released(outcome string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.releases.WithLabelValues(outcome).Inc()
+	m.releaseDuration.Observe(d.Seconds())
+}
+
+// Expired records n claims expired by one sweep.
+func (m *Metrics) Expired(n int) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.expirations.Add(float64(n))
+}
+
+// Appended records n messages of bytes bytes in total appended to a stream.
+func (m *Metrics) Appended(n int, bytes int) {
+	if m == nil || n <= 0 {
+		return
+	}
+	m.appends.Add(float64(n))
+	if bytes > 0 {
+		m.appendBytes.Add(float64(bytes))
+	}
+}
