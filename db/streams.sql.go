@@ -7,8 +7,7 @@ package db
 
 import (
 	"context"
-
-	"github.com/jackc/pgx/v5/pgtype"
+	"time"
 )
 
 const streamCreate = `-- name: StreamCreate :one
@@ -25,10 +24,10 @@ type StreamCreateParams struct {
 	Path        string
 	ContentType string
 	TtlSeconds  *int64
-	ExpiresAt   pgtype.Timestamptz
+	ExpiresAt   *time.Time
 	Closed      bool
 	Data        [][]byte
-	Now         pgtype.Timestamptz
+	Now         *time.Time
 }
 
 type StreamCreateRow struct {
@@ -36,7 +35,7 @@ type StreamCreateRow struct {
 	ContentType string
 	TailSeq     int64
 	Closed      bool
-	CreatedAt   pgtype.Timestamptz
+	CreatedAt   time.Time
 }
 
 // Durable Streams (server/streams): one plpgsql function per request, one
@@ -70,7 +69,7 @@ SELECT pw_stream_delete($1::text, $2::text, $3::timestamptz)::text AS status
 type StreamDeleteParams struct {
 	TenantID string
 	Path     string
-	Now      pgtype.Timestamptz
+	Now      *time.Time
 }
 
 func (q *Queries) StreamDelete(ctx context.Context, db DBTX, arg StreamDeleteParams) (string, error) {
@@ -83,8 +82,8 @@ func (q *Queries) StreamDelete(ctx context.Context, db DBTX, arg StreamDeletePar
 const streamRead = `-- name: StreamRead :one
 SELECT r.status::text AS status, r.content_type::text AS content_type, r.tail_seq::bigint AS tail_seq,
        r.closed::boolean AS closed, coalesce(r.ttl_seconds, -1)::bigint AS ttl_seconds,
-       r.expires_at::timestamptz AS expires_at,
-       coalesce(r.created_at, 'epoch'::timestamptz)::timestamptz AS created_at,
+       coalesce((extract(epoch FROM r.expires_at) * 1000000)::bigint, -1)::bigint AS expires_at_us,
+       coalesce((extract(epoch FROM r.created_at) * 1000000)::bigint, 0)::bigint AS created_at_us,
        r.is_entity::boolean AS is_entity, r.last_seq::bigint AS last_seq,
        coalesce(r.data, '{}'::bytea[])::bytea[] AS data
   FROM pw_stream_read($1::text, $2::text, $3::bigint, $4::integer,
@@ -98,7 +97,7 @@ type StreamReadParams struct {
 	MaxRows  int32
 	MaxBytes int64
 	Touch    bool
-	Now      pgtype.Timestamptz
+	Now      *time.Time
 }
 
 type StreamReadRow struct {
@@ -107,8 +106,8 @@ type StreamReadRow struct {
 	TailSeq     int64
 	Closed      bool
 	TtlSeconds  int64
-	ExpiresAt   pgtype.Timestamptz
-	CreatedAt   pgtype.Timestamptz
+	ExpiresAtUs int64
+	CreatedAtUs int64
 	IsEntity    bool
 	LastSeq     int64
 	Data        [][]byte
@@ -131,8 +130,8 @@ func (q *Queries) StreamRead(ctx context.Context, db DBTX, arg StreamReadParams)
 		&i.TailSeq,
 		&i.Closed,
 		&i.TtlSeconds,
-		&i.ExpiresAt,
-		&i.CreatedAt,
+		&i.ExpiresAtUs,
+		&i.CreatedAtUs,
 		&i.IsEntity,
 		&i.LastSeq,
 		&i.Data,
@@ -160,7 +159,7 @@ type StreamWriteParams struct {
 	ProducerID    *string
 	ProducerEpoch *int64
 	ProducerSeq   *int64
-	Now           pgtype.Timestamptz
+	Now           *time.Time
 }
 
 type StreamWriteRow struct {

@@ -20,8 +20,8 @@ SELECT r.status::text AS status, r.tail_seq::bigint AS tail_seq, r.closed::boole
 -- name: StreamRead :one
 SELECT r.status::text AS status, r.content_type::text AS content_type, r.tail_seq::bigint AS tail_seq,
        r.closed::boolean AS closed, coalesce(r.ttl_seconds, -1)::bigint AS ttl_seconds,
-       r.expires_at::timestamptz AS expires_at,
-       coalesce(r.created_at, 'epoch'::timestamptz)::timestamptz AS created_at,
+       coalesce((extract(epoch FROM r.expires_at) * 1000000)::bigint, -1)::bigint AS expires_at_us,
+       coalesce((extract(epoch FROM r.created_at) * 1000000)::bigint, 0)::bigint AS created_at_us,
        r.is_entity::boolean AS is_entity, r.last_seq::bigint AS last_seq,
        coalesce(r.data, '{}'::bytea[])::bytea[] AS data
   FROM pw_stream_read(@tenant_id::text, @path::text, sqlc.narg('after')::bigint, @max_rows::integer,

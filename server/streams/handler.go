@@ -1,0 +1,239 @@
+package streams
+
+import (
+	"cmp"
+	"crypto/subtle"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pullwake/pullwake/db"
+)
+
+// NotifyChannel is the PostgreSQL channel the stream functions pg_notify()
+// on after an append, close or delete. The payload is a JSON object
+// {"tenant_id": ..., "path": ...}; hand it to HandleNotification.
+const NotifyChannel = "pullwake_streams"
+
+// Prefix is the URL path under which streams live.
+const Prefix = "/v1/stream/"
+
+// Limits. Entity main streams take the API-wide 1 MiB body limit (runner
+// output, one event at a time); plain streams take larger bodies for file-
+// like payloads. Reads return chunks of at most readMaxRows messages and
+// about readMaxBytes (at least one message), marked not up to date so the
+// client reads on.
+const (
+	EntityBodyLimit = 1 << 20
+	StreamBodyLimit = 8 << 20
+	readMaxRows     = 1000
+	readMaxBytes    = 1 << 20
+	maxPathLen      = 1024
+	// sseMaxDuration bounds one SSE response (the protocol asks for about a
+	// minute so that CDNs can collapse reconnecting clients).
+	sseMaxDuration = 60 * time.Second
+)
+
+// WriteGate authorizes appends to entity main streams from memory only (no DB).
+type WriteGate interface {
+	// Authorize reports whether token is the live write token for the stream
+	// at path, and the epoch of the claim that holds it.
+	Authorize(path, token string) (epoch int64, ok bool)
+}
+
+// Config configures a Handler.
+type Config struct {
+	Pool            *pgxpool.Pool
+	Tenant          string
+	Gate            WriteGate
+	AdminToken      string        // "" = dev mode: anyone may create/delete non-entity streams
+	LongPollTimeout time.Duration // default 30s
+	Logger          *slog.Logger
+}
+
+// Handler serves /v1/stream/... (see the package doc).
+type Handler struct {
+	cfg Config
+	q   *db.Queries
+	n   *notifier
+	log *slog.Logger
+}
+
+// New returns a Handler. Tenant defaults to "default", LongPollTimeout to 30s.
+func New(cfg Config) *Handler {
+	cfg.Tenant = cmp.Or(cfg.Tenant, "default")
+	cfg.LongPollTimeout = cmp.Or(cfg.LongPollTimeout, 30*time.Second)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Handler{cfg: cfg, q: db.New(), n: newNotifier(), log: cfg.Logger}
+}
+
+// Notify wakes this process's live readers of the stream at path (the full
+// URL path, like /v1/stream/chat/42/main).
+func (h *Handler) Notify(path string) { h.n.notify(path) }
+
+// HandleNotification takes the payload of a NotifyChannel notification.
+// Notifications for other tenants are ignored.
+func (h *Handler) HandleNotification(payload string) {
+	var p struct {
+		TenantID string `json:"tenant_id"`
+		Path     string `json:"path"`
+	}
+	if err := json.Unmarshal([]byte(payload), &p); err != nil || p.Path == "" {
+		h.log.Warn("streams: ignoring malformed notification", "payload", payload)
+		return
+	}
+	if p.TenantID != "" && p.TenantID != h.cfg.Tenant {
+		return
+	}
+	h.n.notify(p.Path)
+}
+
+// Close releases every waiting live reader (they end their responses).
+func (h *Handler) Close() { h.n.close() }
+
+// Entity main stream paths: /v1/stream/{type}/{id}/main.
+var entityStreamRe = regexp.MustCompile(`^/v1/stream/[a-z][a-z0-9_-]{0,63}/[A-Za-z0-9._~-]{1,128}/main$`)
+
+// IsEntityStream reports whether path is reserved for an entity's main stream.
+func IsEntityStream(path string) bool { return entityStreamRe.MatchString(path) }
+
+const exposedHeaders = "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, " +
+	"Stream-TTL, Stream-Expires-At, Stream-Seq, ETag, Location, Content-Type, " +
+	"Producer-Epoch, Producer-Seq, Producer-Expected-Seq, Producer-Received-Seq, Stream-SSE-Data-Encoding"
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	hd := w.Header()
+	hd.Set("X-Content-Type-Options", "nosniff")
+	hd.Set("Cross-Origin-Resource-Policy", "cross-origin")
+	hd.Set("Access-Control-Allow-Origin", "*")
+	hd.Set("Access-Control-Expose-Headers", exposedHeaders)
+
+	if r.Method == http.MethodOptions {
+		hd.Set("Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, DELETE, OPTIONS")
+		allow := r.Header.Get("Access-Control-Request-Headers")
+		if allow == "" {
+			allow = "Authorization, Content-Type, Stream-TTL, Stream-Expires-At, Stream-Seq, Stream-Closed, " +
+				"Producer-Id, Producer-Epoch, Producer-Seq, If-None-Match, electric-claim-token"
+		}
+		hd.Set("Access-Control-Allow-Headers", allow)
+		hd.Set("Access-Control-Max-Age", "86400")
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+
+	path := r.URL.Path
+	if msg := checkPath(path); msg != "" {
+		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", msg)
+		return
+	}
+	switch r.Method {
+	case http.MethodGet:
+		h.serveRead(w, r, path)
+	case http.MethodHead:
+		h.serveHead(w, r, path)
+	case http.MethodPost:
+		h.serveAppend(w, r, path)
+	case http.MethodPut:
+		h.serveCreate(w, r, path)
+	case http.MethodDelete:
+		h.serveDelete(w, r, path)
+	default:
+		hd.Set("Allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS")
+		writeError(w, r, http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", "method "+r.Method+" is not allowed on a stream")
+	}
+}
+
+// checkPath validates a stream path; it returns a message for a bad one.
+func checkPath(path string) string {
+	rest, ok := strings.CutPrefix(path, Prefix)
+	switch {
+	case !ok || rest == "":
+		return "a stream path is " + Prefix + "{name...}"
+	case len(path) > maxPathLen:
+		return "stream path longer than 1024 bytes"
+	case strings.HasPrefix(rest, "__ds/") || rest == "__ds":
+		return "paths under " + Prefix + "__ds are reserved"
+	}
+	for _, seg := range strings.Split(rest, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return "stream path segments must be non-empty and not . or .."
+		}
+	}
+	for _, c := range path {
+		if c < 0x20 || c == 0x7f {
+			return "stream path contains a control character"
+		}
+	}
+	return ""
+}
+
+// authorizeAdmin checks the admin token for creating or deleting a plain
+// stream; with no admin token configured anyone may.
+func (h *Handler) authorizeAdmin(w http.ResponseWriter, r *http.Request) bool {
+	if h.cfg.AdminToken == "" {
+		return true
+	}
+	tok, _ := bearer(r)
+	if subtle.ConstantTimeCompare([]byte(tok), []byte(h.cfg.AdminToken)) == 1 {
+		return true
+	}
+	writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "creating or deleting a stream needs the admin token")
+	return false
+}
+
+// bearer returns the token of an "Authorization: Bearer <t>" header.
+func bearer(r *http.Request) (string, bool) {
+	auth := r.Header.Get("Authorization")
+	scheme, tok, ok := strings.Cut(auth, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	tok = strings.TrimSpace(tok)
+	return tok, tok != ""
+}
+
+// writeToken returns the write token of an append to an entity stream.
+func writeToken(r *http.Request) string {
+	if tok, ok := bearer(r); ok {
+		return tok
+	}
+	return strings.TrimSpace(r.Header.Get("Electric-Claim-Token"))
+}
+
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// writeError writes the API's JSON error body (no body for HEAD).
+func writeError(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
+	hd := w.Header()
+	hd.Set("Content-Type", "application/json")
+	hd.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	if r.Method == http.MethodHead {
+		return
+	}
+	var b errorBody
+	b.Error.Code, b.Error.Message = code, msg
+	_ = json.NewEncoder(w).Encode(b)
+}
+
+// internalError logs err and answers 500 (or 503 when the request was
+// cancelled or the database is unavailable).
+func (h *Handler) internalError(w http.ResponseWriter, r *http.Request, op, path string, err error) {
+	if r.Context().Err() != nil {
+		return // the client is gone
+	}
+	h.log.Error("streams: "+op+" failed", "path", path, "err", err)
+	writeError(w, r, http.StatusServiceUnavailable, "UNAVAILABLE", "the stream store is unavailable; retry")
+}
