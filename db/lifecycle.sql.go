@@ -8,8 +8,7 @@ package db
 import (
 	"context"
 	"encoding/json"
-
-	"github.com/jackc/pgx/v5/pgtype"
+	"time"
 )
 
 const claimNextWake = `-- name: ClaimNextWake :one
@@ -23,7 +22,7 @@ SELECT r.wake_id::text AS wake_id, r.consumer_id::text AS consumer_id, r.epoch::
 type ClaimNextWakeParams struct {
 	RunnerID   string
 	LeaseTtlMs int32
-	Now        pgtype.Timestamptz
+	Now        *time.Time
 	TenantID   string
 }
 
@@ -35,7 +34,7 @@ type ClaimNextWakeRow struct {
 	StreamPath     string
 	AckedOffset    string
 	ClaimToken     string
-	LeaseExpiresAt pgtype.Timestamptz
+	LeaseExpiresAt time.Time
 	LeaseTtlMs     int32
 }
 
@@ -69,7 +68,7 @@ SELECT r.consumer_id::text AS consumer_id, r.epoch::bigint AS epoch, r.entity_ur
 `
 
 type ExpireClaimsParams struct {
-	Now       pgtype.Timestamptz
+	Now       *time.Time
 	TenantID  string
 	MaxClaims int32
 }
@@ -122,12 +121,12 @@ type HeartbeatClaimParams struct {
 	ConsumerID string
 	Epoch      int64
 	LeaseTtlMs *int32
-	Now        pgtype.Timestamptz
+	Now        *time.Time
 	TenantID   string
 }
 
 type HeartbeatClaimRow struct {
-	LeaseExpiresAt pgtype.Timestamptz
+	LeaseExpiresAt time.Time
 	EntityUrl      string
 	StreamPath     string
 }
@@ -157,7 +156,7 @@ type ReleaseClaimParams struct {
 	ConsumerID string
 	Epoch      int64
 	Acks       json.RawMessage
-	Now        pgtype.Timestamptz
+	Now        *time.Time
 	TenantID   string
 }
 
@@ -203,7 +202,7 @@ type SendToEntityParams struct {
 	Url      string
 	Payload  json.RawMessage
 	FromName *string
-	Now      pgtype.Timestamptz
+	Now      *time.Time
 	TenantID string
 }
 
@@ -233,7 +232,7 @@ SELECT tenant_id, url, status, main_stream, runner_id, created_at, updated_at FR
 type SpawnEntityParams struct {
 	Url      string
 	RunnerID *string
-	Now      pgtype.Timestamptz
+	Now      *time.Time
 	TenantID string
 }
 
@@ -265,7 +264,7 @@ SELECT tenant_id, url, status, main_stream, runner_id, created_at, updated_at FR
 
 type StopEntityParams struct {
 	Url      string
-	Now      pgtype.Timestamptz
+	Now      *time.Time
 	TenantID string
 }
 
@@ -282,4 +281,55 @@ func (q *Queries) StopEntity(ctx context.Context, db DBTX, arg StopEntityParams)
 		&i.UpdatedAt,
 	)
 	return i, err
+}
+
+const sweepClaims = `-- name: SweepClaims :many
+SELECT r.consumer_id::text AS consumer_id, r.epoch::bigint AS epoch, r.entity_url::text AS entity_url,
+       r.stream_path::text AS stream_path, r.entity_cleared::boolean AS entity_cleared,
+       coalesce(r.entity_status, '')::text AS entity_status, coalesce(r.queued_wake_id, '')::text AS queued_wake_id
+  FROM sweep_claims($1::timestamptz, $2::text, $3::integer) AS r
+`
+
+type SweepClaimsParams struct {
+	Now       *time.Time
+	TenantID  string
+	MaxClaims int32
+}
+
+type SweepClaimsRow struct {
+	ConsumerID    string
+	Epoch         int64
+	EntityUrl     string
+	StreamPath    string
+	EntityCleared bool
+	EntityStatus  string
+	QueuedWakeID  string
+}
+
+func (q *Queries) SweepClaims(ctx context.Context, db DBTX, arg SweepClaimsParams) ([]SweepClaimsRow, error) {
+	rows, err := db.Query(ctx, sweepClaims, arg.Now, arg.TenantID, arg.MaxClaims)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []SweepClaimsRow
+	for rows.Next() {
+		var i SweepClaimsRow
+		if err := rows.Scan(
+			&i.ConsumerID,
+			&i.Epoch,
+			&i.EntityUrl,
+			&i.StreamPath,
+			&i.EntityCleared,
+			&i.EntityStatus,
+			&i.QueuedWakeID,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

@@ -548,7 +548,26 @@ END
 $$;
 -- +goose StatementEnd
 
+-- +goose StatementBegin
+-- sweep_claims is expire_claims for the servers' sweepers: it runs only if
+-- no other sweeper of the tenant holds the sweep lock (a transaction-level
+-- advisory lock), so one instance sweeps at a time; the others get no rows.
+CREATE FUNCTION sweep_claims(p_now timestamptz DEFAULT NULL, p_tenant text DEFAULT 'default',
+                             p_limit integer DEFAULT 1000)
+RETURNS TABLE (consumer_id text, epoch bigint, entity_url text, stream_path text,
+               entity_cleared boolean, entity_status text, queued_wake_id text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtextextended('pullwake.sweeper.' || p_tenant, 0)) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT * FROM expire_claims(p_now, p_tenant, p_limit);
+END
+$$;
+-- +goose StatementEnd
+
 -- +goose Down
+DROP FUNCTION sweep_claims(timestamptz, text, integer);
 DROP FUNCTION expire_claims(timestamptz, text, integer);
 DROP FUNCTION release_claim(text, bigint, jsonb, timestamptz, text);
 DROP FUNCTION heartbeat_claim(text, bigint, integer, timestamptz, text);

@@ -35,3 +35,9 @@ SELECT r.consumer_id::text AS consumer_id, r.epoch::bigint AS epoch, r.entity_ur
        r.stream_path::text AS stream_path, r.entity_cleared::boolean AS entity_cleared,
        coalesce(r.entity_status, '')::text AS entity_status, coalesce(r.queued_wake_id, '')::text AS queued_wake_id
   FROM expire_claims(sqlc.narg('now')::timestamptz, @tenant_id::text, @max_claims::integer) AS r;
+
+-- name: SweepClaims :many
+SELECT r.consumer_id::text AS consumer_id, r.epoch::bigint AS epoch, r.entity_url::text AS entity_url,
+       r.stream_path::text AS stream_path, r.entity_cleared::boolean AS entity_cleared,
+       coalesce(r.entity_status, '')::text AS entity_status, coalesce(r.queued_wake_id, '')::text AS queued_wake_id
+  FROM sweep_claims(sqlc.narg('now')::timestamptz, @tenant_id::text, @max_claims::integer) AS r;

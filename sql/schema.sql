@@ -926,6 +926,21 @@ END
 $$;
 
 --
+-- Name: sweep_claims(timestamp with time zone, text, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.sweep_claims(p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_limit integer DEFAULT 1000) RETURNS TABLE(consumer_id text, epoch bigint, entity_url text, stream_path text, entity_cleared boolean, entity_status text, queued_wake_id text)
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtextextended('pullwake.sweeper.' || p_tenant, 0)) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT * FROM expire_claims(p_now, p_tenant, p_limit);
+END
+$$;
+
+--
 -- Name: consumer_claims; Type: TABLE; Schema: public; Owner: -
 --
 

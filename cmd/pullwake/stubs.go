@@ -6,8 +6,6 @@ import (
 	"io"
 )
 
-func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error   { return errors.New("todo") }
-func runRelease(ctx context.Context, args []string, stdout, stderr io.Writer) error { return errors.New("todo") }
-func runClaims(ctx context.Context, args []string, stdout, stderr io.Writer) error  { return errors.New("todo") }
-func runSweep(ctx context.Context, args []string, stdout, stderr io.Writer) error   { return errors.New("todo") }
-func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error   { return errors.New("todo") }
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return errors.New("todo")
+}

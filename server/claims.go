@@ -1,0 +1,81 @@
+package server
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/pullwake/pullwake/db"
+)
+
+var claimStatuses = map[string]bool{"active": true, "released": true, "expired": true, "failed": true}
+
+func (s *Server) listClaims(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	p := db.ListClaimsParams{TenantID: s.cfg.Tenant, MaxRows: 1000}
+	if v := q.Get("status"); v != "" {
+		if !claimStatuses[v] {
+			return badRequest("status %q must be one of active, released, expired, failed", v)
+		}
+		p.Status = &v
+	}
+	if v := q.Get("runner_id"); v != "" {
+		if !idRE.MatchString(v) {
+			return badRequest("runner_id %q must match %s", v, idRE)
+		}
+		p.RunnerID = &v
+	}
+	if v := q.Get("entity_url"); v != "" {
+		p.EntityUrl = &v
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 10000 {
+			return badRequest("limit %q must be an integer from 1 to 10000", v)
+		}
+		p.MaxRows = int32(n)
+	}
+	rows, err := s.q.ListClaims(r.Context(), s.pool, p)
+	if err != nil {
+		return err
+	}
+	if rows == nil {
+		rows = []db.ListClaimsRow{}
+	}
+	writeJSON(w, http.StatusOK, claimsJSON(rows))
+	return nil
+}
+
+func claimsJSON(rows []db.ListClaimsRow) []map[string]any {
+	out := make([]map[string]any, 0, len(rows))
+	for _, c := range rows {
+		acked := any(nil)
+		if len(c.AckedStreams) > 0 {
+			acked = c.AckedStreams
+		}
+		out = append(out, map[string]any{
+			"consumer_id": c.ConsumerID, "epoch": c.Epoch, "wake_id": c.WakeID, "entity_url": c.EntityUrl,
+			"stream_path": c.StreamPath, "runner_id": c.RunnerID, "status": c.Status, "claimed_at": c.ClaimedAt,
+			"last_heartbeat_at": c.LastHeartbeatAt, "lease_expires_at": c.LeaseExpiresAt,
+			"released_at": c.ReleasedAt, "acked_streams": acked, "updated_at": c.UpdatedAt,
+		})
+	}
+	return out
+}
+
+// forceRelease is an operator's release: the same release_claim as a done.
+func (s *Server) forceRelease(w http.ResponseWriter, r *http.Request) error {
+	consumer := r.PathValue("consumer_id")
+	if !idRE.MatchString(consumer) {
+		return badRequest("consumer id %q must match %s", consumer, idRE)
+	}
+	epoch, err := parseEpoch(r.PathValue("epoch"))
+	if err != nil {
+		return err
+	}
+	res, err := s.release(r, consumer, epoch, []byte("[]"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, releaseJSON(res))
+	return nil
+}

@@ -1,0 +1,169 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/pullwake/pullwake/db"
+)
+
+type dispatchJSON struct {
+	ActiveConsumerID     *string    `json:"active_consumer_id"`
+	ActiveEpoch          *int64     `json:"active_epoch"`
+	ActiveRunnerID       *string    `json:"active_runner_id"`
+	ActiveLeaseExpiresAt *time.Time `json:"active_lease_expires_at"`
+	OutstandingWakeID    *string    `json:"outstanding_wake_id"`
+	AckedOffset          string     `json:"acked_offset"`
+	LastSentOffset       string     `json:"last_sent_offset"`
+	LastReleasedAt       *time.Time `json:"last_released_at"`
+}
+
+type entityJSON struct {
+	URL        string       `json:"url"`
+	Status     string       `json:"status"`
+	MainStream string       `json:"main_stream"`
+	RunnerID   *string      `json:"runner_id"`
+	CreatedAt  time.Time    `json:"created_at"`
+	UpdatedAt  time.Time    `json:"updated_at"`
+	Dispatch   dispatchJSON `json:"dispatch"`
+}
+
+func entityFromRow(e db.GetEntityRow) entityJSON {
+	return entityJSON{
+		URL: e.Url, Status: e.Status, MainStream: e.MainStream, RunnerID: e.RunnerID,
+		CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt,
+		Dispatch: dispatchJSON{
+			ActiveConsumerID: e.ActiveConsumerID, ActiveEpoch: e.ActiveEpoch, ActiveRunnerID: e.ActiveRunnerID,
+			ActiveLeaseExpiresAt: e.ActiveLeaseExpiresAt, OutstandingWakeID: e.OutstandingWakeID,
+			AckedOffset: e.AckedOffset, LastSentOffset: e.LastSentOffset, LastReleasedAt: e.LastReleasedAt,
+		},
+	}
+}
+
+func (s *Server) loadEntity(r *http.Request, url string) (entityJSON, error) {
+	e, err := s.q.GetEntity(r.Context(), s.pool, db.GetEntityParams{TenantID: s.cfg.Tenant, Url: url})
+	if errors.Is(err, db.ErrNotFound) {
+		return entityJSON{}, errf(http.StatusNotFound, "ENTITY_NOT_FOUND", "entity %s not found", url)
+	}
+	if err != nil {
+		return entityJSON{}, err
+	}
+	return entityFromRow(e), nil
+}
+
+func (s *Server) spawnEntity(w http.ResponseWriter, r *http.Request) error {
+	url, err := entityURL(r)
+	if err != nil {
+		return err
+	}
+	var body struct {
+		RunnerID *string `json:"runner_id"`
+	}
+	if err := decode(w, r, &body); err != nil {
+		return err
+	}
+	if body.RunnerID != nil && !idRE.MatchString(*body.RunnerID) {
+		return badRequest("runner_id %q must match %s", *body.RunnerID, idRE)
+	}
+	e, err := s.q.SpawnEntity(r.Context(), s.pool, db.SpawnEntityParams{Url: url, RunnerID: body.RunnerID, TenantID: s.cfg.Tenant})
+	if err != nil {
+		return err
+	}
+	s.log.Info("entity spawned", "entity_url", url)
+	writeJSON(w, http.StatusCreated, entityJSON{
+		URL: e.Url, Status: e.Status, MainStream: e.MainStream, RunnerID: e.RunnerID,
+		CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt,
+		Dispatch: dispatchJSON{AckedOffset: zeroOffset, LastSentOffset: zeroOffset},
+	})
+	return nil
+}
+
+const zeroOffset = "0000000000000000"
+
+func (s *Server) getEntity(w http.ResponseWriter, r *http.Request) error {
+	url, err := entityURL(r)
+	if err != nil {
+		return err
+	}
+	e, err := s.loadEntity(r, url)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, e)
+	return nil
+}
+
+var entityStatuses = map[string]bool{"idle": true, "running": true, "stopping": true, "stopped": true}
+
+func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) error {
+	p := db.ListEntitiesParams{TenantID: s.cfg.Tenant, MaxRows: 1000}
+	if v := r.URL.Query().Get("status"); v != "" {
+		if !entityStatuses[v] {
+			return badRequest("status %q must be one of idle, running, stopping, stopped", v)
+		}
+		p.Status = &v
+	}
+	if v := r.URL.Query().Get("runner_id"); v != "" {
+		if !idRE.MatchString(v) {
+			return badRequest("runner_id %q must match %s", v, idRE)
+		}
+		p.RunnerID = &v
+	}
+	rows, err := s.q.ListEntities(r.Context(), s.pool, p)
+	if err != nil {
+		return err
+	}
+	out := make([]entityJSON, 0, len(rows))
+	for _, e := range rows {
+		out = append(out, entityFromRow(db.GetEntityRow(e)))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) sendToEntity(w http.ResponseWriter, r *http.Request) error {
+	url, err := entityURL(r)
+	if err != nil {
+		return err
+	}
+	var body struct {
+		Payload json.RawMessage `json:"payload"`
+		From    *string         `json:"from"`
+	}
+	if err := decode(w, r, &body); err != nil {
+		return err
+	}
+	if body.Payload == nil {
+		return badRequest("payload is required")
+	}
+	res, err := s.q.SendToEntity(r.Context(), s.pool, db.SendToEntityParams{
+		Url: url, Payload: body.Payload, FromName: body.From, TenantID: s.cfg.Tenant})
+	if err != nil {
+		return err
+	}
+	if s.cfg.Streams != nil {
+		s.cfg.Streams.Notify("/v1/stream" + url + "/main")
+	}
+	s.log.Info("message sent", "entity_url", url, "offset", res.MsgOffset, "wake_id", res.WakeID)
+	writeJSON(w, http.StatusAccepted, map[string]any{"offset": res.MsgOffset})
+	return nil
+}
+
+func (s *Server) stopEntity(w http.ResponseWriter, r *http.Request) error {
+	url, err := entityURL(r)
+	if err != nil {
+		return err
+	}
+	if _, err := s.q.StopEntity(r.Context(), s.pool, db.StopEntityParams{Url: url, TenantID: s.cfg.Tenant}); err != nil {
+		return err
+	}
+	e, err := s.loadEntity(r, url)
+	if err != nil {
+		return err
+	}
+	s.log.Info("entity stop requested", "entity_url", url, "entity_status", e.Status)
+	writeJSON(w, http.StatusOK, e)
+	return nil
+}

@@ -1,0 +1,147 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strings"
+
+	"github.com/pullwake/pullwake/db"
+)
+
+// maxBody is the largest request body the JSON API accepts.
+const maxBody = 1 << 20
+
+var (
+	entityTypeRE = regexp.MustCompile(`^[a-z][a-z0-9_-]{0,63}$`)
+	idRE         = regexp.MustCompile(`^[A-Za-z0-9._~-]{1,128}$`)
+)
+
+// apiError is an error the client gets as {"error": {"code", "message"}}.
+type apiError struct {
+	status  int
+	code    string
+	message string
+}
+
+func (e *apiError) Error() string { return e.code + ": " + e.message }
+
+func errf(status int, code, format string, args ...any) *apiError {
+	return &apiError{status: status, code: code, message: fmt.Sprintf(format, args...)}
+}
+
+func badRequest(format string, args ...any) *apiError {
+	return errf(http.StatusBadRequest, "INVALID_REQUEST", format, args...)
+}
+
+// statusOf maps domain codes of the SQL functions to HTTP statuses.
+var statusOf = map[string]int{
+	"ENTITY_NOT_FOUND": http.StatusNotFound,
+	"ENTITY_EXISTS":    http.StatusConflict,
+	"ENTITY_STOPPED":   http.StatusConflict,
+	"RUNNER_NOT_FOUND": http.StatusNotFound,
+	"RUNNER_DISABLED":  http.StatusConflict,
+	"CLAIM_NOT_FOUND":  http.StatusNotFound,
+	"CLAIM_NOT_ACTIVE": http.StatusConflict,
+	"INVALID_REQUEST":  http.StatusBadRequest,
+	"STREAM_NOT_FOUND": http.StatusNotFound,
+	"RUNNER_EXISTS":    http.StatusConflict,
+}
+
+// writeJSON writes v with status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// fail answers with err: an *apiError as is, a domain error of the SQL
+// functions with its code, a lost database as 503, anything else as 500.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var ae *apiError
+	switch {
+	case errors.As(err, &ae):
+	case db.DomainError(err) != nil:
+		de := db.DomainError(err)
+		st, ok := statusOf[de.Code]
+		if !ok {
+			st = http.StatusConflict
+		}
+		ae = errf(st, de.Code, "%s", de.Message)
+	case db.Unavailable(err) || errors.Is(err, r.Context().Err()) && r.Context().Err() != nil:
+		s.log.Warn("database unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+		w.Header().Set("Retry-After", "1")
+		ae = errf(http.StatusServiceUnavailable, "DATABASE_UNAVAILABLE", "the database is unavailable; retry")
+	default:
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		ae = errf(http.StatusInternalServerError, "INTERNAL", "internal error")
+	}
+	writeJSON(w, ae.status, map[string]any{"error": map[string]string{"code": ae.code, "message": ae.message}})
+}
+
+// decode reads a JSON object body into v. An empty body leaves v as is.
+// Unknown fields are ignored; a wrong type names the field.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return errf(http.StatusRequestEntityTooLarge, "PAYLOAD_TOO_LARGE", "request body is over %d bytes", maxBody)
+		}
+		return badRequest("reading body: %v", err)
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return nil
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		var te *json.UnmarshalTypeError
+		var se *json.SyntaxError
+		switch {
+		case errors.As(err, &te) && te.Field != "":
+			return badRequest("field %s: must be %s, not %s", te.Field, jsonKind(te.Type.Kind().String()), te.Value)
+		case errors.As(err, &te):
+			return badRequest("body must be a JSON object, not %s", te.Value)
+		case errors.As(err, &se):
+			return badRequest("malformed JSON at byte %d: %v", se.Offset, err)
+		default:
+			return badRequest("malformed JSON: %v", err)
+		}
+	}
+	return nil
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "string":
+		return "a string"
+	case "bool":
+		return "a boolean"
+	case "int", "int32", "int64", "float64", "uint32", "uint64":
+		return "a number"
+	case "slice":
+		return "an array"
+	case "struct", "map":
+		return "an object"
+	}
+	return goKind
+}
+
+// entityURL validates the {type}/{id} path values.
+func entityURL(r *http.Request) (string, error) {
+	typ, id := r.PathValue("type"), r.PathValue("id")
+	if !entityTypeRE.MatchString(typ) {
+		return "", badRequest("entity type %q must match %s", typ, entityTypeRE)
+	}
+	if !idRE.MatchString(id) {
+		return "", badRequest("entity id %q must match %s", id, idRE)
+	}
+	return "/" + typ + "/" + id, nil
+}
+
+func logAttrsClaim(consumer string, epoch int64) []any {
+	return []any{slog.String("consumer_id", consumer), slog.Int64("epoch", epoch)}
+}

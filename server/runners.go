@@ -1,0 +1,243 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/internal/secret"
+	"github.com/pullwake/pullwake/server/tokens"
+)
+
+type runnerJSON struct {
+	ID                     string          `json:"id"`
+	Label                  string          `json:"label"`
+	Kind                   string          `json:"kind"`
+	AdminStatus            string          `json:"admin_status"`
+	LivenessStatus         string          `json:"liveness_status"`
+	LastSeenAt             *time.Time      `json:"last_seen_at"`
+	LivenessLeaseExpiresAt *time.Time      `json:"liveness_lease_expires_at"`
+	Diagnostics            json.RawMessage `json:"diagnostics"`
+	CreatedAt              time.Time       `json:"created_at"`
+	UpdatedAt              time.Time       `json:"updated_at"`
+	RunnerToken            string          `json:"runner_token,omitempty"`
+}
+
+// liveness: online while the heartbeat lease runs, expired once it passed,
+// offline when the runner never sent a heartbeat.
+func liveness(lease *time.Time, now time.Time) string {
+	switch {
+	case lease == nil:
+		return "offline"
+	case lease.After(now):
+		return "online"
+	default:
+		return "expired"
+	}
+}
+
+func runnerFromRow(r db.Runner) runnerJSON {
+	diag := r.Diagnostics
+	if len(diag) == 0 {
+		diag = json.RawMessage("null")
+	}
+	return runnerJSON{
+		ID: r.ID, Label: r.Label, Kind: r.Kind, AdminStatus: r.AdminStatus,
+		LivenessStatus: liveness(r.LivenessLeaseExpiresAt, time.Now()),
+		LastSeenAt:     r.LastSeenAt, LivenessLeaseExpiresAt: r.LivenessLeaseExpiresAt,
+		Diagnostics: diag, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
+	}
+}
+
+func (s *Server) registerRunner(w http.ResponseWriter, r *http.Request) error {
+	var body struct {
+		ID    *string `json:"id"`
+		Label string  `json:"label"`
+		Kind  string  `json:"kind"`
+	}
+	if err := decode(w, r, &body); err != nil {
+		return err
+	}
+	if body.ID == nil {
+		return badRequest("id is required")
+	}
+	if !idRE.MatchString(*body.ID) {
+		return badRequest("id %q must match %s", *body.ID, idRE)
+	}
+	if len(body.Label) > 256 || len(body.Kind) > 256 {
+		return badRequest("label and kind must be at most 256 bytes")
+	}
+	tok := secret.New()
+	run, err := s.q.CreateRunner(r.Context(), s.pool, db.CreateRunnerParams{
+		TenantID: s.cfg.Tenant, ID: *body.ID, Label: body.Label, Kind: body.Kind, TokenHash: secret.Hash(tok)})
+	if errors.Is(err, db.ErrNotFound) {
+		return errf(http.StatusConflict, "RUNNER_EXISTS", "runner %s exists already", *body.ID)
+	}
+	if err != nil {
+		return err
+	}
+	s.log.Info("runner registered", "runner_id", run.ID)
+	out := runnerFromRow(run)
+	out.RunnerToken = tok
+	writeJSON(w, http.StatusCreated, out)
+	return nil
+}
+
+func (s *Server) listRunners(w http.ResponseWriter, r *http.Request) error {
+	rows, err := s.q.ListRunners(r.Context(), s.pool, s.cfg.Tenant)
+	if err != nil {
+		return err
+	}
+	out := make([]runnerJSON, 0, len(rows))
+	for _, run := range rows {
+		out = append(out, runnerFromRow(run))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) loadRunner(r *http.Request) (db.Runner, error) {
+	id := r.PathValue("id")
+	if !idRE.MatchString(id) {
+		return db.Runner{}, badRequest("runner id %q must match %s", id, idRE)
+	}
+	run, err := s.q.GetRunner(r.Context(), s.pool, db.GetRunnerParams{TenantID: s.cfg.Tenant, ID: id})
+	if errors.Is(err, db.ErrNotFound) {
+		return db.Runner{}, errf(http.StatusNotFound, "RUNNER_NOT_FOUND", "runner %s not found", id)
+	}
+	return run, err
+}
+
+func (s *Server) getRunner(w http.ResponseWriter, r *http.Request) error {
+	run, err := s.loadRunner(r)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, runnerFromRow(run))
+	return nil
+}
+
+func (s *Server) setRunnerStatus(status string) func(http.ResponseWriter, *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		id := r.PathValue("id")
+		if !idRE.MatchString(id) {
+			return badRequest("runner id %q must match %s", id, idRE)
+		}
+		run, err := s.q.SetRunnerAdminStatus(r.Context(), s.pool, db.SetRunnerAdminStatusParams{
+			AdminStatus: status, TenantID: s.cfg.Tenant, ID: id})
+		if errors.Is(err, db.ErrNotFound) {
+			return errf(http.StatusNotFound, "RUNNER_NOT_FOUND", "runner %s not found", id)
+		}
+		if err != nil {
+			return err
+		}
+		s.log.Info("runner admin status set", "runner_id", id, "admin_status", status)
+		writeJSON(w, http.StatusOK, runnerFromRow(run))
+		return nil
+	}
+}
+
+func (s *Server) runnerHeartbeat(w http.ResponseWriter, r *http.Request) error {
+	var body struct {
+		LeaseMS     *int64          `json:"lease_ms"`
+		Diagnostics json.RawMessage `json:"diagnostics"`
+	}
+	if err := decode(w, r, &body); err != nil {
+		return err
+	}
+	lease, err := s.leaseMS(body.LeaseMS, "lease_ms")
+	if err != nil {
+		return err
+	}
+	var diag json.RawMessage
+	if len(body.Diagnostics) > 0 && string(body.Diagnostics) != "null" {
+		diag = body.Diagnostics
+	}
+	run, err := s.q.HeartbeatRunner(r.Context(), s.pool, db.HeartbeatRunnerParams{
+		LeaseMs: lease, Diagnostics: diag, TenantID: s.cfg.Tenant, ID: r.PathValue("id")})
+	if errors.Is(err, db.ErrNotFound) {
+		return errf(http.StatusNotFound, "RUNNER_NOT_FOUND", "runner %s not found", r.PathValue("id"))
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, runnerFromRow(run))
+	return nil
+}
+
+// leaseMS validates a lease in milliseconds against the configured bounds;
+// nil means the default.
+func (s *Server) leaseMS(v *int64, field string) (int32, error) {
+	if v == nil {
+		return int32(s.cfg.DefaultLeaseTTL.Milliseconds()), nil
+	}
+	lo, hi := s.cfg.MinLeaseTTL.Milliseconds(), s.cfg.MaxLeaseTTL.Milliseconds()
+	if *v < lo || *v > hi {
+		return 0, badRequest("%s must be between %d and %d, got %d", field, lo, hi, *v)
+	}
+	return int32(*v), nil
+}
+
+// wakeNotification is what a runner gets for a claim.
+type wakeNotification struct {
+	WakeID         string         `json:"wake_id"`
+	ConsumerID     string         `json:"consumer_id"`
+	Epoch          int64          `json:"epoch"`
+	EntityURL      string         `json:"entity_url"`
+	StreamPath     string         `json:"stream_path"`
+	Streams        []streamOffset `json:"streams"`
+	ClaimToken     string         `json:"claim_token"`
+	WriteToken     string         `json:"write_token"`
+	Callback       string         `json:"callback"`
+	LeaseTTLMS     int32          `json:"lease_ttl_ms"`
+	LeaseExpiresAt time.Time      `json:"lease_expires_at"`
+}
+
+type streamOffset struct {
+	Path   string `json:"path"`
+	Offset string `json:"offset"`
+}
+
+// notify mints the claim's write token (evicting any older token of the
+// stream) and builds the notification. Called after the claim committed.
+func (s *Server) notify(c db.ClaimNextWakeRow) wakeNotification {
+	wt := s.tokens.Mint(c.StreamPath, tokens.Owner{ConsumerID: c.ConsumerID, Epoch: c.Epoch})
+	return wakeNotification{
+		WakeID: c.WakeID, ConsumerID: c.ConsumerID, Epoch: c.Epoch, EntityURL: c.EntityUrl,
+		StreamPath: c.StreamPath, Streams: []streamOffset{{Path: c.StreamPath, Offset: c.AckedOffset}},
+		ClaimToken: c.ClaimToken, WriteToken: wt,
+		Callback:   fmt.Sprintf("%s/_electric/wake-callbacks/%s", s.cfg.PublicURL, c.ConsumerID),
+		LeaseTTLMS: c.LeaseTtlMs, LeaseExpiresAt: c.LeaseExpiresAt,
+	}
+}
+
+func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
+	var body struct {
+		LeaseTTLMS *int64 `json:"lease_ttl_ms"`
+	}
+	if err := decode(w, r, &body); err != nil {
+		return err
+	}
+	ttl, err := s.leaseMS(body.LeaseTTLMS, "lease_ttl_ms")
+	if err != nil {
+		return err
+	}
+	runnerID := r.PathValue("id")
+	start := time.Now()
+	c, err := s.q.ClaimNextWake(r.Context(), s.pool, db.ClaimNextWakeParams{
+		RunnerID: runnerID, LeaseTtlMs: ttl, TenantID: s.cfg.Tenant})
+	if errors.Is(err, db.ErrNotFound) {
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	s.metrics.ClaimStarted(time.Since(start))
+	s.log.Info("wake claimed", "consumer_id", c.ConsumerID, "epoch", c.Epoch, "entity_url", c.EntityUrl, "runner_id", runnerID)
+	writeJSON(w, http.StatusOK, s.notify(c))
+	return nil
+}
