@@ -253,11 +253,11 @@ func (h *Handler) serveLongPoll(w http.ResponseWriter, r *http.Request, path str
 	defer sub.release()
 	timer := time.NewTimer(h.cfg.LongPollTimeout)
 	defer timer.Stop()
-	tail := after == nil
-	timedOut := false
+	timedOut, touch := false, true
 	for {
 		wake := sub.C() // taken before the query: an append after it closes wake
-		c, err := h.read(r, path, after, readMaxRows, true)
+		c, err := h.read(r, path, after, readMaxRows, touch)
+		touch = false
 		if err != nil {
 			h.internalError(w, r, "long-poll", path, err)
 			return
@@ -286,7 +286,6 @@ func (h *Handler) serveLongPoll(w http.ResponseWriter, r *http.Request, path str
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
-		_ = tail
 		select {
 		case <-wake:
 		case <-timer.C:
@@ -324,7 +323,9 @@ func (h *Handler) serveSSE(w http.ResponseWriter, r *http.Request, path string, 
 	)
 	for {
 		wake := sub.C()
-		c, err := h.read(r, path, after, readMaxRows, true)
+		// Only the first query restarts the sliding TTL: a live read counts
+		// as one access, and wake-ups stay read-only.
+		c, err := h.read(r, path, after, readMaxRows, !started)
 		if err != nil {
 			if !started {
 				h.internalError(w, r, "sse", path, err)
@@ -337,7 +338,8 @@ func (h *Handler) serveSSE(w http.ResponseWriter, r *http.Request, path string, 
 			}
 			return // deleted or expired while streaming
 		}
-		if !started {
+		first := !started
+		if first {
 			hd := w.Header()
 			hd.Set("Content-Type", "text/event-stream")
 			hd.Set("Cache-Control", "no-cache")
@@ -372,7 +374,7 @@ func (h *Handler) serveSSE(w http.ResponseWriter, r *http.Request, path string, 
 			*after = c.LastSeq
 			sent = true
 		}
-		if sent || c.after == c.LastSeq && (c.eof() || !started || true) {
+		if sent || first || c.eof() {
 			ctl := controlEvent{StreamNextOffset: offset(c.LastSeq), UpToDate: c.upToDate()}
 			if c.eof() {
 				ctl.StreamClosed = true
@@ -382,7 +384,7 @@ func (h *Handler) serveSSE(w http.ResponseWriter, r *http.Request, path string, 
 				ctl.StreamCursor = cursor
 			}
 			b, _ := json.Marshal(ctl)
-			if _, err := w.Write([]byte("event: control\ndata: " + string(b) + "\n\n")); err != nil {
+			if _, err := w.Write([]byte("event: control\ndata:" + string(b) + "\n\n")); err != nil {
 				return
 			}
 		}
@@ -409,12 +411,17 @@ func (h *Handler) serveSSE(w http.ResponseWriter, r *http.Request, path string, 
 }
 
 // writeDataLines writes payload as SSE data lines: one "data:" prefix per
-// line, splitting on CR, LF and CRLF.
+// line, splitting on CR, LF and CRLF, so no payload can end an event early.
 func writeDataLines(buf *bytes.Buffer, payload []byte) {
 	s := strings.ReplaceAll(string(payload), "\r\n", "\n")
 	s = strings.ReplaceAll(s, "\r", "\n")
 	for _, line := range strings.Split(s, "\n") {
-		buf.WriteString("data: ")
+		// "data:" then the line; a line that starts with a space gets one
+		// more, because SSE readers drop the first space after the colon.
+		buf.WriteString("data:")
+		if strings.HasPrefix(line, " ") {
+			buf.WriteByte(' ')
+		}
 		buf.WriteString(line)
 		buf.WriteString("\n")
 	}

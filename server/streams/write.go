@@ -340,8 +340,10 @@ func (h *Handler) serveAppend(w http.ResponseWriter, r *http.Request, path strin
 		if prod != nil {
 			hd.Set("Producer-Epoch", strconv.FormatInt(prod.epoch, 10))
 			hd.Set("Producer-Seq", strconv.FormatInt(prod.seq, 10))
-			w.WriteHeader(http.StatusOK)
-			return
+			if len(msgs) > 0 {
+				w.WriteHeader(http.StatusOK) // new data from a producer
+				return
+			}
 		}
 		w.WriteHeader(http.StatusNoContent)
 	case "duplicate":
