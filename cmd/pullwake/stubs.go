@@ -6,6 +6,9 @@ import (
 	"io"
 )
 
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return errors.New("todo")
+}
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return errors.New("todo")
 }
