@@ -6,9 +6,6 @@ import (
 	"io"
 )
 
-func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	return errors.New("todo")
-}
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return errors.New("todo")
 }
