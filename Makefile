@@ -32,3 +32,8 @@ check-generated:
 	$(GO) tool sqlc diff || { echo "db/ is stale: run make generate" >&2; exit 1; }
 
 ci: check-generated test
+
+# Durable Streams conformance suite against `pullwake serve` on a fresh
+# database; fails below the figure reached (needs node/npm).
+conformance:
+	scripts/conformance.sh

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# make conformance: runs the pinned Durable Streams conformance suite
+# (../shared/conformance/durable-streams.sh, or $DS_CONFORMANCE_SCRIPT)
+# against `pullwake serve` on a fresh database, and fails when fewer tests
+# pass than the threshold (the figure reached; forks are out of scope).
+#   scripts/conformance.sh [MIN_PASSED]     (default $CONFORMANCE_MIN, else 253)
+# Needs node/npm (the suite installs itself into a cache folder) and
+# PostgreSQL (found or started like the tests: scripts/testdb-url.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+min=${1:-${CONFORMANCE_MIN:-253}}
+suite=${DS_CONFORMANCE_SCRIPT:-../shared/conformance/durable-streams.sh}
+[ -x "$suite" ] || { echo "conformance: suite runner $suite not found (set DS_CONFORMANCE_SCRIPT)" >&2; exit 2; }
+
+make -s build
+admin=$(scripts/testdb-url.sh)
+db="pw_conformance_$$"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+psql "$admin" -qXc "CREATE DATABASE $db" >/dev/null
+url=$(echo "$admin" | sed -E "s#/postgres(\?|$)#/$db\1#")
+log=$(mktemp -t pullwake-conformance.XXXXXX.log)
+pid=
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  psql "$admin" -qXc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null || true
+}
+trap cleanup EXIT
+
+# No admin token: the suite creates and deletes streams anonymously. A short
+# long-poll timeout: the suite's long-poll tests wait at most 5 s.
+env -u PULLWAKE_ADMIN_TOKEN PULLWAKE_DATABASE_URL="$url" PULLWAKE_ADDR="127.0.0.1:$port" \
+  PULLWAKE_LONG_POLL_TIMEOUT=2s PULLWAKE_LOG_LEVEL=warn bin/pullwake serve >"$log" 2>&1 &
+pid=$!
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break
+  kill -0 "$pid" 2>/dev/null || { echo "conformance: pullwake serve exited; log:" >&2; cat "$log" >&2; exit 2; }
+  sleep 0.1
+done
+
+out=$("$suite" "http://127.0.0.1:$port" --verbose | tee /dev/stderr)
+passed=$(echo "$out" | sed -nE 's/^conformance: ([0-9]+) passed.*/\1/p')
+[ -n "$passed" ] || { echo "conformance: no result" >&2; exit 2; }
+if [ "$passed" -lt "$min" ]; then
+  echo "conformance: $passed passed, below the threshold of $min (server log: $log)" >&2
+  exit 1
+fi
+echo "conformance: $passed passed (threshold $min)"
