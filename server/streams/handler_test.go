@@ -135,7 +135,7 @@ func TestLongPollWakesOnAppend(t *testing.T) {
 	p := "/v1/stream/lp"
 	b.must(t, 201, "PUT", p, "", "Content-Type", "text/plain")
 	got := make(chan resp, 1)
-	go func() { got <- b.do(t, "GET", p+"?offset=now&live=long-poll", "") }()
+	go func() { got <- b.do(t, "GET", p+"?offset=0000000000000000&live=long-poll", "") }()
 	waitFor(t, "the long-poll to wait", func() bool { return b.h.n.waiting(p) == 1 })
 	b.must(t, 204, "POST", p, "hi", "Content-Type", "text/plain")
 	select {
