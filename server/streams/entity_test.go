@@ -132,4 +132,6 @@ func TestNotificationWakesReaderOfAnotherServer(t *testing.T) {
 	b.h.HandleNotification(`{"tenant_id":"other","path":"` + p + `"}`)
 }
 
-func contains(s, sub string) bool { return len(s) >= len(sub) && (s[:len(sub)] == sub || contains(s[1:], sub)) }
+func contains(s, sub string) bool {
+	return len(s) >= len(sub) && (s[:len(sub)] == sub || contains(s[1:], sub))
+}
