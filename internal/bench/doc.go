@@ -1,0 +1,24 @@
+// Package bench is the load engine behind `pullwake bench`: it runs the
+// claim → append → done cycle with N concurrent runners in several modes
+// against one database and reports rates, per-step latency percentiles and
+// the ratios between modes that issue 6 sets targets for.
+//
+// Modes (each on fresh data: its own runners and entities with queued work,
+// in a tenant of its own unless pointed at a running server):
+//
+//	1 http      claim, append one 1 KiB JSON message, done with acks, over HTTP
+//	2 sql       the same three steps as direct SQL calls with pgx (the
+//	            lifecycle functions and the stream write the server uses)
+//	3 sql-split claim and append as in 2, but the release as the system
+//	            pullwake is modelled on does it: four autocommit statements
+//	            (update claim, update dispatch slot, select entity, update
+//	            entity status)
+//	4 commit    a one-row UPDATE commit loop: the commit-rate ceiling
+//	5 http-next as 1, but the done also claims the next wake
+//	            ("claim_next": true): two commits per cycle instead of three
+//	6 sql-next  as 2, with release_and_claim_next: mode 5 without HTTP
+//
+// It must not be used against a production database: it creates runners and
+// entities (under /bench/...) and leaves their history behind. Its load is
+// bounded by the runner count and the duration of each mode.
+package bench

@@ -1,0 +1,334 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// runHTTPMode runs modes 1 and 5 against a server: the configured one, or
+// one started for this mode serving a fresh tenant.
+func runHTTPMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (res ModeResult, err error) {
+	srv := cfg.Server
+	if srv.URL == "" {
+		tenant := fmt.Sprintf("bench-%s-m%d", cfg.RunID, m)
+		fmt.Fprintf(cfg.Log, "mode %d: starting a server for tenant %s\n", m, tenant)
+		var stop func() error
+		srv, stop, err = cfg.StartServer(ctx, tenant)
+		if err != nil {
+			return res, fmt.Errorf("start server: %w", err)
+		}
+		defer func() {
+			if serr := stop(); serr != nil && err == nil {
+				err = fmt.Errorf("stop server: %w", serr)
+			}
+		}()
+	}
+	srv.URL = strings.TrimRight(srv.URL, "/")
+	prefix := fmt.Sprintf("%s-m%d", cfg.RunID, m)
+	client := &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{
+			MaxIdleConns: 2 * cfg.Runners, MaxIdleConnsPerHost: 2 * cfg.Runners,
+			IdleConnTimeout: time.Minute, DisableCompression: true,
+		},
+	}
+	defer client.CloseIdleConnections()
+
+	runners := make([]*httpRunner, cfg.Runners)
+	for i := range runners {
+		id := fmt.Sprintf("%s-r%03d", prefix, i+1)
+		tok, err := registerRunner(ctx, client, srv, id)
+		if err != nil {
+			return res, err
+		}
+		runners[i] = &httpRunner{c: client, base: srv.URL, id: id, token: tok, leaseMs: cfg.LeaseMs, msg: message(id)}
+	}
+	ds := dataset{tenant: srv.Tenant, prefix: prefix, entities: cfg.entitiesFor()}
+	fmt.Fprintf(cfg.Log, "mode %d: creating %d entities with queued wakes in tenant %s\n", m, ds.entities, ds.tenant)
+	if err := ds.create(ctx, pool); err != nil {
+		return res, err
+	}
+	// One request per runner opens its keep-alive connection before the clock starts.
+	for _, r := range runners {
+		if err := r.get(ctx, "/healthz"); err != nil {
+			return res, fmt.Errorf("warm up: %w", err)
+		}
+	}
+	res, err = drive(ctx, cfg, m, cfg.Runners, func(ctx context.Context, i int) (cycleFunc, func(), error) {
+		if m == ModeHTTPNext {
+			return runners[i].cycleNext, func() { runners[i].releaseHeld(ctx) }, nil
+		}
+		return runners[i].cycle, func() {}, nil
+	})
+	res.Entities = ds.entities
+	if srv.PID > 0 {
+		res.ServerRSS = rss(srv.PID)
+	}
+	if _, serr := ds.stopLeftovers(ctx, pool); serr != nil && res.FirstErr == "" {
+		res.FirstErr = serr.Error()
+	}
+	return res, err
+}
+
+// rss reads a process's resident set size from /proc (Linux), in bytes.
+func rss(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			if len(f) >= 1 {
+				kb, _ := strconv.ParseInt(f[0], 10, 64)
+				return kb * 1024
+			}
+		}
+	}
+	return 0
+}
+
+func registerRunner(ctx context.Context, c *http.Client, srv Server, id string) (string, error) {
+	body, _ := json.Marshal(map[string]string{"id": id, "label": "bench", "kind": "bench"})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/_electric/runners", bytes.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if srv.AdminToken != "" {
+		req.Header.Set("Authorization", "Bearer "+srv.AdminToken)
+	}
+	var out struct {
+		RunnerToken string `json:"runner_token"`
+	}
+	if err := do(c, req, http.StatusCreated, &out); err != nil {
+		return "", fmt.Errorf("register runner %s: %w", id, err)
+	}
+	if out.RunnerToken == "" {
+		return "", fmt.Errorf("register runner %s: no runner_token in the answer", id)
+	}
+	return out.RunnerToken, nil
+}
+
+// do sends req, wants status want, and decodes a JSON answer into out (when
+// not nil). It always drains the body so the connection is reused.
+func do(c *http.Client, req *http.Request, want int, out any) error {
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("read answer: %w", err)
+	}
+	if resp.StatusCode != want {
+		return &statusError{code: resp.StatusCode, body: strings.TrimSpace(string(b))}
+	}
+	if out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("decode answer: %w", err)
+		}
+	}
+	return nil
+}
+
+type statusError struct {
+	code int
+	body string
+}
+
+func (e *statusError) Error() string {
+	if len(e.body) > 300 {
+		e.body = e.body[:300] + "..."
+	}
+	return fmt.Sprintf("status %d: %s", e.code, e.body)
+}
+
+// notification is the part of a wake notification the cycle uses.
+type notification struct {
+	ConsumerID string `json:"consumer_id"`
+	Epoch      int64  `json:"epoch"`
+	StreamPath string `json:"stream_path"`
+	ClaimToken string `json:"claim_token"`
+	WriteToken string `json:"write_token"`
+}
+
+// httpRunner is one runner of an HTTP mode.
+type httpRunner struct {
+	c       *http.Client
+	base    string
+	id      string
+	token   string
+	leaseMs int32
+	msg     []byte
+	next    *notification // handed over by the previous done (mode 5)
+}
+
+func (r *httpRunner) get(ctx context.Context, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.base+path, nil)
+	if err != nil {
+		return err
+	}
+	return do(r.c, req, http.StatusOK, nil)
+}
+
+func (r *httpRunner) post(ctx context.Context, path, token string, body []byte) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.base+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	return req, nil
+}
+
+func (r *httpRunner) claim(ctx context.Context, rec *recorder) (*notification, error) {
+	var n notification
+	err := rec.time(0, func() error {
+		req, err := r.post(ctx, "/_electric/runners/"+url.PathEscape(r.id)+"/claim", r.token,
+			[]byte(`{"lease_ttl_ms":`+strconv.Itoa(int(r.leaseMs))+`}`))
+		if err != nil {
+			return err
+		}
+		resp, err := r.c.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		switch resp.StatusCode {
+		case http.StatusNoContent:
+			return errNoWork
+		case http.StatusOK:
+			return json.Unmarshal(b, &n)
+		}
+		return &statusError{code: resp.StatusCode, body: string(b)}
+	})
+	if err == errNoWork {
+		return nil, err
+	}
+	if err != nil {
+		return nil, fmt.Errorf("claim: %w", err)
+	}
+	return &n, nil
+}
+
+func (r *httpRunner) appendMsg(ctx context.Context, rec *recorder, n *notification) (string, error) {
+	var off string
+	err := rec.time(1, func() error {
+		req, err := r.post(ctx, n.StreamPath, n.WriteToken, r.msg)
+		if err != nil {
+			return err
+		}
+		resp, err := r.c.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode/100 != 2 {
+			return &statusError{code: resp.StatusCode, body: string(b)}
+		}
+		off = resp.Header.Get("Stream-Next-Offset")
+		if off == "" {
+			return fmt.Errorf("no Stream-Next-Offset in the answer")
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("append to %s: %w", n.StreamPath, err)
+	}
+	return off, nil
+}
+
+type doneAnswer struct {
+	Released      bool          `json:"released"`
+	EntityCleared bool          `json:"entity_cleared"`
+	Next          *notification `json:"next"`
+}
+
+func (r *httpRunner) done(ctx context.Context, rec *recorder, n *notification, off string, claimNext bool) (*doneAnswer, error) {
+	body, _ := json.Marshal(map[string]any{
+		"epoch": n.Epoch, "done": true, "claim_next": claimNext,
+		"acks": []map[string]string{{"stream": n.StreamPath, "offset": off}},
+	})
+	var out doneAnswer
+	err := rec.time(2, func() error {
+		req, err := r.post(ctx, "/_electric/wake-callbacks/"+url.PathEscape(n.ConsumerID), n.ClaimToken, body)
+		if err != nil {
+			return err
+		}
+		return do(r.c, req, http.StatusOK, &out)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("done %s/%d: %w", n.ConsumerID, n.Epoch, err)
+	}
+	if !out.Released || !out.EntityCleared {
+		return nil, fmt.Errorf("done %s/%d: released=%t entity_cleared=%t", n.ConsumerID, n.Epoch, out.Released, out.EntityCleared)
+	}
+	return &out, nil
+}
+
+// cycle is mode 1: claim, append, done; three requests, three commits.
+func (r *httpRunner) cycle(ctx context.Context, rec *recorder) error {
+	n, err := r.claim(ctx, rec)
+	if err != nil {
+		return err
+	}
+	off, err := r.appendMsg(ctx, rec, n)
+	if err != nil {
+		return err
+	}
+	_, err = r.done(ctx, rec, n, off, false)
+	return err
+}
+
+// cycleNext is mode 5: append, then a done that claims the next wake.
+func (r *httpRunner) cycleNext(ctx context.Context, rec *recorder) error {
+	n := r.next
+	if n == nil {
+		var err error
+		if n, err = r.claim(ctx, rec); err != nil {
+			return err
+		}
+	}
+	r.next = nil
+	off, err := r.appendMsg(ctx, rec, n)
+	if err != nil {
+		return err
+	}
+	a, err := r.done(ctx, rec, n, off, true)
+	if err != nil {
+		return err
+	}
+	r.next = a.Next
+	return nil
+}
+
+// releaseHeld ends the claim a runner of mode 5 still holds when the time
+// is up, so the bench leaves no active claim behind. Not timed.
+func (r *httpRunner) releaseHeld(ctx context.Context) {
+	n := r.next
+	if n == nil {
+		return
+	}
+	r.next = nil
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	_, _ = r.done(ctx, newRecorder(3), n, "-1", false)
+}

@@ -1,0 +1,212 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// errNoWork ends a worker: the queue is empty.
+var errNoWork = errors.New("no work")
+
+// cycleFunc runs one cycle, recording each step's latency. It returns
+// errNoWork when there is nothing left to claim.
+type cycleFunc func(ctx context.Context, rec *recorder) error
+
+// ModeResult is what one mode measured.
+type ModeResult struct {
+	Mode     Mode
+	Runners  int
+	Entities int
+	Cycles   int64
+	Elapsed  time.Duration
+	Steps    []StepStats
+	Errors   int64
+	FirstErr string
+	// RanDry is set when workers found the queue empty before the time was
+	// up: the rate is over the time they ran, but raise --entities.
+	RanDry bool
+	// ServerRSS is the resident memory of a server the bench started, in
+	// bytes, read at the end of the mode (0 when unknown).
+	ServerRSS int64
+	Note      string
+}
+
+// Rate is cycles (or transactions, for the commit mode) per second.
+func (r ModeResult) Rate() float64 {
+	if r.Elapsed <= 0 {
+		return 0
+	}
+	return float64(r.Cycles) / r.Elapsed.Seconds()
+}
+
+// Report is a whole run.
+type Report struct {
+	Config  Config
+	Started time.Time
+	Results []ModeResult
+	// LoadStart is the 1-minute load average when the run started.
+	LoadStart string
+}
+
+// Run runs every configured mode in turn and returns what each measured.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	pcfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	pcfg.MaxConns = int32(cfg.Runners + 4)
+	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	defer pool.Close()
+	if err := pool.Ping(ctx); err != nil {
+		return nil, fmt.Errorf("connect to database: %w", err)
+	}
+	rep := &Report{Config: cfg, Started: time.Now(), LoadStart: loadavg()}
+	for _, m := range cfg.Modes {
+		var res ModeResult
+		var err error
+		if m.isHTTP() {
+			res, err = runHTTPMode(ctx, &cfg, pool, m)
+		} else {
+			res, err = runSQLMode(ctx, &cfg, pool, m)
+		}
+		if err != nil {
+			return rep, fmt.Errorf("mode %d (%s): %w", m, m, err)
+		}
+		rep.Results = append(rep.Results, res)
+		if ctx.Err() != nil {
+			return rep, ctx.Err()
+		}
+	}
+	return rep, nil
+}
+
+// drive runs n workers for the configured duration. newWorker builds
+// worker i's cycle and a cleanup. Workers check the clock before each
+// cycle, so cycles in flight at the deadline complete and count.
+func drive(ctx context.Context, cfg *Config, m Mode, n int,
+	newWorker func(ctx context.Context, i int) (cycleFunc, func(), error)) (ModeResult, error) {
+	res := ModeResult{Mode: m, Runners: n}
+	cycles := make([]cycleFunc, n)
+	for i := range n {
+		c, cleanup, err := newWorker(ctx, i)
+		if err != nil {
+			return res, fmt.Errorf("start runner %d: %w", i, err)
+		}
+		defer cleanup()
+		cycles[i] = c
+	}
+	steps := m.steps()
+	recs := make([]*recorder, n)
+	for i := range recs {
+		recs[i] = newRecorder(len(steps))
+	}
+
+	var (
+		done     atomic.Int64
+		errCount atomic.Int64
+		dry      atomic.Bool
+		firstErr atomic.Pointer[string]
+		lastEnd  atomic.Int64
+		wg       sync.WaitGroup
+	)
+	start := time.Now()
+	deadline := start.Add(cfg.Duration)
+	stopProgress := progress(cfg, m, start, &done)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			consecutive := 0
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				err := cycles[i](ctx, recs[i])
+				if errors.Is(err, errNoWork) {
+					dry.Store(true)
+					break
+				}
+				if err != nil {
+					errCount.Add(1)
+					msg := err.Error()
+					firstErr.CompareAndSwap(nil, &msg)
+					if consecutive++; consecutive >= 3 || ctx.Err() != nil {
+						break
+					}
+					continue
+				}
+				consecutive = 0
+				done.Add(1)
+			}
+			end := int64(time.Since(start))
+			for {
+				old := lastEnd.Load()
+				if end <= old || lastEnd.CompareAndSwap(old, end) {
+					break
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	stopProgress()
+
+	res.Cycles = done.Load()
+	res.Elapsed = time.Duration(lastEnd.Load())
+	res.Errors = errCount.Load()
+	if p := firstErr.Load(); p != nil {
+		res.FirstErr = *p
+	}
+	res.RanDry = dry.Load() && res.Elapsed < cfg.Duration
+	for si, name := range steps {
+		all := make([]samples, n)
+		for i, r := range recs {
+			all[i] = r.steps[si]
+		}
+		res.Steps = append(res.Steps, summarise(name, all))
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	if res.Cycles == 0 && res.FirstErr != "" {
+		return res, fmt.Errorf("no cycle succeeded: %s", res.FirstErr)
+	}
+	return res, nil
+}
+
+// progress prints a progress line every second until stopped.
+func progress(cfg *Config, m Mode, start time.Time, done *atomic.Int64) func() {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		line := func() {
+			el := time.Since(start)
+			n := done.Load()
+			fmt.Fprintf(cfg.Progress, "\r  mode %d %-9s %5.1fs/%s  %8d cycles  %8.0f/s ", int(m), m,
+				el.Seconds(), cfg.Duration, n, float64(n)/el.Seconds())
+		}
+		for {
+			select {
+			case <-stop:
+				line()
+				fmt.Fprintln(cfg.Progress)
+				return
+			case <-t.C:
+				line()
+			}
+		}
+	}()
+	return func() { close(stop); wg.Wait() }
+}

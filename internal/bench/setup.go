@@ -1,0 +1,103 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// dataset is one mode's fresh data: entities /bench/{prefix}-{n} with one
+// sent message and one queued wake each, in tenant.
+type dataset struct {
+	tenant   string
+	prefix   string
+	entities int
+}
+
+// spawnBatch bounds each setup transaction.
+const spawnBatch = 10000
+
+// create spawns the entities and sends each one message, in batches, then
+// refreshes planner statistics and checkpoints so every mode starts from
+// the same state (statistics current, no checkpoint debt from the setup).
+func (d dataset) create(ctx context.Context, pool *pgxpool.Pool) error {
+	for lo := 1; lo <= d.entities; lo += spawnBatch {
+		hi := min(lo+spawnBatch-1, d.entities)
+		_, err := pool.Exec(ctx, `
+			SELECT count(*) FROM generate_series($1::int, $2::int) g,
+			       LATERAL spawn_entity('/bench/' || $3::text || '-' || g, NULL, NULL, $4::text)`,
+			lo, hi, d.prefix, d.tenant)
+		if err != nil {
+			return fmt.Errorf("spawn bench entities %d-%d: %w", lo, hi, err)
+		}
+		_, err = pool.Exec(ctx, `
+			SELECT count(*) FROM generate_series($1::int, $2::int) g,
+			       LATERAL send_to_entity('/bench/' || $3::text || '-' || g, '{"bench": true}'::jsonb,
+			                              'bench', NULL, $4::text)`,
+			lo, hi, d.prefix, d.tenant)
+		if err != nil {
+			return fmt.Errorf("send to bench entities %d-%d: %w", lo, hi, err)
+		}
+	}
+	return settle(ctx, pool)
+}
+
+// settle analyzes the hot tables and checkpoints (best effort: CHECKPOINT
+// needs a privileged role).
+func settle(ctx context.Context, pool *pgxpool.Pool) error {
+	if _, err := pool.Exec(ctx, `VACUUM (ANALYZE) entities, entity_dispatch_state, wakes, consumer_claims, streams, runners`); err != nil {
+		return fmt.Errorf("analyze after setup: %w", err)
+	}
+	_, _ = pool.Exec(ctx, `CHECKPOINT`)
+	return nil
+}
+
+// createRunners inserts n runners straight into the table (the SQL modes
+// never authenticate) and returns their ids.
+func createRunners(ctx context.Context, pool *pgxpool.Pool, tenant, prefix string, n int) ([]string, error) {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%s-r%03d", prefix, i+1)
+	}
+	_, err := pool.Exec(ctx, `
+		INSERT INTO runners (tenant_id, id, label, kind, token_hash)
+		SELECT $1, id, 'bench', 'bench', '\x00'::bytea FROM unnest($2::text[]) AS id`, tenant, ids)
+	if err != nil {
+		return nil, fmt.Errorf("create bench runners: %w", err)
+	}
+	return ids, nil
+}
+
+// stopLeftovers stops the mode's entities that still have a queued wake,
+// so a later mode sharing the tenant (a server given by URL) never takes
+// them: their wakes become superseded.
+func (d dataset) stopLeftovers(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	var n int64
+	err := pool.QueryRow(ctx, `
+		SELECT count(*) FROM (
+		    SELECT w.entity_url FROM wakes w
+		     WHERE w.tenant_id = $1 AND w.status = 'queued' AND w.entity_url LIKE $2
+		) q, LATERAL stop_entity(q.entity_url, NULL, $1)`,
+		d.tenant, "/bench/"+escapeLike(d.prefix)+"-%").Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("stop leftover bench entities: %w", err)
+	}
+	return n, nil
+}
+
+func escapeLike(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
+}
+
+// message is the 1 KiB JSON message every cycle appends.
+func message(runner string) []byte {
+	head := `{"type":"bench","key":"` + runner + `","value":{"text":"`
+	tail := `"}}`
+	pad := messageSize - len(head) - len(tail)
+	return []byte(head + strings.Repeat("x", max(pad, 0)) + tail)
+}
