@@ -52,9 +52,18 @@ BEGIN
             RETURN;
         END IF;
 
-        -- Lock the dispatch row, then re-check what the pick assumed.
+        -- Lock the dispatch row, then re-check what the pick assumed. A claim
+        -- never waits for a dispatch lock (someone is releasing, sending to
+        -- or sweeping that entity): it skips the wake. Holding the wake lock
+        -- while waiting for the dispatch lock would invert the fixed order
+        -- and could deadlock with stop_entity or a sweep.
         SELECT d.* INTO v_d FROM entity_dispatch_state d
-         WHERE d.tenant_id = p_tenant AND d.entity_url = v_wake.entity_url FOR UPDATE;
+         WHERE d.tenant_id = p_tenant AND d.entity_url = v_wake.entity_url
+           FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            v_skip := v_skip || v_wake.wake_id;
+            CONTINUE;
+        END IF;
         SELECT e.status, e.main_stream INTO v_status, v_stream FROM entities e
          WHERE e.tenant_id = p_tenant AND e.url = v_wake.entity_url;
         IF v_status IN ('stopping', 'stopped') THEN
@@ -129,7 +138,9 @@ BEGIN
     FOR v_r IN
         SELECT c.consumer_id, c.epoch, c.entity_url FROM consumer_claims c
          WHERE c.tenant_id = p_tenant AND c.status = 'active' AND c.lease_expires_at <= v_now
-         ORDER BY c.lease_expires_at
+         -- Dispatch rows are locked in entity order: two sweeps (the
+         -- server's and one from psql) never lock them crosswise.
+         ORDER BY c.entity_url, c.epoch
          LIMIT p_limit
     LOOP
         SELECT d.* INTO v_d FROM entity_dispatch_state d
