@@ -10,7 +10,9 @@ import (
 
 func bearer(r *http.Request) string { return secret.Bearer(r.Header.Get("Authorization")) }
 
-func unauthorized(msg string) *apiError { return errf(http.StatusUnauthorized, "UNAUTHORIZED", "%s", msg) }
+func unauthorized(msg string) *apiError {
+	return errf(http.StatusUnauthorized, "UNAUTHORIZED", "%s", msg)
+}
 
 // isAdmin reports whether the request carries the configured admin token.
 func (s *Server) isAdmin(r *http.Request) bool {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/internal/metrics"
 	"github.com/pullwake/pullwake/internal/secret"
 	"github.com/pullwake/pullwake/server/tokens"
 )
@@ -175,7 +176,7 @@ func (s *Server) release(r *http.Request, consumer string, epoch int64, acks []b
 		return res, err
 	}
 	s.afterRelease(consumer, epoch, res.StreamPath)
-	outcome := releaseOutcome(res)
+	outcome := metrics.Outcome(res.Released, res.EntityCleared, res.ClaimStatus)
 	s.metrics.Released(outcome, time.Since(start))
 	s.log.Info("claim release", "consumer_id", consumer, "epoch", epoch, "entity_url", res.EntityUrl,
 		"outcome", outcome, "released", res.Released, "entity_cleared", res.EntityCleared,

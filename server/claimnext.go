@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/internal/metrics"
 )
 
 // doneAndClaimNext releases the claim and claims its runner's next wake in
@@ -28,7 +29,7 @@ func (s *Server) doneAndClaimNext(w http.ResponseWriter, r *http.Request, consum
 		AckedOffset: res.AckedOffset, QueuedWakeID: res.QueuedWakeID,
 	}
 	s.afterRelease(consumer, epoch, res.StreamPath)
-	outcome := releaseOutcome(rel)
+	outcome := metrics.Outcome(rel.Released, rel.EntityCleared, rel.ClaimStatus)
 	s.metrics.Released(outcome, time.Since(start))
 	s.log.Info("claim release", "consumer_id", consumer, "epoch", epoch, "entity_url", res.EntityUrl,
 		"outcome", outcome, "released", res.Released, "entity_cleared", res.EntityCleared,

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"time"
 
-	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/server/tokens"
 )
 
@@ -69,17 +68,5 @@ func (s *Server) reconcileTokens(ctx context.Context) {
 	}
 	if dropped > 0 {
 		s.log.Info("write tokens dropped after reconnect: claims no longer active", "count", dropped)
-	}
-}
-
-// releaseOutcome names a release result for metrics and logs.
-func releaseOutcome(r db.ReleaseClaimRow) string {
-	switch {
-	case r.Released && r.EntityCleared:
-		return "released"
-	case r.Released || r.ClaimStatus == "expired":
-		return "stale_epoch"
-	default:
-		return "noop"
 	}
 }

@@ -230,6 +230,7 @@ func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
 	c, err := s.q.ClaimNextWake(r.Context(), s.pool, db.ClaimNextWakeParams{
 		RunnerID: runnerID, LeaseTtlMs: ttl, TenantID: s.cfg.Tenant})
 	if errors.Is(err, db.ErrNotFound) {
+		s.metrics.ClaimNone(time.Since(start))
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}

@@ -31,6 +31,7 @@ type StreamHandler interface {
 // Metrics receives lifecycle measurements (package metrics implements it).
 type Metrics interface {
 	ClaimStarted(d time.Duration)
+	ClaimNone(d time.Duration)
 	Released(outcome string, d time.Duration)
 	Expired(n int)
 	Handler() http.Handler
@@ -244,7 +245,8 @@ func itoa(n int64) string { b, _ := json.Marshal(n); return string(b) }
 
 type nopMetrics struct{}
 
-func (nopMetrics) ClaimStarted(time.Duration)      {}
+func (nopMetrics) ClaimStarted(time.Duration)     {}
+func (nopMetrics) ClaimNone(time.Duration)        {}
 func (nopMetrics) Released(string, time.Duration) {}
 func (nopMetrics) Expired(int)                    {}
 func (nopMetrics) Handler() http.Handler {

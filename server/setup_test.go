@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pullwake/pullwake/internal/metrics"
 	"github.com/pullwake/pullwake/internal/testdb"
 	"github.com/pullwake/pullwake/server"
 	"github.com/pullwake/pullwake/server/streams"
@@ -37,13 +38,21 @@ type options struct {
 	adminToken string
 	sweep      time.Duration
 	listen     bool
+	metrics    bool
+	empty      bool // database without migrations
 }
 
 // setup starts a server on a fresh database.
 func setup(t *testing.T, opts ...func(*options)) *bundle {
 	t.Helper()
-	d := testdb.New(t)
-	return startOn(t, d, opts...)
+	o := options{}
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.empty {
+		return startOn(t, testdb.Empty(t), opts...)
+	}
+	return startOn(t, testdb.New(t), opts...)
 }
 
 // startOn starts another server instance (empty token store) on d.
@@ -80,6 +89,9 @@ func startOn(t *testing.T, d *testdb.DB, opts ...func(*options)) *bundle {
 	if o.listen {
 		cfg.ConnString = d.URL
 	}
+	if o.metrics {
+		cfg.Metrics = metrics.New(metrics.Config{TokenStoreSize: store.Len, Source: metrics.DBSource{Conn: pool, Tenant: "default"}})
+	}
 	hs := httptest.NewUnstartedServer(nil)
 	hs.Start()
 	cfg.PublicURL = hs.URL
@@ -107,7 +119,10 @@ func startOn(t *testing.T, d *testdb.DB, opts ...func(*options)) *bundle {
 
 type testWriter struct{ t *testing.T }
 
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
 
 // resp is a decoded response.
 type resp struct {

@@ -23,9 +23,9 @@ type SweeperConfig struct {
 	// Retention: ended claims and finished wakes older than this are
 	// deleted in bounded batches after each expiry pass; 0 keeps all.
 	Retention time.Duration
-	Tokens   *tokens.Store
-	Metrics  Metrics
-	Logger   *slog.Logger
+	Tokens    *tokens.Store
+	Metrics   Metrics
+	Logger    *slog.Logger
 }
 
 // Sweeper expires claims whose lease passed, every Interval, through the

@@ -108,8 +108,8 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, path strin
 	if !h.authorizeAdmin(w, r) {
 		return
 	}
-	if r.Header.Get("Stream-Forked-From") != "" {
-		writeError(w, r, http.StatusNotImplemented, "NOT_IMPLEMENTED", "stream forks are not supported")
+	if forkHeaders(r) {
+		h.refuseFork(w, r)
 		return
 	}
 	ct := r.Header.Get("Content-Type")
@@ -401,5 +401,60 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, path strin
 		writeError(w, r, http.StatusForbidden, "FORBIDDEN", "an entity's main stream is deleted with its entity only")
 	default:
 		writeError(w, r, http.StatusNotFound, "STREAM_NOT_FOUND", "no stream at this path")
+	}
+}
+
+func forkHeaders(r *http.Request) bool {
+	for _, k := range []string{"Stream-Forked-From", "Stream-Fork-Offset", "Stream-Fork-Sub-Offset"} {
+		if _, ok := r.Header[k]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// refuseFork answers a fork request. Forks are not implemented (501), but a
+// request that would be refused anyway gets the protocol's refusal: fork
+// headers without a source or malformed (400), a missing source (404), a
+// fork point past the source's tail (400).
+func (h *Handler) refuseFork(w http.ResponseWriter, r *http.Request) {
+	src := r.Header.Get("Stream-Forked-From")
+	if src == "" {
+		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Fork-Offset and Stream-Fork-Sub-Offset need Stream-Forked-From")
+		return
+	}
+	sub := int64(0)
+	if v, ok := r.Header["Stream-Fork-Sub-Offset"]; ok {
+		if !ttlRe.MatchString(v[0]) {
+			writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Fork-Sub-Offset must be a non-negative integer")
+			return
+		}
+		sub, _ = strconv.ParseInt(v[0], 10, 64)
+	}
+	var at *int64
+	if v, ok := r.Header["Stream-Fork-Offset"]; ok {
+		n, ok := parseOffset(v[0])
+		if !ok || n == nil {
+			writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Fork-Offset must be an offset this server returned")
+			return
+		}
+		at = n
+	}
+	if checkPath(src) != "" {
+		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Forked-From must be a stream path")
+		return
+	}
+	c, err := h.read(r, src, nil, 0, false)
+	if err != nil {
+		h.internalError(w, r, "fork", src, err)
+		return
+	}
+	switch {
+	case c.Status != "ok":
+		writeError(w, r, http.StatusNotFound, "STREAM_NOT_FOUND", "no source stream at Stream-Forked-From")
+	case at != nil && *at > c.TailSeq, at == nil && sub > 0:
+		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "the fork point lies past the source stream's tail")
+	default:
+		writeError(w, r, http.StatusNotImplemented, "NOT_IMPLEMENTED", "stream forks are not supported")
 	}
 }
