@@ -3,12 +3,12 @@
 # (../shared/conformance/durable-streams.sh, or $DS_CONFORMANCE_SCRIPT)
 # against `pullwake serve` on a fresh database, and fails when fewer tests
 # pass than the threshold (the figure reached; forks are out of scope).
-#   scripts/conformance.sh [MIN_PASSED]     (default $CONFORMANCE_MIN, else 253)
+#   scripts/conformance.sh [MIN_PASSED]     (default $CONFORMANCE_MIN, else 261)
 # Needs node/npm (the suite installs itself into a cache folder) and
 # PostgreSQL (found or started like the tests: scripts/testdb-url.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-min=${1:-${CONFORMANCE_MIN:-253}}
+min=${1:-${CONFORMANCE_MIN:-261}}
 suite=${DS_CONFORMANCE_SCRIPT:-../shared/conformance/durable-streams.sh}
 [ -x "$suite" ] || { echo "conformance: suite runner $suite not found (set DS_CONFORMANCE_SCRIPT)" >&2; exit 2; }
 

@@ -111,6 +111,10 @@ func TestBadInputIs4xxAndChangesNothing(t *testing.T) {
 		{"bad producer epoch", "POST", p, "1", 400, []string{"Content-Type", jsonCT, "Producer-Id", "x", "Producer-Epoch", "-1", "Producer-Seq", "0"}},
 		{"too large", "POST", p, big, 413, []string{"Content-Type", jsonCT}},
 		{"missing stream", "POST", "/v1/stream/nope", "1", 404, []string{"Content-Type", jsonCT}},
+		{"fork header without source", "PUT", "/v1/stream/f1", "", 400, []string{"Stream-Fork-Sub-Offset", "0"}},
+		{"fork of a missing source", "PUT", "/v1/stream/f2", "", 404, []string{"Stream-Forked-From", "/v1/stream/nope"}},
+		{"fork past the tail", "PUT", "/v1/stream/f3", "", 400, []string{"Stream-Forked-From", p, "Stream-Fork-Offset", "0000000000000005"}},
+		{"fork (not implemented)", "PUT", "/v1/stream/f4", "", 501, []string{"Stream-Forked-From", p}},
 	}
 	for _, c := range cases {
 		r := b.do(t, c.method, c.path, c.body, c.hdr...)
@@ -124,7 +128,7 @@ func TestBadInputIs4xxAndChangesNothing(t *testing.T) {
 	if r := b.must(t, 200, "GET", p, ""); r.body != `[{"x":1}]` {
 		t.Fatalf("stream changed: %s", r.body)
 	}
-	for _, q := range []string{"/v1/stream/t1", "/v1/stream/t2", "/v1/stream/t3", "/v1/stream/t4"} {
+	for _, q := range []string{"/v1/stream/t1", "/v1/stream/t2", "/v1/stream/t3", "/v1/stream/t4", "/v1/stream/f1", "/v1/stream/f4"} {
 		b.must(t, 404, "HEAD", q, "")
 	}
 }
