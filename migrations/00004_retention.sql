@@ -29,33 +29,30 @@ BEGIN
         RAISE EXCEPTION 'batch must be positive, got %', p_batch USING ERRCODE = 'PW008';
     END IF;
 
-    -- The DELETE re-checks the guard: a row picked here cannot have turned
-    -- active again, but the condition costs nothing and states the rule.
-    -- The batch is a materialized CTE: evaluated once, so a join plan that
-    -- rescans its inner side cannot pick more than p_batch rows.
-    WITH old AS MATERIALIZED (
-        SELECT k.consumer_id, k.epoch FROM consumer_claims k
-         WHERE k.tenant_id = p_tenant AND k.status <> 'active' AND k.updated_at < v_cutoff
-         ORDER BY k.updated_at
-         LIMIT p_batch
-         FOR UPDATE SKIP LOCKED)
+    -- The batch is picked through the partial index and locked, then
+    -- deleted by ctid (a Tid Scan: a join back to the table by key can be
+    -- planned as a hash join over the whole table). The locks pin the
+    -- ctids; the DELETE re-checks the guard all the same.
     DELETE FROM consumer_claims c
-     USING old
-     WHERE c.tenant_id = p_tenant AND c.consumer_id = old.consumer_id AND c.epoch = old.epoch
-       AND c.status <> 'active' AND c.updated_at < v_cutoff;
+     WHERE c.ctid = ANY (ARRAY(
+               SELECT k.ctid FROM consumer_claims k
+                WHERE k.tenant_id = p_tenant AND k.status <> 'active' AND k.updated_at < v_cutoff
+                ORDER BY k.updated_at
+                LIMIT p_batch
+                FOR UPDATE SKIP LOCKED))
+       AND c.tenant_id = p_tenant AND c.status <> 'active' AND c.updated_at < v_cutoff;
     GET DIAGNOSTICS v_claims = ROW_COUNT;
 
-    WITH old AS MATERIALIZED (
-        SELECT k.wake_id FROM wakes k
-         WHERE k.tenant_id = p_tenant AND k.status IN ('completed', 'expired', 'superseded')
-           AND k.finished_at < v_cutoff
-         ORDER BY k.finished_at
-         LIMIT p_batch
-         FOR UPDATE SKIP LOCKED)
     DELETE FROM wakes w
-     USING old
-     WHERE w.tenant_id = p_tenant AND w.wake_id = old.wake_id
-       AND w.status IN ('completed', 'expired', 'superseded') AND w.finished_at < v_cutoff;
+     WHERE w.ctid = ANY (ARRAY(
+               SELECT k.ctid FROM wakes k
+                WHERE k.tenant_id = p_tenant AND k.status IN ('completed', 'expired', 'superseded')
+                  AND k.finished_at < v_cutoff
+                ORDER BY k.finished_at
+                LIMIT p_batch
+                FOR UPDATE SKIP LOCKED))
+       AND w.tenant_id = p_tenant AND w.status IN ('completed', 'expired', 'superseded')
+       AND w.finished_at < v_cutoff;
     GET DIAGNOSTICS v_wakes = ROW_COUNT;
 
     RETURN QUERY SELECT v_claims, v_wakes;

@@ -150,6 +150,9 @@ type Config struct {
 	Progress io.Writer
 	// Log receives one line per setup step (nil: none).
 	Log io.Writer
+	// NoCheckpoint skips the CHECKPOINT after each mode's setup (tests
+	// share their server with others).
+	NoCheckpoint bool
 }
 
 func (c *Config) fill() error {

@@ -56,7 +56,7 @@ func runHTTPMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (
 	}
 	ds := dataset{tenant: srv.Tenant, prefix: prefix, entities: cfg.entitiesFor()}
 	fmt.Fprintf(cfg.Log, "mode %d: creating %d entities with queued wakes in tenant %s\n", m, ds.entities, ds.tenant)
-	if err := ds.create(ctx, pool); err != nil {
+	if err := ds.create(ctx, pool, !cfg.NoCheckpoint); err != nil {
 		return res, err
 	}
 	// One request per runner opens its keep-alive connection before the clock starts.

@@ -23,7 +23,7 @@ const spawnBatch = 10000
 // create spawns the entities and sends each one message, in batches, then
 // refreshes planner statistics and checkpoints so every mode starts from
 // the same state (statistics current, no checkpoint debt from the setup).
-func (d dataset) create(ctx context.Context, pool *pgxpool.Pool) error {
+func (d dataset) create(ctx context.Context, pool *pgxpool.Pool, checkpoint bool) error {
 	for lo := 1; lo <= d.entities; lo += spawnBatch {
 		hi := min(lo+spawnBatch-1, d.entities)
 		_, err := pool.Exec(ctx, `
@@ -42,16 +42,18 @@ func (d dataset) create(ctx context.Context, pool *pgxpool.Pool) error {
 			return fmt.Errorf("send to bench entities %d-%d: %w", lo, hi, err)
 		}
 	}
-	return settle(ctx, pool)
+	return settle(ctx, pool, checkpoint)
 }
 
 // settle analyzes the hot tables and checkpoints (best effort: CHECKPOINT
 // needs a privileged role).
-func settle(ctx context.Context, pool *pgxpool.Pool) error {
+func settle(ctx context.Context, pool *pgxpool.Pool, checkpoint bool) error {
 	if _, err := pool.Exec(ctx, `VACUUM (ANALYZE) entities, entity_dispatch_state, wakes, consumer_claims, streams, runners`); err != nil {
 		return fmt.Errorf("analyze after setup: %w", err)
 	}
-	_, _ = pool.Exec(ctx, `CHECKPOINT`)
+	if checkpoint {
+		_, _ = pool.Exec(ctx, `CHECKPOINT`)
+	}
 	return nil
 }
 

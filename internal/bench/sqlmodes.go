@@ -28,10 +28,10 @@ func runSQLMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (M
 	if m != ModeCommit {
 		ds.entities = cfg.entitiesFor()
 		fmt.Fprintf(cfg.Log, "mode %d: creating %d entities with queued wakes in tenant %s\n", m, ds.entities, tenant)
-		if err := ds.create(ctx, pool); err != nil {
+		if err := ds.create(ctx, pool, !cfg.NoCheckpoint); err != nil {
 			return ModeResult{}, err
 		}
-	} else if err := settle(ctx, pool); err != nil {
+	} else if err := settle(ctx, pool, !cfg.NoCheckpoint); err != nil {
 		return ModeResult{}, err
 	}
 	q := db.New()
