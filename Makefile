@@ -27,6 +27,7 @@ generate:
 
 # Fails when sql/schema.sql or the sqlc output is stale.
 check-generated:
+	mkdir -p .data
 	scripts/schema.sh .data/schema.check.sql
 	diff -u sql/schema.sql .data/schema.check.sql || { echo "sql/schema.sql is stale: run make schema" >&2; exit 1; }
 	$(GO) tool sqlc diff || { echo "db/ is stale: run make generate" >&2; exit 1; }

@@ -73,9 +73,13 @@ func TestMetricsAcrossCycleAndExpiry(t *testing.T) {
 		t.Fatalf("after claim: started %v active %v tokens %v", m1["pullwake_claims_started_total"],
 			m1[`pullwake_claims{status="active"}`], m1["pullwake_token_store_size"])
 	}
-	b.must(200, b.done(w, map[string]any{"stream": w.StreamPath, "offset": "0000000000000001"}))
+	b.must(204, b.appendMain(w, w.WriteToken, []any{map[string]any{"a": 1}, map[string]any{"b": 2}}))
+	b.must(200, b.done(w, map[string]any{"stream": w.StreamPath, "offset": "0000000000000003"}))
 	b.must(200, b.done(w))
 	m2 := b.scrape()
+	if m2["pullwake_appends_total"] != 2 || m2["pullwake_append_bytes_total"] == 0 {
+		t.Fatalf("appends: %v", pick(m2, "pullwake_append"))
+	}
 	if m2[`pullwake_releases_total{outcome="released"}`] != 1 || m2[`pullwake_releases_total{outcome="noop"}`] != 1 ||
 		m2[`pullwake_claims{status="released"}`] != 1 || m2["pullwake_token_store_size"] != 0 ||
 		m2["pullwake_release_duration_seconds_count"] != 2 {

@@ -81,7 +81,15 @@ func startOn(t *testing.T, d *testdb.DB, opts ...func(*options)) *bundle {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, nil))
 	}
 	store := tokens.New()
-	sh := streams.New(streams.Config{Pool: pool, Gate: store, AdminToken: o.adminToken, LongPollTimeout: time.Second, Logger: log})
+	var met *metrics.Metrics
+	if o.metrics {
+		met = metrics.New(metrics.Config{TokenStoreSize: store.Len, Source: metrics.DBSource{Conn: pool, Tenant: "default"}})
+	}
+	scfg := streams.Config{Pool: pool, Gate: store, AdminToken: o.adminToken, LongPollTimeout: time.Second, Logger: log}
+	if met != nil {
+		scfg.Metrics = met
+	}
+	sh := streams.New(scfg)
 	cfg := server.Config{
 		Pool: pool, Tenant: "default", AdminToken: o.adminToken, SweepInterval: o.sweep,
 		Tokens: store, Streams: sh, StreamChannel: streams.NotifyChannel, Logger: log,
@@ -89,8 +97,8 @@ func startOn(t *testing.T, d *testdb.DB, opts ...func(*options)) *bundle {
 	if o.listen {
 		cfg.ConnString = d.URL
 	}
-	if o.metrics {
-		cfg.Metrics = metrics.New(metrics.Config{TokenStoreSize: store.Len, Source: metrics.DBSource{Conn: pool, Tenant: "default"}})
+	if met != nil {
+		cfg.Metrics = met
 	}
 	hs := httptest.NewUnstartedServer(nil)
 	hs.Start()

@@ -152,7 +152,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	})
 	sh := streams.New(streams.Config{
 		Pool: pool, Tenant: c.db.tenant, Gate: store, AdminToken: c.adminToken,
-		LongPollTimeout: c.longPollTimeout, Logger: log,
+		LongPollTimeout: c.longPollTimeout, Logger: log, Metrics: met,
 	})
 	srv, err := server.New(server.Config{
 		Pool: pool, ConnString: c.db.url, Tenant: c.db.tenant, PublicURL: publicURL,
@@ -184,6 +184,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	case <-ctx.Done():
 	}
 	log.Info("shutting down: finishing in-flight requests")
+	sh.Close() // live readers answer now instead of at their timeout
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {

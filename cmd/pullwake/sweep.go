@@ -15,9 +15,9 @@ func runSweep(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 Runs one lease-expiry pass (the expire_claims SQL function, as the server's
 sweeper does): every active claim whose lease has passed becomes expired and
 frees its entity. Each claim is re-checked under its locks, so a pass beside
-the servers' sweepers never ends a live claim; if PostgreSQL reports a
-deadlock (SQLSTATE 40P01: two overlapping sweeps), nothing was changed: run it
-again. Prints each claim it expired, then a count.`)
+the servers' sweepers never ends a live claim, and sweeps lock entities in
+one order, so overlapping passes wait for each other instead of deadlocking.
+Prints each claim it expired, then a count.`)
 	var d dbFlags
 	d.register(fs)
 	nowFlag := fs.String("now", "", "expire as of this RFC 3339 time instead of the database clock (like 2030-01-02T15:04:05Z)")

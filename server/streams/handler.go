@@ -53,7 +53,14 @@ type Config struct {
 	Gate            WriteGate
 	AdminToken      string        // "" = dev mode: anyone may create/delete non-entity streams
 	LongPollTimeout time.Duration // default 30s
+	Metrics         AppendRecorder // optional: counts appended messages and bytes
 	Logger          *slog.Logger
+}
+
+// AppendRecorder receives the size of each committed append
+// (internal/metrics implements it).
+type AppendRecorder interface {
+	Appended(n int, bytes int)
 }
 
 // Handler serves /v1/stream/... (see the package doc).
@@ -235,5 +242,10 @@ func (h *Handler) internalError(w http.ResponseWriter, r *http.Request, op, path
 		return // the client is gone
 	}
 	h.log.Error("streams: "+op+" failed", "path", path, "err", err)
-	writeError(w, r, http.StatusServiceUnavailable, "UNAVAILABLE", "the stream store is unavailable; retry")
+	if db.Unavailable(err) {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, r, http.StatusServiceUnavailable, "DATABASE_UNAVAILABLE", "the stream store is unavailable; retry")
+		return
+	}
+	writeError(w, r, http.StatusInternalServerError, "INTERNAL", "internal error")
 }

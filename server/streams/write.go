@@ -336,6 +336,9 @@ func (h *Handler) serveAppend(w http.ResponseWriter, r *http.Request, path strin
 	switch row.Status {
 	case "appended":
 		h.n.notify(path)
+		if h.cfg.Metrics != nil && len(msgs) > 0 {
+			h.cfg.Metrics.Appended(len(msgs), len(body))
+		}
 		setOffsetHeaders(w, row.TailSeq, row.Closed)
 		if prod != nil {
 			hd.Set("Producer-Epoch", strconv.FormatInt(prod.epoch, 10))
