@@ -51,8 +51,8 @@ type Config struct {
 	Pool            *pgxpool.Pool
 	Tenant          string
 	Gate            WriteGate
-	AdminToken      string        // "" = dev mode: anyone may create/delete non-entity streams
-	LongPollTimeout time.Duration // default 30s
+	AdminToken      string         // "" = dev mode: anyone may create/delete non-entity streams
+	LongPollTimeout time.Duration  // default 30s
 	Metrics         AppendRecorder // optional: counts appended messages and bytes
 	Logger          *slog.Logger
 }
