@@ -25,6 +25,7 @@ var sqlStateCodes = map[string]string{
 	"PW010": "RUNNER_EXISTS",
 	"PW011": "STREAM_CONFLICT",
 	"PW012": "STREAM_CLOSED",
+	"PW013": "UNAUTHORIZED",
 }
 
 // Error is a domain error raised by a lifecycle function.

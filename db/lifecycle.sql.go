@@ -114,15 +114,16 @@ func (q *Queries) ExpireClaims(ctx context.Context, db DBTX, arg ExpireClaimsPar
 const heartbeatClaim = `-- name: HeartbeatClaim :one
 SELECT r.lease_expires_at::timestamptz AS lease_expires_at, r.entity_url::text AS entity_url,
        r.stream_path::text AS stream_path
-  FROM heartbeat_claim($1::text, $2::bigint, $3::integer, $4::timestamptz, $5::text) AS r
+  FROM heartbeat_claim($1::text, $2::bigint, $3::integer, $4::timestamptz, $5::text, $6::bytea) AS r
 `
 
 type HeartbeatClaimParams struct {
-	ConsumerID string
-	Epoch      int64
-	LeaseTtlMs *int32
-	Now        *time.Time
-	TenantID   string
+	ConsumerID     string
+	Epoch          int64
+	LeaseTtlMs     *int32
+	Now            *time.Time
+	TenantID       string
+	ClaimTokenHash []byte
 }
 
 type HeartbeatClaimRow struct {
@@ -138,6 +139,7 @@ func (q *Queries) HeartbeatClaim(ctx context.Context, db DBTX, arg HeartbeatClai
 		arg.LeaseTtlMs,
 		arg.Now,
 		arg.TenantID,
+		arg.ClaimTokenHash,
 	)
 	var i HeartbeatClaimRow
 	err := row.Scan(&i.LeaseExpiresAt, &i.EntityUrl, &i.StreamPath)
@@ -149,15 +151,16 @@ SELECT r.released::boolean AS released, r.entity_cleared::boolean AS entity_clea
        r.claim_status::text AS claim_status, r.entity_url::text AS entity_url,
        r.stream_path::text AS stream_path, coalesce(r.entity_status, '')::text AS entity_status,
        coalesce(r.acked_offset, '')::text AS acked_offset, coalesce(r.queued_wake_id, '')::text AS queued_wake_id
-  FROM release_claim($1::text, $2::bigint, $3::jsonb, $4::timestamptz, $5::text) AS r
+  FROM release_claim($1::text, $2::bigint, $3::jsonb, $4::timestamptz, $5::text, $6::bytea) AS r
 `
 
 type ReleaseClaimParams struct {
-	ConsumerID string
-	Epoch      int64
-	Acks       json.RawMessage
-	Now        *time.Time
-	TenantID   string
+	ConsumerID     string
+	Epoch          int64
+	Acks           json.RawMessage
+	Now            *time.Time
+	TenantID       string
+	ClaimTokenHash []byte
 }
 
 type ReleaseClaimRow struct {
@@ -178,6 +181,7 @@ func (q *Queries) ReleaseClaim(ctx context.Context, db DBTX, arg ReleaseClaimPar
 		arg.Acks,
 		arg.Now,
 		arg.TenantID,
+		arg.ClaimTokenHash,
 	)
 	var i ReleaseClaimRow
 	err := row.Scan(

@@ -6,6 +6,7 @@ package db_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"slices"
 	"testing"
@@ -838,5 +839,33 @@ func TestClaimNotifications(t *testing.T) {
 	defer cancel()
 	if n, err := listener.WaitForNotification(ctx); err == nil {
 		t.Fatalf("unexpected extra notification %+v", n)
+	}
+}
+
+// The server hands release_claim and heartbeat_claim the SHA-256 of the
+// claim token a runner presented: a mismatch is PW013 and changes nothing;
+// the right hash works; without a hash (psql, operators) no check is made.
+func TestClaimTokenHashCheck(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	f.spawn("/chat/1")
+	f.send("/chat/1", at(0))
+	c := f.claim("r1", 30*sec, at(0))
+	good := sha256.Sum256([]byte(c.ClaimToken))
+	bad := sha256.Sum256([]byte(c.ClaimToken + "x"))
+	before := f.dump()
+
+	_, err := f.pool.Exec(f.ctx, `SELECT * FROM heartbeat_claim($1, $2, NULL, $3, 'default', $4)`, c.ConsumerID, c.Epoch, at(sec), bad[:])
+	f.wantCode(err, "PW013", "heartbeat with a wrong token hash")
+	_, err = f.pool.Exec(f.ctx, `SELECT * FROM release_claim($1, $2, '[]', $3, 'default', $4)`, c.ConsumerID, c.Epoch, at(sec), bad[:])
+	f.wantCode(err, "PW013", "release with a wrong token hash")
+	f.wantUnchanged(before, "wrong token hashes")
+
+	if _, err := f.pool.Exec(f.ctx, `SELECT * FROM heartbeat_claim($1, $2, NULL, $3, 'default', $4)`, c.ConsumerID, c.Epoch, at(sec), good[:]); err != nil {
+		t.Fatalf("heartbeat with the right hash: %v", err)
+	}
+	var released bool
+	if err := f.pool.QueryRow(f.ctx, `SELECT released FROM release_claim($1, $2, '[]', $3, 'default', $4)`, c.ConsumerID, c.Epoch, at(2*sec), good[:]).Scan(&released); err != nil || !released {
+		t.Fatalf("release with the right hash: released %v, err %v", released, err)
 	}
 }

@@ -8,6 +8,7 @@
 --   PW004 RUNNER_NOT_FOUND   PW005 RUNNER_DISABLED  PW006 CLAIM_NOT_FOUND
 --   PW007 CLAIM_NOT_ACTIVE   PW008 INVALID_REQUEST  PW009 STREAM_NOT_FOUND
 --   PW010 RUNNER_EXISTS      PW011 STREAM_CONFLICT  PW012 STREAM_CLOSED
+--   PW013 UNAUTHORIZED (a claim token that does not match the claim)
 
 -- +goose StatementBegin
 CREATE FUNCTION pw_offset(p_seq bigint) RETURNS text
@@ -373,10 +374,13 @@ $$;
 -- +goose StatementBegin
 -- heartbeat_claim extends an active claim's lease by its TTL (or by
 -- p_lease_ttl_ms when given). A claim that is no longer active, or whose
--- lease has passed, cannot be revived: CLAIM_NOT_ACTIVE.
+-- lease has passed, cannot be revived: CLAIM_NOT_ACTIVE. With
+-- p_claim_token_hash (the server passes the SHA-256 of the presented claim
+-- token) a mismatch is UNAUTHORIZED: one round trip checks and acts.
 CREATE FUNCTION heartbeat_claim(p_consumer_id text, p_epoch bigint,
                                 p_lease_ttl_ms integer DEFAULT NULL,
-                                p_now timestamptz DEFAULT NULL, p_tenant text DEFAULT 'default')
+                                p_now timestamptz DEFAULT NULL, p_tenant text DEFAULT 'default',
+                                p_claim_token_hash bytea DEFAULT NULL)
 RETURNS TABLE (lease_expires_at timestamptz, entity_url text, stream_path text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -385,11 +389,15 @@ DECLARE
     v_url   text;
     v_path  text;
     v_lease timestamptz;
+    v_hash  bytea;
 BEGIN
-    SELECT c.entity_url INTO v_url FROM consumer_claims c
+    SELECT c.entity_url, c.claim_token_hash INTO v_url, v_hash FROM consumer_claims c
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+    END IF;
+    IF p_claim_token_hash IS NOT NULL AND p_claim_token_hash IS DISTINCT FROM v_hash THEN
+        RAISE EXCEPTION 'wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
     END IF;
     PERFORM 1 FROM entity_dispatch_state d
       WHERE d.tenant_id = p_tenant AND d.entity_url = v_url FOR UPDATE;
@@ -418,9 +426,11 @@ $$;
 -- the wake, advances acked_offset to the main-stream ack and re-queues a
 -- wake when a sent message lies past it. A repeated release changes nothing
 -- and reports released = false with the claim's current status.
--- p_acks: [{"stream": path, "offset": offset}, ...].
+-- p_acks: [{"stream": path, "offset": offset}, ...]. With p_claim_token_hash
+-- (the SHA-256 of the token a runner presented) a mismatch is UNAUTHORIZED.
 CREATE FUNCTION release_claim(p_consumer_id text, p_epoch bigint, p_acks jsonb DEFAULT '[]',
-                              p_now timestamptz DEFAULT NULL, p_tenant text DEFAULT 'default')
+                              p_now timestamptz DEFAULT NULL, p_tenant text DEFAULT 'default',
+                              p_claim_token_hash bytea DEFAULT NULL)
 RETURNS TABLE (released boolean, entity_cleared boolean, claim_status text, entity_url text,
                stream_path text, entity_status text, acked_offset text, queued_wake_id text)
 LANGUAGE plpgsql AS $$
@@ -443,6 +453,9 @@ BEGIN
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+    END IF;
+    IF p_claim_token_hash IS NOT NULL AND p_claim_token_hash IS DISTINCT FROM v_c.claim_token_hash THEN
+        RAISE EXCEPTION 'wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
     END IF;
 
     -- Lock order: dispatch row, then the claim.
@@ -580,8 +593,8 @@ $$;
 -- +goose Down
 DROP FUNCTION sweep_claims(timestamptz, text, integer);
 DROP FUNCTION expire_claims(timestamptz, text, integer);
-DROP FUNCTION release_claim(text, bigint, jsonb, timestamptz, text);
-DROP FUNCTION heartbeat_claim(text, bigint, integer, timestamptz, text);
+DROP FUNCTION release_claim(text, bigint, jsonb, timestamptz, text, bytea);
+DROP FUNCTION heartbeat_claim(text, bigint, integer, timestamptz, text, bytea);
 DROP FUNCTION claim_next_wake(text, integer, timestamptz, text);
 DROP FUNCTION stop_entity(text, timestamptz, text);
 DROP FUNCTION send_to_entity(text, jsonb, text, timestamptz, text);

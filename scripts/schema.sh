@@ -10,7 +10,7 @@ db="pw_schema_$$"
 psql "$admin" -qXc "CREATE DATABASE $db" >/dev/null
 trap 'psql "$admin" -qXc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null' EXIT
 url=$(echo "$admin" | sed -E "s#/postgres(\?|$)#/$db\1#")
-go run ./cmd/pullwake migrate up --database-url "$url" >/dev/null
+go run ./internal/tools/migrateup "$url"
 pgdump=pg_dump
 for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do pgdump=$d/pg_dump; break; done
 {

@@ -83,23 +83,29 @@ func (s *Server) wakeCallback(w http.ResponseWriter, r *http.Request) error {
 	if tok == "" {
 		return unauthorized("claim token required (Authorization: Bearer <claim_token>)")
 	}
-	c, err := s.q.GetClaim(r.Context(), s.pool, db.GetClaimParams{TenantID: s.cfg.Tenant, ConsumerID: consumer, Epoch: epoch})
-	if errors.Is(err, db.ErrNotFound) {
-		return errf(http.StatusNotFound, "CLAIM_NOT_FOUND", "claim %s/%d not found", consumer, epoch)
-	}
-	if err != nil {
-		return err
-	}
-	if !secret.MatchesHash(tok, c.ClaimTokenHash) {
-		return unauthorized("wrong claim token")
-	}
+	// Done and heartbeat hand the token's hash to their SQL function, which
+	// checks it in the same round trip; a claim request reads the claim.
+	hash := secret.Hash(tok)
 	switch {
-	case body.Done:
-		return s.done(w, r, consumer, epoch, body)
-	case body.WakeID != nil:
+	case body.Done && !body.ClaimNext:
+		return s.done(w, r, consumer, epoch, hash, body)
+	case body.Done || body.WakeID != nil:
+		c, err := s.q.GetClaim(r.Context(), s.pool, db.GetClaimParams{TenantID: s.cfg.Tenant, ConsumerID: consumer, Epoch: epoch})
+		if errors.Is(err, db.ErrNotFound) {
+			return errf(http.StatusNotFound, "CLAIM_NOT_FOUND", "claim %s/%d not found", consumer, epoch)
+		}
+		if err != nil {
+			return err
+		}
+		if !secret.MatchesHash(tok, c.ClaimTokenHash) {
+			return unauthorized("wrong claim token")
+		}
+		if body.Done {
+			return s.done(w, r, consumer, epoch, hash, body)
+		}
 		return s.claimRequest(w, r, c, *body.WakeID)
 	default:
-		return s.heartbeat(w, r, consumer, epoch, body.LeaseTTLMS)
+		return s.heartbeat(w, r, consumer, epoch, hash, body.LeaseTTLMS)
 	}
 }
 
@@ -131,7 +137,7 @@ func (s *Server) claimRequest(w http.ResponseWriter, r *http.Request, c db.GetCl
 	return nil
 }
 
-func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request, consumer string, epoch int64, ttl *int64) error {
+func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request, consumer string, epoch int64, tokenHash []byte, ttl *int64) error {
 	var ttlMS *int32
 	if ttl != nil {
 		v, err := s.leaseMS(ttl, "lease_ttl_ms")
@@ -141,7 +147,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request, consumer stri
 		ttlMS = &v
 	}
 	hb, err := s.q.HeartbeatClaim(r.Context(), s.pool, db.HeartbeatClaimParams{
-		ConsumerID: consumer, Epoch: epoch, LeaseTtlMs: ttlMS, TenantID: s.cfg.Tenant})
+		ConsumerID: consumer, Epoch: epoch, LeaseTtlMs: ttlMS, TenantID: s.cfg.Tenant, ClaimTokenHash: tokenHash})
 	if err != nil {
 		return err
 	}
@@ -151,7 +157,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request, consumer stri
 
 // done releases the claim by its durable identity, whatever the token store
 // holds, then drops the write token only if this claim still owns it.
-func (s *Server) done(w http.ResponseWriter, r *http.Request, consumer string, epoch int64, body callbackBody) error {
+func (s *Server) done(w http.ResponseWriter, r *http.Request, consumer string, epoch int64, tokenHash []byte, body callbackBody) error {
 	acks, err := acksJSON(body.Acks)
 	if err != nil {
 		return err
@@ -159,7 +165,7 @@ func (s *Server) done(w http.ResponseWriter, r *http.Request, consumer string, e
 	if body.ClaimNext {
 		return s.doneAndClaimNext(w, r, consumer, epoch, acks, body.LeaseTTLMS)
 	}
-	res, err := s.release(r, consumer, epoch, acks)
+	res, err := s.release(r, consumer, epoch, acks, tokenHash)
 	if err != nil {
 		return err
 	}
@@ -168,10 +174,11 @@ func (s *Server) done(w http.ResponseWriter, r *http.Request, consumer string, e
 }
 
 // release runs release_claim and the one memory step after it.
-func (s *Server) release(r *http.Request, consumer string, epoch int64, acks []byte) (db.ReleaseClaimRow, error) {
+// tokenHash nil means an operator's release (no claim token).
+func (s *Server) release(r *http.Request, consumer string, epoch int64, acks []byte, tokenHash []byte) (db.ReleaseClaimRow, error) {
 	start := time.Now()
 	res, err := s.q.ReleaseClaim(r.Context(), s.pool, db.ReleaseClaimParams{
-		ConsumerID: consumer, Epoch: epoch, Acks: acks, TenantID: s.cfg.Tenant})
+		ConsumerID: consumer, Epoch: epoch, Acks: acks, TenantID: s.cfg.Tenant, ClaimTokenHash: tokenHash})
 	if err != nil {
 		return res, err
 	}

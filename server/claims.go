@@ -72,7 +72,7 @@ func (s *Server) forceRelease(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	res, err := s.release(r, consumer, epoch, []byte("[]"))
+	res, err := s.release(r, consumer, epoch, []byte("[]"), nil)
 	if err != nil {
 		return err
 	}

@@ -50,6 +50,7 @@ var statusOf = map[string]int{
 	"INVALID_REQUEST":  http.StatusBadRequest,
 	"STREAM_NOT_FOUND": http.StatusNotFound,
 	"RUNNER_EXISTS":    http.StatusConflict,
+	"UNAUTHORIZED":     http.StatusUnauthorized,
 }
 
 // writeJSON writes v with status.

@@ -175,10 +175,10 @@ END
 $$;
 
 --
--- Name: heartbeat_claim(text, bigint, integer, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: heartbeat_claim(text, bigint, integer, timestamp with time zone, text, bytea); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.heartbeat_claim(p_consumer_id text, p_epoch bigint, p_lease_ttl_ms integer DEFAULT NULL::integer, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(lease_expires_at timestamp with time zone, entity_url text, stream_path text)
+CREATE FUNCTION public.heartbeat_claim(p_consumer_id text, p_epoch bigint, p_lease_ttl_ms integer DEFAULT NULL::integer, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_claim_token_hash bytea DEFAULT NULL::bytea) RETURNS TABLE(lease_expires_at timestamp with time zone, entity_url text, stream_path text)
     LANGUAGE plpgsql
     AS $$
 #variable_conflict use_column
@@ -187,11 +187,15 @@ DECLARE
     v_url   text;
     v_path  text;
     v_lease timestamptz;
+    v_hash  bytea;
 BEGIN
-    SELECT c.entity_url INTO v_url FROM consumer_claims c
+    SELECT c.entity_url, c.claim_token_hash INTO v_url, v_hash FROM consumer_claims c
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+    END IF;
+    IF p_claim_token_hash IS NOT NULL AND p_claim_token_hash IS DISTINCT FROM v_hash THEN
+        RAISE EXCEPTION 'wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
     END IF;
     PERFORM 1 FROM entity_dispatch_state d
       WHERE d.tenant_id = p_tenant AND d.entity_url = v_url FOR UPDATE;
@@ -734,10 +738,10 @@ END
 $$;
 
 --
--- Name: release_claim(text, bigint, jsonb, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: release_claim(text, bigint, jsonb, timestamp with time zone, text, bytea); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.release_claim(p_consumer_id text, p_epoch bigint, p_acks jsonb DEFAULT '[]'::jsonb, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(released boolean, entity_cleared boolean, claim_status text, entity_url text, stream_path text, entity_status text, acked_offset text, queued_wake_id text)
+CREATE FUNCTION public.release_claim(p_consumer_id text, p_epoch bigint, p_acks jsonb DEFAULT '[]'::jsonb, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_claim_token_hash bytea DEFAULT NULL::bytea) RETURNS TABLE(released boolean, entity_cleared boolean, claim_status text, entity_url text, stream_path text, entity_status text, acked_offset text, queued_wake_id text)
     LANGUAGE plpgsql
     AS $$
 #variable_conflict use_column
@@ -759,6 +763,9 @@ BEGIN
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+    END IF;
+    IF p_claim_token_hash IS NOT NULL AND p_claim_token_hash IS DISTINCT FROM v_c.claim_token_hash THEN
+        RAISE EXCEPTION 'wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
     END IF;
 
     -- Lock order: dispatch row, then the claim.
