@@ -49,8 +49,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.StringVar(&admin, "admin-token", os.Getenv("PULLWAKE_ADMIN_TOKEN"), "admin token of the --server (env PULLWAKE_ADMIN_TOKEN)")
 	fs.IntVar(&cfg.Runners, "runners", 32, "concurrent runners (N)")
 	fs.DurationVar(&cfg.Duration, "duration", 15*time.Second, "how long each mode runs")
-	fs.StringVar(&modes, "modes", "1,2,3,4,5", "modes to run, e.g. 1,2,3,4,5 or 2-4 (6: mode 5 over SQL)")
+	fs.StringVar(&modes, "modes", "1,2,3,4,5", "modes to run, e.g. 1,2,3,4,5 or 1-9 (see above)")
 	fs.IntVar(&cfg.Entities, "entities", 0, "entities with a queued wake per cycle mode; 0 = enough for --duration")
+	fs.IntVar(&cfg.LiveClaims, "live-claims", 10000, "claims mode 9 holds at once before reading the server's RSS")
 	fs.StringVar(&logPath, "server-log", "", "file for the log of a server the bench starts (default: a temporary file, kept on failure)")
 	fs.BoolVar(&quiet, "quiet", false, "no progress line")
 	if _, err := parseArgs(fs, args); err != nil {

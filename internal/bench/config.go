@@ -20,8 +20,11 @@ const (
 	ModeCommit     Mode = 4
 	ModeHTTPNext   Mode = 5
 	ModeSQLNext    Mode = 6
+	ModeHTTPAppend Mode = 7
+	ModeSQLInsert  Mode = 8
+	ModeLiveClaims Mode = 9
 	firstMode           = ModeHTTP
-	lastMode            = ModeSQLNext
+	lastMode            = ModeLiveClaims
 	messageSize         = 1024
 	defaultLeaseMs      = 60000
 )
@@ -40,6 +43,12 @@ func (m Mode) String() string {
 		return "http-next"
 	case ModeSQLNext:
 		return "sql-next"
+	case ModeHTTPAppend:
+		return "http-append"
+	case ModeSQLInsert:
+		return "sql-insert"
+	case ModeLiveClaims:
+		return "live-claims"
 	}
 	return "mode" + strconv.Itoa(int(m))
 }
@@ -59,17 +68,31 @@ func (m Mode) Describe() string {
 		return "HTTP append + done with claim_next"
 	case ModeSQLNext:
 		return "SQL append + release_and_claim_next"
+	case ModeHTTPAppend:
+		return "HTTP append of one 1 KiB JSON message (write token), claim held"
+	case ModeSQLInsert:
+		return "SQL single-row INSERT of the same message into stream_messages"
+	case ModeLiveClaims:
+		return "HTTP claims without done up to --live-claims; reports server RSS"
 	}
 	return ""
 }
 
-func (m Mode) isHTTP() bool { return m == ModeHTTP || m == ModeHTTPNext }
+func (m Mode) isHTTP() bool {
+	return m == ModeHTTP || m == ModeHTTPNext || m == ModeHTTPAppend || m == ModeLiveClaims
+}
 
 // steps names the timed steps of one cycle of the mode.
 func (m Mode) steps() []string {
 	switch m {
 	case ModeCommit:
 		return []string{"update"}
+	case ModeHTTPAppend:
+		return []string{"append"}
+	case ModeSQLInsert:
+		return []string{"insert"}
+	case ModeLiveClaims:
+		return []string{"claim"}
 	case ModeHTTPNext, ModeSQLNext:
 		return []string{"claim", "append", "done+next"}
 	default:
@@ -150,6 +173,8 @@ type Config struct {
 	Progress io.Writer
 	// Log receives one line per setup step (nil: none).
 	Log io.Writer
+	// LiveClaims is how many claims mode 9 holds at once (default 10000).
+	LiveClaims int
 	// NoCheckpoint skips the CHECKPOINT after each mode's setup (tests
 	// share their server with others).
 	NoCheckpoint bool
@@ -159,6 +184,7 @@ func (c *Config) fill() error {
 	c.Runners = cmp.Or(c.Runners, 32)
 	c.Duration = cmp.Or(c.Duration, 15*time.Second)
 	c.LeaseMs = cmp.Or(c.LeaseMs, defaultLeaseMs)
+	c.LiveClaims = cmp.Or(c.LiveClaims, 10000)
 	c.RunID = cmp.Or(c.RunID, strconv.FormatInt(time.Now().Unix()%1_000_000_000, 36))
 	if c.Progress == nil {
 		c.Progress = io.Discard
@@ -186,8 +212,16 @@ func (c *Config) fill() error {
 	return nil
 }
 
-// entitiesFor is how many entities a cycle mode gets.
-func (c *Config) entitiesFor() int {
+// entitiesFor is how many entities a mode gets.
+func (c *Config) entitiesFor(m Mode) int {
+	switch m {
+	case ModeCommit:
+		return 0
+	case ModeHTTPAppend, ModeSQLInsert:
+		return c.Runners
+	case ModeLiveClaims:
+		return c.LiveClaims
+	}
 	if c.Entities > 0 {
 		return c.Entities
 	}

@@ -54,7 +54,7 @@ func runHTTPMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (
 		}
 		runners[i] = &httpRunner{c: client, base: srv.URL, id: id, token: tok, leaseMs: cfg.LeaseMs, msg: message(id)}
 	}
-	ds := dataset{tenant: srv.Tenant, prefix: prefix, entities: cfg.entitiesFor()}
+	ds := dataset{tenant: srv.Tenant, prefix: prefix, entities: cfg.entitiesFor(m)}
 	fmt.Fprintf(cfg.Log, "mode %d: creating %d entities with queued wakes in tenant %s\n", m, ds.entities, ds.tenant)
 	if err := ds.create(ctx, pool, !cfg.NoCheckpoint); err != nil {
 		return res, err
@@ -65,15 +65,42 @@ func runHTTPMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (
 			return res, fmt.Errorf("warm up: %w", err)
 		}
 	}
-	res, err = drive(ctx, cfg, m, cfg.Runners, func(ctx context.Context, i int) (cycleFunc, func(), error) {
-		if m == ModeHTTPNext {
-			return runners[i].cycleNext, func() { runners[i].releaseHeld(ctx) }, nil
+	dcfg := *cfg
+	if m == ModeLiveClaims {
+		// Claims until every entity is held: bounded by the work, not the clock.
+		dcfg.Duration = 10 * time.Minute
+		for _, r := range runners {
+			r.leaseMs = 600000
 		}
-		return runners[i].cycle, func() {}, nil
+	}
+	res, err = drive(ctx, &dcfg, m, cfg.Runners, func(ctx context.Context, i int) (cycleFunc, func(), error) {
+		r := runners[i]
+		switch m {
+		case ModeHTTPNext:
+			return r.cycleNext, func() { r.releaseHeld(ctx) }, nil
+		case ModeHTTPAppend:
+			n, err := r.claim(ctx, newRecorder(1))
+			if err != nil {
+				return nil, nil, err
+			}
+			r.next = n
+			return r.appendOnly, func() { r.releaseHeld(ctx) }, nil
+		case ModeLiveClaims:
+			return r.claimOnly, func() {}, nil
+		}
+		return r.cycle, func() {}, nil
 	})
 	res.Entities = ds.entities
 	if srv.PID > 0 {
 		res.ServerRSS = rss(srv.PID)
+	}
+	if m == ModeLiveClaims {
+		res.Note = fmt.Sprintf("%d live claims held when RSS was read", res.Cycles)
+		if n, rerr := releaseAll(ctx, pool, ds); rerr != nil && res.FirstErr == "" {
+			res.FirstErr = rerr.Error()
+		} else {
+			fmt.Fprintf(cfg.Log, "mode %d: released %d claims\n", m, n)
+		}
 	}
 	if _, serr := ds.stopLeftovers(ctx, pool); serr != nil && res.FirstErr == "" {
 		res.FirstErr = serr.Error()
@@ -229,8 +256,13 @@ func (r *httpRunner) claim(ctx context.Context, rec *recorder) (*notification, e
 }
 
 func (r *httpRunner) appendMsg(ctx context.Context, rec *recorder, n *notification) (string, error) {
+	return r.appendMsgAt(ctx, rec, 1, n)
+}
+
+// appendMsgAt appends the runner's message to n's stream, timed as step i.
+func (r *httpRunner) appendMsgAt(ctx context.Context, rec *recorder, i int, n *notification) (string, error) {
 	var off string
-	err := rec.time(1, func() error {
+	err := rec.time(i, func() error {
 		req, err := r.post(ctx, n.StreamPath, n.WriteToken, r.msg)
 		if err != nil {
 			return err
@@ -331,4 +363,34 @@ func (r *httpRunner) releaseHeld(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	_, _ = r.done(ctx, newRecorder(3), n, "-1", false)
+}
+
+// appendOnly is mode 7: one append with the held claim's write token.
+func (r *httpRunner) appendOnly(ctx context.Context, rec *recorder) error {
+	_, err := r.appendMsgAt(ctx, rec, 0, r.next)
+	return err
+}
+
+// claimOnly is mode 9: claim and keep the claim.
+func (r *httpRunner) claimOnly(ctx context.Context, rec *recorder) error {
+	_, err := r.claim(ctx, rec)
+	return err
+}
+
+// releaseAll releases every active claim of the mode's entities through
+// release_claim, after mode 9 read the server's memory.
+func releaseAll(ctx context.Context, pool *pgxpool.Pool, ds dataset) (int64, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	defer cancel()
+	var n int64
+	err := pool.QueryRow(ctx, `
+		SELECT count(*) FROM (
+		    SELECT c.consumer_id, c.epoch FROM consumer_claims c
+		     WHERE c.tenant_id = $1 AND c.status = 'active' AND c.entity_url LIKE $2
+		) a, LATERAL release_claim(a.consumer_id, a.epoch, '[]', NULL, $1)`,
+		ds.tenant, "/bench/"+escapeLike(ds.prefix)+"-%").Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("release live claims: %w", err)
+	}
+	return n, nil
 }

@@ -24,9 +24,8 @@ func runSQLMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (M
 	if err != nil {
 		return ModeResult{}, err
 	}
-	ds := dataset{tenant: tenant, prefix: prefix}
-	if m != ModeCommit {
-		ds.entities = cfg.entitiesFor()
+	ds := dataset{tenant: tenant, prefix: prefix, entities: cfg.entitiesFor(m)}
+	if ds.entities > 0 {
 		fmt.Fprintf(cfg.Log, "mode %d: creating %d entities with queued wakes in tenant %s\n", m, ds.entities, tenant)
 		if err := ds.create(ctx, pool, !cfg.NoCheckpoint); err != nil {
 			return ModeResult{}, err
@@ -51,6 +50,10 @@ func runSQLMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (M
 			c = w.commit
 		case ModeSQLNext:
 			c = w.cycleNext
+		case ModeSQLInsert:
+			w.stream = fmt.Sprintf("/v1/stream/bench/%s-%d/main", prefix, i+1)
+			w.seq = 1000
+			c = w.insert
 		}
 		return c, func() { w.releaseHeld(ctx); conn.Release() }, nil
 	})
@@ -76,6 +79,21 @@ type sqlRunner struct {
 	msg     []byte
 	// next is the claim handed over by the previous done (mode 6).
 	next *claim
+	// stream and seq are mode 8's target: its own stream, its next seq.
+	stream string
+	seq    int64
+}
+
+// insert is mode 8: the append's row written by a plain single-row INSERT
+// (no tail update, no notify), the floor an append through HTTP is
+// compared with.
+func (w *sqlRunner) insert(ctx context.Context, rec *recorder) error {
+	w.seq++
+	return rec.time(0, func() error {
+		_, err := w.conn.Exec(ctx, `INSERT INTO stream_messages (tenant_id, path, seq, data) VALUES ($1, $2, $3, $4)`,
+			w.tenant, w.stream, w.seq, w.msg)
+		return err
+	})
 }
 
 // claim is the part of a wake notification a cycle uses.
