@@ -19,7 +19,7 @@ func TestParseModes(t *testing.T) {
 			t.Errorf("ParseModes(%q) = %v, %v; want %s", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "0", "7", "x", "1-x", "2-9"} {
+	for _, in := range []string{"", "0", "10", "x", "1-x", "2-12"} {
 		if _, err := ParseModes(in); err == nil {
 			t.Errorf("ParseModes(%q) accepted", in)
 		}
