@@ -73,6 +73,7 @@ func runHTTPMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (
 			r.leaseMs = 600000
 		}
 	}
+	cpu0 := procCPU(srv.PID)
 	res, err = drive(ctx, &dcfg, m, cfg.Runners, func(ctx context.Context, i int) (cycleFunc, func(), error) {
 		r := runners[i]
 		switch m {
@@ -93,6 +94,7 @@ func runHTTPMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (
 	res.Entities = ds.entities
 	if srv.PID > 0 {
 		res.ServerRSS = rss(srv.PID)
+		res.ServerCPU = procCPU(srv.PID) - cpu0
 	}
 	if m == ModeLiveClaims {
 		res.Note = fmt.Sprintf("%d live claims held when RSS was read", res.Cycles)
@@ -106,6 +108,30 @@ func runHTTPMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (
 		res.FirstErr = serr.Error()
 	}
 	return res, err
+}
+
+// procCPU is a process's user+system CPU time so far, from /proc (Linux;
+// 0 when unknown). Clock ticks are taken as 100 per second.
+func procCPU(pid int) time.Duration {
+	if pid <= 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 // rss reads a process's resident set size from /proc (Linux), in bytes.

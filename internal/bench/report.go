@@ -53,6 +53,13 @@ func (rep *Report) Print(w io.Writer) {
 		if r.Errors > 0 {
 			notes = append(notes, fmt.Sprintf("%d errors, first: %s", r.Errors, r.FirstErr))
 		}
+		if r.Cycles > 0 && r.ClientCPU > 0 {
+			cpu := fmt.Sprintf("CPU per cycle: bench client %.0f µs", float64(r.ClientCPU.Microseconds())/float64(r.Cycles))
+			if r.ServerCPU > 0 {
+				cpu += fmt.Sprintf(", server %.0f µs", float64(r.ServerCPU.Microseconds())/float64(r.Cycles))
+			}
+			notes = append(notes, cpu)
+		}
 		if r.ServerRSS > 0 {
 			notes = append(notes, fmt.Sprintf("server RSS at end %.1f MiB", float64(r.ServerRSS)/(1<<20)))
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,10 @@ type ModeResult struct {
 	// ServerRSS is the resident memory of a server the bench started, in
 	// bytes, read at the end of the mode (0 when unknown).
 	ServerRSS int64
+	// ServerCPU and ClientCPU are the CPU time the server (when the bench
+	// started it) and this process used while the mode ran.
+	ServerCPU time.Duration
+	ClientCPU time.Duration
 	Note      string
 }
 
@@ -121,6 +126,7 @@ func drive(ctx context.Context, cfg *Config, m Mode, n int,
 		lastEnd  atomic.Int64
 		wg       sync.WaitGroup
 	)
+	cpu0 := procCPU(os.Getpid())
 	start := time.Now()
 	deadline := start.Add(cfg.Duration)
 	stopProgress := progress(cfg, m, start, &done)
@@ -159,6 +165,7 @@ func drive(ctx context.Context, cfg *Config, m Mode, n int,
 	wg.Wait()
 	stopProgress()
 
+	res.ClientCPU = procCPU(os.Getpid()) - cpu0
 	res.Cycles = done.Load()
 	res.Elapsed = time.Duration(lastEnd.Load())
 	res.Errors = errCount.Load()
