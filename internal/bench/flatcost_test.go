@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -93,6 +94,17 @@ func addQueued(ctx context.Context, pool *pgxpool.Pool, from, n int) error {
 }
 
 func flatSetup(ctx context.Context, pool *pgxpool.Pool, histEntities, claims, queued int) error {
+	// PULLWAKE_BENCH_EXTRA_SQL names a SQL file run first: a way to measure
+	// a proposed change to a lifecycle function before it is a migration.
+	if f := os.Getenv("PULLWAKE_BENCH_EXTRA_SQL"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		if _, err := pool.Exec(ctx, string(b)); err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+	}
 	if _, err := pool.Exec(ctx, `INSERT INTO runners (tenant_id, id, token_hash) VALUES ($1, 'flat', '\x00')`, flatTenant); err != nil {
 		return err
 	}
