@@ -300,12 +300,27 @@ func (c *pgCluster) pgsh(args ...string) string {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(root, "scripts", "pg.sh"), args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	// Output goes to files, not pipes: `pg_ctl restart` (no -l) leaves the
+	// restarted postmaster writing to, and holding open, its caller's
+	// stdout and stderr, and a pipe would then never reach EOF.
+	outF, err := os.CreateTemp(filepath.Dir(c.dir), "pgsh-out-")
 	if err != nil {
-		c.t.Fatalf("pg.sh %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+		c.t.Fatalf("pg.sh output file: %v", err)
+	}
+	defer outF.Close()
+	errF, err := os.OpenFile(filepath.Join(filepath.Dir(c.dir), "pgsh.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		c.t.Fatalf("pg.sh log file: %v", err)
+	}
+	defer errF.Close()
+	cmd := exec.CommandContext(ctx, filepath.Join(root, "scripts", "pg.sh"), args...)
+	cmd.Stdout, cmd.Stderr = outF, errF
+	if err := cmd.Run(); err != nil {
+		c.t.Fatalf("pg.sh %s: %v\n%s", strings.Join(args, " "), err, tailFile(errF.Name(), 20))
+	}
+	out, err := os.ReadFile(outF.Name())
+	if err != nil {
+		c.t.Fatalf("pg.sh output: %v", err)
 	}
 	return string(out)
 }
