@@ -28,7 +28,8 @@ rates, per-step p50/p99 latencies and the ratios between modes:
 Modes 1 and 5 drive a server: --server URL, or one this command starts
 (this binary, 'serve', on a free 127.0.0.1 port, against --database-url,
 one per HTTP mode, serving a tenant of its own). Use a database meant for
-benchmarking: the bench leaves its runners, entities and history behind.`
+benchmarking: each mode creates runners and entities under /bench/ and
+deletes them when it ends (unless --keep).`
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var modesHelp bytesWriter
@@ -54,6 +55,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.LiveClaims, "live-claims", 10000, "claims mode 9 holds at once before reading the server's RSS")
 	fs.StringVar(&logPath, "server-log", "", "file for the log of a server the bench starts (default: a temporary file, kept on failure)")
 	fs.BoolVar(&quiet, "quiet", false, "no progress line")
+	fs.BoolVar(&cfg.Keep, "keep", false, "keep each mode's rows (default: delete them when the mode ends, so every mode starts on the same database)")
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}

@@ -74,7 +74,7 @@ func TestSQLModesSmoke(t *testing.T) {
 	rep, err := Run(ctx, Config{
 		DatabaseURL: tdb.URL, Modes: []Mode{ModeSQL, ModeSQLSplit, ModeCommit, ModeSQLNext},
 		Runners: 4, Duration: time.Second, Entities: 3000, RunID: "smoke",
-		Progress: &progress, NoCheckpoint: true,
+		Progress: &progress, NoCheckpoint: true, Keep: true,
 	})
 	if err != nil {
 		t.Fatalf("Run: %v", err)
@@ -120,5 +120,32 @@ func TestSQLModesSmoke(t *testing.T) {
 		if active != 0 || running != 0 || queued != 0 {
 			t.Errorf("mode %d left %d active claims, %d running entities, %d queued wakes", m, active, running, queued)
 		}
+	}
+}
+
+// TestModeDataRemoved checks that without Keep a mode leaves no rows.
+func TestModeDataRemoved(t *testing.T) {
+	t.Parallel()
+	tdb := testdb.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, err := Run(ctx, Config{
+		DatabaseURL: tdb.URL, Modes: []Mode{ModeSQLNext}, Runners: 2, Duration: 300 * time.Millisecond,
+		Entities: 200, RunID: "gone", NoCheckpoint: true,
+	})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	var n int
+	err = tdb.Pool.QueryRow(ctx, `
+		SELECT (SELECT count(*) FROM entities) + (SELECT count(*) FROM entity_dispatch_state)
+		     + (SELECT count(*) FROM wakes) + (SELECT count(*) FROM consumer_claims)
+		     + (SELECT count(*) FROM streams) + (SELECT count(*) FROM stream_messages)
+		     + (SELECT count(*) FROM runners)`).Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("%d rows left behind", n)
 	}
 }

@@ -175,6 +175,9 @@ type Config struct {
 	Log io.Writer
 	// LiveClaims is how many claims mode 9 holds at once (default 10000).
 	LiveClaims int
+	// Keep leaves each mode's data in the database (leftover entities are
+	// stopped); by default a mode's rows are deleted when it ends.
+	Keep bool
 	// NoCheckpoint skips the CHECKPOINT after each mode's setup (tests
 	// share their server with others).
 	NoCheckpoint bool

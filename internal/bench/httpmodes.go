@@ -104,7 +104,7 @@ func runHTTPMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (
 			fmt.Fprintf(cfg.Log, "mode %d: released %d claims\n", m, n)
 		}
 	}
-	if _, serr := ds.stopLeftovers(ctx, pool); serr != nil && res.FirstErr == "" {
+	if serr := ds.finish(ctx, pool, cfg.Keep); serr != nil && res.FirstErr == "" {
 		res.FirstErr = serr.Error()
 	}
 	return res, err

@@ -73,6 +73,16 @@ func createRunners(ctx context.Context, pool *pgxpool.Pool, tenant, prefix strin
 	return ids, nil
 }
 
+// finish tidies up after a mode: it removes the mode's data, or with keep
+// stops the entities left with a queued wake.
+func (d dataset) finish(ctx context.Context, pool *pgxpool.Pool, keep bool) error {
+	if keep {
+		_, err := d.stopLeftovers(ctx, pool)
+		return err
+	}
+	return d.remove(ctx, pool)
+}
+
 // stopLeftovers stops the mode's entities that still have a queued wake,
 // so a later mode sharing the tenant (a server given by URL) never takes
 // them: their wakes become superseded.
@@ -102,4 +112,32 @@ func message(runner string) []byte {
 	tail := `"}}`
 	pad := messageSize - len(head) - len(tail)
 	return []byte(head + strings.Repeat("x", max(pad, 0)) + tail)
+}
+
+// remove deletes the mode's rows (runners, entities, their streams and
+// messages, wakes and claims), so the next mode starts on a database of
+// the same size: with a per-row cost anywhere, a growing database would
+// make later modes look slower. VACUUM in the next setup reclaims them.
+func (d dataset) remove(ctx context.Context, pool *pgxpool.Pool) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	defer cancel()
+	url := "/bench/" + escapeLike(d.prefix) + "-%"
+	for _, q := range []string{
+		`DELETE FROM consumer_claims WHERE tenant_id = $1 AND entity_url LIKE $2`,
+		`DELETE FROM wakes WHERE tenant_id = $1 AND entity_url LIKE $2`,
+		`DELETE FROM entity_dispatch_state WHERE tenant_id = $1 AND entity_url LIKE $2`,
+		`DELETE FROM stream_messages WHERE tenant_id = $1 AND path LIKE '/v1/stream' || $2`,
+		`DELETE FROM streams WHERE tenant_id = $1 AND path LIKE '/v1/stream' || $2`,
+		`DELETE FROM entities WHERE tenant_id = $1 AND url LIKE $2`,
+		`DELETE FROM runners WHERE tenant_id = $1 AND id LIKE $2`,
+	} {
+		arg := url
+		if strings.Contains(q, "runners") {
+			arg = escapeLike(d.prefix) + "-r%"
+		}
+		if _, err := pool.Exec(ctx, q, d.tenant, arg); err != nil {
+			return fmt.Errorf("remove bench data: %w", err)
+		}
+	}
+	return nil
 }

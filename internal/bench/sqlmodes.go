@@ -58,10 +58,8 @@ func runSQLMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (M
 		return c, func() { w.releaseHeld(ctx); conn.Release() }, nil
 	})
 	res.Entities = ds.entities
-	if ds.entities > 0 {
-		if _, err := ds.stopLeftovers(ctx, pool); err != nil && res.FirstErr == "" {
-			res.FirstErr = err.Error()
-		}
+	if ferr := ds.finish(ctx, pool, cfg.Keep); ferr != nil && res.FirstErr == "" {
+		res.FirstErr = ferr.Error()
 	}
 	if m == ModeSQLSplit {
 		res.Note = "release as 4 statements leaves wakes 'claimed', as the modelled system does"
