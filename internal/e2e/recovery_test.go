@@ -14,7 +14,7 @@ import (
 
 // slack absorbs process scheduling on a loaded 2-core machine; every
 // deadline is the spec's bound plus this.
-const slack = 800 * time.Millisecond
+const slack = time.Second
 
 // claimStatus returns the status of claim (consumer, epoch) in the claims list.
 func claimStatus(t testing.TB, c *client, w *wake) string {
@@ -374,10 +374,11 @@ func TestSigkillBetweenMintAndDone(t *testing.T) {
 	}
 }
 
-// TestGracefulShutdown: SIGTERM while a long-poll read is in flight. When
-// the read ends within the shutdown bound it is answered normally and the
-// process exits 0; when it would outlast the bound, the process still exits
-// 0 within the bound.
+// TestGracefulShutdown: SIGTERM while a long-poll read is in flight. The
+// read gets its normal answer (204, up to date: the server releases live
+// readers before it waits for in-flight requests) and the process exits 0
+// within the shutdown bound (10 s), whether the long-poll timeout is shorter
+// or much longer than that bound.
 func TestGracefulShutdown(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -386,8 +387,8 @@ func TestGracefulShutdown(t *testing.T) {
 		exitIn   time.Duration // SIGTERM to exit, at most
 		answered bool          // the long-poll gets its normal answer
 	}{
-		{"long-poll finishes", 2 * time.Second, 2*time.Second + 5*time.Second, true},
-		{"long-poll outlives the bound", time.Minute, 10*time.Second + 5*time.Second, false},
+		{"long-poll shorter than the bound", 2 * time.Second, 2*time.Second + 5*time.Second, true},
+		{"long-poll longer than the bound", time.Minute, 10*time.Second + 5*time.Second, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -408,11 +409,20 @@ func TestGracefulShutdown(t *testing.T) {
 				err error
 			}
 			got := make(chan result, 1)
+			// The long-poll goes over a fresh connection: a request written to
+			// an idle keep-alive connection just as the server shuts down may
+			// be dropped by the server and retried by the client, by design.
+			lp := newClient(srv.URL(), "")
+			lp.hc.Timeout = 2 * time.Minute
+			lp.hc.Transport.(*http.Transport).DisableKeepAlives = true
 			go func() {
-				r, err := c.do(ctx, "GET", "/v1/stream/e2e/shutdown?offset=-1&live=long-poll", "", nil)
+				r, err := lp.do(ctx, "GET", "/v1/stream/e2e/shutdown?offset=-1&live=long-poll", "", nil)
 				got <- result{r, err}
 			}()
 			<-wrote
+			// Let the server accept the connection and start the handler (a
+			// connection still in the listen backlog dies with the listener).
+			time.Sleep(300 * time.Millisecond)
 			code, took := srv.Terminate(tc.exitIn)
 			if code != 0 {
 				t.Fatalf("exit code %d after SIGTERM, want 0", code)
@@ -496,6 +506,10 @@ func checkDatabaseLoss(t *testing.T, srv *serverProc, dbURL string, outage func(
 		}
 		switch {
 		case r.Status == http.StatusServiceUnavailable:
+			if r.Code() != "DATABASE_UNAVAILABLE" || r.Header.Get("Retry-After") == "" {
+				t.Errorf("%s %s during the outage: %s (Retry-After %q), want code DATABASE_UNAVAILABLE with Retry-After",
+					q.method, q.path, r, r.Header.Get("Retry-After"))
+			}
 			saw503++
 		case r.Status >= 500:
 			t.Fatalf("%s %s during the outage: %s, want 503", q.method, q.path, r)
