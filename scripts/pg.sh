@@ -53,7 +53,7 @@ stop)
   as_pg "$bin/pg_ctl" -D "$dir" -m fast -w stop >&2 || true
   ;;
 restart)
-  as_pg "$bin/pg_ctl" -D "$dir" -m fast -w -t 60 restart >&2
+  as_pg "$bin/pg_ctl" -D "$dir" -m fast -w -t 60 -l "$dir/server.log" restart >&2
   ;;
 *)
   echo "pg.sh: unknown command $cmd" >&2; exit 2 ;;
