@@ -8,58 +8,28 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/pullwake/pullwake/internal/testbin"
 	"github.com/pullwake/pullwake/internal/testdb"
 )
 
 // The CLI tests run the built binary, as an operator would, against a
 // database of their own.
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-	binDir  string
-)
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	testbin.Cleanup()
 	os.Exit(code)
 }
 
 // binary builds cmd/pullwake once per test process.
 func binary(t *testing.T) string {
 	t.Helper()
-	binOnce.Do(func() {
-		root, err := testdb.RepoRoot()
-		if err != nil {
-			binErr = err
-			return
-		}
-		binDir, binErr = os.MkdirTemp("", "pullwake-cli-test-")
-		if binErr != nil {
-			return
-		}
-		binPath = filepath.Join(binDir, "pullwake")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/pullwake")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatalf("build pullwake: %v", binErr)
-	}
-	return binPath
+	return testbin.Pullwake(t)
 }
 
 type result struct {

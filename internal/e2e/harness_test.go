@@ -25,48 +25,22 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pullwake/pullwake/internal/testbin"
 	"github.com/pullwake/pullwake/internal/testdb"
 )
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-	binDir  string
-)
+var ()
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	testbin.Cleanup()
 	os.Exit(code)
 }
 
 // binary builds cmd/pullwake once per test process and returns its path.
 func binary(t testing.TB) string {
 	t.Helper()
-	binOnce.Do(func() {
-		root, err := testdb.RepoRoot()
-		if err != nil {
-			binErr = err
-			return
-		}
-		binDir, binErr = os.MkdirTemp("", "pullwake-e2e-")
-		if binErr != nil {
-			return
-		}
-		binPath = filepath.Join(binDir, "pullwake")
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/pullwake")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatalf("build pullwake: %v", binErr)
-	}
-	return binPath
+	return testbin.Pullwake(t)
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.

@@ -7,13 +7,13 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/pullwake/pullwake/internal/testbin"
 	"github.com/pullwake/pullwake/internal/testdb"
 )
 
@@ -27,16 +27,7 @@ func TestKillMidRunExactlyOnce(t *testing.T) {
 		t.Skip("builds and runs the pullwake binary")
 	}
 	t.Parallel()
-	root, err := testdb.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(t.TempDir(), "pullwake")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/pullwake")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := testbin.Pullwake(t)
 	d := testdb.New(t)
 	addr := freeAddr(t)
 	base := "http://" + addr
