@@ -25,7 +25,7 @@ Measures the claim -> append 1 KiB -> done cycle with N concurrent runners,
 one mode after another, each on fresh data in the same database, and prints
 rates, per-step p50/p99 latencies and the ratios between modes:
 %s
-Modes 1 and 5 drive a server: --server URL, or one this command starts
+Modes 1, 5, 7 and 9 drive a server: --server URL, or one this command starts
 (this binary, 'serve', on a free 127.0.0.1 port, against --database-url,
 one per HTTP mode, serving a tenant of its own). Use a database meant for
 benchmarking: each mode creates runners and entities under /bench/ and

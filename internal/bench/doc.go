@@ -17,8 +17,12 @@
 //	5 http-next as 1, but the done also claims the next wake
 //	            ("claim_next": true): two commits per cycle instead of three
 //	6 sql-next  as 2, with release_and_claim_next: mode 5 without HTTP
+//	7 http-append  one append through HTTP with a held claim's write token
+//	8 sql-insert   one plain single-row INSERT of the same message
+//	9 live-claims  claims held without done up to a count; the server's RSS
 //
 // It must not be used against a production database: it creates runners and
-// entities (under /bench/...) and leaves their history behind. Its load is
-// bounded by the runner count and the duration of each mode.
+// entities (under /bench/...) and deletes them when each mode ends (unless
+// Keep). Its load is bounded by the runner count and the duration of each
+// mode; HTTP modes go to the given server or to one it starts on loopback.
 package bench

@@ -95,7 +95,7 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // Describe lists the modes with what one cycle is.
 func Describe(w io.Writer) {
 	for m := firstMode; m <= lastMode; m++ {
-		fmt.Fprintf(w, "  %d %-9s %s\n", m, m, m.Describe())
+		fmt.Fprintf(w, "  %d %-11s %s\n", m, m, m.Describe())
 	}
 }
 
