@@ -151,7 +151,8 @@ SELECT r.released::boolean AS released, r.entity_cleared::boolean AS entity_clea
        r.claim_status::text AS claim_status, r.entity_url::text AS entity_url,
        r.stream_path::text AS stream_path, coalesce(r.entity_status, '')::text AS entity_status,
        coalesce(r.acked_offset, '')::text AS acked_offset, coalesce(r.queued_wake_id, '')::text AS queued_wake_id
-  FROM release_claim($1::text, $2::bigint, $3::jsonb, $4::timestamptz, $5::text, $6::bytea) AS r
+  FROM release_claim($1::text, $2::bigint, $3::jsonb, $4::timestamptz, $5::text,
+                     $6::bytea, $7::boolean) AS r
 `
 
 type ReleaseClaimParams struct {
@@ -161,6 +162,7 @@ type ReleaseClaimParams struct {
 	Now            *time.Time
 	TenantID       string
 	ClaimTokenHash []byte
+	Notify         bool
 }
 
 type ReleaseClaimRow struct {
@@ -182,6 +184,7 @@ func (q *Queries) ReleaseClaim(ctx context.Context, db DBTX, arg ReleaseClaimPar
 		arg.Now,
 		arg.TenantID,
 		arg.ClaimTokenHash,
+		arg.Notify,
 	)
 	var i ReleaseClaimRow
 	err := row.Scan(

@@ -62,17 +62,20 @@ SELECT r.released::boolean AS released, r.entity_cleared::boolean AS entity_clea
        coalesce(r.next_lease_ttl_ms, 0)::integer AS next_lease_ttl_ms,
        coalesce(r.next_error, '')::text AS next_error
   FROM release_and_claim_next($1::text, $2::bigint, $3::jsonb, $4::text,
-                              $5::integer, $6::timestamptz, $7::text) AS r
+                              $5::integer, $6::timestamptz, $7::text,
+                              $8::bytea, $9::boolean) AS r
 `
 
 type ReleaseAndClaimNextParams struct {
-	ConsumerID string
-	Epoch      int64
-	Acks       json.RawMessage
-	RunnerID   *string
-	LeaseTtlMs int32
-	Now        *time.Time
-	TenantID   string
+	ConsumerID     string
+	Epoch          int64
+	Acks           json.RawMessage
+	RunnerID       *string
+	LeaseTtlMs     int32
+	Now            *time.Time
+	TenantID       string
+	ClaimTokenHash []byte
+	Notify         bool
 }
 
 type ReleaseAndClaimNextRow struct {
@@ -106,6 +109,8 @@ func (q *Queries) ReleaseAndClaimNext(ctx context.Context, db DBTX, arg ReleaseA
 		arg.LeaseTtlMs,
 		arg.Now,
 		arg.TenantID,
+		arg.ClaimTokenHash,
+		arg.Notify,
 	)
 	var i ReleaseAndClaimNextRow
 	err := row.Scan(

@@ -292,10 +292,13 @@ BEGIN
          WHERE w.tenant_id = p_tenant AND w.status = 'queued'
            AND (w.runner_id IS NULL OR w.runner_id = p_runner_id)
            AND w.wake_id <> ALL (v_skip)
-           AND NOT EXISTS (
-               SELECT 1 FROM entity_dispatch_state d
-                WHERE d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url
-                  AND d.active_consumer_id IS NOT NULL AND d.active_lease_expires_at > v_now)
+           -- A scalar subquery (one primary-key probe per candidate) rather
+           -- than NOT EXISTS: plpgsql's generic plan turned that into an
+           -- anti join over a scan of every dispatch row. Every entity has
+           -- its dispatch row, so this returns one row.
+           AND (SELECT d.active_consumer_id IS NULL OR d.active_lease_expires_at <= v_now
+                  FROM entity_dispatch_state d
+                 WHERE d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url)
          ORDER BY w.created_at, w.wake_id
          LIMIT 1
          FOR UPDATE OF w SKIP LOCKED;
@@ -428,9 +431,14 @@ $$;
 -- and reports released = false with the claim's current status.
 -- p_acks: [{"stream": path, "offset": offset}, ...]. With p_claim_token_hash
 -- (the SHA-256 of the token a runner presented) a mismatch is UNAUTHORIZED.
+-- It notifies pullwake_claims at commit, so a release from psql reaches
+-- every server's memory. The server passes p_notify = false and publishes
+-- the same notification itself right after the commit, from a transaction
+-- that writes nothing: a NOTIFY inside a writing transaction holds a
+-- cluster-wide lock until the commit is flushed and serializes all releases.
 CREATE FUNCTION release_claim(p_consumer_id text, p_epoch bigint, p_acks jsonb DEFAULT '[]',
                               p_now timestamptz DEFAULT NULL, p_tenant text DEFAULT 'default',
-                              p_claim_token_hash bytea DEFAULT NULL)
+                              p_claim_token_hash bytea DEFAULT NULL, p_notify boolean DEFAULT true)
 RETURNS TABLE (released boolean, entity_cleared boolean, claim_status text, entity_url text,
                stream_path text, entity_status text, acked_offset text, queued_wake_id text)
 LANGUAGE plpgsql AS $$
@@ -503,7 +511,9 @@ BEGIN
          WHERE e.tenant_id = p_tenant AND e.url = v_c.entity_url;
     END IF;
 
-    PERFORM pw_notify_claim(p_tenant, p_consumer_id, p_epoch, v_c.stream_path, 'released');
+    IF p_notify THEN
+        PERFORM pw_notify_claim(p_tenant, p_consumer_id, p_epoch, v_c.stream_path, 'released');
+    END IF;
     RETURN QUERY
         SELECT true, v_cleared, 'released'::text, v_c.entity_url, v_c.stream_path, v_estatus,
                pw_offset(d.acked_offset), v_queued
@@ -593,7 +603,7 @@ $$;
 -- +goose Down
 DROP FUNCTION sweep_claims(timestamptz, text, integer);
 DROP FUNCTION expire_claims(timestamptz, text, integer);
-DROP FUNCTION release_claim(text, bigint, jsonb, timestamptz, text, bytea);
+DROP FUNCTION release_claim(text, bigint, jsonb, timestamptz, text, bytea, boolean);
 DROP FUNCTION heartbeat_claim(text, bigint, integer, timestamptz, text, bytea);
 DROP FUNCTION claim_next_wake(text, integer, timestamptz, text);
 DROP FUNCTION stop_entity(text, timestamptz, text);

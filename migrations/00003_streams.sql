@@ -55,39 +55,15 @@ $$;
 -- +goose StatementBegin
 -- pw_notify_stream wakes live readers of a stream on every server
 -- (LISTEN pullwake_streams). Delivered at commit; repeats in one
--- transaction collapse into one.
+-- transaction collapse into one. Used by the rare operations (create,
+-- delete, expiry). Appends do not notify inside their transaction: a
+-- NOTIFY in a writing transaction takes a cluster-wide lock until the
+-- commit is flushed, serializing every append. The server publishes
+-- appends after commit instead, batched, from a transaction that writes
+-- nothing (internal/pgnotify).
 CREATE FUNCTION pw_notify_stream(p_tenant text, p_path text) RETURNS void
 LANGUAGE sql AS $$
     SELECT pg_notify('pullwake_streams', json_build_object('tenant_id', p_tenant, 'path', p_path)::text)
-$$;
--- +goose StatementEnd
-
--- +goose StatementBegin
--- pw_stream_append (from 00002, same signature and behaviour) now also
--- notifies live readers, so inbox events appended by send_to_entity wake
--- them on every server.
-CREATE OR REPLACE FUNCTION pw_stream_append(p_tenant text, p_path text, p_data bytea[], p_now timestamptz)
-RETURNS bigint
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_n    bigint := coalesce(cardinality(p_data), 0);
-    v_tail bigint;
-BEGIN
-    UPDATE streams s
-       SET tail_seq = s.tail_seq + v_n, updated_at = p_now
-     WHERE s.tenant_id = p_tenant AND s.path = p_path
-    RETURNING s.tail_seq INTO v_tail;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'stream % not found', p_path USING ERRCODE = 'PW009';
-    END IF;
-    INSERT INTO stream_messages (tenant_id, path, seq, data, created_at)
-    SELECT p_tenant, p_path, v_tail - v_n + u.i, u.d, p_now
-      FROM unnest(p_data) WITH ORDINALITY AS u(d, i);
-    IF v_n > 0 THEN
-        PERFORM pw_notify_stream(p_tenant, p_path);
-    END IF;
-    RETURN v_tail;
-END
 $$;
 -- +goose StatementEnd
 
@@ -247,13 +223,10 @@ BEGIN
         RETURN;
     END IF;
 
-    IF v_n > 0 THEN
-        PERFORM pw_stream_append(p_tenant, p_path, p_data, v_now);
-    ELSE
-        PERFORM pw_notify_stream(p_tenant, p_path);
-    END IF;
+    -- One UPDATE of the stream row: new tail, closure, Stream-Seq, TTL clock.
     UPDATE streams s
-       SET closed = s.closed OR p_close,
+       SET tail_seq = s.tail_seq + v_n,
+           closed = s.closed OR p_close,
            closed_by_producer = CASE WHEN p_close THEN p_producer_id ELSE NULL END,
            closed_by_epoch = CASE WHEN p_close THEN p_producer_epoch ELSE NULL END,
            closed_by_seq = CASE WHEN p_close THEN p_producer_seq ELSE NULL END,
@@ -261,6 +234,9 @@ BEGIN
            accessed_at = v_now, updated_at = v_now
      WHERE s.tenant_id = p_tenant AND s.path = p_path
     RETURNING s.* INTO v_s;
+    INSERT INTO stream_messages (tenant_id, path, seq, data, created_at)
+    SELECT p_tenant, p_path, v_s.tail_seq - v_n + u.i, u.d, v_now
+      FROM unnest(p_data) WITH ORDINALITY AS u(d, i);
     IF p_producer_id IS NOT NULL THEN
         INSERT INTO stream_producers AS p (tenant_id, path, producer_id, epoch, last_seq, updated_at)
         VALUES (p_tenant, p_path, p_producer_id, p_producer_epoch, p_producer_seq, v_now)
@@ -359,28 +335,6 @@ DROP FUNCTION pw_stream_delete(text, text, timestamptz);
 DROP FUNCTION pw_stream_read(text, text, bigint, integer, bigint, boolean, timestamptz);
 DROP FUNCTION pw_stream_write(text, text, text, bytea[], boolean, text, text, bigint, bigint, timestamptz);
 DROP FUNCTION pw_stream_create(text, text, text, bigint, timestamptz, boolean, bytea[], timestamptz);
--- +goose StatementBegin
-CREATE OR REPLACE FUNCTION pw_stream_append(p_tenant text, p_path text, p_data bytea[], p_now timestamptz)
-RETURNS bigint
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_n    bigint := coalesce(cardinality(p_data), 0);
-    v_tail bigint;
-BEGIN
-    UPDATE streams s
-       SET tail_seq = s.tail_seq + v_n, updated_at = p_now
-     WHERE s.tenant_id = p_tenant AND s.path = p_path
-    RETURNING s.tail_seq INTO v_tail;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'stream % not found', p_path USING ERRCODE = 'PW009';
-    END IF;
-    INSERT INTO stream_messages (tenant_id, path, seq, data, created_at)
-    SELECT p_tenant, p_path, v_tail - v_n + u.i, u.d, p_now
-      FROM unnest(p_data) WITH ORDINALITY AS u(d, i);
-    RETURN v_tail;
-END
-$$;
--- +goose StatementEnd
 DROP FUNCTION pw_notify_stream(text, text);
 DROP FUNCTION pw_stream_expired(streams, timestamptz);
 DROP FUNCTION pw_media_type(text);

@@ -71,9 +71,11 @@ $$;
 -- answer was lost, ends by lease expiry like any unanswered claim.
 -- A runner that is unknown or disabled gets no next wake (next_error says
 -- why) and its release still commits: the claim runs in a subtransaction.
+-- p_claim_token_hash and p_notify are release_claim's.
 CREATE FUNCTION release_and_claim_next(p_consumer_id text, p_epoch bigint, p_acks jsonb DEFAULT '[]',
                                        p_runner_id text DEFAULT NULL, p_lease_ttl_ms integer DEFAULT 30000,
-                                       p_now timestamptz DEFAULT NULL, p_tenant text DEFAULT 'default')
+                                       p_now timestamptz DEFAULT NULL, p_tenant text DEFAULT 'default',
+                                       p_claim_token_hash bytea DEFAULT NULL, p_notify boolean DEFAULT true)
 RETURNS TABLE (released boolean, entity_cleared boolean, claim_status text, entity_url text,
                stream_path text, entity_status text, acked_offset text, queued_wake_id text,
                next_wake_id text, next_consumer_id text, next_epoch bigint, next_entity_url text,
@@ -99,7 +101,8 @@ BEGIN
     IF p_lease_ttl_ms IS NULL OR p_lease_ttl_ms <= 0 THEN
         RAISE EXCEPTION 'lease ttl must be positive, got %', p_lease_ttl_ms USING ERRCODE = 'PW008';
     END IF;
-    SELECT * INTO v_r FROM release_claim(p_consumer_id, p_epoch, p_acks, v_now, p_tenant);
+    SELECT * INTO v_r FROM release_claim(p_consumer_id, p_epoch, p_acks, v_now, p_tenant,
+                                          p_claim_token_hash, p_notify);
     IF v_r.released THEN
         IF v_runner IS NULL THEN
             SELECT c.runner_id INTO v_runner FROM consumer_claims c
@@ -123,5 +126,5 @@ $$;
 -- +goose StatementEnd
 
 -- +goose Down
-DROP FUNCTION release_and_claim_next(text, bigint, jsonb, text, integer, timestamptz, text);
+DROP FUNCTION release_and_claim_next(text, bigint, jsonb, text, integer, timestamptz, text, bytea, boolean);
 DROP FUNCTION purge_history(interval, integer, timestamptz, text);

@@ -28,7 +28,8 @@ SELECT r.released::boolean AS released, r.entity_cleared::boolean AS entity_clea
        r.claim_status::text AS claim_status, r.entity_url::text AS entity_url,
        r.stream_path::text AS stream_path, coalesce(r.entity_status, '')::text AS entity_status,
        coalesce(r.acked_offset, '')::text AS acked_offset, coalesce(r.queued_wake_id, '')::text AS queued_wake_id
-  FROM release_claim(@consumer_id::text, @epoch::bigint, @acks::jsonb, sqlc.narg('now')::timestamptz, @tenant_id::text, sqlc.narg('claim_token_hash')::bytea) AS r;
+  FROM release_claim(@consumer_id::text, @epoch::bigint, @acks::jsonb, sqlc.narg('now')::timestamptz, @tenant_id::text,
+                     sqlc.narg('claim_token_hash')::bytea, @notify::boolean) AS r;
 
 -- name: ExpireClaims :many
 SELECT r.consumer_id::text AS consumer_id, r.epoch::bigint AS epoch, r.entity_url::text AS entity_url,

@@ -22,4 +22,5 @@ SELECT r.released::boolean AS released, r.entity_cleared::boolean AS entity_clea
        coalesce(r.next_lease_ttl_ms, 0)::integer AS next_lease_ttl_ms,
        coalesce(r.next_error, '')::text AS next_error
   FROM release_and_claim_next(@consumer_id::text, @epoch::bigint, @acks::jsonb, sqlc.narg('runner_id')::text,
-                              @lease_ttl_ms::integer, sqlc.narg('now')::timestamptz, @tenant_id::text) AS r;
+                              @lease_ttl_ms::integer, sqlc.narg('now')::timestamptz, @tenant_id::text,
+                              sqlc.narg('claim_token_hash')::bytea, @notify::boolean) AS r;

@@ -354,3 +354,24 @@ func TestOutOfBandReleaseDropsToken(t *testing.T) {
 		return b.appendMain(w, w.WriteToken, map[string]any{"x": 2}).status == http.StatusUnauthorized
 	})
 }
+
+// A done on one server reaches another server's memory: the releasing
+// server publishes the claim's end after the commit (release_claim itself
+// does not notify when the server asks it not to).
+func TestReleaseOnOneServerDropsTokenOnAnother(t *testing.T) {
+	t.Parallel()
+	a := setup(t, func(o *options) { o.listen = true; o.publish = true })
+	b := startOn(t, a.db, func(o *options) { o.listen = true; o.publish = true })
+	rt := a.registerRunner("r1")
+	a.spawn("/chat/1")
+	a.send("/chat/1", "x")
+	w := a.mustClaim("r1", rt, 0)
+	// The runner re-mints on server b (say, behind a load balancer).
+	r := b.must(200, b.callback(w, w.ClaimToken, map[string]any{"epoch": w.Epoch, "wake_id": w.WakeID})).json(t)
+	tokB := r["write_token"].(string)
+	b.must(204, b.appendMain(w, tokB, map[string]any{"on": "b"}))
+	a.must(200, a.done(w))
+	eventually(t, time.Second, "the release on a drops b's token", func() bool {
+		return b.appendMain(w, tokB, map[string]any{"x": 1}).status == http.StatusUnauthorized
+	})
+}

@@ -83,13 +83,14 @@ func (s *Server) wakeCallback(w http.ResponseWriter, r *http.Request) error {
 	if tok == "" {
 		return unauthorized("claim token required (Authorization: Bearer <claim_token>)")
 	}
-	// Done and heartbeat hand the token's hash to their SQL function, which
-	// checks it in the same round trip; a claim request reads the claim.
+	// Done (with or without claim_next) and heartbeat hand the token's hash
+	// to their SQL function, which checks it in the same round trip; a
+	// claim request reads the claim.
 	hash := secret.Hash(tok)
 	switch {
-	case body.Done && !body.ClaimNext:
+	case body.Done:
 		return s.done(w, r, consumer, epoch, hash, body)
-	case body.Done || body.WakeID != nil:
+	case body.WakeID != nil:
 		c, err := s.q.GetClaim(r.Context(), s.pool, db.GetClaimParams{TenantID: s.cfg.Tenant, ConsumerID: consumer, Epoch: epoch})
 		if errors.Is(err, db.ErrNotFound) {
 			return errf(http.StatusNotFound, "CLAIM_NOT_FOUND", "claim %s/%d not found", consumer, epoch)
@@ -99,9 +100,6 @@ func (s *Server) wakeCallback(w http.ResponseWriter, r *http.Request) error {
 		}
 		if !secret.MatchesHash(tok, c.ClaimTokenHash) {
 			return unauthorized("wrong claim token")
-		}
-		if body.Done {
-			return s.done(w, r, consumer, epoch, hash, body)
 		}
 		return s.claimRequest(w, r, c, *body.WakeID)
 	default:
@@ -163,7 +161,7 @@ func (s *Server) done(w http.ResponseWriter, r *http.Request, consumer string, e
 		return err
 	}
 	if body.ClaimNext {
-		return s.doneAndClaimNext(w, r, consumer, epoch, acks, body.LeaseTTLMS)
+		return s.doneAndClaimNext(w, r, consumer, epoch, tokenHash, acks, body.LeaseTTLMS)
 	}
 	res, err := s.release(r, consumer, epoch, acks, tokenHash)
 	if err != nil {
@@ -178,11 +176,12 @@ func (s *Server) done(w http.ResponseWriter, r *http.Request, consumer string, e
 func (s *Server) release(r *http.Request, consumer string, epoch int64, acks []byte, tokenHash []byte) (db.ReleaseClaimRow, error) {
 	start := time.Now()
 	res, err := s.q.ReleaseClaim(r.Context(), s.pool, db.ReleaseClaimParams{
-		ConsumerID: consumer, Epoch: epoch, Acks: acks, TenantID: s.cfg.Tenant, ClaimTokenHash: tokenHash})
+		ConsumerID: consumer, Epoch: epoch, Acks: acks, TenantID: s.cfg.Tenant, ClaimTokenHash: tokenHash,
+		Notify: s.cfg.Publisher == nil})
 	if err != nil {
 		return res, err
 	}
-	s.afterRelease(consumer, epoch, res.StreamPath)
+	s.afterRelease(consumer, epoch, res.Released, res.StreamPath)
 	outcome := metrics.Outcome(res.Released, res.EntityCleared, res.ClaimStatus)
 	s.metrics.Released(outcome, time.Since(start))
 	s.log.Info("claim release", "consumer_id", consumer, "epoch", epoch, "entity_url", res.EntityUrl,
@@ -192,9 +191,13 @@ func (s *Server) release(r *http.Request, consumer string, epoch int64, acks []b
 }
 
 // afterRelease drops the claim's write token if, and only if, it still
-// holds it: a late done never clears a newer claim's token.
-func (s *Server) afterRelease(consumer string, epoch int64, streamPath string) {
+// holds it: a late done never clears a newer claim's token. A release that
+// ended the claim is announced to the other servers.
+func (s *Server) afterRelease(consumer string, epoch int64, released bool, streamPath string) {
 	s.tokens.ClearIfOwner(streamPath, tokens.Owner{ConsumerID: consumer, Epoch: epoch})
+	if released {
+		s.publishClaimEnd(consumer, epoch, streamPath, "released")
+	}
 }
 
 func releaseJSON(res db.ReleaseClaimRow) map[string]any {

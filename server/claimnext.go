@@ -12,14 +12,15 @@ import (
 // one transaction (release_and_claim_next): a steady-state cycle is then
 // two commits instead of three. The answer is a done's, plus "next": a wake
 // notification, or null when there is no work.
-func (s *Server) doneAndClaimNext(w http.ResponseWriter, r *http.Request, consumer string, epoch int64, acks []byte, ttl *int64) error {
+func (s *Server) doneAndClaimNext(w http.ResponseWriter, r *http.Request, consumer string, epoch int64, tokenHash []byte, acks []byte, ttl *int64) error {
 	ttlMS, err := s.leaseMS(ttl, "lease_ttl_ms")
 	if err != nil {
 		return err
 	}
 	start := time.Now()
 	res, err := s.q.ReleaseAndClaimNext(r.Context(), s.pool, db.ReleaseAndClaimNextParams{
-		ConsumerID: consumer, Epoch: epoch, Acks: acks, LeaseTtlMs: ttlMS, TenantID: s.cfg.Tenant})
+		ConsumerID: consumer, Epoch: epoch, Acks: acks, LeaseTtlMs: ttlMS, TenantID: s.cfg.Tenant,
+		ClaimTokenHash: tokenHash, Notify: s.cfg.Publisher == nil})
 	if err != nil {
 		return err
 	}
@@ -28,7 +29,7 @@ func (s *Server) doneAndClaimNext(w http.ResponseWriter, r *http.Request, consum
 		EntityUrl: res.EntityUrl, StreamPath: res.StreamPath, EntityStatus: res.EntityStatus,
 		AckedOffset: res.AckedOffset, QueuedWakeID: res.QueuedWakeID,
 	}
-	s.afterRelease(consumer, epoch, res.StreamPath)
+	s.afterRelease(consumer, epoch, res.Released, res.StreamPath)
 	outcome := metrics.Outcome(rel.Released, rel.EntityCleared, rel.ClaimStatus)
 	s.metrics.Released(outcome, time.Since(start))
 	s.log.Info("claim release", "consumer_id", consumer, "epoch", epoch, "entity_url", res.EntityUrl,

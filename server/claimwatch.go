@@ -20,6 +20,16 @@ type claimNotification struct {
 	Status     string `json:"status"`
 }
 
+// publishClaimEnd tells every server that a claim ended (what
+// pw_notify_claim sends from SQL), after the release committed.
+func (s *Server) publishClaimEnd(consumer string, epoch int64, streamPath, status string) {
+	if s.cfg.Publisher == nil {
+		return
+	}
+	b, _ := json.Marshal(claimNotification{TenantID: s.cfg.Tenant, ConsumerID: consumer, Epoch: epoch, StreamPath: streamPath, Status: status})
+	s.cfg.Publisher.Publish(ClaimsChannel, string(b))
+}
+
 // onClaimNotification drops the write token of a claim that ended anywhere
 // (psql, another server, this one), if that claim still holds it.
 func (s *Server) onClaimNotification(payload string) {

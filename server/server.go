@@ -56,7 +56,16 @@ type Config struct {
 	Streams       StreamHandler
 	StreamChannel string // NOTIFY channel of the stream handler ("" = none)
 	Metrics       Metrics
-	Logger        *slog.Logger
+	// Publisher, when set, sends claim-end notifications after commit
+	// (batched, outside the writing transaction); without it release_claim
+	// notifies inside its transaction.
+	Publisher Publisher
+	Logger    *slog.Logger
+}
+
+// Publisher sends a NOTIFY after the fact (package pgnotify implements it).
+type Publisher interface {
+	Publish(channel, payload string)
 }
 
 // Server is pullwake's HTTP server and its background services.

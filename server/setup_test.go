@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pullwake/pullwake/internal/metrics"
+	"github.com/pullwake/pullwake/internal/pgnotify"
 	"github.com/pullwake/pullwake/internal/testdb"
 	"github.com/pullwake/pullwake/server"
 	"github.com/pullwake/pullwake/server/streams"
@@ -40,6 +41,7 @@ type options struct {
 	listen     bool
 	metrics    bool
 	empty      bool // database without migrations
+	publish    bool // announce releases and appends after commit (pgnotify)
 }
 
 // setup starts a server on a fresh database.
@@ -86,6 +88,11 @@ func startOn(t *testing.T, d *testdb.DB, opts ...func(*options)) *bundle {
 		met = metrics.New(metrics.Config{TokenStoreSize: store.Len, Source: metrics.DBSource{Conn: pool, Tenant: "default"}})
 	}
 	scfg := streams.Config{Pool: pool, Gate: store, AdminToken: o.adminToken, LongPollTimeout: time.Second, Logger: log}
+	var pub *pgnotify.Publisher
+	if o.publish {
+		pub = pgnotify.New(pool, log)
+		scfg.Publisher = pub
+	}
 	if met != nil {
 		scfg.Metrics = met
 	}
@@ -100,6 +107,9 @@ func startOn(t *testing.T, d *testdb.DB, opts ...func(*options)) *bundle {
 	if met != nil {
 		cfg.Metrics = met
 	}
+	if pub != nil {
+		cfg.Publisher = pub
+	}
 	hs := httptest.NewUnstartedServer(nil)
 	hs.Start()
 	cfg.PublicURL = hs.URL
@@ -110,6 +120,10 @@ func startOn(t *testing.T, d *testdb.DB, opts ...func(*options)) *bundle {
 	hs.Config.Handler = srv.Handler()
 	ctx, cancel := context.WithCancel(context.Background())
 	srv.Start(ctx)
+	if pub != nil {
+		pub.Start(ctx)
+		t.Cleanup(pub.Stop)
+	}
 	if l := srv.Listener(); l != nil {
 		select {
 		case <-l.Connected():

@@ -41,10 +41,13 @@ BEGIN
          WHERE w.tenant_id = p_tenant AND w.status = 'queued'
            AND (w.runner_id IS NULL OR w.runner_id = p_runner_id)
            AND w.wake_id <> ALL (v_skip)
-           AND NOT EXISTS (
-               SELECT 1 FROM entity_dispatch_state d
-                WHERE d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url
-                  AND d.active_consumer_id IS NOT NULL AND d.active_lease_expires_at > v_now)
+           -- A scalar subquery (one primary-key probe per candidate) rather
+           -- than NOT EXISTS: plpgsql's generic plan turned that into an
+           -- anti join over a scan of every dispatch row. Every entity has
+           -- its dispatch row, so this returns one row.
+           AND (SELECT d.active_consumer_id IS NULL OR d.active_lease_expires_at <= v_now
+                  FROM entity_dispatch_state d
+                 WHERE d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url)
          ORDER BY w.created_at, w.wake_id
          LIMIT 1
          FOR UPDATE OF w SKIP LOCKED;
@@ -414,9 +417,6 @@ BEGIN
     INSERT INTO stream_messages (tenant_id, path, seq, data, created_at)
     SELECT p_tenant, p_path, v_tail - v_n + u.i, u.d, p_now
       FROM unnest(p_data) WITH ORDINALITY AS u(d, i);
-    IF v_n > 0 THEN
-        PERFORM pw_notify_stream(p_tenant, p_path);
-    END IF;
     RETURN v_tail;
 END
 $$;
@@ -665,13 +665,10 @@ BEGIN
         RETURN;
     END IF;
 
-    IF v_n > 0 THEN
-        PERFORM pw_stream_append(p_tenant, p_path, p_data, v_now);
-    ELSE
-        PERFORM pw_notify_stream(p_tenant, p_path);
-    END IF;
+    -- One UPDATE of the stream row: new tail, closure, Stream-Seq, TTL clock.
     UPDATE streams s
-       SET closed = s.closed OR p_close,
+       SET tail_seq = s.tail_seq + v_n,
+           closed = s.closed OR p_close,
            closed_by_producer = CASE WHEN p_close THEN p_producer_id ELSE NULL END,
            closed_by_epoch = CASE WHEN p_close THEN p_producer_epoch ELSE NULL END,
            closed_by_seq = CASE WHEN p_close THEN p_producer_seq ELSE NULL END,
@@ -679,6 +676,9 @@ BEGIN
            accessed_at = v_now, updated_at = v_now
      WHERE s.tenant_id = p_tenant AND s.path = p_path
     RETURNING s.* INTO v_s;
+    INSERT INTO stream_messages (tenant_id, path, seq, data, created_at)
+    SELECT p_tenant, p_path, v_s.tail_seq - v_n + u.i, u.d, v_now
+      FROM unnest(p_data) WITH ORDINALITY AS u(d, i);
     IF p_producer_id IS NOT NULL THEN
         INSERT INTO stream_producers AS p (tenant_id, path, producer_id, epoch, last_seq, updated_at)
         VALUES (p_tenant, p_path, p_producer_id, p_producer_epoch, p_producer_seq, v_now)
@@ -690,10 +690,10 @@ END
 $$;
 
 --
--- Name: release_and_claim_next(text, bigint, jsonb, text, integer, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: release_and_claim_next(text, bigint, jsonb, text, integer, timestamp with time zone, text, bytea, boolean); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.release_and_claim_next(p_consumer_id text, p_epoch bigint, p_acks jsonb DEFAULT '[]'::jsonb, p_runner_id text DEFAULT NULL::text, p_lease_ttl_ms integer DEFAULT 30000, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(released boolean, entity_cleared boolean, claim_status text, entity_url text, stream_path text, entity_status text, acked_offset text, queued_wake_id text, next_wake_id text, next_consumer_id text, next_epoch bigint, next_entity_url text, next_stream_path text, next_acked_offset text, next_claim_token text, next_lease_expires_at timestamp with time zone, next_lease_ttl_ms integer, next_error text)
+CREATE FUNCTION public.release_and_claim_next(p_consumer_id text, p_epoch bigint, p_acks jsonb DEFAULT '[]'::jsonb, p_runner_id text DEFAULT NULL::text, p_lease_ttl_ms integer DEFAULT 30000, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_claim_token_hash bytea DEFAULT NULL::bytea, p_notify boolean DEFAULT true) RETURNS TABLE(released boolean, entity_cleared boolean, claim_status text, entity_url text, stream_path text, entity_status text, acked_offset text, queued_wake_id text, next_wake_id text, next_consumer_id text, next_epoch bigint, next_entity_url text, next_stream_path text, next_acked_offset text, next_claim_token text, next_lease_expires_at timestamp with time zone, next_lease_ttl_ms integer, next_error text)
     LANGUAGE plpgsql
     AS $$
 #variable_conflict use_column
@@ -715,7 +715,8 @@ BEGIN
     IF p_lease_ttl_ms IS NULL OR p_lease_ttl_ms <= 0 THEN
         RAISE EXCEPTION 'lease ttl must be positive, got %', p_lease_ttl_ms USING ERRCODE = 'PW008';
     END IF;
-    SELECT * INTO v_r FROM release_claim(p_consumer_id, p_epoch, p_acks, v_now, p_tenant);
+    SELECT * INTO v_r FROM release_claim(p_consumer_id, p_epoch, p_acks, v_now, p_tenant,
+                                          p_claim_token_hash, p_notify);
     IF v_r.released THEN
         IF v_runner IS NULL THEN
             SELECT c.runner_id INTO v_runner FROM consumer_claims c
@@ -738,10 +739,10 @@ END
 $$;
 
 --
--- Name: release_claim(text, bigint, jsonb, timestamp with time zone, text, bytea); Type: FUNCTION; Schema: public; Owner: -
+-- Name: release_claim(text, bigint, jsonb, timestamp with time zone, text, bytea, boolean); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.release_claim(p_consumer_id text, p_epoch bigint, p_acks jsonb DEFAULT '[]'::jsonb, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_claim_token_hash bytea DEFAULT NULL::bytea) RETURNS TABLE(released boolean, entity_cleared boolean, claim_status text, entity_url text, stream_path text, entity_status text, acked_offset text, queued_wake_id text)
+CREATE FUNCTION public.release_claim(p_consumer_id text, p_epoch bigint, p_acks jsonb DEFAULT '[]'::jsonb, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_claim_token_hash bytea DEFAULT NULL::bytea, p_notify boolean DEFAULT true) RETURNS TABLE(released boolean, entity_cleared boolean, claim_status text, entity_url text, stream_path text, entity_status text, acked_offset text, queued_wake_id text)
     LANGUAGE plpgsql
     AS $$
 #variable_conflict use_column
@@ -813,7 +814,9 @@ BEGIN
          WHERE e.tenant_id = p_tenant AND e.url = v_c.entity_url;
     END IF;
 
-    PERFORM pw_notify_claim(p_tenant, p_consumer_id, p_epoch, v_c.stream_path, 'released');
+    IF p_notify THEN
+        PERFORM pw_notify_claim(p_tenant, p_consumer_id, p_epoch, v_c.stream_path, 'released');
+    END IF;
     RETURN QUERY
         SELECT true, v_cleared, 'released'::text, v_c.entity_url, v_c.stream_path, v_estatus,
                pw_offset(d.acked_offset), v_queued

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pullwake/pullwake/internal/metrics"
 	"github.com/pullwake/pullwake/internal/migrate"
+	"github.com/pullwake/pullwake/internal/pgnotify"
 	"github.com/pullwake/pullwake/server"
 	"github.com/pullwake/pullwake/server/streams"
 	"github.com/pullwake/pullwake/server/tokens"
@@ -145,6 +146,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	publicURL := cmp.Or(c.publicURL, "http://"+c.addr)
 
 	store := tokens.New()
+	pub := pgnotify.New(pool, log)
 	met := metrics.New(metrics.Config{
 		TokenStoreSize: store.Len,
 		Source:         metrics.DBSource{Conn: pool, Tenant: c.db.tenant},
@@ -152,13 +154,14 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	})
 	sh := streams.New(streams.Config{
 		Pool: pool, Tenant: c.db.tenant, Gate: store, AdminToken: c.adminToken,
-		LongPollTimeout: c.longPollTimeout, Logger: log, Metrics: met,
+		LongPollTimeout: c.longPollTimeout, Logger: log, Metrics: met, Publisher: pub,
 	})
 	srv, err := server.New(server.Config{
 		Pool: pool, ConnString: c.db.url, Tenant: c.db.tenant, PublicURL: publicURL,
 		AdminToken: c.adminToken, DefaultLeaseTTL: c.defaultLease, SweepInterval: c.sweepInterval,
 		Retention: c.retention,
-		Tokens:    store, Streams: sh, StreamChannel: streams.NotifyChannel, Metrics: met, Logger: log,
+		Tokens:    store, Streams: sh, StreamChannel: streams.NotifyChannel, Metrics: met, Publisher: pub,
+		Logger: log,
 	})
 	if err != nil {
 		return err
@@ -170,6 +173,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	}
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBG()
+	pub.Start(bg)
 	srv.Start(bg)
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	errc := make(chan error, 1)
@@ -180,6 +184,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	select {
 	case err := <-errc:
 		srv.Stop()
+		pub.Stop()
 		return fmt.Errorf("http server: %w", err)
 	case <-ctx.Done():
 	}
@@ -191,6 +196,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 		log.Warn("http shutdown", "err", err)
 	}
 	srv.Stop()
+	pub.Stop() // sends what the last requests queued
 	log.Info("stopped")
 	return nil
 }

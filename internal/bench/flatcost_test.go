@@ -257,7 +257,6 @@ func TestLifecyclePlansUseIndexes(t *testing.T) {
 		}
 	}
 	q := db.New()
-	knownIssue := ""
 	check := func(step string, plans []string, wantIndexes ...string) {
 		t.Helper()
 		all := strings.Join(plans, "\n----\n")
@@ -267,15 +266,6 @@ func TestLifecyclePlansUseIndexes(t *testing.T) {
 		for _, p := range plans {
 			m := seqScanHot.FindString(p)
 			if m == "" {
-				continue
-			}
-			// Known issue in 00002's claim_next_wake: after five calls
-			// plpgsql switches the pick to a generic plan that anti-joins
-			// a sequential scan of entity_dispatch_state (every tenant's
-			// entities) instead of probing its primary key per candidate.
-			// docs/performance.md gives the fix; then this case goes away.
-			if step == "claim_next_wake" && m == "Seq Scan on entity_dispatch_state" && strings.Contains(p, "Anti Join") {
-				knownIssue = p
 				continue
 			}
 			t.Errorf("%s: %s:\n%s", step, m, all)
@@ -315,9 +305,6 @@ func TestLifecyclePlansUseIndexes(t *testing.T) {
 		t.Errorf("purge_history deleted %d claims, %d wakes; want 500 of each", p.ClaimsDeleted, p.WakesDeleted)
 	}
 	check("purge_history", log.take(), "consumer_claims_finished_idx", "wakes_finished_idx")
-	if knownIssue != "" {
-		t.Skipf("KNOWN ISSUE (claim_next_wake generic plan scans entity_dispatch_state; see docs/performance.md):\n%s", knownIssue)
-	}
 }
 
 func pgIntervalHours(h int64) pgtype.Interval {

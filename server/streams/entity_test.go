@@ -2,8 +2,12 @@ package streams
 
 import (
 	"context"
+	"log/slog"
 	"testing"
 	"time"
+
+	"github.com/pullwake/pullwake/internal/pgnotify"
+	"github.com/pullwake/pullwake/internal/testdb"
 )
 
 // spawn creates an entity (and its main stream) and gives the fake gate a
@@ -89,10 +93,14 @@ func TestEntityGateCheckTouchesNoDatabase(t *testing.T) {
 // through NOTIFY and HandleNotification.
 func TestNotificationWakesReaderOfAnotherServer(t *testing.T) {
 	t.Parallel()
-	a := setup(t, setupOpts{})
-	b := setup(t, setupOpts{db: a.db})
+	d := testdb.New(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	pub := pgnotify.New(d.Pool, slog.Default())
+	pub.Start(ctx)
+	defer pub.Stop()
+	a := setup(t, setupOpts{db: d, publisher: pub})
+	b := setup(t, setupOpts{db: d})
 	conn, err := a.db.Pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -118,8 +126,11 @@ func TestNotificationWakesReaderOfAnotherServer(t *testing.T) {
 	tail := b.must(t, 200, "HEAD", p, "").header.Get("Stream-Next-Offset")
 	go func() { got <- b.do(t, "GET", p+"?live=long-poll&offset="+tail, "") }()
 	waitFor(t, "the long-poll on server b", func() bool { return b.h.n.waiting(p) == 1 })
-	// send_to_entity appends through pw_stream_append, outside any handler.
+	// Server a sends (send_to_entity appends through pw_stream_append,
+	// outside any handler) and then announces the append, as its send
+	// route does: after the commit, through the publisher.
 	a.exec(t, "SELECT * FROM send_to_entity('/chat/9', '{\"hi\":1}'::jsonb)")
+	a.h.Notify(p)
 	select {
 	case r := <-got:
 		if r.status != 200 || !contains(r.body, `"inbox"`) {

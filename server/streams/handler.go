@@ -54,7 +54,16 @@ type Config struct {
 	AdminToken      string         // "" = dev mode: anyone may create/delete non-entity streams
 	LongPollTimeout time.Duration  // default 30s
 	Metrics         AppendRecorder // optional: counts appended messages and bytes
-	Logger          *slog.Logger
+	// Publisher, when set, tells live readers on other servers about
+	// appends, after commit (internal/pgnotify). Without it only this
+	// process's readers wake at once; others at their next re-check.
+	Publisher Publisher
+	Logger    *slog.Logger
+}
+
+// Publisher sends a NOTIFY after the fact.
+type Publisher interface {
+	Publish(channel, payload string)
 }
 
 // AppendRecorder receives the size of each committed append
@@ -81,9 +90,19 @@ func New(cfg Config) *Handler {
 	return &Handler{cfg: cfg, q: db.New(), n: newNotifier(), log: cfg.Logger}
 }
 
-// Notify wakes this process's live readers of the stream at path (the full
-// URL path, like /v1/stream/chat/42/main).
-func (h *Handler) Notify(path string) { h.n.notify(path) }
+// Notify wakes the live readers of the stream at path (the full URL path,
+// like /v1/stream/chat/42/main) after an append committed: this process's
+// at once, other servers' through the publisher.
+func (h *Handler) Notify(path string) {
+	h.n.notify(path)
+	if h.cfg.Publisher != nil {
+		b, _ := json.Marshal(struct {
+			TenantID string `json:"tenant_id"`
+			Path     string `json:"path"`
+		}{h.cfg.Tenant, path})
+		h.cfg.Publisher.Publish(NotifyChannel, string(b))
+	}
+}
 
 // HandleNotification takes the payload of a NotifyChannel notification.
 // Notifications for other tenants are ignored.

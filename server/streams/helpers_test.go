@@ -56,6 +56,7 @@ type setupOpts struct {
 	adminToken string
 	longPoll   time.Duration
 	db         *testdb.DB // share a database (a second server)
+	publisher  Publisher
 }
 
 // setup starts a Handler over its own database behind an httptest server.
@@ -76,7 +77,8 @@ func setup(t *testing.T, o setupOpts) *bundle {
 		t.Fatal(err)
 	}
 	gate := &fakeGate{tokens: map[string]string{}, epochs: map[string]int64{}, queries: qc}
-	h := New(Config{Pool: pool, Gate: gate, AdminToken: o.adminToken, LongPollTimeout: cmpDur(o.longPoll, 30*time.Second)})
+	h := New(Config{Pool: pool, Gate: gate, AdminToken: o.adminToken, LongPollTimeout: cmpDur(o.longPoll, 30*time.Second),
+		Publisher: o.publisher})
 	mux := http.NewServeMux()
 	mux.Handle(Prefix, h)
 	srv := httptest.NewServer(mux)

@@ -335,7 +335,7 @@ func (h *Handler) serveAppend(w http.ResponseWriter, r *http.Request, path strin
 	hd := w.Header()
 	switch row.Status {
 	case "appended":
-		h.n.notify(path)
+		h.Notify(path)
 		if h.cfg.Metrics != nil && len(msgs) > 0 {
 			h.cfg.Metrics.Appended(len(msgs), len(body))
 		}

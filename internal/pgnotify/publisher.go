@@ -1,0 +1,125 @@
+// Package pgnotify publishes PostgreSQL notifications after the fact, in
+// batches, from statements that write nothing.
+//
+// Why: a NOTIFY inside a writing transaction takes a cluster-wide lock at
+// commit and holds it until the commit record is flushed, so every
+// transaction that writes and notifies commits alone (measured: 554 tps
+// against 3,986 for the same UPDATE without NOTIFY). The server therefore
+// commits its appends and releases without NOTIFY and hands the
+// notification here; one goroutine sends everything that queued up while
+// the previous batch was in flight as one `SELECT pg_notify(...)`, which
+// assigns no transaction id and flushes no WAL.
+//
+// A notification is a hint that lets other servers act at once; each
+// listener re-checks state after a reconnect, so a batch lost with the
+// database is recovered there. What it cannot cover is this process dying
+// between a commit and the publish; docs/recovery.md says what that costs.
+package pgnotify
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+const maxBatch = 512
+
+type note struct{ channel, payload string }
+
+// Publisher batches notifications. Publish before Start or after Stop is
+// dropped.
+type Publisher struct {
+	pool *pgxpool.Pool
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	pending []note
+	wake    chan struct{}
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+// New returns a publisher that sends through pool.
+func New(pool *pgxpool.Pool, log *slog.Logger) *Publisher {
+	return &Publisher{pool: pool, log: log, wake: make(chan struct{}, 1)}
+}
+
+// Publish queues a notification; it never waits for the database.
+func (p *Publisher) Publish(channel, payload string) {
+	p.mu.Lock()
+	p.pending = append(p.pending, note{channel, payload})
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Start sends queued notifications until Stop.
+func (p *Publisher) Start(ctx context.Context) {
+	ctx, p.cancel = context.WithCancel(ctx)
+	p.done = make(chan struct{})
+	go func() {
+		defer close(p.done)
+		for {
+			select {
+			case <-ctx.Done():
+				// Last chance for what is queued, bounded.
+				fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+				p.flush(fctx)
+				cancel()
+				return
+			case <-p.wake:
+				p.flush(ctx)
+			}
+		}
+	}()
+}
+
+// Stop sends what is queued (for at most 2 s) and ends the publisher.
+func (p *Publisher) Stop() {
+	if p.cancel == nil {
+		return
+	}
+	p.cancel()
+	<-p.done
+}
+
+// Flush sends everything queued now; tests use it to wait for delivery.
+func (p *Publisher) Flush(ctx context.Context) { p.flush(ctx) }
+
+func (p *Publisher) flush(ctx context.Context) {
+	for {
+		p.mu.Lock()
+		batch := p.pending
+		if len(batch) > maxBatch {
+			batch = batch[:maxBatch]
+			p.pending = p.pending[maxBatch:]
+		} else {
+			p.pending = nil
+		}
+		p.mu.Unlock()
+		if len(batch) == 0 {
+			return
+		}
+		channels := make([]string, 0, len(batch))
+		payloads := make([]string, 0, len(batch))
+		seen := make(map[note]bool, len(batch))
+		for _, n := range batch {
+			if !seen[n] {
+				seen[n] = true
+				channels = append(channels, n.channel)
+				payloads = append(payloads, n.payload)
+			}
+		}
+		_, err := p.pool.Exec(ctx, `SELECT pg_notify(c, m) FROM unnest($1::text[], $2::text[]) AS u(c, m)`, channels, payloads)
+		if err != nil {
+			// The listeners' reconnect re-check covers a database that is
+			// gone; a retry would only pile up behind it.
+			p.log.Warn("publish notifications failed; listeners re-check after reconnecting", "count", len(channels), "err", err)
+		}
+	}
+}
