@@ -64,22 +64,26 @@ func (p *Publisher) Start(ctx context.Context) {
 	p.done = make(chan struct{})
 	go func() {
 		defer close(p.done)
+		// A send in flight is never cut off by Stop (it would lose its
+		// batch): every send gets its own bounded context.
+		send := func() {
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			p.flush(fctx)
+			cancel()
+		}
 		for {
 			select {
 			case <-ctx.Done():
-				// Last chance for what is queued, bounded.
-				fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-				p.flush(fctx)
-				cancel()
+				send() // what is still queued
 				return
 			case <-p.wake:
-				p.flush(ctx)
+				send()
 			}
 		}
 	}()
 }
 
-// Stop sends what is queued (for at most 2 s) and ends the publisher.
+// Stop sends what is queued (for at most 5 s) and ends the publisher.
 func (p *Publisher) Stop() {
 	if p.cancel == nil {
 		return

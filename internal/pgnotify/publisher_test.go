@@ -1,0 +1,61 @@
+package pgnotify_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/pullwake/pullwake/internal/pgnotify"
+	"github.com/pullwake/pullwake/internal/testdb"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// Every published notification arrives, duplicates within a batch once,
+// and Stop sends what is still queued.
+func TestPublishDelivers(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := d.Pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "LISTEN pw_pub"); err != nil {
+		t.Fatal(err)
+	}
+	p := pgnotify.New(d.Pool, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	p.Start(ctx)
+	const n = 1200 // more than one batch
+	for i := range n {
+		p.Publish("pw_pub", fmt.Sprint(i))
+	}
+	p.Publish("pw_pub", "last")
+	p.Stop()
+
+	got := map[string]int{}
+	for len(got) < n+1 {
+		wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+		msg, err := conn.Conn().WaitForNotification(wctx)
+		wcancel()
+		if err != nil {
+			t.Fatalf("after %d distinct notifications: %v", len(got), err)
+		}
+		got[msg.Payload]++
+	}
+	for k, c := range got {
+		if c != 1 {
+			t.Errorf("payload %s arrived %d times", k, c)
+		}
+	}
+	if got["last"] != 1 || got["0"] != 1 || got[fmt.Sprint(n-1)] != 1 {
+		t.Fatalf("missing payloads: %d distinct", len(got))
+	}
+}
