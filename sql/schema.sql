@@ -272,23 +272,27 @@ $$;
 -- Name: pw_clear_slot(text, text, text, text, bigint, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.pw_clear_slot(p_tenant text, p_entity_url text, p_wake_id text, p_wake_status text, p_acked bigint, p_now timestamp with time zone, OUT entity_status text, OUT queued_wake_id text) RETURNS record
+CREATE FUNCTION public.pw_clear_slot(p_tenant text, p_entity_url text, p_wake_id text, p_wake_status text, p_acked bigint, p_now timestamp with time zone, OUT entity_status text, OUT queued_wake_id text, OUT acked_offset bigint) RETURNS record
     LANGUAGE plpgsql
     AS $$
+#variable_conflict use_column
 DECLARE
     v_sent bigint;
-    v_acked bigint;
 BEGIN
+    -- A wake queued while the claim's lease had lapsed stays outstanding.
     UPDATE entity_dispatch_state d
        SET active_consumer_id = NULL, active_epoch = NULL, active_runner_id = NULL,
            active_claimed_at = NULL, active_lease_expires_at = NULL,
-           outstanding_wake_id = NULL,
+           outstanding_wake_id = (SELECT w.wake_id FROM wakes w
+                                   WHERE w.tenant_id = p_tenant AND w.entity_url = p_entity_url
+                                     AND w.status = 'queued'),
            acked_offset = greatest(d.acked_offset, coalesce(p_acked, 0)),
            last_released_at = p_now,
            last_completed_at = CASE WHEN p_wake_status = 'completed' THEN p_now ELSE d.last_completed_at END,
            updated_at = p_now
      WHERE d.tenant_id = p_tenant AND d.entity_url = p_entity_url
-    RETURNING d.last_sent_offset, d.acked_offset INTO v_sent, v_acked;
+    RETURNING d.last_sent_offset, d.acked_offset, d.outstanding_wake_id
+         INTO v_sent, acked_offset, queued_wake_id;
 
     UPDATE entities e
        SET status = CASE e.status WHEN 'running' THEN 'idle' WHEN 'stopping' THEN 'stopped' ELSE e.status END,
@@ -299,14 +303,8 @@ BEGIN
     UPDATE wakes w SET status = p_wake_status, finished_at = p_now, updated_at = p_now
      WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake_id AND w.status = 'claimed';
 
-    IF entity_status = 'idle' AND v_sent > v_acked THEN
+    IF entity_status = 'idle' AND v_sent > acked_offset AND queued_wake_id IS NULL THEN
         queued_wake_id := pw_queue_wake(p_tenant, p_entity_url, p_now);
-    ELSE
-        -- A wake queued while the claim's lease had lapsed stays outstanding.
-        SELECT w.wake_id INTO queued_wake_id FROM wakes w
-         WHERE w.tenant_id = p_tenant AND w.entity_url = p_entity_url AND w.status = 'queued';
-        UPDATE entity_dispatch_state d SET outstanding_wake_id = queued_wake_id
-         WHERE d.tenant_id = p_tenant AND d.entity_url = p_entity_url AND queued_wake_id IS NOT NULL;
     END IF;
 END
 $$;
@@ -752,6 +750,7 @@ DECLARE
     v_d       entity_dispatch_state%ROWTYPE;
     v_ack     bigint;
     v_tail    bigint;
+    v_acked   bigint;
     v_cleared boolean := false;
     v_estatus text;
     v_queued  text;
@@ -784,13 +783,17 @@ BEGIN
     END IF;
 
     -- The main-stream ack, validated, clamped to the stream's tail.
-    SELECT max(pw_parse_offset(a->>'offset'))
-      INTO v_ack
-      FROM jsonb_array_elements(v_acks) AS a
-     WHERE jsonb_typeof(a) = 'object'
-       AND coalesce(a->>'stream', a->>'path') IN (v_c.stream_path, substr(v_c.stream_path, 11));
-    PERFORM pw_parse_offset(a->>'offset') FROM jsonb_array_elements(v_acks) AS a
-      WHERE jsonb_typeof(a) = 'object' AND a ? 'offset';
+    -- Every ack's offset is parsed (a malformed one raises PW008); the
+    -- main stream's highest one counts.
+    IF jsonb_array_length(v_acks) > 0 THEN
+        SELECT max(CASE WHEN coalesce(x.a->>'stream', x.a->>'path') IN (v_c.stream_path, substr(v_c.stream_path, 11))
+                        THEN x.o END)
+          INTO v_ack
+          FROM (SELECT a, pw_parse_offset(a->>'offset') AS o
+                  FROM jsonb_array_elements(v_acks) AS a
+                 WHERE jsonb_typeof(a) = 'object' AND a ? 'offset'
+                OFFSET 0) x;  -- not flattened: every offset is parsed
+    END IF;
     IF v_ack IS NOT NULL THEN
         SELECT s.tail_seq INTO v_tail FROM streams s
          WHERE s.tenant_id = p_tenant AND s.path = v_c.stream_path;
@@ -804,7 +807,7 @@ BEGIN
 
     IF v_d.active_consumer_id = p_consumer_id AND v_d.active_epoch = p_epoch THEN
         v_cleared := true;
-        SELECT s.entity_status, s.queued_wake_id INTO v_estatus, v_queued
+        SELECT s.entity_status, s.queued_wake_id, s.acked_offset INTO v_estatus, v_queued, v_acked
           FROM pw_clear_slot(p_tenant, v_c.entity_url, v_c.wake_id, 'completed', v_ack, v_now) s;
     ELSE
         -- Not the slot's claim (a leak being cleaned up): finish its wake only.
@@ -812,16 +815,14 @@ BEGIN
          WHERE w.tenant_id = p_tenant AND w.wake_id = v_c.wake_id AND w.status = 'claimed';
         SELECT e.status INTO v_estatus FROM entities e
          WHERE e.tenant_id = p_tenant AND e.url = v_c.entity_url;
+        v_acked := v_d.acked_offset;
     END IF;
 
     IF p_notify THEN
         PERFORM pw_notify_claim(p_tenant, p_consumer_id, p_epoch, v_c.stream_path, 'released');
     END IF;
-    RETURN QUERY
-        SELECT true, v_cleared, 'released'::text, v_c.entity_url, v_c.stream_path, v_estatus,
-               pw_offset(d.acked_offset), v_queued
-          FROM entity_dispatch_state d
-         WHERE d.tenant_id = p_tenant AND d.entity_url = v_c.entity_url;
+    RETURN QUERY SELECT true, v_cleared, 'released'::text, v_c.entity_url, v_c.stream_path, v_estatus,
+                        pw_offset(v_acked), v_queued;
 END
 $$;
 

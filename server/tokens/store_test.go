@@ -28,9 +28,13 @@ func TestValidRejects(t *testing.T) {
 	s := New()
 	tok := s.Mint("/a", Owner{"c", 1})
 	other := s.Mint("/b", Owner{"d", 1})
+	last := byte('x')
+	if tok[len(tok)-1] == last {
+		last = 'y'
+	}
 	for name, tc := range map[string]struct{ path, token string }{
 		"empty":         {"/a", ""},
-		"wrong":         {"/a", tok[:len(tok)-1] + "x"},
+		"wrong":         {"/a", tok[:len(tok)-1] + string(last)},
 		"other stream":  {"/a", other},
 		"unknown path":  {"/c", tok},
 		"prefix":        {"/a", tok[:10]},
