@@ -37,6 +37,10 @@ bin=$(bindir) || { install_pg; bin=$(bindir); }
 case "$cmd" in
 ensure)
   port=${3:?missing PORT}
+  # Test packages run in parallel and may all find no cluster at once: one
+  # of them starts it, the others wait for that and reuse it.
+  exec 9>"$dir.lock"
+  flock 9
   if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$dir"; fi
   if [ ! -f "$dir/PG_VERSION" ]; then
     as_pg "$bin/initdb" -D "$dir" -U postgres --auth=trust -E UTF8 --no-sync >"$dir.initdb.log" 2>&1 ||
@@ -44,7 +48,7 @@ ensure)
   fi
   if ! as_pg "$bin/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
     as_pg "$bin/pg_ctl" -D "$dir" -w -t 60 -l "$dir/server.log" \
-      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300" start >&2 ||
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300" start >&2 9>&- ||
       { tail -n 20 "$dir/server.log" >&2; exit 1; }
   fi
   echo "postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
@@ -53,7 +57,7 @@ stop)
   as_pg "$bin/pg_ctl" -D "$dir" -m fast -w stop >&2 || true
   ;;
 restart)
-  as_pg "$bin/pg_ctl" -D "$dir" -m fast -w -t 60 -l "$dir/server.log" restart >&2
+  as_pg "$bin/pg_ctl" -D "$dir" -m fast -w -t 60 -l "$dir/server.log" restart >&2 9>&-
   ;;
 *)
   echo "pg.sh: unknown command $cmd" >&2; exit 2 ;;
