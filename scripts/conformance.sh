@@ -9,8 +9,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 min=${1:-${CONFORMANCE_MIN:-261}}
-suite=${DS_CONFORMANCE_SCRIPT:-../shared/conformance/durable-streams.sh}
-[ -x "$suite" ] || { echo "conformance: suite runner $suite not found (set DS_CONFORMANCE_SCRIPT)" >&2; exit 2; }
+# The runner lives beside the repository in the workplace (../shared), not
+# in it; a clone elsewhere finds it at its absolute place.
+suite=${DS_CONFORMANCE_SCRIPT:-}
+if [ -z "$suite" ]; then
+  for c in ../shared/conformance/durable-streams.sh /work/shared/conformance/durable-streams.sh; do
+    [ -x "$c" ] && { suite=$c; break; }
+  done
+fi
+[ -n "$suite" ] && [ -x "$suite" ] || {
+  echo "conformance: suite runner durable-streams.sh not found in ../shared/conformance or /work/shared/conformance (set DS_CONFORMANCE_SCRIPT)" >&2
+  exit 2
+}
 
 make -s build
 admin=$(scripts/testdb-url.sh)
