@@ -26,7 +26,7 @@ import (
 
 // bundle is one test's server over its own database.
 type bundle struct {
-	t        *testing.T
+	t        testing.TB
 	db       *testdb.DB
 	pool     *pgxpool.Pool // counts acquisitions, see acquires
 	acquires *atomic.Int64
@@ -45,7 +45,7 @@ type options struct {
 }
 
 // setup starts a server on a fresh database.
-func setup(t *testing.T, opts ...func(*options)) *bundle {
+func setup(t testing.TB, opts ...func(*options)) *bundle {
 	t.Helper()
 	o := options{}
 	for _, f := range opts {
@@ -58,7 +58,7 @@ func setup(t *testing.T, opts ...func(*options)) *bundle {
 }
 
 // startOn starts another server instance (empty token store) on d.
-func startOn(t *testing.T, d *testdb.DB, opts ...func(*options)) *bundle {
+func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 	t.Helper()
 	o := options{sweep: time.Hour}
 	for _, f := range opts {
@@ -139,7 +139,7 @@ func startOn(t *testing.T, d *testdb.DB, opts ...func(*options)) *bundle {
 	return &bundle{t: t, db: d, pool: pool, acquires: &acquires, srv: srv, url: hs.URL, admin: o.adminToken}
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
@@ -153,7 +153,7 @@ type resp struct {
 	body   []byte
 }
 
-func (r resp) json(t *testing.T) map[string]any {
+func (r resp) json(t testing.TB) map[string]any {
 	t.Helper()
 	var m map[string]any
 	if err := json.Unmarshal(r.body, &m); err != nil {
@@ -163,7 +163,7 @@ func (r resp) json(t *testing.T) map[string]any {
 }
 
 // errorCode returns error.code of an error body.
-func (r resp) errorCode(t *testing.T) string {
+func (r resp) errorCode(t testing.TB) string {
 	t.Helper()
 	e, ok := r.json(t)["error"].(map[string]any)
 	if !ok {
