@@ -353,3 +353,32 @@ func TestSweep(t *testing.T) {
 	pullwake(t, nil, "sweep", url, "--limit", "-1").expect(t, 2, `^$`, `--limit -1`)
 	pullwake(t, nil, "sweep").expect(t, 2, `^$`, `no database`)
 }
+
+// An operator's release reaches every server: it notifies pullwake_claims.
+func TestReleaseNotifiesServers(t *testing.T) {
+	t.Parallel()
+	tdb, c := setup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := tdb.Pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "LISTEN pullwake_claims"); err != nil {
+		t.Fatal(err)
+	}
+	pullwake(t, nil, "release", c.consumer, fmt.Sprint(c.epoch), "--database-url", tdb.URL).expect(t, 0, `released: true`, `^$`)
+	n, err := conn.Conn().WaitForNotification(ctx)
+	if err != nil {
+		t.Fatalf("no notification after pullwake release: %v", err)
+	}
+	var got struct {
+		ConsumerID string `json:"consumer_id"`
+		Epoch      int64  `json:"epoch"`
+		Status     string `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(n.Payload), &got); err != nil || got.ConsumerID != c.consumer || got.Epoch != c.epoch || got.Status != "released" {
+		t.Fatalf("notification %s (%v)", n.Payload, err)
+	}
+}

@@ -70,6 +70,8 @@ CONSUMER is the wake id, like wake-12.`)
 		Epoch:      epoch,
 		Acks:       json.RawMessage(*acks),
 		TenantID:   d.tenant,
+		// Every server must hear of it and drop the claim's write token.
+		Notify: true,
 	})
 	if err != nil {
 		var pgErr *pgconn.PgError
