@@ -58,9 +58,6 @@ Lists claims, newest first, as an aligned table (or a JSON array with
 	if *limit < 1 || *limit > 10000 {
 		return fmt.Errorf("%w: --limit %d: want 1 to 10000", errUsage, *limit)
 	}
-	if err := d.check(); err != nil {
-		return err
-	}
 	pool, err := openPool(ctx, d)
 	if err != nil {
 		return err

@@ -56,9 +56,6 @@ CONSUMER is the wake id, like wake-12.`)
 	if !json.Valid([]byte(*acks)) || !strings.HasPrefix(strings.TrimSpace(*acks), "[") {
 		return fmt.Errorf("%w: --acks must be a JSON array, got %q", errUsage, *acks)
 	}
-	if err := d.check(); err != nil {
-		return err
-	}
 	pool, err := openPool(ctx, d)
 	if err != nil {
 		return err
@@ -134,8 +131,12 @@ func parseCommand(fs *flag.FlagSet, args []string, stdout io.Writer) ([]string, 
 	return pos, nil
 }
 
-// openPool connects to the database of an operator command.
+// openPool checks the database flags and connects to the database of an
+// operator command.
 func openPool(ctx context.Context, d dbFlags) (*pgxpool.Pool, error) {
+	if err := d.check(); err != nil {
+		return nil, err
+	}
 	pool, err := pgxpool.New(ctx, d.url)
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)

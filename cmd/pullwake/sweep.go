@@ -40,9 +40,6 @@ Prints each claim it expired, then a count.`)
 	if *limit < 1 || *limit > 1_000_000 {
 		return fmt.Errorf("%w: --limit %d: want 1 to 1000000", errUsage, *limit)
 	}
-	if err := d.check(); err != nil {
-		return err
-	}
 	pool, err := openPool(ctx, d)
 	if err != nil {
 		return err
