@@ -47,7 +47,10 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
-out=$("$suite" "http://127.0.0.1:$port" --verbose | tee /dev/stderr)
+# (Not `tee /dev/stderr`: reopening a log file that stderr points to
+# truncates it, and CI's log lost everything before this step.)
+out=$("$suite" "http://127.0.0.1:$port" --verbose)
+printf '%s\n' "$out"
 passed=$(echo "$out" | sed -nE 's/^conformance: ([0-9]+) passed.*/\1/p')
 [ -n "$passed" ] || { echo "conformance: no result" >&2; exit 2; }
 if [ "$passed" -lt "$min" ]; then
