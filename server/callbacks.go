@@ -181,23 +181,25 @@ func (s *Server) release(r *http.Request, consumer string, epoch int64, acks []b
 	if err != nil {
 		return res, err
 	}
-	s.afterRelease(consumer, epoch, res.Released, res.StreamPath)
-	outcome := metrics.Outcome(res.Released, res.EntityCleared, res.ClaimStatus)
-	s.metrics.Released(outcome, time.Since(start))
-	s.log.Info("claim release", "consumer_id", consumer, "epoch", epoch, "entity_url", res.EntityUrl,
-		"outcome", outcome, "released", res.Released, "entity_cleared", res.EntityCleared,
-		"claim_status", res.ClaimStatus, "entity_status", res.EntityStatus, "acked_offset", res.AckedOffset)
+	s.afterRelease(consumer, epoch, res, time.Since(start), false)
 	return res, nil
 }
 
-// afterRelease drops the claim's write token if, and only if, it still
-// holds it: a late done never clears a newer claim's token. A release that
-// ended the claim is announced to the other servers.
-func (s *Server) afterRelease(consumer string, epoch int64, released bool, streamPath string) {
-	s.tokens.ClearIfOwner(streamPath, tokens.Owner{ConsumerID: consumer, Epoch: epoch})
-	if released {
-		s.publishClaimEnd(consumer, epoch, streamPath, "released")
+// afterRelease is the one memory step after a release, plus its metric
+// and log line: it drops the claim's write token if, and only if, the claim
+// still holds it (a late done never clears a newer claim's token), and
+// announces a release that ended the claim to the other servers.
+func (s *Server) afterRelease(consumer string, epoch int64, res db.ReleaseClaimRow, took time.Duration, claimNext bool) {
+	s.tokens.ClearIfOwner(res.StreamPath, tokens.Owner{ConsumerID: consumer, Epoch: epoch})
+	if res.Released {
+		s.publishClaimEnd(consumer, epoch, res.StreamPath, "released")
 	}
+	outcome := metrics.Outcome(res.Released, res.EntityCleared, res.ClaimStatus)
+	s.metrics.Released(outcome, took)
+	s.log.Info("claim release", "consumer_id", consumer, "epoch", epoch, "entity_url", res.EntityUrl,
+		"outcome", outcome, "released", res.Released, "entity_cleared", res.EntityCleared,
+		"claim_status", res.ClaimStatus, "entity_status", res.EntityStatus, "acked_offset", res.AckedOffset,
+		"claim_next", claimNext)
 }
 
 func releaseJSON(res db.ReleaseClaimRow) map[string]any {

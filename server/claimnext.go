@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/pullwake/pullwake/db"
-	"github.com/pullwake/pullwake/internal/metrics"
 )
 
 // doneAndClaimNext releases the claim and claims its runner's next wake in
@@ -29,12 +28,7 @@ func (s *Server) doneAndClaimNext(w http.ResponseWriter, r *http.Request, consum
 		EntityUrl: res.EntityUrl, StreamPath: res.StreamPath, EntityStatus: res.EntityStatus,
 		AckedOffset: res.AckedOffset, QueuedWakeID: res.QueuedWakeID,
 	}
-	s.afterRelease(consumer, epoch, res.Released, res.StreamPath)
-	outcome := metrics.Outcome(rel.Released, rel.EntityCleared, rel.ClaimStatus)
-	s.metrics.Released(outcome, time.Since(start))
-	s.log.Info("claim release", "consumer_id", consumer, "epoch", epoch, "entity_url", res.EntityUrl,
-		"outcome", outcome, "released", res.Released, "entity_cleared", res.EntityCleared,
-		"claim_status", res.ClaimStatus, "entity_status", res.EntityStatus, "claim_next", true)
+	s.afterRelease(consumer, epoch, rel, time.Since(start), true)
 	out := releaseJSON(rel)
 	out["next"] = nil
 	if res.HasNext {
@@ -43,9 +37,7 @@ func (s *Server) doneAndClaimNext(w http.ResponseWriter, r *http.Request, consum
 			EntityUrl: res.NextEntityUrl, StreamPath: res.NextStreamPath, AckedOffset: res.NextAckedOffset,
 			ClaimToken: res.NextClaimToken, LeaseExpiresAt: res.NextLeaseExpiresAt, LeaseTtlMs: res.NextLeaseTtlMs,
 		}
-		s.metrics.ClaimStarted(time.Since(start))
-		s.log.Info("wake claimed", "consumer_id", next.ConsumerID, "epoch", next.Epoch, "entity_url", next.EntityUrl, "claim_next", true)
-		out["next"] = s.notify(next)
+		out["next"] = s.notify(next, "", time.Since(start), true)
 	} else if res.NextError != "" {
 		out["next_error"] = res.NextError
 	}

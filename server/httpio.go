@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"regexp"
 	"strings"
@@ -141,8 +140,4 @@ func entityURL(r *http.Request) (string, error) {
 		return "", badRequest("entity id %q must match %s", id, idRE)
 	}
 	return "/" + typ + "/" + id, nil
-}
-
-func logAttrsClaim(consumer string, epoch int64) []any {
-	return []any{slog.String("consumer_id", consumer), slog.Int64("epoch", epoch)}
 }

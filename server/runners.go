@@ -202,9 +202,19 @@ type streamOffset struct {
 }
 
 // notify mints the claim's write token (evicting any older token of the
-// stream) and builds the notification. Called after the claim committed.
-func (s *Server) notify(c db.ClaimNextWakeRow) wakeNotification {
+// stream), records the claim and builds the notification. Called after the
+// claim committed.
+// runnerID is "" when the claim was made for the releasing claim's runner
+// (claim_next), which the server does not read back.
+func (s *Server) notify(c db.ClaimNextWakeRow, runnerID string, took time.Duration, claimNext bool) wakeNotification {
 	wt := s.tokens.Mint(c.StreamPath, tokens.Owner{ConsumerID: c.ConsumerID, Epoch: c.Epoch})
+	s.metrics.ClaimStarted(took)
+	attrs := []any{"consumer_id", c.ConsumerID, "epoch", c.Epoch, "entity_url", c.EntityUrl,
+		"stream_path", c.StreamPath, "claim_next", claimNext}
+	if runnerID != "" {
+		attrs = append(attrs, "runner_id", runnerID)
+	}
+	s.log.Info("wake claimed", attrs...)
 	return wakeNotification{
 		WakeID: c.WakeID, ConsumerID: c.ConsumerID, Epoch: c.Epoch, EntityURL: c.EntityUrl,
 		StreamPath: c.StreamPath, Streams: []streamOffset{{Path: c.StreamPath, Offset: c.AckedOffset}},
@@ -237,8 +247,6 @@ func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	s.metrics.ClaimStarted(time.Since(start))
-	s.log.Info("wake claimed", "consumer_id", c.ConsumerID, "epoch", c.Epoch, "entity_url", c.EntityUrl, "runner_id", runnerID)
-	writeJSON(w, http.StatusOK, s.notify(c))
+	writeJSON(w, http.StatusOK, s.notify(c, runnerID, time.Since(start), false))
 	return nil
 }

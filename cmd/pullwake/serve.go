@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -115,7 +115,7 @@ func openServePool(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: database url: %v", errUsage, err)
 	}
-	if !contains(url, "pool_max_conns") {
+	if !strings.Contains(url, "pool_max_conns") {
 		pc.MaxConns = 32
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
@@ -123,10 +123,6 @@ func openServePool(ctx context.Context, url string) (*pgxpool.Pool, error) {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
 	return pool, nil
-}
-
-func contains(s, sub string) bool {
-	return len(sub) <= len(s) && (s[:len(sub)] == sub || contains(s[1:], sub))
 }
 
 func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
@@ -216,5 +212,3 @@ func migrateUp(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error 
 	}
 	return nil
 }
-
-var _ = flag.ErrHelp
