@@ -74,7 +74,7 @@ func runHTTPMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (
 		}
 	}
 	cpu0 := procCPU(srv.PID)
-	res, err = drive(ctx, &dcfg, m, cfg.Runners, func(ctx context.Context, i int) (cycleFunc, func(), error) {
+	res, err = drive(ctx, &dcfg, pool, m, cfg.Runners, func(ctx context.Context, i int) (cycleFunc, func(), error) {
 		r := runners[i]
 		switch m {
 		case ModeHTTPNext:

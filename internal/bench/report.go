@@ -60,6 +60,11 @@ func (rep *Report) Print(w io.Writer) {
 			}
 			notes = append(notes, cpu)
 		}
+		if r.Cycles > 0 && r.WAL.ok {
+			c := float64(r.Cycles)
+			notes = append(notes, fmt.Sprintf("WAL per cycle %.0f bytes, %.1f records, %.2f full-page images; %.2f cycles per WAL flush",
+				float64(r.WAL.bytes)/c, float64(r.WAL.records)/c, float64(r.WAL.fpi)/c, c/float64(max(r.WAL.syncs, 1))))
+		}
 		if r.ServerRSS > 0 {
 			notes = append(notes, fmt.Sprintf("server RSS at end %.1f MiB", float64(r.ServerRSS)/(1<<20)))
 		}

@@ -39,7 +39,10 @@ type ModeResult struct {
 	// started it) and this process used while the mode ran.
 	ServerCPU time.Duration
 	ClientCPU time.Duration
-	Note      string
+	// WAL is what the cluster wrote to its write-ahead log while the mode
+	// ran (cluster-wide: other work on the cluster counts too).
+	WAL  walDelta
+	Note string
 }
 
 // Rate is cycles (or transactions, for the commit mode) per second.
@@ -100,7 +103,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 // drive runs n workers for the configured duration. newWorker builds
 // worker i's cycle and a cleanup. Workers check the clock before each
 // cycle, so cycles in flight at the deadline complete and count.
-func drive(ctx context.Context, cfg *Config, m Mode, n int,
+func drive(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode, n int,
 	newWorker func(ctx context.Context, i int) (cycleFunc, func(), error)) (ModeResult, error) {
 	res := ModeResult{Mode: m, Runners: n}
 	cycles := make([]cycleFunc, n)
@@ -126,6 +129,7 @@ func drive(ctx context.Context, cfg *Config, m Mode, n int,
 		lastEnd  atomic.Int64
 		wg       sync.WaitGroup
 	)
+	wal0 := readWAL(ctx, pool)
 	cpu0 := procCPU(os.Getpid())
 	start := time.Now()
 	deadline := start.Add(cfg.Duration)
@@ -166,6 +170,7 @@ func drive(ctx context.Context, cfg *Config, m Mode, n int,
 	stopProgress()
 
 	res.ClientCPU = procCPU(os.Getpid()) - cpu0
+	res.WAL = readWAL(ctx, pool).minus(wal0)
 	res.Cycles = done.Load()
 	res.Elapsed = time.Duration(lastEnd.Load())
 	res.Errors = errCount.Load()

@@ -34,7 +34,7 @@ func runSQLMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (M
 		return ModeResult{}, err
 	}
 	q := db.New()
-	res, err := drive(ctx, cfg, m, cfg.Runners, func(ctx context.Context, i int) (cycleFunc, func(), error) {
+	res, err := drive(ctx, cfg, pool, m, cfg.Runners, func(ctx context.Context, i int) (cycleFunc, func(), error) {
 		conn, err := pool.Acquire(ctx)
 		if err != nil {
 			return nil, nil, fmt.Errorf("acquire connection: %w", err)
