@@ -60,7 +60,7 @@ func (d dataset) create(ctx context.Context, pool *pgxpool.Pool, checkpoint bool
 // settle analyzes the hot tables and checkpoints (best effort: CHECKPOINT
 // needs a privileged role).
 func settle(ctx context.Context, pool *pgxpool.Pool, checkpoint bool) error {
-	if _, err := pool.Exec(ctx, `VACUUM (ANALYZE) entities, entity_dispatch_state, wakes, consumer_claims, streams, runners`); err != nil {
+	if _, err := pool.Exec(ctx, `VACUUM (ANALYZE) entities, entity_dispatch_state, wakes, consumer_claims, streams, stream_messages, runners`); err != nil {
 		return fmt.Errorf("analyze after setup: %w", err)
 	}
 	if checkpoint {
