@@ -6,9 +6,12 @@
 // transaction that writes and notifies commits alone (measured: 554 tps
 // against 3,986 for the same UPDATE without NOTIFY). The server therefore
 // commits its appends and releases without NOTIFY and hands the
-// notification here; one goroutine sends everything that queued up while
-// the previous batch was in flight as one `SELECT pg_notify(...)`, which
-// assigns no transaction id and flushes no WAL.
+// notification here; one goroutine lets them gather for Linger (5 ms) and
+// sends them as one `SELECT pg_notify(...)`, which assigns no transaction
+// id and flushes no WAL. Gathering matters: each send is a round trip, a
+// commit and a wake-up of every listening session, and sending at once
+// cost the HTTP cycle about a fifth of its rate (`pullwake bench` mode 1:
+// 783 cycles/s, 902 with the linger, 1,008 with no publishing at all).
 //
 // A notification is a hint that lets other servers act at once; each
 // listener re-checks state after a reconnect, so a batch lost with the
@@ -20,12 +23,19 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 const maxBatch = 512
+
+// DefaultLinger is how long the publisher lets notifications gather after
+// the first one before it sends them. Each send is a round trip, a commit
+// and a wake-up of every listening session; gathering a few milliseconds'
+// worth makes them few. It delays what other servers hear by as much.
+const DefaultLinger = 5 * time.Millisecond
 
 type note struct{ channel, payload string }
 
@@ -34,17 +44,23 @@ type note struct{ channel, payload string }
 type Publisher struct {
 	pool *pgxpool.Pool
 	log  *slog.Logger
+	// Linger: see DefaultLinger. Set it before Start; 0 sends at once.
+	Linger time.Duration
 
 	mu      sync.Mutex
 	pending []note
 	wake    chan struct{}
 	cancel  context.CancelFunc
 	done    chan struct{}
+	sends   atomic.Int64
 }
+
+// Sends is how many statements the publisher has sent so far.
+func (p *Publisher) Sends() int64 { return p.sends.Load() }
 
 // New returns a publisher that sends through pool.
 func New(pool *pgxpool.Pool, log *slog.Logger) *Publisher {
-	return &Publisher{pool: pool, log: log, wake: make(chan struct{}, 1)}
+	return &Publisher{pool: pool, log: log, Linger: DefaultLinger, wake: make(chan struct{}, 1)}
 }
 
 // Publish queues a notification; it never waits for the database.
@@ -77,6 +93,14 @@ func (p *Publisher) Start(ctx context.Context) {
 				send() // what is still queued
 				return
 			case <-p.wake:
+				if p.Linger > 0 {
+					t := time.NewTimer(p.Linger)
+					select {
+					case <-t.C:
+					case <-ctx.Done():
+						t.Stop()
+					}
+				}
 				send()
 			}
 		}
@@ -119,6 +143,7 @@ func (p *Publisher) flush(ctx context.Context) {
 				payloads = append(payloads, n.payload)
 			}
 		}
+		p.sends.Add(1)
 		_, err := p.pool.Exec(ctx, `SELECT pg_notify(c, m) FROM unnest($1::text[], $2::text[]) AS u(c, m)`, channels, payloads)
 		if err != nil {
 			// The listeners' reconnect re-check covers a database that is

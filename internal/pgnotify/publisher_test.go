@@ -59,3 +59,51 @@ func TestPublishDelivers(t *testing.T) {
 		t.Fatalf("missing payloads: %d distinct", len(got))
 	}
 }
+
+// Notifications published while the publisher lingers go out together: with
+// a linger longer than the test, nothing is sent until Stop, and then one
+// statement carries all of them.
+func TestLingerGathersOneSend(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := d.Pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "LISTEN pw_linger"); err != nil {
+		t.Fatal(err)
+	}
+	p := pgnotify.New(d.Pool, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	p.Linger = time.Hour
+	p.Start(ctx)
+	const n = 100
+	p.Publish("pw_linger", "0")
+	// Without a linger the first notification would be sent at once; give
+	// the publisher ample time to (wrongly) do so. Correct code cannot fail
+	// here however slow the machine is.
+	time.Sleep(100 * time.Millisecond)
+	if got := p.Sends(); got != 0 {
+		t.Fatalf("sent %d statements while lingering, want 0", got)
+	}
+	for i := 1; i < n; i++ {
+		p.Publish("pw_linger", fmt.Sprint(i))
+	}
+	p.Stop()
+	if got := p.Sends(); got != 1 {
+		t.Fatalf("sent %d statements for %d notifications, want 1", got, n)
+	}
+	for i := range n {
+		wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+		msg, err := conn.Conn().WaitForNotification(wctx)
+		wcancel()
+		if err != nil {
+			t.Fatalf("after %d notifications: %v", i, err)
+		}
+		if msg.Payload != fmt.Sprint(i) {
+			t.Fatalf("notification %d: payload %q, want %d (in publish order)", i, msg.Payload, i)
+		}
+	}
+}
