@@ -241,14 +241,32 @@ DECLARE
     v_sent    bigint;
     v_acked   bigint;
     v_cleared boolean;
+    v_ended   integer;
     v_estatus text;
     v_queued  text;
 BEGIN
     IF jsonb_typeof(v_acks) <> 'array' THEN
         RAISE EXCEPTION 'acks must be an array' USING ERRCODE = 'PW008';
     END IF;
-    SELECT c.entity_url, c.stream_path, c.wake_id, c.status, c.claim_token_hash
-      INTO v_url, v_path, v_wake, v_status, v_hash
+    -- The claim, and for an active claim presented with its own token the
+    -- main-stream ack: every ack's offset is parsed (a malformed one raises
+    -- PW008), the main stream's highest one counts, clamped to the tail.
+    SELECT c.entity_url, c.stream_path, c.wake_id, c.status, c.claim_token_hash,
+           CASE WHEN c.status = 'active' AND jsonb_array_length(v_acks) > 0
+                     AND (p_claim_token_hash IS NULL OR p_claim_token_hash = c.claim_token_hash)
+           THEN (SELECT CASE WHEN x.m IS NOT NULL
+                             THEN least(x.m, coalesce((SELECT s.tail_seq FROM streams s
+                                                        WHERE s.tenant_id = p_tenant AND s.path = c.stream_path), 0))
+                        END
+                   FROM (SELECT max(CASE WHEN coalesce(y.a->>'stream', y.a->>'path')
+                                               IN (c.stream_path, substr(c.stream_path, 11))
+                                         THEN y.o END) AS m
+                           FROM (SELECT a, pw_parse_offset(a->>'offset') AS o
+                                   FROM jsonb_array_elements(v_acks) AS a
+                                  WHERE jsonb_typeof(a) = 'object' AND a ? 'offset'
+                                 OFFSET 0) y) x)  -- not flattened: every offset is parsed
+           END
+      INTO v_url, v_path, v_wake, v_status, v_hash, v_ack
       FROM consumer_claims c
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
     IF NOT FOUND THEN
@@ -259,27 +277,10 @@ BEGIN
     END IF;
 
     IF v_status = 'active' THEN
-        -- The main-stream ack, validated, clamped to the stream's tail.
-        -- Every ack's offset is parsed (a malformed one raises PW008); the
-        -- main stream's highest one counts.
-        IF jsonb_array_length(v_acks) > 0 THEN
-            SELECT CASE WHEN x.m IS NOT NULL
-                        THEN least(x.m, coalesce((SELECT s.tail_seq FROM streams s
-                                                   WHERE s.tenant_id = p_tenant AND s.path = v_path), 0))
-                   END
-              INTO v_ack
-              FROM (SELECT max(CASE WHEN coalesce(y.a->>'stream', y.a->>'path') IN (v_path, substr(v_path, 11))
-                                    THEN y.o END) AS m
-                      FROM (SELECT a, pw_parse_offset(a->>'offset') AS o
-                              FROM jsonb_array_elements(v_acks) AS a
-                             WHERE jsonb_typeof(a) = 'object' AND a ? 'offset'
-                            OFFSET 0) y) x;  -- not flattened: every offset is parsed
-        END IF;
-
-        -- Lock order: the dispatch row, then the claim. The UPDATE that
-        -- clears the slot is what locks the dispatch row; it matches only
-        -- while the slot names this claim. A wake queued while the claim's
-        -- lease had lapsed stays outstanding.
+        -- Lock order: the dispatch row, then the claim, the entity, the
+        -- wake. The UPDATE that clears the slot is what locks the dispatch
+        -- row; it matches only while the slot names this claim. A wake
+        -- queued while the claim's lease had lapsed stays outstanding.
         UPDATE entity_dispatch_state d
            SET active_consumer_id = NULL, active_epoch = NULL, active_runner_id = NULL,
                active_claimed_at = NULL, active_lease_expires_at = NULL,
@@ -294,36 +295,42 @@ BEGIN
              INTO v_sent, v_acked, v_queued;
         v_cleared := FOUND;
 
-        UPDATE consumer_claims c
-           SET status = 'released', released_at = v_now, acked_streams = v_acks, updated_at = v_now
-         WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch
-           AND c.status = 'active';
-        IF FOUND THEN
-            IF v_cleared THEN
-                -- The entity goes idle (stopping: stopped), the wake completes.
-                WITH wake AS (
-                    UPDATE wakes w SET status = 'completed', finished_at = v_now, updated_at = v_now
-                     WHERE w.tenant_id = p_tenant AND w.wake_id = v_wake AND w.status = 'claimed'
-                )
-                UPDATE entities e
-                   SET status = CASE e.status WHEN 'running' THEN 'idle' WHEN 'stopping' THEN 'stopped'
-                                ELSE e.status END,
-                       updated_at = v_now
-                 WHERE e.tenant_id = p_tenant AND e.url = v_url
-                RETURNING e.status INTO v_estatus;
-                IF v_estatus = 'idle' AND v_sent > v_acked AND v_queued IS NULL THEN
-                    v_queued := pw_queue_wake(p_tenant, v_url, v_now);
-                END IF;
-            ELSE
-                -- Not the slot's claim (a leak being cleaned up): finish its wake only.
-                WITH wake AS (
-                    UPDATE wakes w SET status = 'completed', finished_at = v_now, updated_at = v_now
-                     WHERE w.tenant_id = p_tenant AND w.wake_id = v_wake AND w.status = 'claimed'
-                )
-                SELECT e.status, d.acked_offset INTO v_estatus, v_acked
-                  FROM entities e
-                  JOIN entity_dispatch_state d ON d.tenant_id = e.tenant_id AND d.entity_url = e.url
-                 WHERE e.tenant_id = p_tenant AND e.url = v_url;
+        -- The claim ends; only then (each later step reads the claim's
+        -- result) its wake completes and, when it held the slot, the
+        -- entity goes idle (stopping: stopped). The scalar subqueries run
+        -- in order, so the claim is locked before the entity, and the
+        -- wake's UPDATE, which nothing reads, runs last.
+        WITH claim AS (
+            UPDATE consumer_claims c
+               SET status = 'released', released_at = v_now, acked_streams = v_acks, updated_at = v_now
+             WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch
+               AND c.status = 'active'
+            RETURNING 1
+        ), ent AS (
+            UPDATE entities e
+               SET status = CASE e.status WHEN 'running' THEN 'idle' WHEN 'stopping' THEN 'stopped'
+                            ELSE e.status END,
+                   updated_at = v_now
+             WHERE e.tenant_id = p_tenant AND e.url = v_url AND v_cleared
+               AND EXISTS (SELECT 1 FROM claim)
+            RETURNING e.status
+        ), wake AS (
+            UPDATE wakes w SET status = 'completed', finished_at = v_now, updated_at = v_now
+             WHERE w.tenant_id = p_tenant AND w.wake_id = v_wake AND w.status = 'claimed'
+               AND EXISTS (SELECT 1 FROM claim)
+        )
+        SELECT (SELECT count(*) FROM claim),
+               coalesce((SELECT ent.status FROM ent),
+                        (SELECT e.status FROM entities e WHERE e.tenant_id = p_tenant AND e.url = v_url))
+          INTO v_ended, v_estatus;
+        IF v_ended = 1 THEN
+            IF NOT v_cleared THEN
+                -- Not the slot's claim (a leak being cleaned up): the entity
+                -- and its slot are as they were.
+                SELECT d.acked_offset INTO v_acked FROM entity_dispatch_state d
+                 WHERE d.tenant_id = p_tenant AND d.entity_url = v_url;
+            ELSIF v_estatus = 'idle' AND v_sent > v_acked AND v_queued IS NULL THEN
+                v_queued := pw_queue_wake(p_tenant, v_url, v_now);
             END IF;
             IF p_notify THEN
                 PERFORM pw_notify_claim(p_tenant, p_consumer_id, p_epoch, v_path, 'released');
