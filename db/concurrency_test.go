@@ -33,6 +33,15 @@ var concurrencyRunners = []string{"r1", "r2", "r3"}
 // one snapshot.
 const invariantSQL = `
 SELECT v FROM (
+  SELECT 'queued wake ' || w.wake_id || ' missing from wake_queue' AS v
+    FROM wakes w WHERE w.status = 'queued'
+     AND NOT EXISTS (SELECT 1 FROM wake_queue q WHERE q.tenant_id = w.tenant_id AND q.wake_id = w.wake_id
+                       AND q.entity_url = w.entity_url AND q.created_at = w.created_at)
+  UNION ALL
+  SELECT 'wake_queue holds ' || q.wake_id || ', which is not queued'
+    FROM wake_queue q WHERE NOT EXISTS (
+      SELECT 1 FROM wakes w WHERE w.tenant_id = q.tenant_id AND w.wake_id = q.wake_id AND w.status = 'queued')
+  UNION ALL
   SELECT 'two active claims on ' || c.entity_url AS v
     FROM consumer_claims c WHERE c.status = 'active'
    GROUP BY c.tenant_id, c.entity_url HAVING count(*) > 1

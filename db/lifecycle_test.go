@@ -869,3 +869,59 @@ func TestClaimTokenHashCheck(t *testing.T) {
 		t.Fatalf("release with the right hash: released %v, err %v", released, err)
 	}
 }
+
+// The claim queue (wake_queue) holds exactly the queued wakes, whoever
+// changes them: the lifecycle functions, or psql writing wakes directly.
+func TestWakeQueueMirrorsQueuedWakes(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	want := func(step string, wakes ...string) {
+		t.Helper()
+		var got []string
+		rows, err := f.pool.Query(f.ctx, `SELECT wake_id FROM wake_queue ORDER BY created_at, wake_id`)
+		if err == nil {
+			got, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		var queued []string
+		rows, err = f.pool.Query(f.ctx, `SELECT wake_id FROM wakes WHERE status = 'queued' ORDER BY created_at, wake_id`)
+		if err == nil {
+			queued, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		if !slices.Equal(got, wakes) || !slices.Equal(queued, wakes) {
+			t.Fatalf("%s: wake_queue %v, queued wakes %v, want %v", step, got, queued, wakes)
+		}
+	}
+	f.spawn("/chat/1")
+	f.spawn("/chat/2")
+	_, w1 := f.send("/chat/1", at(0))
+	_, w2 := f.send("/chat/2", at(1*sec))
+	want("after two sends", w1, w2)
+
+	c := f.claim("r1", 30*sec, at(2*sec))
+	want("after a claim", w2)
+	_, w3 := f.send("/chat/1", at(3*sec)) // claim live: no new wake
+	if w3 != "" {
+		t.Fatalf("send under a live claim queued %s", w3)
+	}
+	r := f.release(c.ConsumerID, c.Epoch, []ack{}, at(4*sec)) // unacked message: re-queued
+	if r.QueuedWakeID == nil {
+		t.Fatal("release with an unacked message queued nothing")
+	}
+	want("after a release that re-queues", w2, *r.QueuedWakeID)
+
+	f.stop("/chat/2", at(5*sec)) // supersedes its queued wake
+	want("after stop", *r.QueuedWakeID)
+
+	f.exec(`UPDATE wakes SET status = 'queued', finished_at = NULL WHERE wake_id = $1`, w2)
+	want("after psql re-queued a superseded wake", w2, *r.QueuedWakeID)
+	f.exec(`DELETE FROM wakes WHERE wake_id = $1`, w2)
+	want("after psql deleted a queued wake", *r.QueuedWakeID)
+	f.exec(`INSERT INTO wakes (wake_id, entity_url, status, created_at) VALUES ('wake-manual', '/chat/2', 'queued', $1)`, at(0))
+	want("after psql inserted a wake", "wake-manual", *r.QueuedWakeID)
+}

@@ -118,3 +118,11 @@ type Wake struct {
 	FinishedAt *time.Time
 	UpdatedAt  time.Time
 }
+
+type WakeQueue struct {
+	TenantID  string
+	WakeID    string
+	EntityUrl string
+	RunnerID  *string
+	CreatedAt time.Time
+}

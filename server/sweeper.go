@@ -68,6 +68,9 @@ func (sw *Sweeper) Start(ctx context.Context) {
 				if _, err := sw.RunOnce(ctx, nil); err != nil && ctx.Err() == nil {
 					sw.cfg.Logger.Warn("sweep failed", "err", err)
 				}
+				if err := sw.VacuumQueue(ctx); err != nil && ctx.Err() == nil {
+					sw.cfg.Logger.Warn("vacuum of the claim queue failed", "err", err)
+				}
 				if _, _, err := sw.Purge(ctx, nil); err != nil && ctx.Err() == nil {
 					sw.cfg.Logger.Warn("retention purge failed", "err", err)
 				}
@@ -113,6 +116,20 @@ func (sw *Sweeper) RunOnce(ctx context.Context, now *time.Time) ([]db.SweepClaim
 			return all, nil
 		}
 	}
+}
+
+// VacuumQueue vacuums wake_queue, the table of queued wakes. Every claim
+// deletes a row of it; the entries those rows leave in its index sit at the
+// head of the queue, where every claim's pick starts, until VACUUM removes
+// them, so the sweeper does that every pass (the table is small, so it costs
+// little). SKIP_LOCKED: a vacuum already running elsewhere is enough.
+func (sw *Sweeper) VacuumQueue(ctx context.Context) error {
+	qctx, cancel := context.WithTimeout(ctx, sw.cfg.Interval)
+	defer cancel()
+	if _, err := sw.cfg.Pool.Exec(qctx, `VACUUM (SKIP_LOCKED) wake_queue`); err != nil {
+		return fmt.Errorf("vacuum wake_queue: %w", err)
+	}
+	return nil
 }
 
 // Purge deletes ended claims and finished wakes older than the retention

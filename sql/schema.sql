@@ -42,20 +42,23 @@ BEGIN
     END IF;
 
     FOR i IN 1..16 LOOP
-        SELECT w.wake_id, w.entity_url INTO v_wake, v_url FROM wakes w
-         WHERE w.tenant_id = p_tenant AND w.status = 'queued'
-           AND (w.runner_id IS NULL OR w.runner_id = p_runner_id)
-           AND w.wake_id <> ALL (v_skip)
+        -- The queue holds only queued wakes (wakes_queue_sync keeps it),
+        -- and the sweeper vacuums it, so the oldest entries are found
+        -- without walking past the entries of wakes claimed since.
+        SELECT q.wake_id, q.entity_url INTO v_wake, v_url FROM wake_queue q
+         WHERE q.tenant_id = p_tenant
+           AND (q.runner_id IS NULL OR q.runner_id = p_runner_id)
+           AND q.wake_id <> ALL (v_skip)
            -- A scalar subquery (one primary-key probe per candidate) rather
            -- than NOT EXISTS: plpgsql's generic plan turned that into an
            -- anti join over a scan of every dispatch row. Every entity has
            -- its dispatch row, so this returns one row.
            AND (SELECT d.active_consumer_id IS NULL OR d.active_lease_expires_at <= v_now
                   FROM entity_dispatch_state d
-                 WHERE d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url)
-         ORDER BY w.created_at, w.wake_id
+                 WHERE d.tenant_id = q.tenant_id AND d.entity_url = q.entity_url)
+         ORDER BY q.created_at, q.wake_id
          LIMIT 1
-         FOR UPDATE OF w SKIP LOCKED;
+         FOR UPDATE OF q SKIP LOCKED;
         IF NOT FOUND THEN
             RETURN;
         END IF;
@@ -105,7 +108,8 @@ BEGIN
         v_token := replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '');
 
         -- Every write of the claim in one statement. The dispatch row and
-        -- the wake are locked already; the entity's row is taken last and
+        -- the wake's queue entry are locked already (every change of a
+        -- queued wake's status deletes that entry, so it is still queued); the entity's row is taken last and
         -- is only ever locked by holders of its dispatch lock, which is ours.
         WITH slot AS (
             UPDATE entity_dispatch_state d
@@ -757,6 +761,25 @@ END
 $$;
 
 --
+-- Name: pw_wake_queue_sync(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_wake_queue_sync() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.status = 'queued' THEN
+        DELETE FROM wake_queue q WHERE q.tenant_id = OLD.tenant_id AND q.wake_id = OLD.wake_id;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.status = 'queued' THEN
+        INSERT INTO wake_queue (tenant_id, wake_id, entity_url, runner_id, created_at)
+        VALUES (NEW.tenant_id, NEW.wake_id, NEW.entity_url, NEW.runner_id, NEW.created_at);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+--
 -- Name: release_and_claim_next(text, bigint, jsonb, text, integer, timestamp with time zone, text, bytea, boolean); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1181,6 +1204,19 @@ CREATE TABLE public.stream_producers (
 );
 
 --
+-- Name: wake_queue; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.wake_queue (
+    tenant_id text DEFAULT 'default'::text NOT NULL,
+    wake_id text NOT NULL,
+    entity_url text NOT NULL,
+    runner_id text,
+    created_at timestamp with time zone NOT NULL
+)
+WITH (autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='1000');
+
+--
 -- Name: wake_seq; Type: SEQUENCE; Schema: public; Owner: -
 --
 
@@ -1261,6 +1297,13 @@ ALTER TABLE ONLY public.streams
     ADD CONSTRAINT streams_pkey PRIMARY KEY (tenant_id, path);
 
 --
+-- Name: wake_queue wake_queue_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.wake_queue
+    ADD CONSTRAINT wake_queue_pkey PRIMARY KEY (tenant_id, wake_id);
+
+--
 -- Name: wakes wakes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1286,6 +1329,12 @@ CREATE INDEX consumer_claims_active_runner_idx ON public.consumer_claims USING b
 CREATE INDEX consumer_claims_finished_idx ON public.consumer_claims USING btree (tenant_id, updated_at) WHERE (status <> 'active'::text);
 
 --
+-- Name: wake_queue_order_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX wake_queue_order_idx ON public.wake_queue USING btree (tenant_id, created_at, wake_id);
+
+--
 -- Name: wakes_finished_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -1298,10 +1347,22 @@ CREATE INDEX wakes_finished_idx ON public.wakes USING btree (tenant_id, finished
 CREATE UNIQUE INDEX wakes_one_queued_idx ON public.wakes USING btree (tenant_id, entity_url) WHERE (status = 'queued'::text);
 
 --
--- Name: wakes_queue_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: wakes wakes_queue_delete; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE INDEX wakes_queue_idx ON public.wakes USING btree (tenant_id, created_at, wake_id) WHERE (status = 'queued'::text);
+CREATE TRIGGER wakes_queue_delete AFTER DELETE ON public.wakes FOR EACH ROW WHEN ((old.status = 'queued'::text)) EXECUTE FUNCTION public.pw_wake_queue_sync();
+
+--
+-- Name: wakes wakes_queue_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER wakes_queue_insert AFTER INSERT ON public.wakes FOR EACH ROW WHEN ((new.status = 'queued'::text)) EXECUTE FUNCTION public.pw_wake_queue_sync();
+
+--
+-- Name: wakes wakes_queue_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER wakes_queue_update AFTER UPDATE ON public.wakes FOR EACH ROW WHEN ((((old.status = 'queued'::text) OR (new.status = 'queued'::text)) AND ((old.status IS DISTINCT FROM new.status) OR (old.wake_id IS DISTINCT FROM new.wake_id) OR (old.entity_url IS DISTINCT FROM new.entity_url) OR (old.runner_id IS DISTINCT FROM new.runner_id) OR (old.created_at IS DISTINCT FROM new.created_at)))) EXECUTE FUNCTION public.pw_wake_queue_sync();
 
 --
 -- Name: entity_dispatch_state entity_dispatch_state_tenant_id_entity_url_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -

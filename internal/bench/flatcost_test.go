@@ -289,7 +289,7 @@ func TestLifecyclePlansUseIndexes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	check("claim_next_wake", log.take(), "wakes_queue_idx", "entity_dispatch_state_pkey")
+	check("claim_next_wake", log.take(), "wake_queue_order_idx", "entity_dispatch_state_pkey")
 
 	acks, _ := json.Marshal([]map[string]string{{"stream": c.StreamPath, "offset": "0000000000000001"}})
 	if _, err := q.ReleaseClaim(ctx, conn, db.ReleaseClaimParams{ConsumerID: c.ConsumerID, Epoch: c.Epoch, Acks: acks, TenantID: flatTenant}); err != nil {
