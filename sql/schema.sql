@@ -10,6 +10,7 @@
 
 CREATE FUNCTION public.claim_next_wake(p_runner_id text, p_lease_ttl_ms integer DEFAULT 30000, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(wake_id text, consumer_id text, epoch bigint, entity_url text, stream_path text, acked_offset text, claim_token text, lease_expires_at timestamp with time zone, lease_ttl_ms integer)
     LANGUAGE plpgsql
+    SET enable_sort TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -769,7 +770,8 @@ CREATE FUNCTION public.pw_wake_queue_sync() RETURNS trigger
     AS $$
 BEGIN
     IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.status = 'queued' THEN
-        DELETE FROM wake_queue q WHERE q.tenant_id = OLD.tenant_id AND q.wake_id = OLD.wake_id;
+        DELETE FROM wake_queue q
+         WHERE q.tenant_id = OLD.tenant_id AND q.created_at = OLD.created_at AND q.wake_id = OLD.wake_id;
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.status = 'queued' THEN
         INSERT INTO wake_queue (tenant_id, wake_id, entity_url, runner_id, created_at)
@@ -1301,7 +1303,7 @@ ALTER TABLE ONLY public.streams
 --
 
 ALTER TABLE ONLY public.wake_queue
-    ADD CONSTRAINT wake_queue_pkey PRIMARY KEY (tenant_id, wake_id);
+    ADD CONSTRAINT wake_queue_pkey PRIMARY KEY (tenant_id, created_at, wake_id);
 
 --
 -- Name: wakes wakes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -1327,12 +1329,6 @@ CREATE INDEX consumer_claims_active_runner_idx ON public.consumer_claims USING b
 --
 
 CREATE INDEX consumer_claims_finished_idx ON public.consumer_claims USING btree (tenant_id, updated_at) WHERE (status <> 'active'::text);
-
---
--- Name: wake_queue_order_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX wake_queue_order_idx ON public.wake_queue USING btree (tenant_id, created_at, wake_id);
 
 --
 -- Name: wakes_finished_idx; Type: INDEX; Schema: public; Owner: -

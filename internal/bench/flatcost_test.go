@@ -289,7 +289,14 @@ func TestLifecyclePlansUseIndexes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	check("claim_next_wake", log.take(), "wake_queue_order_idx", "entity_dispatch_state_pkey")
+	plans := log.take()
+	check("claim_next_wake", plans, "wake_queue_pkey", "entity_dispatch_state_pkey")
+	// The pick walks the queue's index in order: no sort of the queue.
+	for _, p := range plans {
+		if strings.Contains(p, "wake_queue") && (strings.Contains(p, "Sort") || strings.Contains(p, "Bitmap")) {
+			t.Errorf("claim_next_wake: the pick sorts the queue instead of walking its index in order:\n%s", p)
+		}
+	}
 
 	acks, _ := json.Marshal([]map[string]string{{"stream": c.StreamPath, "offset": "0000000000000001"}})
 	if _, err := q.ReleaseClaim(ctx, conn, db.ReleaseClaimParams{ConsumerID: c.ConsumerID, Epoch: c.Epoch, Acks: acks, TenantID: flatTenant}); err != nil {

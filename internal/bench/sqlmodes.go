@@ -34,6 +34,10 @@ func runSQLMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (M
 		return ModeResult{}, err
 	}
 	q := db.New()
+	if m == ModeSQL || m == ModeSQLSplit || m == ModeSQLNext {
+		stop := vacuumQueueEvery(ctx, pool, sweepInterval)
+		defer stop()
+	}
 	res, err := drive(ctx, cfg, pool, m, cfg.Runners, func(ctx context.Context, i int) (cycleFunc, func(), error) {
 		conn, err := pool.Acquire(ctx)
 		if err != nil {
@@ -65,6 +69,32 @@ func runSQLMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (M
 		res.Note = "release as 4 statements leaves wakes 'claimed', as the modelled system does"
 	}
 	return res, err
+}
+
+// sweepInterval is the server's default sweep interval.
+const sweepInterval = 5 * time.Second
+
+// vacuumQueueEvery vacuums wake_queue every interval until stopped, as a
+// server's sweeper does after each pass (server.Sweeper.VacuumQueue): the
+// SQL modes run without a server, and without it the pick would walk the
+// dead entries of every wake claimed since the mode began.
+func vacuumQueueEvery(ctx context.Context, pool *pgxpool.Pool, every time.Duration) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_, _ = pool.Exec(ctx, `VACUUM (SKIP_LOCKED) wake_queue`)
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // sqlRunner is one runner of a SQL mode.
