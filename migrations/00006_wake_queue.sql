@@ -107,7 +107,16 @@ BEGIN
         RAISE EXCEPTION 'runner % is disabled', p_runner_id USING ERRCODE = 'PW005';
     END IF;
 
-    FOR i IN 1..16 LOOP
+    -- The pick takes the oldest queued wake no other claim has locked; the
+    -- dispatch row, locked next, decides whether its entity is free. It
+    -- used to probe the dispatch row for every candidate, the ones other
+    -- claims hold locked included: with N runners claiming at once that
+    -- was up to N probes a pick for rows it then skipped. A queued wake
+    -- whose entity a claim with a live lease holds is rare (a send queues
+    -- no wake under a live lease, and a lapsed lease never comes back), so
+    -- skipping such wakes here one by one costs little; the bound keeps a
+    -- claim short if many pile up at the head.
+    FOR i IN 1..64 LOOP
         -- The queue holds only queued wakes (wakes_queue_sync keeps it),
         -- and the sweeper vacuums it, so the oldest entries are found
         -- without walking past the entries of wakes claimed since.
@@ -115,13 +124,6 @@ BEGIN
          WHERE q.tenant_id = p_tenant
            AND (q.runner_id IS NULL OR q.runner_id = p_runner_id)
            AND q.wake_id <> ALL (v_skip)
-           -- A scalar subquery (one primary-key probe per candidate) rather
-           -- than NOT EXISTS: plpgsql's generic plan turned that into an
-           -- anti join over a scan of every dispatch row. Every entity has
-           -- its dispatch row, so this returns one row.
-           AND (SELECT d.active_consumer_id IS NULL OR d.active_lease_expires_at <= v_now
-                  FROM entity_dispatch_state d
-                 WHERE d.tenant_id = q.tenant_id AND d.entity_url = q.entity_url)
          ORDER BY q.created_at, q.wake_id
          LIMIT 1
          FOR UPDATE OF q SKIP LOCKED;

@@ -24,9 +24,6 @@ func pickBuffers(t *testing.T, d *testdb.DB) int {
 		EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
 		SELECT q.wake_id FROM wake_queue q
 		 WHERE q.tenant_id = 'default' AND (q.runner_id IS NULL OR q.runner_id = 'r1')
-		   AND (SELECT d.active_consumer_id IS NULL OR d.active_lease_expires_at <= now()
-		          FROM entity_dispatch_state d
-		         WHERE d.tenant_id = q.tenant_id AND d.entity_url = q.entity_url)
 		 ORDER BY q.created_at, q.wake_id LIMIT 1 FOR UPDATE OF q SKIP LOCKED`).Scan(&raw)
 	if err != nil {
 		t.Fatal(err)
