@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
 	"github.com/pullwake/pullwake/internal/pgnotify"
@@ -16,22 +17,29 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// Every published notification arrives, duplicates within a batch once,
-// and Stop sends what is still queued.
-func TestPublishDelivers(t *testing.T) {
-	t.Parallel()
+// listening gives a test its own database, a publisher on it (not started)
+// and a session that LISTENs on channel.
+func listening(t *testing.T, channel string) (context.Context, *pgxpool.Conn, *pgnotify.Publisher) {
+	t.Helper()
 	d := testdb.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	conn, err := d.Pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Release()
-	if _, err := conn.Exec(ctx, "LISTEN pw_pub"); err != nil {
+	t.Cleanup(conn.Release)
+	if _, err := conn.Exec(ctx, "LISTEN "+channel); err != nil {
 		t.Fatal(err)
 	}
-	p := pgnotify.New(d.Pool, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return ctx, conn, pgnotify.New(d.Pool, slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
+// Every published notification arrives, duplicates within a batch once,
+// and Stop sends what is still queued.
+func TestPublishDelivers(t *testing.T) {
+	t.Parallel()
+	ctx, conn, p := listening(t, "pw_pub")
 	p.Start(ctx)
 	const n = 1200 // more than one batch
 	for i := range n {
@@ -65,18 +73,7 @@ func TestPublishDelivers(t *testing.T) {
 // statement carries all of them.
 func TestLingerGathersOneSend(t *testing.T) {
 	t.Parallel()
-	d := testdb.New(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	conn, err := d.Pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Release()
-	if _, err := conn.Exec(ctx, "LISTEN pw_linger"); err != nil {
-		t.Fatal(err)
-	}
-	p := pgnotify.New(d.Pool, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, conn, p := listening(t, "pw_linger")
 	p.Linger = time.Hour
 	p.Start(ctx)
 	const n = 100
