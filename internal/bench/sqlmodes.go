@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/server"
 )
 
 var jsonType = "application/json"
@@ -79,6 +80,7 @@ const sweepInterval = 5 * time.Second
 // SQL modes run without a server, and without it the pick would walk the
 // dead entries of every wake claimed since the mode began.
 func vacuumQueueEvery(ctx context.Context, pool *pgxpool.Pool, every time.Duration) (stop func()) {
+	sw := server.NewSweeper(server.SweeperConfig{Pool: pool, Interval: every})
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -90,7 +92,7 @@ func vacuumQueueEvery(ctx context.Context, pool *pgxpool.Pool, every time.Durati
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				_, _ = pool.Exec(ctx, `VACUUM (SKIP_LOCKED) wake_queue`)
+				_ = sw.VacuumQueue(ctx) // best effort, as in the server
 			}
 		}
 	}()
