@@ -177,13 +177,20 @@ func acks(stream string, tail int64) json.RawMessage {
 	return b
 }
 
-// cycle is mode 2: three calls, three commits.
-func (w *sqlRunner) cycle(ctx context.Context, rec *recorder) error {
+// claimAndAppend is the first two steps of modes 2 and 3: the claim and the
+// append of one message to the claimed entity's stream (its new tail).
+func (w *sqlRunner) claimAndAppend(ctx context.Context, rec *recorder) (*claim, int64, error) {
 	c, err := w.claim(ctx, rec)
 	if err != nil {
-		return err
+		return nil, 0, err
 	}
 	tail, err := w.appendMsg(ctx, rec, c)
+	return c, tail, err
+}
+
+// cycle is mode 2: three calls, three commits.
+func (w *sqlRunner) cycle(ctx context.Context, rec *recorder) error {
+	c, tail, err := w.claimAndAppend(ctx, rec)
 	if err != nil {
 		return err
 	}
@@ -219,11 +226,7 @@ const (
 // cycleSplit is mode 3: claim and append as mode 2, release as four
 // statements (three of them commits).
 func (w *sqlRunner) cycleSplit(ctx context.Context, rec *recorder) error {
-	c, err := w.claim(ctx, rec)
-	if err != nil {
-		return err
-	}
-	tail, err := w.appendMsg(ctx, rec, c)
+	c, tail, err := w.claimAndAppend(ctx, rec)
 	if err != nil {
 		return err
 	}
