@@ -175,9 +175,7 @@ func (s *Server) done(w http.ResponseWriter, r *http.Request, consumer string, e
 // tokenHash nil means an operator's release (no claim token).
 func (s *Server) release(r *http.Request, consumer string, epoch int64, acks []byte, tokenHash []byte) (db.ReleaseClaimRow, error) {
 	start := time.Now()
-	res, err := s.q.ReleaseClaim(r.Context(), s.pool, db.ReleaseClaimParams{
-		ConsumerID: consumer, Epoch: epoch, Acks: acks, TenantID: s.cfg.Tenant, ClaimTokenHash: tokenHash,
-		Notify: s.cfg.Publisher == nil})
+	res, err := s.releaseClaim(r.Context(), consumer, epoch, acks, tokenHash)
 	if err != nil {
 		return res, err
 	}

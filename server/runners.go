@@ -237,15 +237,14 @@ func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
 	}
 	runnerID := r.PathValue("id")
 	start := time.Now()
-	c, err := s.q.ClaimNextWake(r.Context(), s.pool, db.ClaimNextWakeParams{
-		RunnerID: runnerID, LeaseTtlMs: ttl, TenantID: s.cfg.Tenant})
-	if errors.Is(err, db.ErrNotFound) {
+	c, found, err := s.claimNextWake(r.Context(), runnerID, ttl)
+	if err != nil {
+		return err
+	}
+	if !found {
 		s.metrics.ClaimNone(time.Since(start))
 		w.WriteHeader(http.StatusNoContent)
 		return nil
-	}
-	if err != nil {
-		return err
 	}
 	writeJSON(w, http.StatusOK, s.notify(c, runnerID, time.Since(start), false))
 	return nil

@@ -61,6 +61,11 @@ type Config struct {
 	// notifies inside its transaction.
 	Publisher Publisher
 	Logger    *slog.Logger
+	// GroupCommit runs concurrent releases and claims as shared
+	// transactions (server/groupcommit.go); BatchObserver, when set, is
+	// told each batch's transition and size.
+	GroupCommit   bool
+	BatchObserver func(transition string, size int)
 }
 
 // Publisher sends a NOTIFY after the fact (package pgnotify implements it).
@@ -80,6 +85,7 @@ type Server struct {
 	sweeper  *Sweeper
 	listener *pglisten.Listener
 	mux      *http.ServeMux
+	batch    *batchers // nil unless cfg.GroupCommit
 
 	runnerHashes sync.Map // runner id -> []byte token hash (tokens never change)
 }
@@ -127,6 +133,9 @@ func New(cfg Config) (*Server, error) {
 			s.listener.Handle(cfg.StreamChannel, cfg.Streams.HandleNotification)
 		}
 	}
+	if cfg.GroupCommit {
+		s.batch = newBatchers(cfg.Pool, s.q, cfg.Tenant, cfg.Publisher == nil, cfg.BatchObserver)
+	}
 	s.routes()
 	return s, nil
 }
@@ -145,6 +154,9 @@ func (s *Server) Sweeper() *Sweeper { return s.sweeper }
 
 // Start runs the sweeper and the listener until Stop.
 func (s *Server) Start(ctx context.Context) {
+	if s.batch != nil {
+		s.batch.start(ctx)
+	}
 	if s.listener != nil {
 		s.listener.Start(ctx)
 	}
@@ -153,6 +165,9 @@ func (s *Server) Start(ctx context.Context) {
 
 // Stop ends the background services and waits for them.
 func (s *Server) Stop() {
+	if s.batch != nil {
+		s.batch.stop() // answers every queued release and claim
+	}
 	s.sweeper.Stop()
 	if s.listener != nil {
 		s.listener.Stop()

@@ -42,6 +42,9 @@ type options struct {
 	metrics    bool
 	empty      bool // database without migrations
 	publish    bool // announce releases and appends after commit (pgnotify)
+	// singleCalls turns group commit off (it is on by default, as in
+	// pullwake serve): each claim, done and append its own transaction.
+	singleCalls bool
 }
 
 // setup starts a server on a fresh database.
@@ -96,10 +99,16 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 	if met != nil {
 		scfg.Metrics = met
 	}
+	var bw *streams.BatchWriter
+	if !o.singleCalls {
+		bw = streams.NewBatchWriter(pool, "default", nil)
+		scfg.Writer = bw
+	}
 	sh := streams.New(scfg)
 	cfg := server.Config{
 		Pool: pool, Tenant: "default", AdminToken: o.adminToken, SweepInterval: o.sweep,
 		Tokens: store, Streams: sh, StreamChannel: streams.NotifyChannel, Logger: log,
+		GroupCommit: !o.singleCalls,
 	}
 	if o.listen {
 		cfg.ConnString = d.URL
@@ -120,6 +129,9 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 	hs.Config.Handler = srv.Handler()
 	ctx, cancel := context.WithCancel(context.Background())
 	srv.Start(ctx)
+	if bw != nil {
+		bw.Start(ctx)
+	}
 	if pub != nil {
 		pub.Start(ctx)
 		t.Cleanup(pub.Stop)
@@ -135,6 +147,9 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 		hs.Close()
 		cancel()
 		srv.Stop()
+		if bw != nil {
+			bw.Stop()
+		}
 	})
 	return &bundle{t: t, db: d, pool: pool, acquires: &acquires, srv: srv, url: hs.URL, admin: o.adminToken}
 }

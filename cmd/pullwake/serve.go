@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strconv"
 	"strings"
@@ -36,6 +37,8 @@ type serveConfig struct {
 	migrate         bool
 	logFormat       string
 	logLevel        string
+	groupCommit     bool
+	pprofAddr       string
 }
 
 func envBool(name string, def bool) bool {
@@ -61,6 +64,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.BoolVar(&c.migrate, "migrate", envBool("PULLWAKE_MIGRATE", true), "apply pending migrations at start (env PULLWAKE_MIGRATE)")
 	fs.StringVar(&c.logFormat, "log-format", os.Getenv("PULLWAKE_LOG_FORMAT"), "json or text; default json unless stderr is a terminal (env PULLWAKE_LOG_FORMAT)")
 	fs.StringVar(&c.logLevel, "log-level", cmp.Or(os.Getenv("PULLWAKE_LOG_LEVEL"), "info"), "debug, info, warn or error (env PULLWAKE_LOG_LEVEL)")
+	fs.BoolVar(&c.groupCommit, "group-commit", envBool("PULLWAKE_GROUP_COMMIT", true), "run concurrent claims, dones and appends as shared transactions (env PULLWAKE_GROUP_COMMIT)")
+	fs.StringVar(&c.pprofAddr, "pprof-addr", os.Getenv("PULLWAKE_PPROF_ADDR"), "serve net/http/pprof on this host:port, a listener of its own; empty = off (env PULLWAKE_PPROF_ADDR)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -76,6 +81,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if c.defaultLease < time.Second || c.defaultLease > 10*time.Minute {
 		return fmt.Errorf("%w: --default-lease-ttl %s must be between 1s and 10m", errUsage, c.defaultLease)
+	}
+	if c.pprofAddr != "" {
+		if _, _, err := net.SplitHostPort(c.pprofAddr); err != nil {
+			return fmt.Errorf("%w: --pprof-addr %q must be host:port", errUsage, c.pprofAddr)
+		}
 	}
 	if c.sweepInterval <= 0 || c.longPollTimeout <= 0 || c.retention < 0 {
 		return fmt.Errorf("%w: durations must be positive", errUsage)
@@ -148,16 +158,22 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 		Source:         metrics.DBSource{Conn: pool, Tenant: c.db.tenant},
 		Logger:         log,
 	})
-	sh := streams.New(streams.Config{
+	scfg := streams.Config{
 		Pool: pool, Tenant: c.db.tenant, Gate: store, AdminToken: c.adminToken,
 		LongPollTimeout: c.longPollTimeout, Logger: log, Metrics: met, Publisher: pub,
-	})
+	}
+	var bw *streams.BatchWriter
+	if c.groupCommit {
+		bw = streams.NewBatchWriter(pool, c.db.tenant, func(n int) { met.BatchSize("append", n) })
+		scfg.Writer = bw
+	}
+	sh := streams.New(scfg)
 	srv, err := server.New(server.Config{
 		Pool: pool, ConnString: c.db.url, Tenant: c.db.tenant, PublicURL: publicURL,
 		AdminToken: c.adminToken, DefaultLeaseTTL: c.defaultLease, SweepInterval: c.sweepInterval,
 		Retention: c.retention,
 		Tokens:    store, Streams: sh, StreamChannel: streams.NotifyChannel, Metrics: met, Publisher: pub,
-		Logger: log,
+		Logger: log, GroupCommit: c.groupCommit, BatchObserver: met.BatchSize,
 	})
 	if err != nil {
 		return err
@@ -171,11 +187,25 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	defer stopBG()
 	pub.Start(bg)
 	srv.Start(bg)
+	if bw != nil {
+		bw.Start(bg)
+		defer bw.Stop() // after the HTTP server's requests have finished
+	}
+	if c.pprofAddr != "" {
+		stopPprof, err := servePprof(c.pprofAddr, log)
+		if err != nil {
+			srv.Stop()
+			pub.Stop()
+			return err
+		}
+		defer stopPprof()
+	}
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	log.Info("pullwake serving", "addr", ln.Addr().String(), "public_url", publicURL, "tenant", c.db.tenant,
-		"default_lease_ttl", c.defaultLease.String(), "sweep_interval", c.sweepInterval.String())
+		"default_lease_ttl", c.defaultLease.String(), "sweep_interval", c.sweepInterval.String(),
+		"group_commit", c.groupCommit)
 
 	select {
 	case err := <-errc:
@@ -211,4 +241,24 @@ func migrateUp(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error 
 		log.Info("migrations applied", "versions", fmt.Sprint(vs))
 	}
 	return nil
+}
+
+// servePprof serves net/http/pprof on a listener of its own (never on the
+// API's): profiles expose internals, so an operator opts in and binds it
+// where only they reach it.
+func servePprof(addr string, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("pprof: listen on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = hs.Serve(ln) }()
+	log.Info("pprof serving", "addr", ln.Addr().String())
+	return func() { _ = hs.Close() }, nil
 }

@@ -157,6 +157,9 @@ func (b *Batcher[In, Out]) Stop() {
 	<-b.done
 }
 
+// Queued is how many requests wait for the next batch.
+func (b *Batcher[In, Out]) Queued() int { return len(b.in) }
+
 // Do queues in, waits for the batch that carries it and returns its
 // outcome. ctx bounds the wait for room in the queue only: once queued,
 // the item is run and Do waits for its answer (the batch's own timeout

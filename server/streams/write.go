@@ -327,7 +327,7 @@ func (h *Handler) serveAppend(w http.ResponseWriter, r *http.Request, path strin
 	if prod != nil {
 		arg.ProducerID, arg.ProducerEpoch, arg.ProducerSeq = &prod.id, &prod.epoch, &prod.seq
 	}
-	row, err := h.q.StreamWrite(r.Context(), h.cfg.Pool, arg)
+	row, err := h.write(r.Context(), arg)
 	if err != nil {
 		h.internalError(w, r, "append", path, err)
 		return
