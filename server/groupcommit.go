@@ -39,7 +39,7 @@ type batchers struct {
 	claim   *groupcommit.Batcher[claimItem, claimResult]
 }
 
-func newBatchers(pool *pgxpool.Pool, q *db.Queries, tenant string, notify bool, observe func(name string, n int)) *batchers {
+func newBatchers(pool *pgxpool.Pool, q *db.Queries, tenant string, notify bool, inFlight int, observe func(name string, n int)) *batchers {
 	obs := func(name string) func(int) {
 		if observe == nil {
 			return nil
@@ -48,7 +48,7 @@ func newBatchers(pool *pgxpool.Pool, q *db.Queries, tenant string, notify bool, 
 	}
 	return &batchers{
 		release: groupcommit.New(groupcommit.Config[releaseItem, db.ReleaseClaimRow]{
-			Name: "release", Classify: groupcommit.PgClassify, Retryable: groupcommit.PgRetryable,
+			Name: "release", InFlight: inFlight, Classify: groupcommit.PgClassify, Retryable: groupcommit.PgRetryable,
 			ObserveBatch: obs("release"),
 			Exec: func(ctx context.Context, items []releaseItem) ([]groupcommit.Outcome[db.ReleaseClaimRow], error) {
 				arg := db.ReleaseClaimsParams{TenantID: tenant, Notify: notify,
@@ -72,7 +72,7 @@ func newBatchers(pool *pgxpool.Pool, q *db.Queries, tenant string, notify bool, 
 			},
 		}),
 		claim: groupcommit.New(groupcommit.Config[claimItem, claimResult]{
-			Name: "claim", Classify: groupcommit.PgClassify, Retryable: groupcommit.PgRetryable,
+			Name: "claim", InFlight: inFlight, Classify: groupcommit.PgClassify, Retryable: groupcommit.PgRetryable,
 			ObserveBatch: obs("claim"),
 			Exec: func(ctx context.Context, items []claimItem) ([]groupcommit.Outcome[claimResult], error) {
 				arg := db.ClaimNextWakesParams{TenantID: tenant,

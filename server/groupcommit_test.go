@@ -29,7 +29,7 @@ func newBatchFixture(t *testing.T) *batchFixture {
 	f := &batchFixture{t: t, pool: tdb.Pool}
 	f.exec(`INSERT INTO runners (id, token_hash) VALUES ('r1', '\x00')`)
 	f.exec(`INSERT INTO runners (id, token_hash, admin_status) VALUES ('r-off', '\x00', 'disabled')`)
-	f.b = newBatchers(tdb.Pool, db.New(), "default", false, func(name string, n int) {
+	f.b = newBatchers(tdb.Pool, db.New(), "default", false, 1, func(name string, n int) {
 		f.mu.Lock()
 		f.sizes = append(f.sizes, name+":"+itoa(int64(n)))
 		f.mu.Unlock()

@@ -64,8 +64,11 @@ type Config struct {
 	// GroupCommit runs concurrent releases and claims as shared
 	// transactions (server/groupcommit.go); BatchObserver, when set, is
 	// told each batch's transition and size.
-	GroupCommit   bool
-	BatchObserver func(transition string, size int)
+	GroupCommit bool
+	// GroupCommitInFlight is how many batches of one transition may run
+	// at once (default 1).
+	GroupCommitInFlight int
+	BatchObserver       func(transition string, size int)
 }
 
 // Publisher sends a NOTIFY after the fact (package pgnotify implements it).
@@ -134,7 +137,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	if cfg.GroupCommit {
-		s.batch = newBatchers(cfg.Pool, s.q, cfg.Tenant, cfg.Publisher == nil, cfg.BatchObserver)
+		s.batch = newBatchers(cfg.Pool, s.q, cfg.Tenant, cfg.Publisher == nil, cfg.GroupCommitInFlight, cfg.BatchObserver)
 	}
 	s.routes()
 	return s, nil

@@ -42,8 +42,9 @@ type options struct {
 	metrics    bool
 	empty      bool // database without migrations
 	publish    bool // announce releases and appends after commit (pgnotify)
-	// singleCalls turns group commit off (it is on by default, as in
-	// pullwake serve): each claim, done and append its own transaction.
+	// singleCalls turns group commit off. The server tests run with it on,
+	// so every HTTP test also covers the batched path; the tests of the
+	// binary (internal/e2e, cmd/pullwake) run pullwake serve's default, off.
 	singleCalls bool
 }
 
@@ -101,7 +102,7 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 	}
 	var bw *streams.BatchWriter
 	if !o.singleCalls {
-		bw = streams.NewBatchWriter(pool, "default", nil)
+		bw = streams.NewBatchWriter(pool, "default", 0, nil)
 		scfg.Writer = bw
 	}
 	sh := streams.New(scfg)

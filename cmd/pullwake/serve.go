@@ -38,7 +38,16 @@ type serveConfig struct {
 	logFormat       string
 	logLevel        string
 	groupCommit     bool
+	gcInFlight      int
 	pprofAddr       string
+}
+
+func envInt(name string, def int) int {
+	v, err := strconv.Atoi(os.Getenv(name))
+	if err != nil {
+		return def
+	}
+	return v
 }
 
 func envBool(name string, def bool) bool {
@@ -64,7 +73,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.BoolVar(&c.migrate, "migrate", envBool("PULLWAKE_MIGRATE", true), "apply pending migrations at start (env PULLWAKE_MIGRATE)")
 	fs.StringVar(&c.logFormat, "log-format", os.Getenv("PULLWAKE_LOG_FORMAT"), "json or text; default json unless stderr is a terminal (env PULLWAKE_LOG_FORMAT)")
 	fs.StringVar(&c.logLevel, "log-level", cmp.Or(os.Getenv("PULLWAKE_LOG_LEVEL"), "info"), "debug, info, warn or error (env PULLWAKE_LOG_LEVEL)")
-	fs.BoolVar(&c.groupCommit, "group-commit", envBool("PULLWAKE_GROUP_COMMIT", true), "run concurrent claims, dones and appends as shared transactions (env PULLWAKE_GROUP_COMMIT)")
+	fs.BoolVar(&c.groupCommit, "group-commit", envBool("PULLWAKE_GROUP_COMMIT", false), "run concurrent claims, dones and appends as shared transactions (env PULLWAKE_GROUP_COMMIT)")
+	fs.IntVar(&c.gcInFlight, "group-commit-in-flight", envInt("PULLWAKE_GROUP_COMMIT_IN_FLIGHT", 1), "group commit: batches of one kind that may run at once (env PULLWAKE_GROUP_COMMIT_IN_FLIGHT)")
 	fs.StringVar(&c.pprofAddr, "pprof-addr", os.Getenv("PULLWAKE_PPROF_ADDR"), "serve net/http/pprof on this host:port, a listener of its own; empty = off (env PULLWAKE_PPROF_ADDR)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -81,6 +91,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if c.defaultLease < time.Second || c.defaultLease > 10*time.Minute {
 		return fmt.Errorf("%w: --default-lease-ttl %s must be between 1s and 10m", errUsage, c.defaultLease)
+	}
+	if c.gcInFlight < 1 || c.gcInFlight > 32 {
+		return fmt.Errorf("%w: --group-commit-in-flight %d must be between 1 and 32", errUsage, c.gcInFlight)
 	}
 	if c.pprofAddr != "" {
 		if _, _, err := net.SplitHostPort(c.pprofAddr); err != nil {
@@ -164,7 +177,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	}
 	var bw *streams.BatchWriter
 	if c.groupCommit {
-		bw = streams.NewBatchWriter(pool, c.db.tenant, func(n int) { met.BatchSize("append", n) })
+		bw = streams.NewBatchWriter(pool, c.db.tenant, c.gcInFlight, func(n int) { met.BatchSize("append", n) })
 		scfg.Writer = bw
 	}
 	sh := streams.New(scfg)
@@ -173,7 +186,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 		AdminToken: c.adminToken, DefaultLeaseTTL: c.defaultLease, SweepInterval: c.sweepInterval,
 		Retention: c.retention,
 		Tokens:    store, Streams: sh, StreamChannel: streams.NotifyChannel, Metrics: met, Publisher: pub,
-		Logger: log, GroupCommit: c.groupCommit, BatchObserver: met.BatchSize,
+		Logger: log, GroupCommit: c.groupCommit, GroupCommitInFlight: c.gcInFlight, BatchObserver: met.BatchSize,
 	})
 	if err != nil {
 		return err

@@ -70,6 +70,10 @@ type Config[In, Out any] struct {
 	// Exec runs items as one transaction and returns one outcome per item,
 	// in input order, or an error for the whole batch.
 	Exec func(ctx context.Context, items []In) ([]Outcome[Out], error)
+	// InFlight is how many batches may run at once (default 1). A request
+	// that finds a free slot goes at once; requests queue only while every
+	// slot runs a batch.
+	InFlight int
 	// MaxBatch caps the items of one batch (default 64: more
 	// subtransactions than that in one transaction slow every session's
 	// snapshots in PostgreSQL).
@@ -108,6 +112,7 @@ type Batcher[In, Out any] struct {
 // New builds a Batcher; call Start before Do.
 func New[In, Out any](cfg Config[In, Out]) *Batcher[In, Out] {
 	cfg.MaxBatch = cmp.Or(cfg.MaxBatch, 64)
+	cfg.InFlight = max(cmp.Or(cfg.InFlight, 1), 1)
 	cfg.MaxAttempts = cmp.Or(cfg.MaxAttempts, 3)
 	cfg.Timeout = cmp.Or(cfg.Timeout, 15*time.Second)
 	if cfg.Classify == nil {
@@ -134,7 +139,12 @@ func (b *Batcher[In, Out]) Start(ctx context.Context) {
 	}
 	b.started = true
 	b.baseCtx = context.WithoutCancel(ctx)
-	go b.loop()
+	var wg sync.WaitGroup
+	for range b.cfg.InFlight {
+		wg.Add(1)
+		go func() { defer wg.Done(); b.loop() }()
+	}
+	go func() { wg.Wait(); close(b.done) }()
 }
 
 // Stop refuses new requests, answers every queued one and waits for the
@@ -188,12 +198,11 @@ func (b *Batcher[In, Out]) enqueue(ctx context.Context, req *request[In, Out]) e
 	}
 }
 
-// loop is the one goroutine that runs batches: it blocks for a first
-// request, takes what else is queued at that moment (up to MaxBatch), runs
-// the batch, and starts over. Requests that arrive while a batch runs wait
-// in the channel and make up the next batch.
+// loop is one of the InFlight goroutines that run batches: it blocks for a
+// first request, takes what else is queued at that moment (up to MaxBatch),
+// runs the batch, and starts over. Requests that arrive while every loop
+// runs a batch wait in the channel and make up the next batch.
 func (b *Batcher[In, Out]) loop() {
-	defer close(b.done)
 	var retry []*request[In, Out]
 	for {
 		batch := retry

@@ -37,12 +37,12 @@ type BatchWriter struct {
 	b      *groupcommit.Batcher[db.StreamWriteParams, db.StreamWriteRow]
 }
 
-// NewBatchWriter builds a BatchWriter for tenant; observe, when set, is
-// told each batch's size.
-func NewBatchWriter(pool *pgxpool.Pool, tenant string, observe func(size int)) *BatchWriter {
+// NewBatchWriter builds a BatchWriter for tenant that runs up to inFlight
+// batches at once (0: one); observe, when set, is told each batch's size.
+func NewBatchWriter(pool *pgxpool.Pool, tenant string, inFlight int, observe func(size int)) *BatchWriter {
 	w := &BatchWriter{pool: pool, tenant: tenant, q: db.New()}
 	w.b = groupcommit.New(groupcommit.Config[db.StreamWriteParams, db.StreamWriteRow]{
-		Name: "append", Exec: w.exec, ObserveBatch: observe,
+		Name: "append", Exec: w.exec, InFlight: inFlight, ObserveBatch: observe,
 		Classify: groupcommit.PgClassify, Retryable: groupcommit.PgRetryable,
 	})
 	return w

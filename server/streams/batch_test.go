@@ -26,7 +26,7 @@ func TestBatchWriterAnswersEachAppend(t *testing.T) {
 	}
 	var sizes []int
 	sizesCh := make(chan int, 16)
-	w := NewBatchWriter(tdb.Pool, "default", func(n int) { sizesCh <- n })
+	w := NewBatchWriter(tdb.Pool, "default", 1, func(n int) { sizesCh <- n })
 	w.Start(ctx)
 	defer w.Stop()
 
