@@ -277,7 +277,7 @@ func TestOpenAPIValidatesACycle(t *testing.T) {
 	rc.must(200, "POST", cb2, ct2, map[string]any{"epoch": epoch2, "done": true, "claim_next": true}) // next: null
 	rc.must(200, "POST", cb2, ct2, map[string]any{"epoch": epoch2, "done": true,
 		"acks": []map[string]any{{"path": next["stream_path"], "offset": "0000000000000001"}}}) // repeated: released false
-	rc.must(409, "POST", cb2, ct2, map[string]any{"epoch": epoch2})                          // heartbeat after the end
+	rc.must(409, "POST", cb2, ct2, map[string]any{"epoch": epoch2})                             // heartbeat after the end
 	rc.must(409, "POST", cb2, ct2, map[string]any{"epoch": epoch2, "wake_id": next["wake_id"]}) // no re-mint either
 	rc.must(404, "POST", cb2, ct2, map[string]any{"epoch": 999, "done": true})
 
