@@ -26,8 +26,9 @@ type SweeperConfig struct {
 	// HousekeepingInterval is the period of housekeeping: the vacuum of
 	// the claim queue and the retention purge (Interval).
 	HousekeepingInterval time.Duration
-	// HousekeepingBudget bounds one housekeeping pass (2s): the purge
-	// stops between batches when it is spent, and goes on next pass.
+	// HousekeepingBudget bounds the retention purge of one housekeeping
+	// pass (2s): the purge stops when it is spent (a batch in flight rolls
+	// back) and goes on next pass.
 	HousekeepingBudget time.Duration
 	// HistoryGaugeInterval is how often the ended-claim gauges (a count
 	// of the history) are read (1m); active and leaked claims are read
@@ -205,13 +206,13 @@ type HousekeepingResult struct {
 // makes it a no-op (Locked false).
 func (sw *Sweeper) Housekeep(ctx context.Context, now *time.Time) (HousekeepingResult, error) {
 	var res HousekeepingResult
-	ctx, cancel := context.WithTimeout(ctx, sw.cfg.HousekeepingBudget)
-	defer cancel()
-	conn, err := sw.cfg.Pool.Acquire(ctx)
+	lctx, lcancel := context.WithTimeout(ctx, sw.cfg.Interval)
+	defer lcancel()
+	conn, err := sw.cfg.Pool.Acquire(lctx)
 	if err != nil {
 		return res, fmt.Errorf("housekeeping: acquire a connection: %w", err)
 	}
-	locked, err := sw.q.TryHousekeepingLock(ctx, conn, sw.cfg.Tenant)
+	locked, err := sw.q.TryHousekeepingLock(lctx, conn, sw.cfg.Tenant)
 	if err != nil || !locked {
 		conn.Release()
 		if err != nil {
@@ -235,7 +236,9 @@ func (sw *Sweeper) Housekeep(ctx context.Context, now *time.Time) (HousekeepingR
 		return res, err
 	}
 	res.Vacuumed = true
-	res.ClaimsDeleted, res.WakesDeleted, res.BudgetSpent, err = sw.purge(ctx, now)
+	pctx, pcancel := context.WithTimeout(ctx, sw.cfg.HousekeepingBudget)
+	defer pcancel()
+	res.ClaimsDeleted, res.WakesDeleted, res.BudgetSpent, err = sw.purge(pctx, now)
 	if res.ClaimsDeleted+res.WakesDeleted > 0 {
 		sw.cfg.Logger.Info("retention purge", "claims_deleted", res.ClaimsDeleted, "wakes_deleted", res.WakesDeleted,
 			"budget_spent", res.BudgetSpent)
@@ -259,7 +262,8 @@ func (sw *Sweeper) VacuumQueue(ctx context.Context) error {
 
 // purge deletes ended claims and finished wakes older than the retention
 // age, batch by batch, until a batch comes back short or ctx (the
-// housekeeping budget) ends; spent reports the latter.
+// housekeeping budget) ends; spent reports the latter. A purge cut short
+// by ctx is not an error: the next pass goes on.
 func (sw *Sweeper) purge(ctx context.Context, now *time.Time) (claims, wakes int, spent bool, err error) {
 	if sw.cfg.Retention <= 0 {
 		return 0, 0, false, nil
