@@ -59,21 +59,24 @@ BEGIN
     IF jsonb_typeof(v_acks) <> 'array' THEN
         RAISE EXCEPTION 'acks must be an array' USING ERRCODE = 'PW008';
     END IF;
-    -- The claim's entity never changes: read it unlocked to know which
-    -- dispatch row to lock.
-    SELECT c.entity_url INTO v_url FROM consumer_claims c
-     WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
+    -- 1. The dispatch row of the claim's entity, found through the claim
+    -- (read, not locked: a claim's entity never changes).
+    SELECT c.entity_url, d.active_consumer_id, d.active_epoch, d.acked_offset, d.last_sent_offset
+      INTO v_url, v_slot_c, v_slot_e, v_acked, v_sent
+      FROM consumer_claims c
+      JOIN entity_dispatch_state d ON d.tenant_id = c.tenant_id AND d.entity_url = c.entity_url
+     WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch
+       FOR UPDATE OF d;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+        -- No such claim (or, after a hand edit, no dispatch row: then
+        -- nothing names the claim, and it ends without touching a slot).
+        SELECT c.entity_url INTO v_url FROM consumer_claims c
+         WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+        END IF;
     END IF;
     entity_url := v_url;
-
-    -- 1. The dispatch row.
-    SELECT d.active_consumer_id, d.active_epoch, d.acked_offset, d.last_sent_offset
-      INTO v_slot_c, v_slot_e, v_acked, v_sent
-      FROM entity_dispatch_state d
-     WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
-       FOR UPDATE;
 
     -- 2. The claim, under its guard.
     UPDATE consumer_claims c
