@@ -96,7 +96,7 @@ func (sw *Sweeper) Start(ctx context.Context) {
 	expiryDone := make(chan struct{})
 	go func() {
 		defer close(expiryDone)
-		every(ctx, sw.cfg.Interval, func() {
+		runEvery(ctx, sw.cfg.Interval, func() {
 			if _, err := sw.RunOnce(ctx, nil); err != nil && ctx.Err() == nil {
 				sw.cfg.Logger.Warn("sweep failed", "err", err)
 			}
@@ -106,7 +106,7 @@ func (sw *Sweeper) Start(ctx context.Context) {
 		defer close(sw.done)
 		defer func() { <-expiryDone }()
 		var historyAt time.Time
-		every(ctx, sw.cfg.HousekeepingInterval, func() {
+		runEvery(ctx, sw.cfg.HousekeepingInterval, func() {
 			if _, err := sw.Housekeep(ctx, nil); err != nil && ctx.Err() == nil {
 				sw.cfg.Logger.Warn("housekeeping failed", "err", err)
 			}
@@ -120,8 +120,8 @@ func (sw *Sweeper) Start(ctx context.Context) {
 	}()
 }
 
-// every runs fn at once, then every d, until ctx ends.
-func every(ctx context.Context, d time.Duration, fn func()) {
+// runEvery runs fn at once, then every d, until ctx ends.
+func runEvery(ctx context.Context, d time.Duration, fn func()) {
 	t := time.NewTicker(d)
 	defer t.Stop()
 	for {

@@ -43,8 +43,8 @@ func TestHousekeepingOnlyUnderItsLock(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
 	ctx := t.Context()
-	seedHistory(t, d, 10)
-	sw := server.NewSweeper(server.SweeperConfig{Pool: d.Pool, Retention: time.Hour, Logger: quietLog()})
+	seedSweeperHistory(t, d, 10)
+	sw := server.NewSweeper(server.SweeperConfig{Pool: d.Pool, Retention: time.Hour, Logger: sweeperTestLog()})
 
 	// Another instance holds the lock: this one does nothing.
 	other, err := d.Pool.Acquire(ctx)
@@ -63,7 +63,7 @@ func TestHousekeepingOnlyUnderItsLock(t *testing.T) {
 	if _, err := sw.RunOnce(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	if n := countRows(t, d, `SELECT count(*) FROM consumer_claims WHERE status = 'active'`); n != 0 {
+	if n := sweeperCountRows(t, d, `SELECT count(*) FROM consumer_claims WHERE status = 'active'`); n != 0 {
 		t.Fatalf("%d lapsed claims left after an expiry pass while housekeeping was locked elsewhere", n)
 	}
 
@@ -88,27 +88,27 @@ func TestHousekeepingPurgeWithinBudget(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
 	ctx := t.Context()
-	seedHistory(t, d, 300)
+	seedSweeperHistory(t, d, 300)
 	sw := server.NewSweeper(server.SweeperConfig{Pool: d.Pool, Retention: time.Hour, Batch: 1,
-		HousekeepingBudget: time.Millisecond, Logger: quietLog()})
+		HousekeepingBudget: time.Millisecond, Logger: sweeperTestLog()})
 	res, err := sw.Housekeep(ctx, nil)
 	if err != nil || !res.Locked || !res.BudgetSpent || res.ClaimsDeleted >= 300 {
 		t.Fatalf("first pass: %+v %v; want the budget spent before 300 one-row batches", res, err)
 	}
-	all := server.NewSweeper(server.SweeperConfig{Pool: d.Pool, Retention: time.Hour, Logger: quietLog()})
+	all := server.NewSweeper(server.SweeperConfig{Pool: d.Pool, Retention: time.Hour, Logger: sweeperTestLog()})
 	res, err = all.Housekeep(ctx, nil)
 	if err != nil || res.BudgetSpent {
 		t.Fatalf("second pass: %+v %v", res, err)
 	}
-	if n := countRows(t, d, `SELECT count(*) FROM consumer_claims WHERE status <> 'active'`); n != 0 {
+	if n := sweeperCountRows(t, d, `SELECT count(*) FROM consumer_claims WHERE status <> 'active'`); n != 0 {
 		t.Fatalf("%d ended claims left", n)
 	}
 }
 
-// seedHistory makes n entities with one claim each, taken two hours ago: the
+// seedSweeperHistory makes n entities with one claim each, taken two hours ago: the
 // claims are released (history past a one-hour retention) except that every
 // entity also gets a second, lapsed claim left active for the sweeper.
-func seedHistory(t *testing.T, d *testdb.DB, n int) {
+func seedSweeperHistory(t *testing.T, d *testdb.DB, n int) {
 	t.Helper()
 	ctx := t.Context()
 	for _, q := range []string{
@@ -124,12 +124,12 @@ func seedHistory(t *testing.T, d *testdb.DB, n int) {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
-	if got := countRows(t, d, `SELECT count(*) FROM consumer_claims WHERE status = 'active'`); got != int64(n) {
+	if got := sweeperCountRows(t, d, `SELECT count(*) FROM consumer_claims WHERE status = 'active'`); got != int64(n) {
 		t.Fatalf("seed: %d active claims, want %d", got, n)
 	}
 }
 
-func countRows(t *testing.T, d *testdb.DB, q string) int64 {
+func sweeperCountRows(t *testing.T, d *testdb.DB, q string) int64 {
 	t.Helper()
 	var n int64
 	if err := d.Pool.QueryRow(t.Context(), q).Scan(&n); err != nil {
@@ -138,7 +138,7 @@ func countRows(t *testing.T, d *testdb.DB, q string) int64 {
 	return n
 }
 
-func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func sweeperTestLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // A force release names a claim by its exact epoch: a signed spelling
 // ("+1") is a 400, the epoch after the active one a 404; neither changes
