@@ -31,7 +31,10 @@
 -- claim's current status. Notifies pullwake_claims at commit when p_notify.
 -- Locks, in order: the entity's dispatch row, the claim, the entity, the
 -- claim's wake; a re-queue inserts a new wake. Callers may hold the
--- dispatch row already; they must hold nothing later in the order.
+-- dispatch row already; they must hold nothing later in the order
+-- (claim_next_wake holds the queue entry of the wake it is claiming, which
+-- this function never touches: that wake is queued, and it is not this
+-- claim's).
 CREATE FUNCTION pw_end_claim(p_tenant text, p_consumer_id text, p_epoch bigint, p_status text,
                              p_acks jsonb, p_now timestamptz, p_notify boolean DEFAULT true,
                              OUT ended boolean, OUT entity_cleared boolean, OUT claim_status text,
