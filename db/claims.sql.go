@@ -138,7 +138,7 @@ type EndedClaimCountsRow struct {
 }
 
 // Ended claims by status: this reads the history (up to the retention
-// age), so the sweeper runs it on the housekeeping cadence only.
+// age), so the sweeper runs it about once a minute (HistoryGaugeInterval).
 func (q *Queries) EndedClaimCounts(ctx context.Context, db DBTX, tenantID string) ([]EndedClaimCountsRow, error) {
 	rows, err := db.Query(ctx, endedClaimCounts, tenantID)
 	if err != nil {

@@ -46,7 +46,7 @@ SELECT count(*)::bigint AS active,
 
 -- name: EndedClaimCounts :many
 -- Ended claims by status: this reads the history (up to the retention
--- age), so the sweeper runs it on the housekeeping cadence only.
+-- age), so the sweeper runs it about once a minute (HistoryGaugeInterval).
 SELECT c.status, count(*)::bigint AS n FROM consumer_claims c
  WHERE c.tenant_id = @tenant_id AND c.status <> 'active'
  GROUP BY c.status;

@@ -58,7 +58,7 @@ var endedStatuses = []string{"released", "expired", "failed"}
 
 var (
 	claimsDesc = prometheus.NewDesc("pullwake_claims",
-		"Claims in the database by status, as the sweeper last read them (active after every pass, ended ones on the housekeeping cadence).", []string{"status"}, nil)
+		"Claims in the database by status, as the sweeper last read them (active after every expiry pass, ended ones about once a minute).", []string{"status"}, nil)
 	leakedDesc = prometheus.NewDesc("pullwake_leaked_claims",
 		"Active claims that no dispatch slot names, or whose lease has passed, as the sweeper last read them: a non-zero value that persists past one sweep interval is a bug.", nil, nil)
 	scrapeOKDesc = prometheus.NewDesc("pullwake_db_scrape_success",
@@ -120,7 +120,7 @@ func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 // RefreshClaimGauges reads the DB-derived gauges from the Source into the
 // snapshot that /metrics serves: the active and leaked claims always, the
 // ended claims by status too when history is true. The server's sweeper
-// calls it after every expiry pass (history on its housekeeping cadence).
+// calls it after every expiry pass (history about once a minute, from its housekeeping loop).
 // The reads are bounded by Config.ScrapeTimeout. A failed read makes
 // pullwake_db_scrape_success 0 and hides the gauges until a read succeeds.
 // Without a Source it does nothing.

@@ -10,5 +10,5 @@
 // so anonymous scrapers cannot make the database count claims. The sweeper
 // refreshes the snapshot (active and leaked claims after every pass, through
 // the indexes of active claims; ended claims, which means reading the
-// history, on its housekeeping cadence).
+// history, about once a minute from its housekeeping loop).
 package metrics
