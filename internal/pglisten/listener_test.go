@@ -82,7 +82,12 @@ func TestReconnectAfterTerminate(t *testing.T) {
 	}
 }
 
-func quiet() *slog.Logger { if testing.Verbose() { return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})) }; return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func quiet() *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
 
 // A connection string carrying pgxpool-only parameters (which pgx.Connect
 // refuses) still gives a working LISTEN connection.
