@@ -52,9 +52,3 @@ SELECT count(*)::bigint FROM consumer_claims c
    AND (c.lease_expires_at <= now()
         OR d.active_consumer_id IS DISTINCT FROM c.consumer_id
         OR d.active_epoch IS DISTINCT FROM c.epoch);
-
--- name: ListActiveClaimKeys :many
--- Every active claim's identity: a server re-checks its token store with it
--- after its LISTEN connection reconnects.
-SELECT consumer_id, epoch, stream_path FROM consumer_claims
- WHERE tenant_id = @tenant_id AND status = 'active';
