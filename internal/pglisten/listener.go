@@ -213,6 +213,10 @@ func (l *Listener) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			if msg := err.Error(); strings.HasPrefix(msg, "handle ") || strings.HasPrefix(msg, "missing handler") {
+				l.cfg.Logger.Warn("listener: notification not handled", "err", err) // the session goes on
+				return
+			}
 			l.setErr(err)
 			l.cfg.Logger.Warn("listener connection lost; reconnecting", "err", err, "delay", l.cfg.ReconnectDelay)
 		},
