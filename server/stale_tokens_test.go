@@ -119,8 +119,8 @@ func TestReadyzListenerDown(t *testing.T) {
 }
 
 // A runner's token rotated from psql: the cached hash is dropped on both
-// instances, at once through the NOTIFY and, with A's listener frozen,
-// through the reconcile timer.
+// instances: on B (reconcile timer off) by the trigger's NOTIFY, on A (its
+// listener frozen) by the reconcile timer.
 func TestRunnerTokenRotationReachesCache(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
@@ -131,7 +131,7 @@ func TestRunnerTokenRotationReachesCache(t *testing.T) {
 	px := freezeproxy.Start(t, pu.Host)
 	pu.Host = px.Addr()
 	a := startOn(t, d, func(o *options) { o.listen, o.listenURL = true, pu.String() })
-	b := startOn(t, d, func(o *options) { o.listen = true })
+	b := startOn(t, d, func(o *options) { o.listen, o.reconcile = true, time.Hour })
 	old := a.registerRunner("r1")
 	for _, s := range []*bundle{a, b} { // caches the hash on both
 		s.must(200, s.do("GET", "/_electric/runners/r1/health", old, nil))
