@@ -71,6 +71,10 @@ func (s *Server) runnerHash(r *http.Request, id string) ([]byte, error) {
 	if h, ok := s.runnerHashes.Load(id); ok {
 		return []byte(h.(string)), nil
 	}
+	// A rotation notified while this read is in flight must not be undone
+	// by caching what the read returns: cache only if no entry was
+	// forgotten meanwhile.
+	gen := s.runnerGen.Load()
 	run, err := s.q.GetRunner(r.Context(), s.pool, db.GetRunnerParams{TenantID: s.cfg.Tenant, ID: id})
 	if errors.Is(err, db.ErrNotFound) {
 		return nil, nil
@@ -78,6 +82,8 @@ func (s *Server) runnerHash(r *http.Request, id string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.runnerHashes.Store(id, string(run.TokenHash))
+	if s.runnerGen.Load() == gen {
+		s.runnerHashes.Store(id, string(run.TokenHash))
+	}
 	return run.TokenHash, nil
 }

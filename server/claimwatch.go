@@ -71,4 +71,7 @@ func (s *Server) onRunnerTokenNotification(payload string) {
 // forgetRunnerToken drops runner id's cached token hash, so the next request
 // reads the current one from the database. Registration calls it after
 // rotating a token, for this instance not to wait for the notification.
-func (s *Server) forgetRunnerToken(id string) { s.runnerHashes.Delete(id) }
+func (s *Server) forgetRunnerToken(id string) {
+	s.runnerGen.Add(1)
+	s.runnerHashes.Delete(id)
+}

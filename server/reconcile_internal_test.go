@@ -19,7 +19,7 @@ import (
 func TestReconcileStatusReportsFailure(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
-	s, err := New(Config{Pool: d.Pool, ReconcileInterval: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	s, err := New(Config{Pool: d.Pool, ReconcileInterval: 5 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,6 +42,7 @@ func TestReconcileStatusReportsFailure(t *testing.T) {
 	}
 	closed.Close()
 	s.pool = closed // every query now fails
+	s.recon.interval = 50 * time.Millisecond
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		s.recon.runOnce(ctx)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -101,6 +102,7 @@ type Server struct {
 	// forgetRunnerToken on this instance), and within ReconcileInterval
 	// through the reconcile timer when the notification is lost.
 	runnerHashes sync.Map
+	runnerGen    atomic.Uint64 // bumped by forgetRunnerToken (see runnerHash)
 }
 
 // New builds a server. Call Start for the sweeper and listener.
