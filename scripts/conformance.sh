@@ -18,7 +18,15 @@ if [ -z "$suite" ]; then
   done
 fi
 [ -n "$suite" ] && [ -x "$suite" ] || {
-  echo "conformance: suite runner durable-streams.sh not found in ../shared/conformance or /work/shared/conformance (set DS_CONFORMANCE_SCRIPT)" >&2
+  cat >&2 <<'MSG'
+conformance: the suite runner (durable-streams.sh) is not in this repository and was not
+found beside it (../shared/conformance, /work/shared/conformance). To get the suite itself:
+it is the public npm package @durable-streams/server-conformance-tests, version 0.3.6
+(npm install it, then run its runConformanceTests({baseUrl}) under vitest against the
+server's root URL). Point DS_CONFORMANCE_SCRIPT at an executable that does so, called as
+  SCRIPT BASE_URL --verbose
+and prints the line "conformance: N passed, M failed".
+MSG
   exit 2
 }
 

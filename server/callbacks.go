@@ -73,6 +73,9 @@ func (s *Server) wakeCallback(w http.ResponseWriter, r *http.Request) error {
 		return badRequest("epoch (or generation) is required")
 	}
 	epoch := *epochPtr
+	if epoch < 0 {
+		return badRequest("epoch %d must not be negative", epoch)
+	}
 	if body.WakeID == nil {
 		body.WakeID = body.WakeIDAlt
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -93,6 +94,7 @@ type Server struct {
 	listener *pglisten.Listener
 	recon    *reconciler
 	mux      *http.ServeMux
+	patterns []string // the mux's patterns, in registration order (Routes)
 	// adminHash is the SHA-256 of the admin token: requests are compared
 	// hash to hash, in time independent of what they carry.
 	adminHash []byte
@@ -195,17 +197,25 @@ func (s *Server) Stop() {
 	s.migrator.Close()
 }
 
+// Routes lists the patterns the server's mux serves (http.ServeMux syntax),
+// for tests that hold the API reference (api/openapi.yaml) to the router.
+func (s *Server) Routes() []string { return slices.Clone(s.patterns) }
+
 func (s *Server) routes() {
 	mux := http.NewServeMux()
+	handle := func(pattern string, h http.Handler) {
+		s.patterns = append(s.patterns, pattern)
+		mux.Handle(pattern, h)
+	}
 	h := func(pattern string, fn func(http.ResponseWriter, *http.Request) error) {
-		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		handle(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 			defer cancel()
 			r = r.WithContext(ctx)
 			if err := fn(w, r); err != nil {
 				s.fail(w, r, err)
 			}
-		})
+		}))
 	}
 	admin := func(fn func(http.ResponseWriter, *http.Request) error) func(http.ResponseWriter, *http.Request) error {
 		return func(w http.ResponseWriter, r *http.Request) error {
@@ -249,14 +259,35 @@ func (s *Server) routes() {
 		return nil
 	})
 	h("GET /readyz", s.readyz)
-	mux.Handle("GET /metrics", s.metrics.Handler())
+	handle("GET /metrics", s.metrics.Handler())
 	if s.cfg.Streams != nil {
-		mux.Handle("/v1/stream/", s.cfg.Streams)
+		handle("/v1/stream/", s.cfg.Streams)
 	}
+	// The catch-all takes every request no other pattern matches, including
+	// a known path with a method it does not serve (the mux would answer
+	// those 405 by itself, but "/" matches first): answer 405 with Allow then.
 	h("/", func(w http.ResponseWriter, r *http.Request) error {
+		if allow := allowedMethods(mux, r); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			return errf(http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", "method %s is not allowed on %s; allowed: %s",
+				r.Method, r.URL.Path, strings.Join(allow, ", "))
+		}
 		return errf(http.StatusNotFound, "NOT_FOUND", "no route for %s %s", r.Method, r.URL.Path)
 	})
 	s.mux = mux
+}
+
+// allowedMethods lists the methods some pattern other than the catch-all
+// serves for r's path, by asking the mux itself.
+func allowedMethods(mux *http.ServeMux, r *http.Request) []string {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions} {
+		probe := &http.Request{Method: m, URL: r.URL, Host: r.Host, Header: http.Header{}}
+		if _, pattern := mux.Handler(probe); pattern != "" && pattern != "/" {
+			allow = append(allow, m)
+		}
+	}
+	return allow
 }
 
 // readyz answers 200 when the database answers, its schema is at the

@@ -217,6 +217,9 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	}
 
 	ln, err := net.Listen("tcp", c.addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("listen on %s: the address is already in use (another pullwake, or another program, holds the port): stop it or choose another address with --addr or PULLWAKE_ADDR", c.addr)
+	}
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", c.addr, err)
 	}

@@ -245,6 +245,9 @@ func writeError(w http.ResponseWriter, r *http.Request, status int, code, msg st
 	hd := w.Header()
 	hd.Set("Content-Type", "application/json")
 	hd.Set("Cache-Control", "no-store")
+	if status == http.StatusUnauthorized {
+		hd.Set("WWW-Authenticate", "Bearer")
+	}
 	w.WriteHeader(status)
 	if r.Method == http.MethodHead {
 		return
