@@ -159,39 +159,6 @@ func (q *Queries) EndedClaimCounts(ctx context.Context, db DBTX, tenantID string
 	return items, nil
 }
 
-const listActiveClaimKeys = `-- name: ListActiveClaimKeys :many
-SELECT consumer_id, epoch, stream_path FROM consumer_claims
- WHERE tenant_id = $1 AND status = 'active'
-`
-
-type ListActiveClaimKeysRow struct {
-	ConsumerID string
-	Epoch      int64
-	StreamPath string
-}
-
-// Every active claim's identity: a server re-checks its token store with it
-// after its LISTEN connection reconnects.
-func (q *Queries) ListActiveClaimKeys(ctx context.Context, db DBTX, tenantID string) ([]ListActiveClaimKeysRow, error) {
-	rows, err := db.Query(ctx, listActiveClaimKeys, tenantID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var items []ListActiveClaimKeysRow
-	for rows.Next() {
-		var i ListActiveClaimKeysRow
-		if err := rows.Scan(&i.ConsumerID, &i.Epoch, &i.StreamPath); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
 const listClaims = `-- name: ListClaims :many
 SELECT c.consumer_id, c.epoch, c.wake_id, c.entity_url, c.stream_path, c.runner_id, c.status,
        c.claimed_at, c.last_heartbeat_at, c.lease_expires_at, c.released_at, c.acked_streams, c.updated_at

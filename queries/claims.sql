@@ -50,9 +50,3 @@ SELECT count(*)::bigint AS active,
 SELECT c.status, count(*)::bigint AS n FROM consumer_claims c
  WHERE c.tenant_id = @tenant_id AND c.status <> 'active'
  GROUP BY c.status;
-
--- name: ListActiveClaimKeys :many
--- Every active claim's identity: a server re-checks its token store with it
--- after its LISTEN connection reconnects.
-SELECT consumer_id, epoch, stream_path FROM consumer_claims
- WHERE tenant_id = @tenant_id AND status = 'active';

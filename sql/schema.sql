@@ -473,6 +473,20 @@ CREATE FUNCTION public.pw_notify_claim(p_tenant text, p_consumer_id text, p_epoc
 $$;
 
 --
+-- Name: pw_notify_runner_token(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_notify_runner_token() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM pg_notify('pullwake_runner_tokens',
+                      json_build_object('tenant_id', OLD.tenant_id, 'runner_id', OLD.id)::text);
+    RETURN NULL;
+END;
+$$;
+
+--
 -- Name: pw_notify_stream(text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1342,6 +1356,18 @@ CREATE INDEX wakes_finished_idx ON public.wakes USING btree (tenant_id, finished
 --
 
 CREATE UNIQUE INDEX wakes_one_queued_idx ON public.wakes USING btree (tenant_id, entity_url) WHERE (status = 'queued'::text);
+
+--
+-- Name: runners runners_deleted; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER runners_deleted AFTER DELETE ON public.runners FOR EACH ROW EXECUTE FUNCTION public.pw_notify_runner_token();
+
+--
+-- Name: runners runners_token_changed; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER runners_token_changed AFTER UPDATE OF token_hash ON public.runners FOR EACH ROW WHEN ((old.token_hash IS DISTINCT FROM new.token_hash)) EXECUTE FUNCTION public.pw_notify_runner_token();
 
 --
 -- Name: wakes wakes_queue_delete; Type: TRIGGER; Schema: public; Owner: -
