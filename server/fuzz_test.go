@@ -18,7 +18,7 @@ import (
 // {consumer}, {epoch}, {main} (the claimed entity's main stream).
 type fuzzInput struct {
 	method, path, headers string // headers: "Name: value" lines
-	body                      string
+	body                  string
 }
 
 // unstorable are inputs that answered 500 before the edge checks: text
