@@ -36,6 +36,10 @@ type serveConfig struct {
 	migrate         bool
 	logFormat       string
 	logLevel        string
+	// Stream guards (server/streams).
+	streamWriteAuth string
+	streamReadAuth  string
+	maxLiveReaders  int
 }
 
 func envBool(name string, def bool) bool {
@@ -61,9 +65,18 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.BoolVar(&c.migrate, "migrate", envBool("PULLWAKE_MIGRATE", true), "apply pending migrations at start (env PULLWAKE_MIGRATE)")
 	fs.StringVar(&c.logFormat, "log-format", os.Getenv("PULLWAKE_LOG_FORMAT"), "json or text; default json unless stderr is a terminal (env PULLWAKE_LOG_FORMAT)")
 	fs.StringVar(&c.logLevel, "log-level", cmp.Or(os.Getenv("PULLWAKE_LOG_LEVEL"), "info"), "debug, info, warn or error (env PULLWAKE_LOG_LEVEL)")
+	fs.StringVar(&c.streamWriteAuth, "stream-write-auth", cmp.Or(os.Getenv("PULLWAKE_STREAM_WRITE_AUTH"), streams.WriteAuthAdmin), "who appends to and closes plain streams when an admin token is set: admin or none (env PULLWAKE_STREAM_WRITE_AUTH)")
+	fs.StringVar(&c.streamReadAuth, "stream-read-auth", cmp.Or(os.Getenv("PULLWAKE_STREAM_READ_AUTH"), streams.ReadAuthNone), "who reads streams when an admin token is set: none, entity (entity streams need the admin or write token) or admin (env PULLWAKE_STREAM_READ_AUTH)")
+	maxLive := fs.String("max-live-readers", cmp.Or(os.Getenv("PULLWAKE_MAX_LIVE_READERS"), "1000"), "most concurrent long-poll and SSE stream readers; more get 503 (env PULLWAKE_MAX_LIVE_READERS)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
+	}
+	if err := streams.CheckAuthModes(c.streamWriteAuth, c.streamReadAuth); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if c.maxLiveReaders, err = strconv.Atoi(*maxLive); err != nil || c.maxLiveReaders < 1 {
+		return fmt.Errorf("%w: --max-live-readers (PULLWAKE_MAX_LIVE_READERS) %q must be an integer of at least 1", errUsage, *maxLive)
 	}
 	if len(pos) > 0 {
 		return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
@@ -151,6 +164,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	sh := streams.New(streams.Config{
 		Pool: pool, Tenant: c.db.tenant, Gate: store, AdminToken: c.adminToken,
 		LongPollTimeout: c.longPollTimeout, Logger: log, Metrics: met, Publisher: pub,
+		WriteAuth: c.streamWriteAuth, ReadAuth: c.streamReadAuth, MaxLiveReaders: c.maxLiveReaders,
 	})
 	srv, err := server.New(server.Config{
 		Pool: pool, ConnString: c.db.url, Tenant: c.db.tenant, PublicURL: publicURL,
