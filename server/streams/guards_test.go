@@ -7,6 +7,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pullwake/pullwake/internal/migrate"
+	"github.com/pullwake/pullwake/internal/testdb"
 )
 
 // Closing an entity's main stream is refused like PUT and DELETE, with or
@@ -300,4 +303,34 @@ func TestWakeReadsAreShared(t *testing.T) {
 	if q := b.queries.n.Load() - before; q != 2 {
 		t.Fatalf("one append with %d readers cost %d queries, want 2 (the append and one shared read)", n, q)
 	}
+}
+
+// Migration 00009 clamps TTLs and expiry times stored before it into the
+// accepted ranges, so those streams answer again instead of failing every
+// request on timestamp overflow.
+func TestMigrationClampsStoredRanges(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	ctx := context.Background()
+	m, err := migrate.New(d.Pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, err := m.DownTo(ctx, 8); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Pool.Exec(ctx, `INSERT INTO streams (path, content_type, ttl_seconds, expires_at) VALUES
+		('/v1/stream/huge', 'text/plain', 99999999999999, NULL),
+		('/v1/stream/old', 'text/plain', NULL, '0001-01-01 00:00:00+00')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := setup(t, setupOpts{db: d})
+	if r := b.must(t, 200, "HEAD", "/v1/stream/huge", ""); r.header.Get("Stream-TTL") != "315360000" {
+		t.Fatalf("clamped TTL %q", r.header.Get("Stream-TTL"))
+	}
+	b.must(t, 404, "GET", "/v1/stream/old", "") // expired long ago, and answers so
 }
