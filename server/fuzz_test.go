@@ -232,7 +232,11 @@ func (fx *fuzzFixture) check(t *testing.T, in fuzzInput) int {
 		t.Fatalf("%s %q (headers %q, body %.200q): %d %s", in.method, in.path, in.headers, in.body, status, body)
 	}
 	if status >= 400 {
-		if in.method != http.MethodHead {
+		// net/http answers a request it cannot parse (a request line with a
+		// space in the target, say) itself, in plain text, before any
+		// handler: not pullwake's answer to check.
+		parsed := !(status == http.StatusBadRequest && strings.HasPrefix(string(body), "400 Bad Request"))
+		if in.method != http.MethodHead && parsed {
 			var e struct {
 				Error struct{ Code, Message string } `json:"error"`
 			}
