@@ -38,12 +38,17 @@ func TestClosingEntityStreamIsForbidden(t *testing.T) {
 		c.b.must(t, 403, "POST", p, `{"last":1}`, args...)
 	}
 	b.must(t, 401, "POST", p, "", "Stream-Closed", "true") // no token at all
+	// Nor can it fence later claims' producers with an epoch ahead of its own.
+	b.must(t, 400, "POST", p, `{"p":1}`, "Content-Type", jsonCT, "Authorization", "Bearer tok-1",
+		"Producer-Id", "runner", "Producer-Epoch", "9007199254740991", "Producer-Seq", "0")
 	// A later claim's token still appends: the stream is not closed.
 	b.gate.mu.Lock()
 	b.gate.tokens[p], b.gate.epochs[p] = "tok-2", 2
 	b.gate.mu.Unlock()
 	b.must(t, 204, "POST", p, `{"next":1}`, "Content-Type", jsonCT, "Authorization", "Bearer tok-2")
-	if r := b.must(t, 200, "GET", p, "", "Authorization", "Bearer admin"); r.body != `[{"next":1}]` || r.header.Get("Stream-Closed") != "" {
+	b.must(t, 200, "POST", p, `{"next":2}`, "Content-Type", jsonCT, "Authorization", "Bearer tok-2",
+		"Producer-Id", "runner", "Producer-Epoch", "2", "Producer-Seq", "0")
+	if r := b.must(t, 200, "GET", p, "", "Authorization", "Bearer admin"); r.body != `[{"next":1},{"next":2}]` || r.header.Get("Stream-Closed") != "" {
 		t.Fatalf("main stream %s %v", r.body, r.header)
 	}
 }

@@ -335,6 +335,14 @@ func (h *Handler) serveAppend(w http.ResponseWriter, r *http.Request, path strin
 		writeError(w, r, http.StatusForbidden, "FORBIDDEN", "an entity's main stream cannot be closed: the entity owns it")
 		return
 	}
+	if prod != nil && writer && prod.epoch > claimEpoch {
+		// A producer epoch ahead of the claim's would fence every later
+		// claim's producer out of the entity's stream.
+		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST",
+			"Producer-Epoch on an entity's stream must not exceed the epoch of the claim that holds the write token ("+
+				strconv.FormatInt(claimEpoch, 10)+")")
+		return
+	}
 	if prod != nil && writer && prod.epoch < claimEpoch {
 		w.Header().Set("Producer-Epoch", strconv.FormatInt(claimEpoch, 10))
 		writeError(w, r, http.StatusForbidden, "STALE_PRODUCER_EPOCH",
