@@ -107,11 +107,18 @@ func TestNotificationWakesReaderOfAnotherServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Release()
+	listening := make(chan struct{})
+	defer func() {
+		cancel()
+		<-listening // the listener is done with conn before it goes back
+		conn.Release()
+	}()
 	if _, err := conn.Exec(ctx, "LISTEN "+NotifyChannel); err != nil {
+		close(listening)
 		t.Fatal(err)
 	}
 	go func() {
+		defer close(listening)
 		for {
 			n, err := conn.Conn().WaitForNotification(ctx)
 			if err != nil {
