@@ -114,6 +114,7 @@ var fuzzSeeds = []fuzzInput{
 	{"PATCH", "/v1/stream/plain", "", ""},
 	{"DELETE", "/v1/stream/absent", "Authorization: Bearer {admin}", ""},
 	{"GET", "/nope", "", ""},
+	{"POST", "/entities/chat/1", "Authorization: Bearer {admin}", `{"payload": ` + strings.Repeat("[", 600) + strings.Repeat("]", 600) + `}`},
 }
 
 // fuzzFixture is the state every fuzz input runs against.

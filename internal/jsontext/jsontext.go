@@ -22,9 +22,13 @@ import (
 // written exponent must lie within ±MaxExponent (PostgreSQL's numeric
 // refuses 1e-20000 and even 0e-99999), and its text must be at most
 // MaxNumberLen bytes (numeric keeps at most 16383 fraction digits).
+//
+// MaxDepth bounds nesting: PostgreSQL parses jsonb recursively and a deep
+// enough value exhausts its stack ("stack depth limit exceeded").
 const (
 	MaxExponent  = 400
 	MaxNumberLen = 512
+	MaxDepth     = 512
 )
 
 // CheckText returns "" when s is valid UTF-8 without a NUL, else why not.
@@ -41,14 +45,24 @@ func CheckText(s string) string {
 // Check returns "" when body, a syntactically valid JSON text, can be
 // stored as PostgreSQL jsonb and its strings as text: valid UTF-8, no NUL
 // (\u0000) in any string or key, no lone surrogate escape, every number
-// within the limits above. Otherwise it says what is wrong, and where.
+// within the limits above, nesting at most MaxDepth deep. Otherwise it says
+// what is wrong, and where.
 func Check(body []byte) string {
 	if !utf8.Valid(body) {
 		return "the body is not valid UTF-8"
 	}
+	depth := 0
 	for i := 0; i < len(body); {
 		c := body[i]
 		switch {
+		case c == '[' || c == '{':
+			if depth++; depth > MaxDepth {
+				return "arrays and objects nest deeper than " + strconv.Itoa(MaxDepth) + " levels (at byte " + strconv.Itoa(i) + ")"
+			}
+			i++
+		case c == ']' || c == '}':
+			depth--
+			i++
 		case c == '"':
 			end, msg := checkString(body, i+1)
 			if msg != "" {

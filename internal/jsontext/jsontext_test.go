@@ -1,6 +1,7 @@
 package jsontext
 
 import (
+	"strings"
 	"testing"
 )
 
@@ -24,6 +25,16 @@ func TestCheck(t *testing.T) {
 		if msg := Check([]byte(s)); msg == "" {
 			t.Errorf("Check(%q) = ok, want a refusal", s)
 		}
+	}
+	deep := strings.Repeat("[", MaxDepth+1) + strings.Repeat("]", MaxDepth+1)
+	if Check([]byte(deep)) == "" {
+		t.Error("nesting of 513 levels passed")
+	}
+	if msg := Check([]byte(strings.Repeat("[", MaxDepth) + strings.Repeat("]", MaxDepth))); msg != "" {
+		t.Errorf("nesting of 512 levels: %s", msg)
+	}
+	if msg := Check([]byte(`{"a": "[[[[{{{{"}`)); msg != "" {
+		t.Errorf("brackets in a string: %s", msg)
 	}
 	long := make([]byte, MaxNumberLen+1)
 	for i := range long {
