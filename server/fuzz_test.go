@@ -63,6 +63,7 @@ var unstorable = []fuzzInput{
 	{"POST", "/v1/stream/plain%00x", "Content-Type: text/plain", "x"},
 	{"POST", "/v1/stream/plain", "Content-Type: text/plain\nProducer-Id: \xff\nProducer-Epoch: 0\nProducer-Seq: 0", "x"},
 	{"POST", "/v1/stream/plain", "Content-Type: text/plain\nStream-Seq: \xff", "x"},
+	{"POST", "/v1/stream/plain", "Content-Type: text/plain\nProducer-Epoch: 0\nProducer-Seq: 0\nProducer-Id: " + strings.Repeat("pQ7zX2mK9v", 500), "x"},
 	{"PUT", "/v1/stream/forked", "Content-Type: text/plain\nStream-Forked-From: /v1/stream/\xff", ""},
 	{"PUT", "/v1/stream/ttl-huge", "Content-Type: text/plain\nStream-TTL: 99999999999999", ""},
 	{"PUT", "/v1/stream/ttl-zero", "Content-Type: text/plain\nStream-TTL: 0", ""},

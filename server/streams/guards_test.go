@@ -200,6 +200,7 @@ func TestInvalidTextIsRefused(t *testing.T) {
 		{"POST", "/v1/stream/%00", "x", []string{"Content-Type", "text/plain"}},
 		{"POST", p, "x", []string{"Content-Type", "text/plain", "Producer-Id", "\xff", "Producer-Epoch", "0", "Producer-Seq", "0"}},
 		{"POST", p, "x", []string{"Content-Type", "text/plain", "Stream-Seq", "a\xffb"}},
+		{"POST", p, "x", []string{"Content-Type", "text/plain", "Producer-Id", randomText(5000), "Producer-Epoch", "0", "Producer-Seq", "0"}},
 		{"POST", p, "x", []string{"Content-Type", "text/plain; x=\xff"}},
 		{"PUT", "/v1/stream/fork", "", []string{"Content-Type", "text/plain", "Stream-Forked-From", "/v1/stream/\xff"}},
 	}
@@ -338,4 +339,19 @@ func TestMigrationClampsStoredRanges(t *testing.T) {
 		t.Fatalf("clamped TTL %q", r.header.Get("Stream-TTL"))
 	}
 	b.must(t, 404, "GET", "/v1/stream/old", "") // expired long ago, and answers so
+}
+
+// randomText is n bytes of letters that do not compress (an index entry of
+// them cannot be squeezed under PostgreSQL's btree limit).
+func randomText(n int) string {
+	const letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+	b := make([]byte, n)
+	x := uint32(2463534242)
+	for i := range b {
+		x ^= x << 13
+		x ^= x >> 17
+		x ^= x << 5
+		b[i] = letters[x%uint32(len(letters))]
+	}
+	return string(b)
 }

@@ -19,6 +19,11 @@ import (
 // maxSafeInt is 2^53-1: producer epochs and seqs stay exact in JavaScript.
 const maxSafeInt = 1<<53 - 1
 
+// maxProducerID bounds Producer-Id: it is part of stream_producers' primary
+// key, and a btree entry must fit in a third of a page (a 5000-byte id was
+// a 500 "index row size exceeds maximum").
+const maxProducerID = 1024
+
 var ttlRe = regexp.MustCompile(`^(0|[1-9][0-9]{0,17})$`)
 
 // TTL and expiry ranges accepted at creation (the streams table CHECKs
@@ -237,6 +242,9 @@ func parseProducer(r *http.Request) (*producer, string) {
 	p := &producer{id: strings.TrimSpace(id[0])}
 	if p.id == "" {
 		return nil, "Producer-Id must not be empty"
+	}
+	if len(p.id) > maxProducerID {
+		return nil, "Producer-Id must be at most " + strconv.Itoa(maxProducerID) + " bytes"
 	}
 	var ok bool
 	if p.epoch, ok = parseSafeInt(ep[0]); !ok {
