@@ -193,3 +193,61 @@ func (q *Queries) StreamWrite(ctx context.Context, db DBTX, arg StreamWriteParam
 	)
 	return i, err
 }
+
+const streamWriteAs = `-- name: StreamWriteAs :one
+SELECT r.status::text AS status, r.tail_seq::bigint AS tail_seq, r.closed::boolean AS closed,
+       coalesce(r.producer_epoch, -1)::bigint AS producer_epoch,
+       coalesce(r.producer_seq, -1)::bigint AS producer_seq
+  FROM pw_stream_write_as($1::boolean, $2::text, $3::text,
+                          $4::text, $5::bytea[], $6::boolean,
+                          $7::text, $8::text,
+                          $9::bigint, $10::bigint,
+                          $11::timestamptz) AS r
+`
+
+type StreamWriteAsParams struct {
+	EntityWriter  bool
+	TenantID      string
+	Path          string
+	ContentType   *string
+	Data          [][]byte
+	Close         bool
+	StreamSeq     *string
+	ProducerID    *string
+	ProducerEpoch *int64
+	ProducerSeq   *int64
+	Now           *time.Time
+}
+
+type StreamWriteAsRow struct {
+	Status        string
+	TailSeq       int64
+	Closed        bool
+	ProducerEpoch int64
+	ProducerSeq   int64
+}
+
+func (q *Queries) StreamWriteAs(ctx context.Context, db DBTX, arg StreamWriteAsParams) (StreamWriteAsRow, error) {
+	row := db.QueryRow(ctx, streamWriteAs,
+		arg.EntityWriter,
+		arg.TenantID,
+		arg.Path,
+		arg.ContentType,
+		arg.Data,
+		arg.Close,
+		arg.StreamSeq,
+		arg.ProducerID,
+		arg.ProducerEpoch,
+		arg.ProducerSeq,
+		arg.Now,
+	)
+	var i StreamWriteAsRow
+	err := row.Scan(
+		&i.Status,
+		&i.TailSeq,
+		&i.Closed,
+		&i.ProducerEpoch,
+		&i.ProducerSeq,
+	)
+	return i, err
+}

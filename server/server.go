@@ -212,7 +212,11 @@ func (s *Server) routes() {
 			ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 			defer cancel()
 			r = r.WithContext(ctx)
-			if err := fn(w, r); err != nil {
+			err := checkText(r)
+			if err == nil {
+				err = fn(w, r)
+			}
+			if err != nil {
 				s.fail(w, r, err)
 			}
 		}))

@@ -672,7 +672,9 @@ CREATE TABLE public.streams (
     accessed_at timestamp with time zone,
     closed_by_producer text,
     closed_by_epoch bigint,
-    closed_by_seq bigint
+    closed_by_seq bigint,
+    CONSTRAINT streams_expires_range CHECK (((expires_at >= '1970-01-01 00:00:00+00'::timestamp with time zone) AND (expires_at <= '9999-12-31 23:59:59+00'::timestamp with time zone))),
+    CONSTRAINT streams_ttl_range CHECK (((ttl_seconds >= 1) AND (ttl_seconds <= 315360000)))
 )
 WITH (fillfactor='80');
 
@@ -777,6 +779,32 @@ BEGIN
     RETURN QUERY SELECT * FROM pw_stream_write_checked(p_tenant, p_path, p_content_type, p_data, p_close,
                                                        p_stream_seq, p_producer_id, p_producer_epoch,
                                                        p_producer_seq, v_now);
+END
+$$;
+
+--
+-- Name: pw_stream_write_as(boolean, text, text, text, bytea[], boolean, text, text, bigint, bigint, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_stream_write_as(p_entity_writer boolean, p_tenant text, p_path text, p_content_type text, p_data bytea[], p_close boolean, p_stream_seq text, p_producer_id text, p_producer_epoch bigint, p_producer_seq bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(status text, tail_seq bigint, closed boolean, producer_epoch bigint, producer_seq bigint)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_entity text;
+BEGIN
+    IF p_close OR NOT p_entity_writer THEN
+        SELECT s.entity_url INTO v_entity FROM streams s
+         WHERE s.tenant_id = p_tenant AND s.path = p_path;
+        IF v_entity IS NOT NULL THEN
+            RETURN QUERY SELECT CASE WHEN p_close THEN 'forbidden' ELSE 'unauthorized' END::text,
+                                0::bigint, false, NULL::bigint, NULL::bigint;
+            RETURN;
+        END IF;
+    END IF;
+    RETURN QUERY SELECT * FROM pw_stream_write(p_tenant, p_path, p_content_type, p_data, p_close,
+                                               p_stream_seq, p_producer_id, p_producer_epoch,
+                                               p_producer_seq, p_now);
 END
 $$;
 

@@ -39,6 +39,10 @@ type serveConfig struct {
 	logFormat       string
 	logLevel        string
 	http            httpLimits
+	// Stream guards (server/streams).
+	streamWriteAuth string
+	streamReadAuth  string
+	maxLiveReaders  int
 }
 
 // httpLimits are the HTTP server's deadlines and connection cap.
@@ -84,6 +88,9 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	fs.DurationVar(&c.http.writeTimeout, "write-timeout", env.duration("write-timeout", "PULLWAKE_WRITE_TIMEOUT", 0), "longest a response may take to write; 0 = the longer of 90s and the long-poll timeout + 30s, so live reads fit (env PULLWAKE_WRITE_TIMEOUT)")
 	fs.DurationVar(&c.http.idleTimeout, "idle-timeout", env.duration("idle-timeout", "PULLWAKE_IDLE_TIMEOUT", 60*time.Second), "keep-alive connections idle this long are closed (env PULLWAKE_IDLE_TIMEOUT)")
 	fs.IntVar(&c.http.maxConns, "max-connections", env.int("max-connections", "PULLWAKE_MAX_CONNECTIONS", 1024), "open client connections at most; more wait to be accepted (env PULLWAKE_MAX_CONNECTIONS)")
+	fs.StringVar(&c.streamWriteAuth, "stream-write-auth", cmp.Or(getenv("PULLWAKE_STREAM_WRITE_AUTH"), streams.WriteAuthAdmin), "who appends to and closes plain streams when an admin token is set: admin or none (env PULLWAKE_STREAM_WRITE_AUTH)")
+	fs.StringVar(&c.streamReadAuth, "stream-read-auth", cmp.Or(getenv("PULLWAKE_STREAM_READ_AUTH"), streams.ReadAuthNone), "who reads streams when an admin token is set: none, entity (entity streams need the admin or write token) or admin (env PULLWAKE_STREAM_READ_AUTH)")
+	fs.IntVar(&c.maxLiveReaders, "max-live-readers", env.int("max-live-readers", "PULLWAKE_MAX_LIVE_READERS", 1000), "most concurrent long-poll and SSE stream readers; more get 503 (env PULLWAKE_MAX_LIVE_READERS)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return c, err
@@ -120,6 +127,12 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		c.http.writeTimeout = max(90*time.Second, c.longPollTimeout+30*time.Second)
 	} else if c.http.writeTimeout < c.longPollTimeout+5*time.Second {
 		return c, fmt.Errorf("%w: --write-timeout %s would cut live reads: it must exceed --long-poll-timeout (%s) by 5s at least", errUsage, c.http.writeTimeout, c.longPollTimeout)
+	}
+	if err := streams.CheckAuthModes(c.streamWriteAuth, c.streamReadAuth); err != nil {
+		return c, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if c.maxLiveReaders < 1 {
+		return c, fmt.Errorf("%w: --max-live-readers (PULLWAKE_MAX_LIVE_READERS) %d must be at least 1", errUsage, c.maxLiveReaders)
 	}
 	if c.http.maxConns < 1 {
 		return c, fmt.Errorf("%w: --max-connections %d must be at least 1", errUsage, c.http.maxConns)
@@ -204,6 +217,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	sh := streams.New(streams.Config{
 		Pool: pool, Tenant: c.db.tenant, Gate: store, AdminToken: c.adminToken,
 		LongPollTimeout: c.longPollTimeout, Logger: log, Metrics: met, Publisher: pub,
+		WriteAuth: c.streamWriteAuth, ReadAuth: c.streamReadAuth, MaxLiveReaders: c.maxLiveReaders,
 	})
 	srv, err := server.New(server.Config{
 		Pool: pool, ConnString: c.db.url, Tenant: c.db.tenant, PublicURL: publicURL,

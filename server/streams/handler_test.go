@@ -342,8 +342,9 @@ func TestTTLAndExpiry(t *testing.T) {
 	}
 	// Absolute expiry, then re-creation at the same path.
 	q := "/v1/stream/abs"
-	past := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
-	b.must(t, 201, "PUT", q, "", "Content-Type", "text/plain", "Stream-Expires-At", past)
+	soon := time.Now().Add(time.Minute).UTC().Format(time.RFC3339)
+	b.must(t, 201, "PUT", q, "", "Content-Type", "text/plain", "Stream-Expires-At", soon)
+	b.exec(t, "UPDATE streams SET expires_at = now() - interval '1 second' WHERE path = $1", q)
 	b.must(t, 404, "HEAD", q, "")
 	future := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
 	b.must(t, 201, "PUT", q, "", "Content-Type", "text/plain", "Stream-Expires-At", future)
@@ -359,7 +360,9 @@ func TestAdminTokenGuardsCreateAndDelete(t *testing.T) {
 	b.must(t, 401, "PUT", p, "", "Content-Type", "text/plain")
 	b.must(t, 401, "PUT", p, "", "Content-Type", "text/plain", "Authorization", "Bearer wrong")
 	b.must(t, 201, "PUT", p, "", "Content-Type", "text/plain", "Authorization", "Bearer s3cret")
-	b.must(t, 204, "POST", p, "anyone appends", "Content-Type", "text/plain")
+	b.must(t, 401, "POST", p, "anonymous", "Content-Type", "text/plain")
+	b.must(t, 401, "POST", p, "", "Stream-Closed", "true")
+	b.must(t, 204, "POST", p, "admin appends", "Content-Type", "text/plain", "Authorization", "Bearer s3cret")
 	b.must(t, 401, "DELETE", p, "")
 	b.must(t, 204, "DELETE", p, "", "Authorization", "Bearer s3cret")
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
@@ -18,7 +19,22 @@ import (
 // maxSafeInt is 2^53-1: producer epochs and seqs stay exact in JavaScript.
 const maxSafeInt = 1<<53 - 1
 
+// maxProducerID bounds Producer-Id: it is part of stream_producers' primary
+// key, and a btree entry must fit in a third of a page (a 5000-byte id was
+// a 500 "index row size exceeds maximum").
+const maxProducerID = 1024
+
 var ttlRe = regexp.MustCompile(`^(0|[1-9][0-9]{0,17})$`)
+
+// TTL and expiry ranges accepted at creation (the streams table CHECKs
+// them too): a TTL of 1 second to 10 years of 365 days; an expiry after now
+// and before the year 10000. Beyond them, timestamp arithmetic overflows.
+const (
+	minTTLSeconds = 1
+	maxTTLSeconds = 10 * 365 * 24 * 3600
+)
+
+var maxExpiresAt = time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
 
 // offset renders a seq as the protocol offset pw_offset() makes.
 func offset(seq int64) string { return leftPad16(strconv.FormatInt(seq, 10)) }
@@ -127,7 +143,12 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, path strin
 			writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-TTL must be a non-negative integer of seconds without sign or leading zeros")
 			return
 		}
-		n, _ := strconv.ParseInt(v, 10, 64)
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < minTTLSeconds || n > maxTTLSeconds {
+			writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST",
+				fmt.Sprintf("Stream-TTL must be from %d to %d seconds (10 years)", minTTLSeconds, maxTTLSeconds))
+			return
+		}
 		ttl = &n
 	}
 	var expires *time.Time
@@ -135,6 +156,10 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, path strin
 		t, err := time.Parse(time.RFC3339Nano, v)
 		if err != nil {
 			writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Expires-At must be an RFC 3339 timestamp")
+			return
+		}
+		if !t.After(time.Now()) || t.After(maxExpiresAt) {
+			writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Expires-At must lie in the future and before the year 10000")
 			return
 		}
 		expires = &t
@@ -161,7 +186,9 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, path strin
 	if msgs == nil {
 		msgs = [][]byte{}
 	}
-	row, err := h.q.StreamCreate(r.Context(), h.cfg.Pool, db.StreamCreateParams{
+	ctx, cancel := h.dbContext(r)
+	defer cancel()
+	row, err := h.q.StreamCreate(ctx, h.cfg.Pool, db.StreamCreateParams{
 		TenantID: h.cfg.Tenant, Path: path, ContentType: ct, TtlSeconds: ttl, ExpiresAt: expires,
 		Closed: closed, Data: msgs,
 	})
@@ -216,6 +243,9 @@ func parseProducer(r *http.Request) (*producer, string) {
 	if p.id == "" {
 		return nil, "Producer-Id must not be empty"
 	}
+	if len(p.id) > maxProducerID {
+		return nil, "Producer-Id must be at most " + strconv.Itoa(maxProducerID) + " bytes"
+	}
 	var ok bool
 	if p.epoch, ok = parseSafeInt(ep[0]); !ok {
 		return nil, "Producer-Epoch must be an integer from 0 to 2^53-1"
@@ -243,22 +273,17 @@ func parseSafeInt(s string) (int64, bool) {
 // serveAppend handles POST: append, close, or both.
 func (h *Handler) serveAppend(w http.ResponseWriter, r *http.Request, path string) {
 	limit := int64(StreamBodyLimit)
-	var claimEpoch int64 = -1
-	if IsEntityStream(path) {
-		tok := writeToken(r)
-		if tok == "" {
-			writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "appending to an entity's main stream needs its write token")
-			return
-		}
-		var ok bool
-		if h.cfg.Gate != nil {
-			claimEpoch, ok = h.cfg.Gate.Authorize(path, tok)
-		}
-		if !ok {
-			writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "the write token is not the live token of this stream")
-			return
-		}
+	// The write token is checked in memory; whether the stream is an
+	// entity's (which only its write token may append to, and nobody may
+	// close) is decided by pw_stream_write_as from the stream row, in the
+	// append's own round trip.
+	claimEpoch, writer := h.entityWriter(r, path)
+	if writer {
 		limit = EntityBodyLimit
+	} else if h.cfg.WriteAuth == WriteAuthAdmin && !h.isAdmin(r) {
+		writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED",
+			"appending to a stream needs the admin token, or the write token of an entity's stream")
+		return
 	}
 	prod, msg := parseProducer(r)
 	if msg != "" {
@@ -314,20 +339,34 @@ func (h *Handler) serveAppend(w http.ResponseWriter, r *http.Request, path strin
 			return
 		}
 	}
-	if prod != nil && claimEpoch >= 0 && prod.epoch < claimEpoch {
+	if writer && closeReq {
+		writeError(w, r, http.StatusForbidden, "FORBIDDEN", "an entity's main stream cannot be closed: the entity owns it")
+		return
+	}
+	if prod != nil && writer && prod.epoch > claimEpoch {
+		// A producer epoch ahead of the claim's would fence every later
+		// claim's producer out of the entity's stream.
+		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST",
+			"Producer-Epoch on an entity's stream must not exceed the epoch of the claim that holds the write token ("+
+				strconv.FormatInt(claimEpoch, 10)+")")
+		return
+	}
+	if prod != nil && writer && prod.epoch < claimEpoch {
 		w.Header().Set("Producer-Epoch", strconv.FormatInt(claimEpoch, 10))
 		writeError(w, r, http.StatusForbidden, "STALE_PRODUCER_EPOCH",
 			"the producer epoch is older than the epoch of the claim that holds the write token")
 		return
 	}
-	arg := db.StreamWriteParams{
-		TenantID: h.cfg.Tenant, Path: path, ContentType: reqType, Data: msgs,
+	arg := db.StreamWriteAsParams{
+		EntityWriter: writer, TenantID: h.cfg.Tenant, Path: path, ContentType: reqType, Data: msgs,
 		Close: closeReq, StreamSeq: streamSeq,
 	}
 	if prod != nil {
 		arg.ProducerID, arg.ProducerEpoch, arg.ProducerSeq = &prod.id, &prod.epoch, &prod.seq
 	}
-	row, err := h.q.StreamWrite(r.Context(), h.cfg.Pool, arg)
+	ctx, cancel := h.dbContext(r)
+	defer cancel()
+	row, err := h.q.StreamWriteAs(ctx, h.cfg.Pool, arg)
 	if err != nil {
 		h.internalError(w, r, "append", path, err)
 		return
@@ -362,6 +401,10 @@ func (h *Handler) serveAppend(w http.ResponseWriter, r *http.Request, path strin
 		writeError(w, r, http.StatusConflict, "STREAM_CLOSED", "the stream is closed")
 	case "not_found":
 		writeError(w, r, http.StatusNotFound, "STREAM_NOT_FOUND", "no stream at this path")
+	case "unauthorized":
+		writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "appending to an entity's main stream needs its write token")
+	case "forbidden":
+		writeError(w, r, http.StatusForbidden, "FORBIDDEN", "an entity's main stream cannot be closed: the entity owns it")
 	case "entity_stopped":
 		writeError(w, r, http.StatusConflict, "ENTITY_STOPPED", "the entity that owns this stream is stopped")
 	case "content_type":
@@ -384,14 +427,12 @@ func (h *Handler) serveAppend(w http.ResponseWriter, r *http.Request, path strin
 
 // serveDelete handles DELETE.
 func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, path string) {
-	if IsEntityStream(path) {
-		writeError(w, r, http.StatusForbidden, "FORBIDDEN", "an entity's main stream is deleted with its entity only")
-		return
-	}
 	if !h.authorizeAdmin(w, r) {
 		return
 	}
-	status, err := h.q.StreamDelete(r.Context(), h.cfg.Pool, db.StreamDeleteParams{TenantID: h.cfg.Tenant, Path: path})
+	ctx, cancel := h.dbContext(r)
+	defer cancel()
+	status, err := h.q.StreamDelete(ctx, h.cfg.Pool, db.StreamDeleteParams{TenantID: h.cfg.Tenant, Path: path})
 	if err != nil {
 		h.internalError(w, r, "delete", path, err)
 		return
