@@ -637,7 +637,7 @@ BEGIN
         SELECT s.* INTO v_s FROM streams s
          WHERE s.tenant_id = p_tenant AND s.path = p_source FOR KEY SHARE;
         IF NOT FOUND THEN
-            RETURN QUERY SELECT 'source_not_found'::text, ''::text, 0::bigint, false, NULL::timestamptz;
+            RETURN QUERY SELECT 'source_not_found'::text, ''::text, 0::bigint, false, v_now;
             RETURN;
         END IF;
         IF v_s.deleted_at IS NOT NULL OR (v_s.entity_url IS NULL AND pw_stream_expired(v_s, v_now)) THEN
