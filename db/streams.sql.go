@@ -79,6 +79,62 @@ func (q *Queries) StreamDelete(ctx context.Context, db DBTX, arg StreamDeletePar
 	return status, err
 }
 
+const streamFork = `-- name: StreamFork :one
+SELECT r.status::text AS status, r.content_type::text AS content_type, r.tail_seq::bigint AS tail_seq,
+       r.closed::boolean AS closed, r.created_at::timestamptz AS created_at
+  FROM pw_stream_fork($1::text, $2::text, $3::text, $4::bigint,
+                      $5::bigint, $6::text, $7::bigint,
+                      $8::timestamptz, $9::boolean, $10::bytea[],
+                      $11::timestamptz) AS r
+`
+
+type StreamForkParams struct {
+	TenantID    string
+	Path        string
+	Source      string
+	ForkOffset  *int64
+	SubOffset   int64
+	ContentType *string
+	TtlSeconds  *int64
+	ExpiresAt   *time.Time
+	Closed      bool
+	Data        [][]byte
+	Now         *time.Time
+}
+
+type StreamForkRow struct {
+	Status      string
+	ContentType string
+	TailSeq     int64
+	Closed      bool
+	CreatedAt   time.Time
+}
+
+func (q *Queries) StreamFork(ctx context.Context, db DBTX, arg StreamForkParams) (StreamForkRow, error) {
+	row := db.QueryRow(ctx, streamFork,
+		arg.TenantID,
+		arg.Path,
+		arg.Source,
+		arg.ForkOffset,
+		arg.SubOffset,
+		arg.ContentType,
+		arg.TtlSeconds,
+		arg.ExpiresAt,
+		arg.Closed,
+		arg.Data,
+		arg.Now,
+	)
+	var i StreamForkRow
+	err := row.Scan(
+		&i.Status,
+		&i.ContentType,
+		&i.TailSeq,
+		&i.Closed,
+		&i.CreatedAt,
+	)
+	return i, err
+}
+
 const streamRead = `-- name: StreamRead :one
 SELECT r.status::text AS status, r.content_type::text AS content_type, r.tail_seq::bigint AS tail_seq,
        r.closed::boolean AS closed, coalesce(r.ttl_seconds, -1)::bigint AS ttl_seconds,

@@ -39,3 +39,11 @@ SELECT r.status::text AS status, r.tail_seq::bigint AS tail_seq, r.closed::boole
                           sqlc.narg('stream_seq')::text, sqlc.narg('producer_id')::text,
                           sqlc.narg('producer_epoch')::bigint, sqlc.narg('producer_seq')::bigint,
                           sqlc.narg('now')::timestamptz) AS r;
+
+-- name: StreamFork :one
+SELECT r.status::text AS status, r.content_type::text AS content_type, r.tail_seq::bigint AS tail_seq,
+       r.closed::boolean AS closed, r.created_at::timestamptz AS created_at
+  FROM pw_stream_fork(@tenant_id::text, @path::text, @source::text, sqlc.narg('fork_offset')::bigint,
+                      @sub_offset::bigint, sqlc.narg('content_type')::text, sqlc.narg('ttl_seconds')::bigint,
+                      sqlc.narg('expires_at')::timestamptz, @closed::boolean, @data::bytea[],
+                      sqlc.narg('now')::timestamptz) AS r;

@@ -451,6 +451,14 @@ END
 $$;
 
 --
+-- Name: pw_fork_max_segments(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_fork_max_segments() RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ SELECT 32 $$;
+
+--
 -- Name: pw_media_type(text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -589,13 +597,17 @@ BEGIN
     FOR attempt IN 1..2 LOOP
         SELECT s.* INTO v_s FROM streams s
          WHERE s.tenant_id = p_tenant AND s.path = p_path FOR UPDATE;
-        IF FOUND AND v_s.entity_url IS NULL AND pw_stream_expired(v_s, v_now) THEN
-            DELETE FROM streams s WHERE s.tenant_id = p_tenant AND s.path = p_path;
-            PERFORM pw_notify_stream(p_tenant, p_path);
+        IF FOUND AND v_s.entity_url IS NULL
+           AND (v_s.deleted_at IS NOT NULL OR pw_stream_expired(v_s, v_now)) THEN
+            IF pw_stream_remove(p_tenant, p_path, v_now) = 'soft_deleted' THEN
+                RETURN QUERY SELECT 'conflict'::text, v_s.content_type, v_s.tail_seq, true, v_s.created_at;
+                RETURN;
+            END IF;
         ELSIF FOUND THEN
             IF v_s.entity_url IS NOT NULL THEN
                 RETURN QUERY SELECT 'forbidden'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
-            ELSIF pw_media_type(v_s.content_type) = pw_media_type(p_content_type)
+            ELSIF v_s.forked_from IS NULL
+                  AND pw_media_type(v_s.content_type) = pw_media_type(p_content_type)
                   AND v_s.ttl_seconds IS NOT DISTINCT FROM p_ttl_seconds
                   AND v_s.expires_at IS NOT DISTINCT FROM p_expires_at
                   AND v_s.closed = p_closed THEN
@@ -644,11 +656,10 @@ BEGIN
     IF v_s.entity_url IS NOT NULL THEN
         RETURN 'forbidden';
     END IF;
-    DELETE FROM streams s WHERE s.tenant_id = p_tenant AND s.path = p_path;
-    PERFORM pw_notify_stream(p_tenant, p_path);
-    IF pw_stream_expired(v_s, v_now) THEN
-        RETURN 'not_found';
+    IF v_s.deleted_at IS NOT NULL OR pw_stream_expired(v_s, v_now) THEN
+        RETURN CASE pw_stream_remove(p_tenant, p_path, v_now) WHEN 'soft_deleted' THEN 'gone' ELSE 'not_found' END;
     END IF;
+    PERFORM pw_stream_remove(p_tenant, p_path, v_now);
     RETURN 'deleted';
 END
 $$;
@@ -673,7 +684,14 @@ CREATE TABLE public.streams (
     closed_by_producer text,
     closed_by_epoch bigint,
     closed_by_seq bigint,
+    deleted_at timestamp with time zone,
+    forked_from text,
+    fork_offset bigint,
+    fork_sub_offset bigint,
+    fork_paths text[],
+    fork_upto bigint[],
     CONSTRAINT streams_expires_range CHECK (((expires_at >= '1970-01-01 00:00:00+00'::timestamp with time zone) AND (expires_at <= '9999-12-31 23:59:59+00'::timestamp with time zone))),
+    CONSTRAINT streams_fork_segments_check CHECK ((COALESCE(cardinality(fork_paths), 0) = COALESCE(cardinality(fork_upto), 0))),
     CONSTRAINT streams_ttl_range CHECK (((ttl_seconds >= 1) AND (ttl_seconds <= 315360000)))
 )
 WITH (fillfactor='80');
@@ -691,6 +709,158 @@ CREATE FUNCTION public.pw_stream_expired(p_s public.streams, p_now timestamp wit
 $$;
 
 --
+-- Name: pw_stream_fork(text, text, text, bigint, bigint, text, bigint, timestamp with time zone, boolean, bytea[], timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_stream_fork(p_tenant text, p_path text, p_source text, p_offset bigint, p_sub_offset bigint, p_content_type text, p_ttl_seconds bigint, p_expires_at timestamp with time zone, p_closed boolean, p_data bytea[], p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(status text, content_type text, tail_seq bigint, closed boolean, created_at timestamp with time zone)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_now     timestamptz := coalesce(p_now, now());
+    v_sub     bigint := coalesce(p_sub_offset, 0);
+    v_t       streams%ROWTYPE;
+    v_s       streams%ROWTYPE;
+    v_own     bigint;
+    v_at      bigint;
+    v_point   bigint;
+    v_msg     bytea;
+    v_partial bytea;
+    v_src     text;
+    v_paths   text[];
+    v_upto    bigint[];
+BEGIN
+    FOR attempt IN 1..2 LOOP
+        -- The target path.
+        SELECT t.* INTO v_t FROM streams t
+         WHERE t.tenant_id = p_tenant AND t.path = p_path FOR UPDATE;
+        IF FOUND AND v_t.entity_url IS NULL
+           AND (v_t.deleted_at IS NOT NULL OR pw_stream_expired(v_t, v_now)) THEN
+            IF pw_stream_remove(p_tenant, p_path, v_now) = 'soft_deleted' THEN
+                RETURN QUERY SELECT 'conflict'::text, v_t.content_type, v_t.tail_seq, true, v_t.created_at;
+                RETURN;
+            END IF;
+        ELSIF FOUND THEN
+            IF v_t.entity_url IS NOT NULL THEN
+                RETURN QUERY SELECT 'forbidden'::text, v_t.content_type, v_t.tail_seq, v_t.closed, v_t.created_at;
+            ELSIF v_t.forked_from = p_source AND v_t.fork_sub_offset = v_sub
+                  AND v_t.fork_offset = coalesce(p_offset,
+                          (SELECT s.tail_seq FROM streams s WHERE s.tenant_id = p_tenant AND s.path = p_source))
+                  AND (p_content_type IS NULL OR pw_media_type(p_content_type) = pw_media_type(v_t.content_type))
+                  AND ((p_ttl_seconds IS NULL AND p_expires_at IS NULL)
+                       OR (v_t.ttl_seconds IS NOT DISTINCT FROM p_ttl_seconds
+                           AND v_t.expires_at IS NOT DISTINCT FROM p_expires_at))
+                  AND v_t.closed = p_closed THEN
+                RETURN QUERY SELECT 'exists'::text, v_t.content_type, v_t.tail_seq, v_t.closed, v_t.created_at;
+            ELSE
+                RETURN QUERY SELECT 'conflict'::text, v_t.content_type, v_t.tail_seq, v_t.closed, v_t.created_at;
+            END IF;
+            RETURN;
+        END IF;
+
+        -- The source: KEY SHARE keeps it from being deleted until commit
+        -- (the fork's foreign key would take the same lock) and lets its
+        -- appends go on: they only add seqs past the fork point.
+        SELECT s.* INTO v_s FROM streams s
+         WHERE s.tenant_id = p_tenant AND s.path = p_source FOR KEY SHARE;
+        IF NOT FOUND THEN
+            RETURN QUERY SELECT 'source_not_found'::text, ''::text, 0::bigint, false, v_now;
+            RETURN;
+        END IF;
+        IF v_s.deleted_at IS NOT NULL OR (v_s.entity_url IS NULL AND pw_stream_expired(v_s, v_now)) THEN
+            RETURN QUERY SELECT CASE WHEN pw_stream_referenced(p_tenant, p_source, v_now)
+                                     THEN 'source_gone' ELSE 'source_not_found' END::text,
+                                v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+            RETURN;
+        END IF;
+        IF p_content_type IS NOT NULL AND pw_media_type(p_content_type) <> pw_media_type(v_s.content_type) THEN
+            RETURN QUERY SELECT 'content_type'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+            RETURN;
+        END IF;
+        v_at := coalesce(p_offset, v_s.tail_seq);
+        IF v_at < 0 OR v_at > v_s.tail_seq THEN
+            RETURN QUERY SELECT 'bad_offset'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+            RETURN;
+        END IF;
+        v_own := coalesce(v_s.fork_upto[cardinality(v_s.fork_upto)], 0);
+        v_point := v_at;
+        IF v_sub > 0 AND pw_media_type(v_s.content_type) = 'application/json' THEN
+            IF v_at + v_sub > v_s.tail_seq THEN
+                RETURN QUERY SELECT 'bad_sub_offset'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+                RETURN;
+            END IF;
+            v_point := v_at + v_sub;
+        ELSIF v_sub > 0 THEN
+            IF v_at + 1 > v_s.tail_seq THEN
+                RETURN QUERY SELECT 'bad_sub_offset'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+                RETURN;
+            END IF;
+            -- The next message as the source reads it: its own, or an ancestor's.
+            v_src := p_source;
+            IF v_at + 1 <= v_own THEN
+                SELECT g.p INTO v_src
+                  FROM unnest(v_s.fork_paths, v_s.fork_upto) WITH ORDINALITY AS g(p, u, i)
+                 WHERE g.u >= v_at + 1 ORDER BY g.i LIMIT 1;
+            END IF;
+            SELECT m.data INTO v_msg FROM stream_messages m
+             WHERE m.tenant_id = p_tenant AND m.path = v_src AND m.seq = v_at + 1;
+            IF v_msg IS NULL OR v_sub > octet_length(v_msg) THEN
+                RETURN QUERY SELECT 'bad_sub_offset'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+                RETURN;
+            END IF;
+            IF v_sub = octet_length(v_msg) THEN
+                v_point := v_at + 1;
+            ELSE
+                v_partial := substring(v_msg FROM 1 FOR v_sub::integer);
+            END IF;
+        END IF;
+
+        -- Ancestry: the source's segments that reach below the fork point
+        -- (the last one cut at it), then the source's own part if the fork
+        -- point lies in it.
+        SELECT coalesce(array_agg(g.p ORDER BY g.i), '{}'), coalesce(array_agg(least(g.u, v_point) ORDER BY g.i), '{}')
+          INTO v_paths, v_upto
+          FROM unnest(v_s.fork_paths, v_s.fork_upto) WITH ORDINALITY AS g(p, u, i)
+         WHERE coalesce(v_s.fork_upto[g.i - 1], 0) < v_point;
+        IF v_point > v_own THEN
+            v_paths := v_paths || p_source;
+            v_upto := v_upto || v_point;
+        END IF;
+        IF cardinality(v_paths) > pw_fork_max_segments() THEN
+            RETURN QUERY SELECT 'too_deep'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+            RETURN;
+        END IF;
+
+        INSERT INTO streams AS s (tenant_id, path, content_type, tail_seq, ttl_seconds, expires_at,
+                                  accessed_at, created_at, updated_at, forked_from, fork_offset,
+                                  fork_sub_offset, fork_paths, fork_upto)
+        SELECT p_tenant, p_path, v_s.content_type,
+               v_point + CASE WHEN v_partial IS NULL THEN 0 ELSE 1 END,
+               CASE WHEN p_ttl_seconds IS NULL AND p_expires_at IS NULL THEN v_s.ttl_seconds ELSE p_ttl_seconds END,
+               CASE WHEN p_ttl_seconds IS NULL AND p_expires_at IS NULL THEN v_s.expires_at ELSE p_expires_at END,
+               v_now, v_now, v_now, p_source, v_at, v_sub, v_paths, v_upto
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            IF v_partial IS NOT NULL THEN
+                INSERT INTO stream_messages (tenant_id, path, seq, data, created_at)
+                VALUES (p_tenant, p_path, v_point + 1, v_partial, v_now);
+            END IF;
+            IF coalesce(cardinality(p_data), 0) > 0 THEN
+                PERFORM pw_stream_append(p_tenant, p_path, p_data, v_now);
+            END IF;
+            UPDATE streams s SET closed = p_closed
+             WHERE s.tenant_id = p_tenant AND s.path = p_path
+            RETURNING s.* INTO v_t;
+            RETURN QUERY SELECT 'created'::text, v_t.content_type, v_t.tail_seq, v_t.closed, v_t.created_at;
+            RETURN;
+        END IF;
+        -- A concurrent PUT created the path first: compare against it.
+    END LOOP;
+    RAISE EXCEPTION 'stream % changed concurrently', p_path USING ERRCODE = '40001';
+END
+$$;
+
+--
 -- Name: pw_stream_read(text, text, bigint, integer, bigint, boolean, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -704,10 +874,27 @@ DECLARE
     v_after bigint;
     v_last  bigint;
     v_data  bytea[];
+    v_n     bigint := 0;
+    v_bytes bigint := 0;
+    v_segs  integer;
+    v_src   text;
+    v_lo    bigint;
+    v_hi    bigint;
+    v_part  bytea[];
+    v_plast bigint;
+    v_pn    bigint;
+    v_pb    bigint;
 BEGIN
     SELECT s.* INTO v_s FROM streams s WHERE s.tenant_id = p_tenant AND s.path = p_path;
-    IF NOT FOUND OR (v_s.entity_url IS NULL AND pw_stream_expired(v_s, v_now)) THEN
+    IF NOT FOUND THEN
         RETURN QUERY SELECT 'not_found'::text, ''::text, 0::bigint, false, NULL::bigint,
+                            NULL::timestamptz, NULL::timestamptz, false, 0::bigint, NULL::bytea[];
+        RETURN;
+    END IF;
+    IF v_s.entity_url IS NULL AND (v_s.deleted_at IS NOT NULL OR pw_stream_expired(v_s, v_now)) THEN
+        RETURN QUERY SELECT CASE WHEN pw_stream_referenced(p_tenant, p_path, v_now)
+                                 THEN 'gone' ELSE 'not_found' END::text,
+                            ''::text, 0::bigint, false, NULL::bigint,
                             NULL::timestamptz, NULL::timestamptz, false, 0::bigint, NULL::bytea[];
         RETURN;
     END IF;
@@ -722,18 +909,104 @@ BEGIN
         RETURN;
     END IF;
     IF p_max_rows > 0 AND v_after < v_s.tail_seq THEN
-        SELECT array_agg(y.data ORDER BY y.seq), max(y.seq) INTO v_data, v_last
-          FROM (SELECT x.seq, x.data,
-                       sum(octet_length(x.data)) OVER (ORDER BY x.seq) - octet_length(x.data) AS before
-                  FROM (SELECT m.seq, m.data FROM stream_messages m
-                         WHERE m.tenant_id = p_tenant AND m.path = p_path
-                           AND m.seq > v_after AND m.seq <= v_s.tail_seq
-                         ORDER BY m.seq LIMIT p_max_rows) x) y
-         WHERE y.before < p_max_bytes;
+        v_segs := coalesce(cardinality(v_s.fork_paths), 0);
+        FOR i IN 1..v_segs + 1 LOOP
+            IF i <= v_segs THEN
+                v_src := v_s.fork_paths[i];
+                v_hi := v_s.fork_upto[i];
+            ELSE
+                v_src := p_path;
+                v_hi := v_s.tail_seq;
+            END IF;
+            v_lo := coalesce(v_s.fork_upto[i - 1], 0);
+            CONTINUE WHEN v_hi <= v_after;
+            EXIT WHEN v_n >= p_max_rows OR v_bytes >= p_max_bytes;
+            SELECT array_agg(y.data ORDER BY y.seq), max(y.seq), count(*), sum(octet_length(y.data))
+              INTO v_part, v_plast, v_pn, v_pb
+              FROM (SELECT x.seq, x.data,
+                           sum(octet_length(x.data)) OVER (ORDER BY x.seq) - octet_length(x.data) AS before
+                      FROM (SELECT m.seq, m.data FROM stream_messages m
+                             WHERE m.tenant_id = p_tenant AND m.path = v_src
+                               AND m.seq > greatest(v_after, v_lo) AND m.seq <= v_hi
+                             ORDER BY m.seq LIMIT p_max_rows - v_n) x) y
+             WHERE v_bytes + y.before < p_max_bytes;
+            IF v_pn > 0 THEN
+                v_data := v_data || v_part;
+                v_last := v_plast;
+                v_n := v_n + v_pn;
+                v_bytes := v_bytes + v_pb;
+            END IF;
+        END LOOP;
     END IF;
     RETURN QUERY SELECT 'ok'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.ttl_seconds,
                         v_s.expires_at, v_s.created_at, v_s.entity_url IS NOT NULL,
                         coalesce(v_last, v_after), v_data;
+END
+$$;
+
+--
+-- Name: pw_stream_referenced(text, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_stream_referenced(p_tenant text, p_path text, p_now timestamp with time zone) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM streams c
+         WHERE c.tenant_id = p_tenant AND c.forked_from = p_path
+           AND (c.deleted_at IS NOT NULL OR NOT pw_stream_expired(c, p_now)
+                OR EXISTS (SELECT 1 FROM streams g
+                            WHERE g.tenant_id = p_tenant AND g.forked_from = c.path)))
+$$;
+
+--
+-- Name: pw_stream_remove(text, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_stream_remove(p_tenant text, p_path text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_now     timestamptz := coalesce(p_now, now());
+    v_s       streams%ROWTYPE;
+    v_path    text := p_path;
+    v_result  text;
+BEGIN
+    LOOP
+        SELECT s.* INTO v_s FROM streams s
+         WHERE s.tenant_id = p_tenant AND s.path = v_path FOR UPDATE;
+        IF NOT FOUND THEN
+            RETURN coalesce(v_result, 'not_found');
+        END IF;
+        -- Up the chain, only a source that nobody else keeps is collected.
+        IF v_result IS NOT NULL AND v_s.deleted_at IS NULL
+           AND (v_s.entity_url IS NOT NULL OR NOT pw_stream_expired(v_s, v_now)) THEN
+            RETURN v_result;
+        END IF;
+        DELETE FROM streams c
+         WHERE c.ctid = ANY (ARRAY(
+                   SELECT k.ctid FROM streams k
+                    WHERE k.tenant_id = p_tenant AND k.forked_from = v_path
+                      AND k.deleted_at IS NULL AND k.entity_url IS NULL
+                      AND pw_stream_expired(k, v_now)
+                      AND NOT EXISTS (SELECT 1 FROM streams g
+                                       WHERE g.tenant_id = p_tenant AND g.forked_from = k.path)
+                    FOR UPDATE SKIP LOCKED));
+        IF EXISTS (SELECT 1 FROM streams c WHERE c.tenant_id = p_tenant AND c.forked_from = v_path) THEN
+            UPDATE streams s
+               SET deleted_at = coalesce(s.deleted_at, v_now), closed = true, updated_at = v_now
+             WHERE s.tenant_id = p_tenant AND s.path = v_path;
+            PERFORM pw_notify_stream(p_tenant, v_path);
+            RETURN coalesce(v_result, 'soft_deleted');
+        END IF;
+        DELETE FROM streams s WHERE s.tenant_id = p_tenant AND s.path = v_path;
+        PERFORM pw_notify_stream(p_tenant, v_path);
+        v_result := coalesce(v_result, 'deleted');
+        IF v_s.forked_from IS NULL THEN
+            RETURN v_result;
+        END IF;
+        v_path := v_s.forked_from;
+    END LOOP;
 END
 $$;
 
@@ -830,10 +1103,10 @@ BEGIN
         RETURN QUERY SELECT 'not_found'::text, 0::bigint, false, NULL::bigint, NULL::bigint;
         RETURN;
     END IF;
-    IF v_s.entity_url IS NULL AND pw_stream_expired(v_s, v_now) THEN
-        DELETE FROM streams s WHERE s.tenant_id = p_tenant AND s.path = p_path;
-        PERFORM pw_notify_stream(p_tenant, p_path);
-        RETURN QUERY SELECT 'not_found'::text, 0::bigint, false, NULL::bigint, NULL::bigint;
+    IF v_s.entity_url IS NULL AND (v_s.deleted_at IS NOT NULL OR pw_stream_expired(v_s, v_now)) THEN
+        RETURN QUERY SELECT CASE pw_stream_remove(p_tenant, p_path, v_now)
+                                 WHEN 'soft_deleted' THEN 'gone' ELSE 'not_found' END::text,
+                            0::bigint, false, NULL::bigint, NULL::bigint;
         RETURN;
     END IF;
     IF v_s.entity_url IS NOT NULL THEN
@@ -1374,6 +1647,12 @@ CREATE INDEX consumer_claims_active_runner_idx ON public.consumer_claims USING b
 CREATE INDEX consumer_claims_finished_idx ON public.consumer_claims USING btree (tenant_id, updated_at) WHERE (status <> 'active'::text);
 
 --
+-- Name: streams_forked_from_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX streams_forked_from_idx ON public.streams USING btree (tenant_id, forked_from) WHERE (forked_from IS NOT NULL);
+
+--
 -- Name: wakes_finished_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -1435,6 +1714,13 @@ ALTER TABLE ONLY public.stream_messages
 
 ALTER TABLE ONLY public.stream_producers
     ADD CONSTRAINT stream_producers_tenant_id_path_fkey FOREIGN KEY (tenant_id, path) REFERENCES public.streams(tenant_id, path) ON DELETE CASCADE;
+
+--
+-- Name: streams streams_forked_from_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.streams
+    ADD CONSTRAINT streams_forked_from_fkey FOREIGN KEY (tenant_id, forked_from) REFERENCES public.streams(tenant_id, path);
 
 --
 -- Name: wakes wakes_tenant_id_entity_url_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -

@@ -17,6 +17,11 @@
 // to HandleNotification. Notifications may be lost (a reconnect), so a
 // waiting reader re-checks once when its timeout fires.
 //
+// Forks (fork.go; migrations/00010_stream_forks.sql) copy no message: a
+// fork's row records the ancestor segments it reads through, pw_stream_read
+// stitches them, and a stream that forks still read is soft-deleted rather
+// than dropped (a foreign key makes PostgreSQL refuse the drop).
+//
 // Entity main streams (/v1/stream/{type}/{id}/main) are owned by their
 // entity: appends need the claim's write token, checked against the
 // in-memory WriteGate only (never the database); PUT, DELETE and closing are

@@ -3,7 +3,7 @@ package streams
 import (
 	"cmp"
 	"context"
-	"crypto/subtle"
+
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/internal/jsontext"
+	"github.com/pullwake/pullwake/internal/secret"
 )
 
 // NotifyChannel is the PostgreSQL channel the stream functions pg_notify()
@@ -128,6 +129,9 @@ type Handler struct {
 	n    *notifier
 	log  *slog.Logger
 	live atomic.Int64 // live readers now
+	// adminHash is the admin token's SHA-256: tokens are compared hash to
+	// hash, so the comparison's time says nothing of the token's length.
+	adminHash []byte
 }
 
 // New returns a Handler. Tenant defaults to "default", LongPollTimeout to
@@ -143,7 +147,11 @@ func New(cfg Config) *Handler {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Handler{cfg: cfg, q: db.New(), n: newNotifier(), log: cfg.Logger}
+	h := &Handler{cfg: cfg, q: db.New(), n: newNotifier(), log: cfg.Logger}
+	if cfg.AdminToken != "" {
+		h.adminHash = secret.Hash(cfg.AdminToken)
+	}
+	return h
 }
 
 // Notify wakes the live readers of the stream at path (the full URL path,
@@ -295,7 +303,7 @@ func (h *Handler) isAdmin(r *http.Request) bool {
 		return true
 	}
 	tok, _ := bearer(r)
-	return subtle.ConstantTimeCompare([]byte(tok), []byte(h.cfg.AdminToken)) == 1
+	return secret.MatchesHash(tok, h.adminHash)
 }
 
 // entityWriter reports whether the request carries the live write token of

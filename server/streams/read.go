@@ -192,8 +192,12 @@ func (h *Handler) serveHead(w http.ResponseWriter, r *http.Request, path string,
 		return
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	if c.Status == "not_found" {
+	switch c.Status {
+	case "not_found":
 		w.WriteHeader(http.StatusNotFound)
+		return
+	case "gone":
+		w.WriteHeader(http.StatusGone)
 		return
 	}
 	h.setMetaHeaders(w, c)
@@ -249,6 +253,9 @@ func answerRead(w http.ResponseWriter, r *http.Request, c *chunk) bool {
 	switch c.Status {
 	case "not_found":
 		writeError(w, r, http.StatusNotFound, "STREAM_NOT_FOUND", "no stream at this path")
+		return true
+	case "gone":
+		writeGone(w, r)
 		return true
 	case "bad_offset":
 		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "offset is past the end of the stream")

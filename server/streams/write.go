@@ -125,7 +125,7 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, path strin
 		return
 	}
 	if forkHeaders(r) {
-		h.refuseFork(w, r)
+		h.serveFork(w, r, path)
 		return
 	}
 	ct := r.Header.Get("Content-Type")
@@ -137,35 +137,9 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, path strin
 		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Content-Type is not a valid media type")
 		return
 	}
-	var ttl *int64
-	if v := r.Header.Get("Stream-TTL"); v != "" {
-		if !ttlRe.MatchString(v) {
-			writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-TTL must be a non-negative integer of seconds without sign or leading zeros")
-			return
-		}
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < minTTLSeconds || n > maxTTLSeconds {
-			writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST",
-				fmt.Sprintf("Stream-TTL must be from %d to %d seconds (10 years)", minTTLSeconds, maxTTLSeconds))
-			return
-		}
-		ttl = &n
-	}
-	var expires *time.Time
-	if v := r.Header.Get("Stream-Expires-At"); v != "" {
-		t, err := time.Parse(time.RFC3339Nano, v)
-		if err != nil {
-			writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Expires-At must be an RFC 3339 timestamp")
-			return
-		}
-		if !t.After(time.Now()) || t.After(maxExpiresAt) {
-			writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Expires-At must lie in the future and before the year 10000")
-			return
-		}
-		expires = &t
-	}
-	if ttl != nil && expires != nil {
-		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "give Stream-TTL or Stream-Expires-At, not both")
+	ttl, expires, msg := parseLifetime(r)
+	if msg != "" {
+		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", msg)
 		return
 	}
 	closed := headerTrue(r, "Stream-Closed")
@@ -212,6 +186,35 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, path strin
 	default:
 		writeError(w, r, http.StatusConflict, "STREAM_CONFLICT", "a stream exists at this path with a different configuration")
 	}
+}
+
+// parseLifetime reads Stream-TTL and Stream-Expires-At of a PUT; msg
+// describes a bad value.
+func parseLifetime(r *http.Request) (ttl *int64, expires *time.Time, msg string) {
+	if v := r.Header.Get("Stream-TTL"); v != "" {
+		if !ttlRe.MatchString(v) {
+			return nil, nil, "Stream-TTL must be a non-negative integer of seconds without sign or leading zeros"
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < minTTLSeconds || n > maxTTLSeconds {
+			return nil, nil, fmt.Sprintf("Stream-TTL must be from %d to %d seconds (10 years)", minTTLSeconds, maxTTLSeconds)
+		}
+		ttl = &n
+	}
+	if v := r.Header.Get("Stream-Expires-At"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return nil, nil, "Stream-Expires-At must be an RFC 3339 timestamp"
+		}
+		if !t.After(time.Now()) || t.After(maxExpiresAt) {
+			return nil, nil, "Stream-Expires-At must lie in the future and before the year 10000"
+		}
+		expires = &t
+	}
+	if ttl != nil && expires != nil {
+		return nil, nil, "give Stream-TTL or Stream-Expires-At, not both"
+	}
+	return ttl, expires, ""
 }
 
 func requestURL(r *http.Request) string {
@@ -405,6 +408,8 @@ func (h *Handler) serveAppend(w http.ResponseWriter, r *http.Request, path strin
 		writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "appending to an entity's main stream needs its write token")
 	case "forbidden":
 		writeError(w, r, http.StatusForbidden, "FORBIDDEN", "an entity's main stream cannot be closed: the entity owns it")
+	case "gone":
+		writeGone(w, r)
 	case "entity_stopped":
 		writeError(w, r, http.StatusConflict, "ENTITY_STOPPED", "the entity that owns this stream is stopped")
 	case "content_type":
@@ -443,62 +448,9 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, path strin
 		w.WriteHeader(http.StatusNoContent)
 	case "forbidden":
 		writeError(w, r, http.StatusForbidden, "FORBIDDEN", "an entity's main stream is deleted with its entity only")
+	case "gone":
+		writeGone(w, r)
 	default:
 		writeError(w, r, http.StatusNotFound, "STREAM_NOT_FOUND", "no stream at this path")
-	}
-}
-
-func forkHeaders(r *http.Request) bool {
-	for _, k := range []string{"Stream-Forked-From", "Stream-Fork-Offset", "Stream-Fork-Sub-Offset"} {
-		if _, ok := r.Header[k]; ok {
-			return true
-		}
-	}
-	return false
-}
-
-// refuseFork answers a fork request. Forks are not implemented (501), but a
-// request that would be refused anyway gets the protocol's refusal: fork
-// headers without a source or malformed (400), a missing source (404), a
-// fork point past the source's tail (400).
-func (h *Handler) refuseFork(w http.ResponseWriter, r *http.Request) {
-	src := r.Header.Get("Stream-Forked-From")
-	if src == "" {
-		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Fork-Offset and Stream-Fork-Sub-Offset need Stream-Forked-From")
-		return
-	}
-	sub := int64(0)
-	if v, ok := r.Header["Stream-Fork-Sub-Offset"]; ok {
-		if !ttlRe.MatchString(v[0]) {
-			writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Fork-Sub-Offset must be a non-negative integer")
-			return
-		}
-		sub, _ = strconv.ParseInt(v[0], 10, 64)
-	}
-	var at *int64
-	if v, ok := r.Header["Stream-Fork-Offset"]; ok {
-		n, ok := parseOffset(v[0])
-		if !ok || n == nil {
-			writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Fork-Offset must be an offset this server returned")
-			return
-		}
-		at = n
-	}
-	if checkPath(src) != "" {
-		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Forked-From must be a stream path")
-		return
-	}
-	c, err := h.read(r, src, nil, 0, false)
-	if err != nil {
-		h.internalError(w, r, "fork", src, err)
-		return
-	}
-	switch {
-	case c.Status != "ok":
-		writeError(w, r, http.StatusNotFound, "STREAM_NOT_FOUND", "no source stream at Stream-Forked-From")
-	case at != nil && *at > c.TailSeq, at == nil && sub > 0:
-		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "the fork point lies past the source stream's tail")
-	default:
-		writeError(w, r, http.StatusNotImplemented, "NOT_IMPLEMENTED", "stream forks are not supported")
 	}
 }
