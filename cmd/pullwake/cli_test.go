@@ -257,6 +257,7 @@ func TestReleaseBadArguments(t *testing.T) {
 	}{
 		{"non-numeric epoch", []string{c.consumer, "four", url}, 2, `pullwake release: usage: EPOCH must be a positive integer, got "four"`},
 		{"zero epoch", []string{c.consumer, "0", url}, 2, `EPOCH must be a positive integer`},
+		{"signed epoch", []string{c.consumer, "+1", url}, 2, `EPOCH must be a positive integer, got "\+1"`},
 		{"missing epoch", []string{c.consumer, url}, 2, `want CONSUMER EPOCH, got 1 argument\(s\)`},
 		{"too many arguments", []string{c.consumer, "1", "2", url}, 2, `want CONSUMER EPOCH, got 3 argument\(s\)`},
 		{"unknown flag", []string{c.consumer, "1", "--force", url}, 2, `flag provided but not defined: -force`},
