@@ -5,13 +5,27 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin/pullwake
 
-.PHONY: run test build schema generate check-generated ci conformance bench vet
+.PHONY: run stop clean test build schema generate check-generated ci conformance bench vet
+
+# The version `pullwake version` prints: git describe (tag, commits since,
+# abbreviated hash, -dirty for uncommitted changes), or "dev" outside git.
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
 build:
-	$(GO) build -o $(BIN) ./cmd/pullwake
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/pullwake
 
 run: build
 	scripts/run.sh
+
+# Stops the private PostgreSQL clusters that make run and make test may have
+# started (.data/pg on port 55432, .data/pgtest on 55433); their data stays.
+stop:
+	scripts/pg.sh stop .data/pg
+	scripts/pg.sh stop .data/pgtest
+
+# Stops them and removes them, their data, and bin/.
+clean: stop
+	rm -rf .data bin
 
 test:
 	$(GO) vet ./...

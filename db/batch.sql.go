@@ -171,17 +171,18 @@ SELECT r.ord::integer AS ord, coalesce(r.err_code, '')::text AS err_code,
        coalesce(r.closed, false)::boolean AS closed,
        coalesce(r.producer_epoch, -1)::bigint AS producer_epoch,
        coalesce(r.producer_seq, -1)::bigint AS producer_seq
-  FROM pw_stream_writes($1::text, $2::text[], $3::text[], $4::integer[],
-                        $5::bytea[], $6::timestamptz) AS r
+  FROM pw_stream_writes($1::text, $2::text[], $3::text[], $4::boolean[],
+                        $5::integer[], $6::bytea[], $7::timestamptz) AS r
 `
 
 type StreamWritesParams struct {
-	TenantID     string
-	Paths        []string
-	ContentTypes []string
-	Counts       []int32
-	Data         [][]byte
-	Now          *time.Time
+	TenantID      string
+	Paths         []string
+	ContentTypes  []string
+	EntityWriters []bool
+	Counts        []int32
+	Data          [][]byte
+	Now           *time.Time
 }
 
 type StreamWritesRow struct {
@@ -200,6 +201,7 @@ func (q *Queries) StreamWrites(ctx context.Context, db DBTX, arg StreamWritesPar
 		arg.TenantID,
 		arg.Paths,
 		arg.ContentTypes,
+		arg.EntityWriters,
 		arg.Counts,
 		arg.Data,
 		arg.Now,

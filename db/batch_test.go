@@ -188,11 +188,12 @@ func TestStreamWritesPerItemOutcomes(t *testing.T) {
 	f.stop("/chat/s", at(sec))
 	a, s := "/v1/stream/chat/a/main", "/v1/stream/chat/s/main"
 	rows, err := db.New().StreamWrites(f.ctx, f.pool, db.StreamWritesParams{
-		TenantID:     "default",
-		Paths:        []string{a, s, "/v1/stream/nope", a, a},
-		ContentTypes: []string{"application/json", "application/json", "application/json", "text/plain", "application/json"},
-		Counts:       []int32{2, 1, 1, 1, 1},
-		Data:         [][]byte{[]byte(`{"m":1}`), []byte(`{"m":2}`), []byte(`{"s":1}`), []byte(`{"n":1}`), []byte(`x`), []byte(`{"m":3}`)},
+		TenantID:      "default",
+		Paths:         []string{a, s, "/v1/stream/nope", a, a},
+		ContentTypes:  []string{"application/json", "application/json", "application/json", "text/plain", "application/json"},
+		EntityWriters: []bool{true, true, true, true, true},
+		Counts:        []int32{2, 1, 1, 1, 1},
+		Data:          [][]byte{[]byte(`{"m":1}`), []byte(`{"m":2}`), []byte(`{"s":1}`), []byte(`{"n":1}`), []byte(`x`), []byte(`{"m":3}`)},
 	})
 	if err != nil {
 		t.Fatalf("pw_stream_writes: %v", err)

@@ -11,6 +11,31 @@ import (
 	"time"
 )
 
+const activeClaimGauges = `-- name: ActiveClaimGauges :one
+SELECT count(*)::bigint AS active,
+       count(*) FILTER (WHERE c.lease_expires_at <= now()
+                          OR d.active_consumer_id IS DISTINCT FROM c.consumer_id
+                          OR d.active_epoch IS DISTINCT FROM c.epoch)::bigint AS leaked
+  FROM consumer_claims c
+  LEFT JOIN entity_dispatch_state d ON d.tenant_id = c.tenant_id AND d.entity_url = c.entity_url
+ WHERE c.tenant_id = $1 AND c.status = 'active'
+`
+
+type ActiveClaimGaugesRow struct {
+	Active int64
+	Leaked int64
+}
+
+// The active claims, and those among them that no dispatch slot names or
+// whose lease has passed (leaked): both read through the partial indexes of
+// active claims, so the cost follows the active claims, not the history.
+func (q *Queries) ActiveClaimGauges(ctx context.Context, db DBTX, tenantID string) (ActiveClaimGaugesRow, error) {
+	row := db.QueryRow(ctx, activeClaimGauges, tenantID)
+	var i ActiveClaimGaugesRow
+	err := row.Scan(&i.Active, &i.Leaked)
+	return i, err
+}
+
 const activeClaimsForRunner = `-- name: ActiveClaimsForRunner :many
 SELECT c.consumer_id, c.epoch, c.entity_url, c.stream_path, c.claimed_at, c.last_heartbeat_at,
        c.lease_expires_at,
@@ -70,52 +95,6 @@ func (q *Queries) ActiveClaimsForRunner(ctx context.Context, db DBTX, arg Active
 	return items, nil
 }
 
-const claimCountsByStatus = `-- name: ClaimCountsByStatus :many
-SELECT status, count(*)::bigint AS n FROM consumer_claims WHERE tenant_id = $1 GROUP BY status
-`
-
-type ClaimCountsByStatusRow struct {
-	Status string
-	N      int64
-}
-
-func (q *Queries) ClaimCountsByStatus(ctx context.Context, db DBTX, tenantID string) ([]ClaimCountsByStatusRow, error) {
-	rows, err := db.Query(ctx, claimCountsByStatus, tenantID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var items []ClaimCountsByStatusRow
-	for rows.Next() {
-		var i ClaimCountsByStatusRow
-		if err := rows.Scan(&i.Status, &i.N); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
-}
-
-const countLeakedClaims = `-- name: CountLeakedClaims :one
-SELECT count(*)::bigint FROM consumer_claims c
-  LEFT JOIN entity_dispatch_state d ON d.tenant_id = c.tenant_id AND d.entity_url = c.entity_url
- WHERE c.tenant_id = $1 AND c.status = 'active'
-   AND (c.lease_expires_at <= now()
-        OR d.active_consumer_id IS DISTINCT FROM c.consumer_id
-        OR d.active_epoch IS DISTINCT FROM c.epoch)
-`
-
-// Active claims that no dispatch slot names, or whose lease has passed.
-func (q *Queries) CountLeakedClaims(ctx context.Context, db DBTX, tenantID string) (int64, error) {
-	row := db.QueryRow(ctx, countLeakedClaims, tenantID)
-	var column_1 int64
-	err := row.Scan(&column_1)
-	return column_1, err
-}
-
 const dispatchCounts = `-- name: DispatchCounts :one
 SELECT count(*) FILTER (WHERE d.active_consumer_id IS NOT NULL)::bigint AS with_active_claim,
        count(*) FILTER (WHERE d.outstanding_wake_id IS NOT NULL)::bigint AS with_outstanding_wake,
@@ -147,90 +126,29 @@ func (q *Queries) DispatchCounts(ctx context.Context, db DBTX, arg DispatchCount
 	return i, err
 }
 
-const getClaim = `-- name: GetClaim :one
-SELECT c.tenant_id, c.consumer_id, c.epoch, c.wake_id, c.entity_url, c.stream_path, c.runner_id, c.status, c.claim_token_hash, c.lease_ttl_ms, c.claimed_at, c.last_heartbeat_at, c.lease_expires_at, c.released_at, c.acked_streams, c.updated_at,
-       (d.active_consumer_id IS NOT DISTINCT FROM c.consumer_id
-        AND d.active_epoch IS NOT DISTINCT FROM c.epoch)::boolean AS holds_slot
-  FROM consumer_claims c
-  LEFT JOIN entity_dispatch_state d ON d.tenant_id = c.tenant_id AND d.entity_url = c.entity_url
- WHERE c.tenant_id = $1 AND c.consumer_id = $2 AND c.epoch = $3
+const endedClaimCounts = `-- name: EndedClaimCounts :many
+SELECT c.status, count(*)::bigint AS n FROM consumer_claims c
+ WHERE c.tenant_id = $1 AND c.status <> 'active'
+ GROUP BY c.status
 `
 
-type GetClaimParams struct {
-	TenantID   string
-	ConsumerID string
-	Epoch      int64
+type EndedClaimCountsRow struct {
+	Status string
+	N      int64
 }
 
-type GetClaimRow struct {
-	TenantID        string
-	ConsumerID      string
-	Epoch           int64
-	WakeID          string
-	EntityUrl       string
-	StreamPath      string
-	RunnerID        string
-	Status          string
-	ClaimTokenHash  []byte
-	LeaseTtlMs      int32
-	ClaimedAt       time.Time
-	LastHeartbeatAt *time.Time
-	LeaseExpiresAt  *time.Time
-	ReleasedAt      *time.Time
-	AckedStreams    json.RawMessage
-	UpdatedAt       time.Time
-	HoldsSlot       bool
-}
-
-// A claim with whether its entity's dispatch slot still names it.
-func (q *Queries) GetClaim(ctx context.Context, db DBTX, arg GetClaimParams) (GetClaimRow, error) {
-	row := db.QueryRow(ctx, getClaim, arg.TenantID, arg.ConsumerID, arg.Epoch)
-	var i GetClaimRow
-	err := row.Scan(
-		&i.TenantID,
-		&i.ConsumerID,
-		&i.Epoch,
-		&i.WakeID,
-		&i.EntityUrl,
-		&i.StreamPath,
-		&i.RunnerID,
-		&i.Status,
-		&i.ClaimTokenHash,
-		&i.LeaseTtlMs,
-		&i.ClaimedAt,
-		&i.LastHeartbeatAt,
-		&i.LeaseExpiresAt,
-		&i.ReleasedAt,
-		&i.AckedStreams,
-		&i.UpdatedAt,
-		&i.HoldsSlot,
-	)
-	return i, err
-}
-
-const listActiveClaimKeys = `-- name: ListActiveClaimKeys :many
-SELECT consumer_id, epoch, stream_path FROM consumer_claims
- WHERE tenant_id = $1 AND status = 'active'
-`
-
-type ListActiveClaimKeysRow struct {
-	ConsumerID string
-	Epoch      int64
-	StreamPath string
-}
-
-// Every active claim's identity: a server re-checks its token store with it
-// after its LISTEN connection reconnects.
-func (q *Queries) ListActiveClaimKeys(ctx context.Context, db DBTX, tenantID string) ([]ListActiveClaimKeysRow, error) {
-	rows, err := db.Query(ctx, listActiveClaimKeys, tenantID)
+// Ended claims by status: this reads the history (up to the retention
+// age), so the sweeper runs it about once a minute (HistoryGaugeInterval).
+func (q *Queries) EndedClaimCounts(ctx context.Context, db DBTX, tenantID string) ([]EndedClaimCountsRow, error) {
+	rows, err := db.Query(ctx, endedClaimCounts, tenantID)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var items []ListActiveClaimKeysRow
+	var items []EndedClaimCountsRow
 	for rows.Next() {
-		var i ListActiveClaimKeysRow
-		if err := rows.Scan(&i.ConsumerID, &i.Epoch, &i.StreamPath); err != nil {
+		var i EndedClaimCountsRow
+		if err := rows.Scan(&i.Status, &i.N); err != nil {
 			return nil, err
 		}
 		items = append(items, i)

@@ -60,6 +60,53 @@ func (q *Queries) ClaimNextWake(ctx context.Context, db DBTX, arg ClaimNextWakeP
 	return i, err
 }
 
+const claimRequest = `-- name: ClaimRequest :one
+SELECT r.active::boolean AS active, coalesce(r.reason, '')::text AS reason, r.entity_url::text AS entity_url,
+       r.stream_path::text AS stream_path, r.runner_id::text AS runner_id,
+       r.lease_expires_at::timestamptz AS lease_expires_at
+  FROM claim_request($1::text, $2::bigint, $3::text,
+                     $4::bytea, $5::timestamptz, $6::text) AS r
+`
+
+type ClaimRequestParams struct {
+	ConsumerID     string
+	Epoch          int64
+	WakeID         *string
+	ClaimTokenHash []byte
+	Now            *time.Time
+	TenantID       string
+}
+
+type ClaimRequestRow struct {
+	Active         bool
+	Reason         string
+	EntityUrl      string
+	StreamPath     string
+	RunnerID       string
+	LeaseExpiresAt time.Time
+}
+
+func (q *Queries) ClaimRequest(ctx context.Context, db DBTX, arg ClaimRequestParams) (ClaimRequestRow, error) {
+	row := db.QueryRow(ctx, claimRequest,
+		arg.ConsumerID,
+		arg.Epoch,
+		arg.WakeID,
+		arg.ClaimTokenHash,
+		arg.Now,
+		arg.TenantID,
+	)
+	var i ClaimRequestRow
+	err := row.Scan(
+		&i.Active,
+		&i.Reason,
+		&i.EntityUrl,
+		&i.StreamPath,
+		&i.RunnerID,
+		&i.LeaseExpiresAt,
+	)
+	return i, err
+}
+
 const expireClaims = `-- name: ExpireClaims :many
 SELECT r.consumer_id::text AS consumer_id, r.epoch::bigint AS epoch, r.entity_url::text AS entity_url,
        r.stream_path::text AS stream_path, r.entity_cleared::boolean AS entity_cleared,

@@ -13,6 +13,17 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
+const housekeepingUnlock = `-- name: HousekeepingUnlock :one
+SELECT pg_advisory_unlock(hashtextextended('pullwake.housekeeping.' || $1::text, 0))::boolean AS unlocked
+`
+
+func (q *Queries) HousekeepingUnlock(ctx context.Context, db DBTX, tenantID string) (bool, error) {
+	row := db.QueryRow(ctx, housekeepingUnlock, tenantID)
+	var unlocked bool
+	err := row.Scan(&unlocked)
+	return unlocked, err
+}
+
 const purgeHistory = `-- name: PurgeHistory :one
 
 SELECT r.claims_deleted::integer AS claims_deleted, r.wakes_deleted::integer AS wakes_deleted
@@ -135,4 +146,19 @@ func (q *Queries) ReleaseAndClaimNext(ctx context.Context, db DBTX, arg ReleaseA
 		&i.NextError,
 	)
 	return i, err
+}
+
+const tryHousekeepingLock = `-- name: TryHousekeepingLock :one
+SELECT pg_try_advisory_lock(hashtextextended('pullwake.housekeeping.' || $1::text, 0))::boolean AS locked
+`
+
+// The housekeeping lock (a session advisory lock, one per tenant): the
+// instance whose sweeper holds it purges history and vacuums the queue; the
+// others skip that pass. Its key differs from the expiry pass's lock, so
+// housekeeping never holds up expiry.
+func (q *Queries) TryHousekeepingLock(ctx context.Context, db DBTX, tenantID string) (bool, error) {
+	row := db.QueryRow(ctx, tryHousekeepingLock, tenantID)
+	var locked bool
+	err := row.Scan(&locked)
+	return locked, err
 }

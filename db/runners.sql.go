@@ -155,6 +155,53 @@ func (q *Queries) ListRunners(ctx context.Context, db DBTX, tenantID string) ([]
 	return items, nil
 }
 
+const listRunnersPage = `-- name: ListRunnersPage :many
+SELECT tenant_id, id, label, kind, admin_status, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, created_at, updated_at FROM runners
+ WHERE tenant_id = $1 AND ($2::text IS NULL OR id > $2::text)
+ ORDER BY id
+ LIMIT $3::integer
+`
+
+type ListRunnersPageParams struct {
+	TenantID string
+	After    *string
+	MaxRows  int32
+}
+
+// One page of runners by id: those after sqlc.narg('after') (NULL = from
+// the first), at most max_rows (the API caps it at 1000).
+func (q *Queries) ListRunnersPage(ctx context.Context, db DBTX, arg ListRunnersPageParams) ([]Runner, error) {
+	rows, err := db.Query(ctx, listRunnersPage, arg.TenantID, arg.After, arg.MaxRows)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []Runner
+	for rows.Next() {
+		var i Runner
+		if err := rows.Scan(
+			&i.TenantID,
+			&i.ID,
+			&i.Label,
+			&i.Kind,
+			&i.AdminStatus,
+			&i.TokenHash,
+			&i.LastSeenAt,
+			&i.LivenessLeaseExpiresAt,
+			&i.Diagnostics,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const setRunnerAdminStatus = `-- name: SetRunnerAdminStatus :one
 UPDATE runners SET admin_status = $1, updated_at = now()
  WHERE tenant_id = $2 AND id = $3

@@ -79,6 +79,62 @@ func (q *Queries) StreamDelete(ctx context.Context, db DBTX, arg StreamDeletePar
 	return status, err
 }
 
+const streamFork = `-- name: StreamFork :one
+SELECT r.status::text AS status, r.content_type::text AS content_type, r.tail_seq::bigint AS tail_seq,
+       r.closed::boolean AS closed, r.created_at::timestamptz AS created_at
+  FROM pw_stream_fork($1::text, $2::text, $3::text, $4::bigint,
+                      $5::bigint, $6::text, $7::bigint,
+                      $8::timestamptz, $9::boolean, $10::bytea[],
+                      $11::timestamptz) AS r
+`
+
+type StreamForkParams struct {
+	TenantID    string
+	Path        string
+	Source      string
+	ForkOffset  *int64
+	SubOffset   int64
+	ContentType *string
+	TtlSeconds  *int64
+	ExpiresAt   *time.Time
+	Closed      bool
+	Data        [][]byte
+	Now         *time.Time
+}
+
+type StreamForkRow struct {
+	Status      string
+	ContentType string
+	TailSeq     int64
+	Closed      bool
+	CreatedAt   time.Time
+}
+
+func (q *Queries) StreamFork(ctx context.Context, db DBTX, arg StreamForkParams) (StreamForkRow, error) {
+	row := db.QueryRow(ctx, streamFork,
+		arg.TenantID,
+		arg.Path,
+		arg.Source,
+		arg.ForkOffset,
+		arg.SubOffset,
+		arg.ContentType,
+		arg.TtlSeconds,
+		arg.ExpiresAt,
+		arg.Closed,
+		arg.Data,
+		arg.Now,
+	)
+	var i StreamForkRow
+	err := row.Scan(
+		&i.Status,
+		&i.ContentType,
+		&i.TailSeq,
+		&i.Closed,
+		&i.CreatedAt,
+	)
+	return i, err
+}
+
 const streamRead = `-- name: StreamRead :one
 SELECT r.status::text AS status, r.content_type::text AS content_type, r.tail_seq::bigint AS tail_seq,
        r.closed::boolean AS closed, coalesce(r.ttl_seconds, -1)::bigint AS ttl_seconds,
@@ -184,6 +240,64 @@ func (q *Queries) StreamWrite(ctx context.Context, db DBTX, arg StreamWriteParam
 		arg.Now,
 	)
 	var i StreamWriteRow
+	err := row.Scan(
+		&i.Status,
+		&i.TailSeq,
+		&i.Closed,
+		&i.ProducerEpoch,
+		&i.ProducerSeq,
+	)
+	return i, err
+}
+
+const streamWriteAs = `-- name: StreamWriteAs :one
+SELECT r.status::text AS status, r.tail_seq::bigint AS tail_seq, r.closed::boolean AS closed,
+       coalesce(r.producer_epoch, -1)::bigint AS producer_epoch,
+       coalesce(r.producer_seq, -1)::bigint AS producer_seq
+  FROM pw_stream_write_as($1::boolean, $2::text, $3::text,
+                          $4::text, $5::bytea[], $6::boolean,
+                          $7::text, $8::text,
+                          $9::bigint, $10::bigint,
+                          $11::timestamptz) AS r
+`
+
+type StreamWriteAsParams struct {
+	EntityWriter  bool
+	TenantID      string
+	Path          string
+	ContentType   *string
+	Data          [][]byte
+	Close         bool
+	StreamSeq     *string
+	ProducerID    *string
+	ProducerEpoch *int64
+	ProducerSeq   *int64
+	Now           *time.Time
+}
+
+type StreamWriteAsRow struct {
+	Status        string
+	TailSeq       int64
+	Closed        bool
+	ProducerEpoch int64
+	ProducerSeq   int64
+}
+
+func (q *Queries) StreamWriteAs(ctx context.Context, db DBTX, arg StreamWriteAsParams) (StreamWriteAsRow, error) {
+	row := db.QueryRow(ctx, streamWriteAs,
+		arg.EntityWriter,
+		arg.TenantID,
+		arg.Path,
+		arg.ContentType,
+		arg.Data,
+		arg.Close,
+		arg.StreamSeq,
+		arg.ProducerID,
+		arg.ProducerEpoch,
+		arg.ProducerSeq,
+		arg.Now,
+	)
+	var i StreamWriteAsRow
 	err := row.Scan(
 		&i.Status,
 		&i.TailSeq,

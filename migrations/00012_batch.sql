@@ -10,7 +10,7 @@
 -- batch-mates.
 --
 -- One implementation of each rule: every item is a call of the public
--- single-item function (release_claim, claim_next_wake, pw_stream_write)
+-- single-item function (release_claim, claim_next_wake, pw_stream_write_as)
 -- inside a BEGIN ... EXCEPTION block. The block is a subtransaction: an
 -- item that raises is rolled back alone, the others stay.
 --
@@ -162,11 +162,13 @@ $$;
 
 -- +goose StatementBegin
 -- pw_stream_writes appends each item's messages to its stream as a plain
--- pw_stream_write does (no producer headers, no Stream-Seq, not closing:
--- those keep the single-item call). Item i's messages are the next
--- p_counts[i] elements of p_data, in input order.
+-- pw_stream_write_as does (no producer headers, no Stream-Seq, not
+-- closing: those keep the single-item call); p_entity_writers[i] says
+-- whether item i carried the stream's live write token. Item i's messages
+-- are the next p_counts[i] elements of p_data, in input order.
 CREATE FUNCTION pw_stream_writes(p_tenant text, p_paths text[], p_content_types text[],
-                                 p_counts integer[], p_data bytea[], p_now timestamptz DEFAULT NULL)
+                                 p_entity_writers boolean[], p_counts integer[], p_data bytea[],
+                                 p_now timestamptz DEFAULT NULL)
 RETURNS TABLE (ord integer, err_code text, err_message text,
                status text, tail_seq bigint, closed boolean, producer_epoch bigint, producer_seq bigint)
 LANGUAGE plpgsql AS $$
@@ -185,7 +187,8 @@ DECLARE
     o_pep    bigint[] := '{}';
     o_pseq   bigint[] := '{}';
 BEGIN
-    IF coalesce(cardinality(p_content_types), 0) <> v_n OR coalesce(cardinality(p_counts), 0) <> v_n THEN
+    IF coalesce(cardinality(p_content_types), 0) <> v_n OR coalesce(cardinality(p_counts), 0) <> v_n
+       OR coalesce(cardinality(p_entity_writers), 0) <> v_n THEN
         RAISE EXCEPTION 'pw_stream_writes: the arrays differ in length' USING ERRCODE = 'PW008';
     END IF;
     FOR i IN 1..v_n LOOP
@@ -200,15 +203,15 @@ BEGIN
             v_acc, coalesce(cardinality(p_data), 0) USING ERRCODE = 'PW008';
     END IF;
     FOR v_it IN
-        SELECT u.i::integer AS i, u.p, u.ct
-          FROM unnest(p_paths, p_content_types) WITH ORDINALITY AS u(p, ct, i)
+        SELECT u.i::integer AS i, u.p, u.ct, coalesce(u.ew, false) AS ew
+          FROM unnest(p_paths, p_content_types, p_entity_writers) WITH ORDINALITY AS u(p, ct, ew, i)
          ORDER BY u.p, u.i
     LOOP
         BEGIN
             SELECT * INTO STRICT v_r
-              FROM pw_stream_write(p_tenant, v_it.p, v_it.ct,
-                                   coalesce(p_data[v_first[v_it.i]:v_first[v_it.i] + p_counts[v_it.i] - 1], '{}'),
-                                   false, NULL, NULL, NULL, NULL, p_now);
+              FROM pw_stream_write_as(v_it.ew, p_tenant, v_it.p, v_it.ct,
+                                      coalesce(p_data[v_first[v_it.i]:v_first[v_it.i] + p_counts[v_it.i] - 1], '{}'),
+                                      false, NULL, NULL, NULL, NULL, p_now);
             o_status[v_it.i] := v_r.status;
             o_tail[v_it.i] := v_r.tail_seq;
             o_closed[v_it.i] := v_r.closed;
@@ -228,6 +231,6 @@ $$;
 -- +goose StatementEnd
 
 -- +goose Down
-DROP FUNCTION pw_stream_writes(text, text[], text[], integer[], bytea[], timestamptz);
+DROP FUNCTION pw_stream_writes(text, text[], text[], boolean[], integer[], bytea[], timestamptz);
 DROP FUNCTION claim_next_wakes(text[], integer[], timestamptz, text);
 DROP FUNCTION release_claims(text[], bigint[], jsonb[], timestamptz, text, bytea[], boolean);

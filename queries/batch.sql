@@ -31,5 +31,5 @@ SELECT r.ord::integer AS ord, coalesce(r.err_code, '')::text AS err_code,
        coalesce(r.closed, false)::boolean AS closed,
        coalesce(r.producer_epoch, -1)::bigint AS producer_epoch,
        coalesce(r.producer_seq, -1)::bigint AS producer_seq
-  FROM pw_stream_writes(@tenant_id::text, @paths::text[], @content_types::text[], @counts::integer[],
-                        @data::bytea[], sqlc.narg('now')::timestamptz) AS r;
+  FROM pw_stream_writes(@tenant_id::text, @paths::text[], @content_types::text[], @entity_writers::boolean[],
+                        @counts::integer[], @data::bytea[], sqlc.narg('now')::timestamptz) AS r;

@@ -1,12 +1,3 @@
--- name: GetClaim :one
--- A claim with whether its entity's dispatch slot still names it.
-SELECT c.*,
-       (d.active_consumer_id IS NOT DISTINCT FROM c.consumer_id
-        AND d.active_epoch IS NOT DISTINCT FROM c.epoch)::boolean AS holds_slot
-  FROM consumer_claims c
-  LEFT JOIN entity_dispatch_state d ON d.tenant_id = c.tenant_id AND d.entity_url = c.entity_url
- WHERE c.tenant_id = @tenant_id AND c.consumer_id = @consumer_id AND c.epoch = @epoch;
-
 -- name: ListClaims :many
 SELECT c.consumer_id, c.epoch, c.wake_id, c.entity_url, c.stream_path, c.runner_id, c.status,
        c.claimed_at, c.last_heartbeat_at, c.lease_expires_at, c.released_at, c.acked_streams, c.updated_at
@@ -41,20 +32,21 @@ SELECT count(*) FILTER (WHERE d.active_consumer_id IS NOT NULL)::bigint AS with_
         OR EXISTS (SELECT 1 FROM entities e WHERE e.tenant_id = d.tenant_id AND e.url = d.entity_url
                    AND e.runner_id = sqlc.narg('runner_id')::text));
 
--- name: ClaimCountsByStatus :many
-SELECT status, count(*)::bigint AS n FROM consumer_claims WHERE tenant_id = @tenant_id GROUP BY status;
-
--- name: CountLeakedClaims :one
--- Active claims that no dispatch slot names, or whose lease has passed.
-SELECT count(*)::bigint FROM consumer_claims c
+-- name: ActiveClaimGauges :one
+-- The active claims, and those among them that no dispatch slot names or
+-- whose lease has passed (leaked): both read through the partial indexes of
+-- active claims, so the cost follows the active claims, not the history.
+SELECT count(*)::bigint AS active,
+       count(*) FILTER (WHERE c.lease_expires_at <= now()
+                          OR d.active_consumer_id IS DISTINCT FROM c.consumer_id
+                          OR d.active_epoch IS DISTINCT FROM c.epoch)::bigint AS leaked
+  FROM consumer_claims c
   LEFT JOIN entity_dispatch_state d ON d.tenant_id = c.tenant_id AND d.entity_url = c.entity_url
- WHERE c.tenant_id = @tenant_id AND c.status = 'active'
-   AND (c.lease_expires_at <= now()
-        OR d.active_consumer_id IS DISTINCT FROM c.consumer_id
-        OR d.active_epoch IS DISTINCT FROM c.epoch);
+ WHERE c.tenant_id = @tenant_id AND c.status = 'active';
 
--- name: ListActiveClaimKeys :many
--- Every active claim's identity: a server re-checks its token store with it
--- after its LISTEN connection reconnects.
-SELECT consumer_id, epoch, stream_path FROM consumer_claims
- WHERE tenant_id = @tenant_id AND status = 'active';
+-- name: EndedClaimCounts :many
+-- Ended claims by status: this reads the history (up to the retention
+-- age), so the sweeper runs it about once a minute (HistoryGaugeInterval).
+SELECT c.status, count(*)::bigint AS n FROM consumer_claims c
+ WHERE c.tenant_id = @tenant_id AND c.status <> 'active'
+ GROUP BY c.status;

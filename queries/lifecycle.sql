@@ -42,3 +42,10 @@ SELECT r.consumer_id::text AS consumer_id, r.epoch::bigint AS epoch, r.entity_ur
        r.stream_path::text AS stream_path, r.entity_cleared::boolean AS entity_cleared,
        coalesce(r.entity_status, '')::text AS entity_status, coalesce(r.queued_wake_id, '')::text AS queued_wake_id
   FROM sweep_claims(sqlc.narg('now')::timestamptz, @tenant_id::text, @max_claims::integer) AS r;
+
+-- name: ClaimRequest :one
+SELECT r.active::boolean AS active, coalesce(r.reason, '')::text AS reason, r.entity_url::text AS entity_url,
+       r.stream_path::text AS stream_path, r.runner_id::text AS runner_id,
+       r.lease_expires_at::timestamptz AS lease_expires_at
+  FROM claim_request(@consumer_id::text, @epoch::bigint, sqlc.narg('wake_id')::text,
+                     sqlc.narg('claim_token_hash')::bytea, sqlc.narg('now')::timestamptz, @tenant_id::text) AS r;

@@ -24,3 +24,13 @@ SELECT r.released::boolean AS released, r.entity_cleared::boolean AS entity_clea
   FROM release_and_claim_next(@consumer_id::text, @epoch::bigint, @acks::jsonb, sqlc.narg('runner_id')::text,
                               @lease_ttl_ms::integer, sqlc.narg('now')::timestamptz, @tenant_id::text,
                               sqlc.narg('claim_token_hash')::bytea, @notify::boolean) AS r;
+
+-- name: TryHousekeepingLock :one
+-- The housekeeping lock (a session advisory lock, one per tenant): the
+-- instance whose sweeper holds it purges history and vacuums the queue; the
+-- others skip that pass. Its key differs from the expiry pass's lock, so
+-- housekeeping never holds up expiry.
+SELECT pg_try_advisory_lock(hashtextextended('pullwake.housekeeping.' || @tenant_id::text, 0))::boolean AS locked;
+
+-- name: HousekeepingUnlock :one
+SELECT pg_advisory_unlock(hashtextextended('pullwake.housekeeping.' || @tenant_id::text, 0))::boolean AS unlocked;

@@ -10,6 +10,14 @@ SELECT * FROM runners WHERE tenant_id = @tenant_id AND id = @id;
 -- name: ListRunners :many
 SELECT * FROM runners WHERE tenant_id = @tenant_id ORDER BY id;
 
+-- name: ListRunnersPage :many
+-- One page of runners by id: those after sqlc.narg('after') (NULL = from
+-- the first), at most max_rows (the API caps it at 1000).
+SELECT * FROM runners
+ WHERE tenant_id = @tenant_id AND (sqlc.narg('after')::text IS NULL OR id > sqlc.narg('after')::text)
+ ORDER BY id
+ LIMIT @max_rows::integer;
+
 -- name: HeartbeatRunner :one
 UPDATE runners
    SET last_seen_at = now(),

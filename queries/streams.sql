@@ -29,3 +29,21 @@ SELECT r.status::text AS status, r.content_type::text AS content_type, r.tail_se
 
 -- name: StreamDelete :one
 SELECT pw_stream_delete(@tenant_id::text, @path::text, sqlc.narg('now')::timestamptz)::text AS status;
+
+-- name: StreamWriteAs :one
+SELECT r.status::text AS status, r.tail_seq::bigint AS tail_seq, r.closed::boolean AS closed,
+       coalesce(r.producer_epoch, -1)::bigint AS producer_epoch,
+       coalesce(r.producer_seq, -1)::bigint AS producer_seq
+  FROM pw_stream_write_as(@entity_writer::boolean, @tenant_id::text, @path::text,
+                          sqlc.narg('content_type')::text, @data::bytea[], @close::boolean,
+                          sqlc.narg('stream_seq')::text, sqlc.narg('producer_id')::text,
+                          sqlc.narg('producer_epoch')::bigint, sqlc.narg('producer_seq')::bigint,
+                          sqlc.narg('now')::timestamptz) AS r;
+
+-- name: StreamFork :one
+SELECT r.status::text AS status, r.content_type::text AS content_type, r.tail_seq::bigint AS tail_seq,
+       r.closed::boolean AS closed, r.created_at::timestamptz AS created_at
+  FROM pw_stream_fork(@tenant_id::text, @path::text, @source::text, sqlc.narg('fork_offset')::bigint,
+                      @sub_offset::bigint, sqlc.narg('content_type')::text, sqlc.narg('ttl_seconds')::bigint,
+                      sqlc.narg('expires_at')::timestamptz, @closed::boolean, @data::bytea[],
+                      sqlc.narg('now')::timestamptz) AS r;

@@ -2,13 +2,13 @@
 # make conformance: runs the pinned Durable Streams conformance suite
 # (../shared/conformance/durable-streams.sh, or $DS_CONFORMANCE_SCRIPT)
 # against `pullwake serve` on a fresh database, and fails when fewer tests
-# pass than the threshold (the figure reached; forks are out of scope).
-#   scripts/conformance.sh [MIN_PASSED]     (default $CONFORMANCE_MIN, else 261)
+# pass than the threshold (the figure reached: the whole suite).
+#   scripts/conformance.sh [MIN_PASSED]     (default $CONFORMANCE_MIN, else 332)
 # Needs node/npm (the suite installs itself into a cache folder) and
 # PostgreSQL (found or started like the tests: scripts/testdb-url.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-min=${1:-${CONFORMANCE_MIN:-261}}
+min=${1:-${CONFORMANCE_MIN:-332}}
 # The runner lives beside the repository in the workplace (../shared), not
 # in it; a clone elsewhere finds it at its absolute place.
 suite=${DS_CONFORMANCE_SCRIPT:-}
@@ -18,7 +18,15 @@ if [ -z "$suite" ]; then
   done
 fi
 [ -n "$suite" ] && [ -x "$suite" ] || {
-  echo "conformance: suite runner durable-streams.sh not found in ../shared/conformance or /work/shared/conformance (set DS_CONFORMANCE_SCRIPT)" >&2
+  cat >&2 <<'MSG'
+conformance: the suite runner (durable-streams.sh) is not in this repository and was not
+found beside it (../shared/conformance, /work/shared/conformance). To get the suite itself:
+it is the public npm package @durable-streams/server-conformance-tests, version 0.3.6
+(npm install it, then run its runConformanceTests({baseUrl}) under vitest against the
+server's root URL). Point DS_CONFORMANCE_SCRIPT at an executable that does so, called as
+  SCRIPT BASE_URL --verbose
+and prints the line "conformance: N passed, M failed".
+MSG
   exit 2
 }
 

@@ -30,6 +30,21 @@ as_pg() {
 
 cmd=${1:?usage: pg.sh ensure DIR PORT | stop DIR | restart DIR}
 dir=${2:?missing DIR}
+if [ "$cmd" = stop ]; then
+  # Stopping needs no installation and creates nothing.
+  if [ ! -f "$dir/PG_VERSION" ]; then
+    echo "pg.sh: no private cluster in $dir" >&2; exit 0
+  fi
+  bin=$(bindir) || { echo "pg.sh: no PostgreSQL binaries to stop $dir with" >&2; exit 1; }
+  dir=$(cd "$dir" && pwd)
+  if as_pg "$bin/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+    as_pg "$bin/pg_ctl" -D "$dir" -m fast -w stop >/dev/null
+    echo "pg.sh: stopped the private cluster in $dir" >&2
+  else
+    echo "pg.sh: the private cluster in $dir is not running" >&2
+  fi
+  exit 0
+fi
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 bin=$(bindir) || { install_pg; bin=$(bindir); }
@@ -52,9 +67,6 @@ ensure)
       { tail -n 20 "$dir/server.log" >&2; exit 1; }
   fi
   echo "postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
-  ;;
-stop)
-  as_pg "$bin/pg_ctl" -D "$dir" -m fast -w stop >&2 || true
   ;;
 restart)
   as_pg "$bin/pg_ctl" -D "$dir" -m fast -w -t 60 -l "$dir/server.log" restart >&2 9>&-

@@ -61,7 +61,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"lease too short", "POST", "/_electric/runners/r1/claim", rt, `{"lease_ttl_ms": 999}`, 400, "INVALID_REQUEST"},
 		{"lease too long", "POST", "/_electric/runners/r1/claim", rt, `{"lease_ttl_ms": 600001}`, 400, "INVALID_REQUEST"},
 		{"lease wrong type", "POST", "/_electric/runners/r1/claim", rt, `{"lease_ttl_ms": "30s"}`, 400, "INVALID_REQUEST"},
-		{"unknown runner", "POST", "/_electric/runners/nobody/claim", rt, `{}`, 404, "RUNNER_NOT_FOUND"},
+		{"unknown runner, another runner's token", "POST", "/_electric/runners/nobody/claim", rt, `{}`, 401, "UNAUTHORIZED"},
 		{"no runner token", "POST", "/_electric/runners/r1/claim", "", `{}`, 401, "UNAUTHORIZED"},
 		{"wrong runner token", "POST", "/_electric/runners/r1/claim", "nope", `{}`, 401, "UNAUTHORIZED"},
 		{"epoch wrong type", "POST", "/_electric/wake-callbacks/" + w.ConsumerID, w.ClaimToken, `{"epoch": "1", "done": true}`, 400, "INVALID_REQUEST"},

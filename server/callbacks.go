@@ -3,10 +3,9 @@ package server
 import (
 	"context"
 	"encoding/json"
-	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/pullwake/pullwake/db"
@@ -75,6 +74,9 @@ func (s *Server) wakeCallback(w http.ResponseWriter, r *http.Request) error {
 		return badRequest("epoch (or generation) is required")
 	}
 	epoch := *epochPtr
+	if epoch < 0 {
+		return badRequest("epoch %d must not be negative", epoch)
+	}
 	if body.WakeID == nil {
 		body.WakeID = body.WakeIDAlt
 	}
@@ -85,56 +87,61 @@ func (s *Server) wakeCallback(w http.ResponseWriter, r *http.Request) error {
 	if tok == "" {
 		return unauthorized("claim token required (Authorization: Bearer <claim_token>)")
 	}
-	// Done (with or without claim_next) and heartbeat hand the token's hash
-	// to their SQL function, which checks it in the same round trip; a
-	// claim request reads the claim.
+	// Every kind hands the token's hash to its SQL function, which checks
+	// it in the same round trip.
 	hash := secret.Hash(tok)
 	switch {
 	case body.Done:
 		return s.done(w, r, consumer, epoch, hash, body)
 	case body.WakeID != nil:
-		c, err := s.q.GetClaim(r.Context(), s.pool, db.GetClaimParams{TenantID: s.cfg.Tenant, ConsumerID: consumer, Epoch: epoch})
-		if errors.Is(err, db.ErrNotFound) {
-			return errf(http.StatusNotFound, "CLAIM_NOT_FOUND", "claim %s/%d not found", consumer, epoch)
-		}
-		if err != nil {
-			return err
-		}
-		if !secret.MatchesHash(tok, c.ClaimTokenHash) {
-			return unauthorized("wrong claim token")
-		}
-		return s.claimRequest(w, r, c, *body.WakeID)
+		return s.claimRequest(w, r, consumer, epoch, *body.WakeID, hash)
 	default:
 		return s.heartbeat(w, r, consumer, epoch, hash, body.LeaseTTLMS)
 	}
 }
 
 // claimRequest re-mints the write token of a claim that is still the
-// entity's active claim (after a server restart, or when another token
-// evicted it by mistake).
-func (s *Server) claimRequest(w http.ResponseWriter, r *http.Request, c db.GetClaimRow, wakeID string) error {
-	notActive := errf(http.StatusConflict, "CLAIM_NOT_ACTIVE", "claim %s/%d is not the entity's active claim", c.ConsumerID, c.Epoch)
-	if wakeID != c.WakeID {
-		return errf(http.StatusConflict, "CLAIM_NOT_ACTIVE", "wake %s is not the wake of claim %s/%d", wakeID, c.ConsumerID, c.Epoch)
+// entity's active claim with a live lease (after a server restart, or when
+// another token evicted it by mistake). The claim_request SQL function
+// decides, on the database clock; it is asked again after the mint, so a
+// claim that ended in between (its end's notification possibly handled
+// before the mint) leaves no token behind.
+func (s *Server) claimRequest(w http.ResponseWriter, r *http.Request, consumer string, epoch int64, wakeID string, tokenHash []byte) error {
+	p := db.ClaimRequestParams{ConsumerID: consumer, Epoch: epoch, WakeID: &wakeID, ClaimTokenHash: tokenHash, TenantID: s.cfg.Tenant}
+	c, err := s.q.ClaimRequest(r.Context(), s.pool, p)
+	if err != nil {
+		return err
 	}
-	if c.Status != "active" || !c.HoldsSlot || c.LeaseExpiresAt == nil || !c.LeaseExpiresAt.After(time.Now()) {
-		return notActive
+	if !c.Active {
+		return claimNotActive(consumer, epoch, wakeID, c.Reason)
 	}
-	owner := tokens.Owner{ConsumerID: c.ConsumerID, Epoch: c.Epoch}
+	owner := tokens.Owner{ConsumerID: consumer, Epoch: epoch}
 	wt := s.tokens.Mint(c.StreamPath, owner)
-	// The claim may have ended between the read and the mint, and its end's
-	// notification may already have been handled: read again, after the mint.
-	again, err := s.q.GetClaim(r.Context(), s.pool, db.GetClaimParams{TenantID: s.cfg.Tenant, ConsumerID: c.ConsumerID, Epoch: c.Epoch})
-	if err != nil || again.Status != "active" || !again.HoldsSlot {
+	again, err := s.q.ClaimRequest(r.Context(), s.pool, p)
+	if err != nil || !again.Active {
 		s.tokens.ClearIfOwner(c.StreamPath, owner)
 		if err != nil {
 			return err
 		}
-		return notActive
+		return claimNotActive(consumer, epoch, wakeID, again.Reason)
 	}
-	s.log.Info("write token re-minted", "consumer_id", c.ConsumerID, "epoch", c.Epoch, "entity_url", c.EntityUrl, "runner_id", c.RunnerID)
+	s.log.Info("write token re-minted", "consumer_id", consumer, "epoch", epoch, "entity_url", c.EntityUrl, "runner_id", c.RunnerID)
 	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "write_token": wt})
 	return nil
+}
+
+// claimNotActive is the 409 of a claim request claim_request refused.
+func claimNotActive(consumer string, epoch int64, wakeID, reason string) error {
+	why := map[string]string{
+		"wrong_wake":   fmt.Sprintf("wake %s is not the wake of claim %s/%d", wakeID, consumer, epoch),
+		"not_active":   fmt.Sprintf("claim %s/%d has ended", consumer, epoch),
+		"not_in_slot":  fmt.Sprintf("claim %s/%d is not the entity's active claim", consumer, epoch),
+		"lease_passed": fmt.Sprintf("the lease of claim %s/%d has passed", consumer, epoch),
+	}[reason]
+	if why == "" {
+		why = fmt.Sprintf("claim %s/%d is not the entity's active claim", consumer, epoch)
+	}
+	return errf(http.StatusConflict, "CLAIM_NOT_ACTIVE", "%s", why)
 }
 
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request, consumer string, epoch int64, tokenHash []byte, ttl *int64) error {
@@ -229,13 +236,4 @@ func releaseJSON(res db.ReleaseClaimRow) releaseAnswer {
 		ClaimStatus: res.ClaimStatus, EntityStatus: res.EntityStatus,
 		EntityURL: res.EntityUrl, AckedOffset: res.AckedOffset,
 	}
-}
-
-// parseEpoch parses an epoch path value.
-func parseEpoch(v string) (int64, error) {
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n < 0 {
-		return 0, badRequest("epoch %q must be a non-negative integer", v)
-	}
-	return n, nil
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"net/http"
+	"regexp"
 	"strconv"
 
 	"github.com/pullwake/pullwake/db"
@@ -78,4 +79,21 @@ func (s *Server) forceRelease(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, releaseJSON(res))
 	return nil
+}
+
+// epochRE is an epoch as a path spells it: decimal digits only (no sign, no
+// spaces), at most 18 so it fits a bigint.
+var epochRE = regexp.MustCompile(`^[0-9]{1,18}$`)
+
+// parseEpoch parses an epoch path value. strconv.ParseInt alone accepts a
+// sign ("+1"), which names the same claim under another spelling.
+func parseEpoch(v string) (int64, error) {
+	if !epochRE.MatchString(v) {
+		return 0, badRequest("epoch %q must be a non-negative decimal integer", v)
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return 0, badRequest("epoch %q must be a non-negative decimal integer", v)
+	}
+	return n, nil
 }

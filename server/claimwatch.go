@@ -1,9 +1,7 @@
 package server
 
 import (
-	"context"
 	"encoding/json"
-	"time"
 
 	"github.com/pullwake/pullwake/server/tokens"
 )
@@ -47,36 +45,33 @@ func (s *Server) onClaimNotification(payload string) {
 	}
 }
 
-// reconcileTokens runs after the listener (re)connects: notifications sent
-// while it was away are lost, so every token whose claim is no longer
-// active in the database is dropped. Only tokens that existed before the
-// query are considered: a token minted later belongs to a claim that
-// committed later.
-func (s *Server) reconcileTokens(ctx context.Context) {
-	held := s.tokens.Snapshot()
-	if len(held) == 0 {
+// RunnerTokensChannel is the NOTIFY channel on which the runners table
+// announces a changed token or a deleted runner (migration 00011's trigger),
+// payload {"tenant_id", "runner_id"}.
+const RunnerTokensChannel = "pullwake_runner_tokens"
+
+type runnerTokenNotification struct {
+	TenantID string `json:"tenant_id"`
+	RunnerID string `json:"runner_id"`
+}
+
+// onRunnerTokenNotification drops the cached token hash of a runner whose
+// token changed or that was deleted, wherever that happened.
+func (s *Server) onRunnerTokenNotification(payload string) {
+	var n runnerTokenNotification
+	if err := json.Unmarshal([]byte(payload), &n); err != nil {
+		s.log.Warn("bad runner token notification", "payload", payload, "err", err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	rows, err := s.q.ListActiveClaimKeys(ctx, s.pool, s.cfg.Tenant)
-	if err != nil {
-		// The sweeper's expiries and later notifications still clear them;
-		// the next reconnect tries again.
-		s.log.Warn("token reconcile failed", "err", err)
-		return
+	if n.TenantID == s.cfg.Tenant {
+		s.forgetRunnerToken(n.RunnerID)
 	}
-	active := make(map[tokens.Owner]bool, len(rows))
-	for _, r := range rows {
-		active[tokens.Owner{ConsumerID: r.ConsumerID, Epoch: r.Epoch}] = true
-	}
-	dropped := 0
-	for _, h := range held {
-		if !active[h.Owner] && s.tokens.ClearIfOwner(h.Path, h.Owner) {
-			dropped++
-		}
-	}
-	if dropped > 0 {
-		s.log.Info("write tokens dropped after reconnect: claims no longer active", "count", dropped)
-	}
+}
+
+// forgetRunnerToken drops runner id's cached token hash, so the next request
+// reads the current one from the database. Registration calls it after
+// rotating a token, for this instance not to wait for the notification.
+func (s *Server) forgetRunnerToken(id string) {
+	s.runnerGen.Add(1)
+	s.runnerHashes.Delete(id)
 }

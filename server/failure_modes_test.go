@@ -186,11 +186,13 @@ func TestRetriedDoneAfterFailure(t *testing.T) {
 	}
 }
 
-// The write-token gate answers from memory: a refused append never touches
-// the database, and an accepted one costs the append's own round trip.
+// The write-token gate answers from memory: with an admin token configured
+// a refused append never touches the database (in dev mode its one write
+// statement refuses it), and an accepted one costs the append's own round
+// trip.
 func TestAppendGate(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := setup(t, func(o *options) { o.adminToken = "admin-secret" })
 	rt := b.registerRunner("r1")
 	b.spawn("/chat/1")
 	b.spawn("/chat/2")
@@ -234,10 +236,10 @@ func TestAppendGate(t *testing.T) {
 		t.Fatalf("stream content: %s", r.body)
 	}
 	// The entity owns its main stream.
-	if r := b.do("PUT", w1.StreamPath, "", nil); r.status != 403 {
+	if r := b.do("PUT", w1.StreamPath, b.admin, nil); r.status != 403 {
 		t.Fatalf("PUT main stream: %d", r.status)
 	}
-	if r := b.do("DELETE", w1.StreamPath, "", nil); r.status != 403 {
+	if r := b.do("DELETE", w1.StreamPath, b.admin, nil); r.status != 403 {
 		t.Fatalf("DELETE main stream: %d", r.status)
 	}
 }

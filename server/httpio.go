@@ -8,8 +8,10 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/internal/jsontext"
 )
 
 // maxBody is the largest request body the JSON API accepts.
@@ -80,6 +82,9 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		ae = errf(http.StatusInternalServerError, "INTERNAL", "internal error")
 	}
+	if ae.status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", "Bearer") // RFC 9110 §11.6.1: every 401 names its scheme
+	}
 	writeJSON(w, ae.status, map[string]any{"error": map[string]string{"code": ae.code, "message": ae.message}})
 }
 
@@ -97,6 +102,9 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 	if len(strings.TrimSpace(string(body))) == 0 {
 		return nil
 	}
+	if !utf8.Valid(body) {
+		return badRequest("the body is not valid UTF-8")
+	}
 	if err := json.Unmarshal(body, v); err != nil {
 		var te *json.UnmarshalTypeError
 		var se *json.SyntaxError
@@ -109,6 +117,29 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 			return badRequest("malformed JSON at byte %d: %v", se.Offset, err)
 		default:
 			return badRequest("malformed JSON: %v", err)
+		}
+	}
+	if msg := jsontext.Check(body); msg != "" {
+		return badRequest("%s", msg)
+	}
+	return nil
+}
+
+// checkText refuses a request whose path or query holds invalid UTF-8 or a
+// NUL: PostgreSQL text takes neither, and such a value would otherwise
+// reach a query as an error (a 500) instead of a 400.
+func checkText(r *http.Request) error {
+	if msg := jsontext.CheckText(r.URL.Path); msg != "" {
+		return badRequest("path: %s", msg)
+	}
+	for k, vs := range r.URL.Query() {
+		if msg := jsontext.CheckText(k); msg != "" {
+			return badRequest("query parameter name: %s", msg)
+		}
+		for _, v := range vs {
+			if msg := jsontext.CheckText(v); msg != "" {
+				return badRequest("query parameter %s: %s", k, msg)
+			}
 		}
 	}
 	return nil

@@ -1,12 +1,14 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/pullwake/pullwake/db"
@@ -88,8 +90,28 @@ func (s *Server) registerRunner(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// Runner list pages: ?limit= from 1 to maxRunnerPage (the default), in id
+// order; ?after=<id> starts after that id. A full page carries a Link
+// header (rel="next") to the next one.
+const maxRunnerPage = 1000
+
 func (s *Server) listRunners(w http.ResponseWriter, r *http.Request) error {
-	rows, err := s.q.ListRunners(r.Context(), s.pool, s.cfg.Tenant)
+	q := r.URL.Query()
+	p := db.ListRunnersPageParams{TenantID: s.cfg.Tenant, MaxRows: maxRunnerPage}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxRunnerPage {
+			return badRequest("limit %q must be an integer from 1 to %d", v, maxRunnerPage)
+		}
+		p.MaxRows = int32(n)
+	}
+	if v, ok := q["after"]; ok {
+		if !idRE.MatchString(v[0]) {
+			return badRequest("after %q must be a runner id (matching %s)", v[0], idRE)
+		}
+		p.After = &v[0]
+	}
+	rows, err := s.q.ListRunnersPage(r.Context(), s.pool, p)
 	if err != nil {
 		return err
 	}
@@ -97,9 +119,16 @@ func (s *Server) listRunners(w http.ResponseWriter, r *http.Request) error {
 	for _, run := range rows {
 		out = append(out, runnerFromRow(run))
 	}
+	if len(rows) == int(p.MaxRows) {
+		w.Header().Set("Link", fmt.Sprintf(`</_electric/runners?after=%s&limit=%d>; rel="next"`, rows[len(rows)-1].ID, p.MaxRows))
+	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }
+
+// maxDiagnostics caps a heartbeat's diagnostics, compacted JSON: they are
+// stored on the runner row and returned by every runner listing.
+const maxDiagnostics = 16 << 10
 
 func (s *Server) loadRunner(r *http.Request) (db.Runner, error) {
 	id := r.PathValue("id")
@@ -156,7 +185,15 @@ func (s *Server) runnerHeartbeat(w http.ResponseWriter, r *http.Request) error {
 	}
 	var diag json.RawMessage
 	if len(body.Diagnostics) > 0 && string(body.Diagnostics) != "null" {
-		diag = body.Diagnostics
+		var buf bytes.Buffer
+		if err := json.Compact(&buf, body.Diagnostics); err != nil {
+			return badRequest("diagnostics: %v", err)
+		}
+		if buf.Len() > maxDiagnostics {
+			return errf(http.StatusRequestEntityTooLarge, "PAYLOAD_TOO_LARGE",
+				"diagnostics is %d bytes of compact JSON, over the limit of %d", buf.Len(), maxDiagnostics)
+		}
+		diag = buf.Bytes()
 	}
 	run, err := s.q.HeartbeatRunner(r.Context(), s.pool, db.HeartbeatRunnerParams{
 		LeaseMs: lease, Diagnostics: diag, TenantID: s.cfg.Tenant, ID: r.PathValue("id")})

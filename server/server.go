@@ -5,9 +5,11 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -15,6 +17,7 @@ import (
 	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/internal/migrate"
 	"github.com/pullwake/pullwake/internal/pglisten"
+	"github.com/pullwake/pullwake/internal/secret"
 	"github.com/pullwake/pullwake/server/tokens"
 )
 
@@ -51,6 +54,16 @@ type Config struct {
 	SweepInterval   time.Duration // 5s
 	Retention       time.Duration // ended claims and finished wakes older than this are deleted; 0 keeps all
 	RequestTimeout  time.Duration // 15s: no request waits on the database longer
+	// ReconcileInterval (1s) is how often the token maps (write tokens, the
+	// runner-token cache) are re-checked against the database: a claim
+	// that ended anywhere loses its write token here within this interval
+	// plus one query, whatever happened to its notification.
+	ReconcileInterval time.Duration
+	// ListenPingInterval (1s) and ListenSilentAfter (3s): the LISTEN
+	// connection notifies itself every ping interval and is reconnected,
+	// and reported by /readyz, when it heard nothing for silent-after.
+	ListenPingInterval time.Duration
+	ListenSilentAfter  time.Duration
 
 	Tokens        *tokens.Store
 	Streams       StreamHandler
@@ -87,10 +100,20 @@ type Server struct {
 	migrator *migrate.Migrator
 	sweeper  *Sweeper
 	listener *pglisten.Listener
+	recon    *reconciler
 	mux      *http.ServeMux
-	batch    *batchers // nil unless cfg.GroupCommit
+	patterns []string // the mux's patterns, in registration order (Routes)
+	// adminHash is the SHA-256 of the admin token: requests are compared
+	// hash to hash, in time independent of what they carry.
+	adminHash []byte
+	batch     *batchers // nil unless cfg.GroupCommit
 
-	runnerHashes sync.Map // runner id -> []byte token hash (tokens never change)
+	// runnerHashes caches runner id -> token hash (a string). A rotation or
+	// deletion drops the entry at once through the runners' NOTIFY (or
+	// forgetRunnerToken on this instance), and within ReconcileInterval
+	// through the reconcile timer when the notification is lost.
+	runnerHashes sync.Map
+	runnerGen    atomic.Uint64 // bumped by forgetRunnerToken (see runnerHash)
 }
 
 // New builds a server. Call Start for the sweeper and listener.
@@ -101,6 +124,7 @@ func New(cfg Config) (*Server, error) {
 	cfg.MaxLeaseTTL = cmp.Or(cfg.MaxLeaseTTL, 10*time.Minute)
 	cfg.SweepInterval = cmp.Or(cfg.SweepInterval, 5*time.Second)
 	cfg.RequestTimeout = cmp.Or(cfg.RequestTimeout, 15*time.Second)
+	cfg.ReconcileInterval = cmp.Or(cfg.ReconcileInterval, time.Second)
 	cfg.PublicURL = strings.TrimRight(cfg.PublicURL, "/")
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -124,14 +148,22 @@ func New(cfg Config) (*Server, error) {
 		metrics:  cfg.Metrics,
 		migrator: m,
 	}
+	if cfg.AdminToken != "" {
+		s.adminHash = secret.Hash(cfg.AdminToken)
+	}
+	s.recon = &reconciler{s: s, interval: cfg.ReconcileInterval}
 	s.sweeper = NewSweeper(SweeperConfig{
 		Pool: cfg.Pool, Tenant: cfg.Tenant, Interval: cfg.SweepInterval,
 		Retention: cfg.Retention, Tokens: cfg.Tokens, Metrics: cfg.Metrics, Logger: cfg.Logger,
 	})
 	if cfg.ConnString != "" {
-		s.listener = pglisten.New(cfg.ConnString, cfg.Logger)
+		s.listener = pglisten.New(pglisten.Config{
+			ConnString: cfg.ConnString, Logger: cfg.Logger, Pinger: cfg.Pool,
+			PingInterval: cfg.ListenPingInterval, SilentAfter: cfg.ListenSilentAfter,
+		})
 		s.listener.Handle(ClaimsChannel, s.onClaimNotification)
-		s.listener.OnConnect(s.reconcileTokens)
+		s.listener.Handle(RunnerTokensChannel, s.onRunnerTokenNotification)
+		s.listener.OnConnect(func(ctx context.Context) { s.recon.runOnce(ctx) })
 		if cfg.Streams != nil && cfg.StreamChannel != "" {
 			s.listener.Handle(cfg.StreamChannel, cfg.Streams.HandleNotification)
 		}
@@ -155,7 +187,7 @@ func (s *Server) Listener() *pglisten.Listener { return s.listener }
 // Sweeper is the lease sweeper.
 func (s *Server) Sweeper() *Sweeper { return s.sweeper }
 
-// Start runs the sweeper and the listener until Stop.
+// Start runs the sweeper, the token reconciler and the listener until Stop.
 func (s *Server) Start(ctx context.Context) {
 	if s.batch != nil {
 		s.batch.start(ctx)
@@ -163,6 +195,7 @@ func (s *Server) Start(ctx context.Context) {
 	if s.listener != nil {
 		s.listener.Start(ctx)
 	}
+	s.recon.Start(ctx)
 	s.sweeper.Start(ctx)
 }
 
@@ -172,6 +205,7 @@ func (s *Server) Stop() {
 		s.batch.stop() // answers every queued release and claim
 	}
 	s.sweeper.Stop()
+	s.recon.Stop()
 	if s.listener != nil {
 		s.listener.Stop()
 	}
@@ -181,17 +215,29 @@ func (s *Server) Stop() {
 	s.migrator.Close()
 }
 
+// Routes lists the patterns the server's mux serves (http.ServeMux syntax),
+// for tests that hold the API reference (api/openapi.yaml) to the router.
+func (s *Server) Routes() []string { return slices.Clone(s.patterns) }
+
 func (s *Server) routes() {
 	mux := http.NewServeMux()
+	handle := func(pattern string, h http.Handler) {
+		s.patterns = append(s.patterns, pattern)
+		mux.Handle(pattern, h)
+	}
 	h := func(pattern string, fn func(http.ResponseWriter, *http.Request) error) {
-		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+		handle(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 			defer cancel()
 			r = r.WithContext(ctx)
-			if err := fn(w, r); err != nil {
+			err := checkText(r)
+			if err == nil {
+				err = fn(w, r)
+			}
+			if err != nil {
 				s.fail(w, r, err)
 			}
-		})
+		}))
 	}
 	admin := func(fn func(http.ResponseWriter, *http.Request) error) func(http.ResponseWriter, *http.Request) error {
 		return func(w http.ResponseWriter, r *http.Request) error {
@@ -235,21 +281,54 @@ func (s *Server) routes() {
 		return nil
 	})
 	h("GET /readyz", s.readyz)
-	mux.Handle("GET /metrics", s.metrics.Handler())
+	handle("GET /metrics", s.metrics.Handler())
 	if s.cfg.Streams != nil {
-		mux.Handle("/v1/stream/", s.cfg.Streams)
+		handle("/v1/stream/", s.cfg.Streams)
 	}
+	// The catch-all takes every request no other pattern matches, including
+	// a known path with a method it does not serve (the mux would answer
+	// those 405 by itself, but "/" matches first): answer 405 with Allow then.
 	h("/", func(w http.ResponseWriter, r *http.Request) error {
+		if allow := allowedMethods(mux, r); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			return errf(http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", "method %s is not allowed on %s; allowed: %s",
+				r.Method, r.URL.Path, strings.Join(allow, ", "))
+		}
 		return errf(http.StatusNotFound, "NOT_FOUND", "no route for %s %s", r.Method, r.URL.Path)
 	})
 	s.mux = mux
 }
 
-// readyz answers 200 when the database answers and its schema is at the
-// newest embedded migration, 503 with the reason otherwise.
+// allowedMethods lists the methods some pattern other than the catch-all
+// serves for r's path, by asking the mux itself.
+func allowedMethods(mux *http.ServeMux, r *http.Request) []string {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions} {
+		probe := &http.Request{Method: m, URL: r.URL, Host: r.Host, Header: http.Header{}}
+		if _, pattern := mux.Handler(probe); pattern != "" && pattern != "/" {
+			allow = append(allow, m)
+		}
+	}
+	return allow
+}
+
+// readyz answers 200 when the database answers, its schema is at the
+// newest embedded migration, the LISTEN connection is up and hears its own
+// pings, and the token reconciler succeeded lately; 503 with the reason
+// otherwise.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 	defer cancel()
+	if s.listener != nil {
+		if ok, why := s.listener.Status(); !ok {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reason": why})
+			return nil
+		}
+	}
+	if ok, why := s.recon.Status(); !ok {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reason": why})
+		return nil
+	}
 	if err := s.pool.Ping(ctx); err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reason": "database unreachable: " + err.Error()})
 		return nil

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"io"
@@ -39,6 +40,9 @@ type options struct {
 	adminToken string
 	sweep      time.Duration
 	listen     bool
+	listenURL  string        // connection string of the LISTEN connection ("" = the database's)
+	noWait     bool          // do not wait for the listener to connect
+	reconcile  time.Duration // token reconcile interval (0 = the server's default)
 	metrics    bool
 	empty      bool // database without migrations
 	publish    bool // announce releases and appends after commit (pgnotify)
@@ -109,10 +113,10 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 	cfg := server.Config{
 		Pool: pool, Tenant: "default", AdminToken: o.adminToken, SweepInterval: o.sweep,
 		Tokens: store, Streams: sh, StreamChannel: streams.NotifyChannel, Logger: log,
-		GroupCommit: !o.singleCalls,
+		ReconcileInterval: o.reconcile, GroupCommit: !o.singleCalls,
 	}
 	if o.listen {
-		cfg.ConnString = d.URL
+		cfg.ConnString = cmp.Or(o.listenURL, d.URL)
 	}
 	if met != nil {
 		cfg.Metrics = met
@@ -137,7 +141,7 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 		pub.Start(ctx)
 		t.Cleanup(pub.Stop)
 	}
-	if l := srv.Listener(); l != nil {
+	if l := srv.Listener(); l != nil && !o.noWait {
 		select {
 		case <-l.Connected():
 		case <-time.After(10 * time.Second):

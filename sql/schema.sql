@@ -16,6 +16,9 @@ CREATE FUNCTION public.claim_next_wake(p_runner_id text, p_lease_ttl_ms integer 
 DECLARE
     v_now     timestamptz := coalesce(p_now, now());
     v_admin   text;
+    v_after_t timestamptz := '-infinity';
+    v_after_w text := '';
+    v_created timestamptz;
     v_wake    text;
     v_url     text;
     v_depoch  bigint;
@@ -25,7 +28,7 @@ DECLARE
     v_alease  timestamptz;
     v_status  text;
     v_stream  text;
-    v_skip    text[] := '{}';
+    v_end     record;
     v_epoch   bigint;
     v_lease   timestamptz;
     v_token   text;
@@ -42,36 +45,32 @@ BEGIN
         RAISE EXCEPTION 'runner % is disabled', p_runner_id USING ERRCODE = 'PW005';
     END IF;
 
-    -- The pick takes the oldest queued wake no other claim has locked; the
-    -- dispatch row, locked next, decides whether its entity is free. It
-    -- used to probe the dispatch row for every candidate, the ones other
-    -- claims hold locked included: with N runners claiming at once that
-    -- was up to N probes a pick for rows it then skipped. A queued wake
-    -- whose entity a claim with a live lease holds is rare (a send queues
-    -- no wake under a live lease, and a lapsed lease never comes back), so
-    -- skipping such wakes here one by one costs little; the bound keeps a
-    -- claim short if many pile up at the head.
-    FOR i IN 1..64 LOOP
-        -- The queue holds only queued wakes (wakes_queue_sync keeps it),
-        -- and the sweeper vacuums it, so the oldest entries are found
-        -- without walking past the entries of wakes claimed since.
-        SELECT q.wake_id, q.entity_url INTO v_wake, v_url FROM wake_queue q
+    -- The pick walks the queue's index in claim order, each probe starting
+    -- just past the previous candidate, until a wake can be claimed or the
+    -- queue is exhausted: a claimable wake is found however many wakes
+    -- ahead of it are locked by other claims (SKIP LOCKED passes them) or
+    -- cannot be taken (their entity's dispatch row is busy, or a live
+    -- claim holds it). Every probe is one descent of wake_queue_pkey.
+    LOOP
+        SELECT q.wake_id, q.entity_url, q.created_at INTO v_wake, v_url, v_created FROM wake_queue q
          WHERE q.tenant_id = p_tenant
+           AND (q.created_at, q.wake_id) > (v_after_t, v_after_w)
            AND (q.runner_id IS NULL OR q.runner_id = p_runner_id)
-           AND q.wake_id <> ALL (v_skip)
          ORDER BY q.created_at, q.wake_id
          LIMIT 1
          FOR UPDATE OF q SKIP LOCKED;
         IF NOT FOUND THEN
             RETURN;
         END IF;
+        v_after_t := v_created;
+        v_after_w := v_wake;
 
         -- Lock the dispatch row (reading the entity with it), then re-check
         -- what the pick assumed. A claim never waits for a dispatch lock
         -- (someone is releasing, sending to or sweeping that entity): it
-        -- skips the wake. Holding the wake lock while waiting for the
-        -- dispatch lock would invert the fixed order and could deadlock
-        -- with stop_entity or a sweep.
+        -- moves on. Holding the queue entry while waiting for the dispatch
+        -- lock would invert the fixed order and could deadlock with
+        -- stop_entity or a sweep.
         SELECT d.epoch, d.acked_offset, d.active_consumer_id, d.active_epoch, d.active_lease_expires_at,
                e.status, e.main_stream
           INTO v_depoch, v_acked, v_active, v_aepoch, v_alease, v_status, v_stream
@@ -79,63 +78,62 @@ BEGIN
           JOIN entities e ON e.tenant_id = d.tenant_id AND e.url = d.entity_url
          WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
            FOR UPDATE OF d SKIP LOCKED;
-        IF NOT FOUND THEN
-            v_skip := v_skip || v_wake;
-            CONTINUE;
-        END IF;
+        CONTINUE WHEN NOT FOUND;
         IF v_status IN ('stopping', 'stopped') THEN
             UPDATE wakes w SET status = 'superseded', finished_at = v_now, updated_at = v_now
-             WHERE w.tenant_id = p_tenant AND w.wake_id = v_wake;
-            v_skip := v_skip || v_wake;
+             WHERE w.tenant_id = p_tenant AND w.wake_id = v_wake AND w.status = 'queued';
             CONTINUE;
         END IF;
-        IF v_active IS NOT NULL AND v_alease > v_now THEN
-            v_skip := v_skip || v_wake;
-            CONTINUE;
-        END IF;
+        CONTINUE WHEN v_active IS NOT NULL AND v_alease > v_now;
 
         IF v_active IS NOT NULL THEN
-            -- Takeover: the slot's claim lapsed; it ends here as expired.
-            UPDATE consumer_claims c SET status = 'expired', updated_at = v_now
-             WHERE c.tenant_id = p_tenant AND c.consumer_id = v_active
-               AND c.epoch = v_aepoch AND c.status = 'active';
-            IF FOUND THEN
-                PERFORM pw_notify_claim(p_tenant, v_active, v_aepoch, v_stream, 'expired');
+            -- Takeover: the slot's claim lapsed; it ends here as expired,
+            -- through the one path that ends claims.
+            SELECT * INTO v_end FROM pw_end_claim(p_tenant, v_active, v_aepoch, 'expired', NULL, v_now, true);
+            IF NOT v_end.entity_cleared THEN
+                RAISE EXCEPTION 'claim_next_wake: the lapsed claim %/% in the slot of % did not end',
+                    v_active, v_aepoch, v_url;
             END IF;
-            UPDATE wakes w SET status = 'expired', finished_at = v_now, updated_at = v_now
-             WHERE w.tenant_id = p_tenant AND w.wake_id = v_active AND w.status = 'claimed';
         END IF;
 
         v_epoch := v_depoch + 1;
         v_lease := v_now + p_lease_ttl_ms * interval '1 millisecond';
         v_token := replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '');
 
-        -- Every write of the claim in one statement. The dispatch row and
-        -- the wake's queue entry are locked already (every change of a
-        -- queued wake's status deletes that entry, so it is still queued); the entity's row is taken last and
-        -- is only ever locked by holders of its dispatch lock, which is ours.
-        WITH slot AS (
-            UPDATE entity_dispatch_state d
-               SET epoch = v_epoch, active_consumer_id = v_wake, active_epoch = v_epoch,
-                   active_runner_id = p_runner_id, active_claimed_at = v_now,
-                   active_lease_expires_at = v_lease, outstanding_wake_id = v_wake,
-                   updated_at = v_now
-             WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
-        ), claim AS (
-            INSERT INTO consumer_claims (tenant_id, consumer_id, epoch, wake_id, entity_url, stream_path,
-                                         runner_id, status, claim_token_hash, lease_ttl_ms, claimed_at,
-                                         last_heartbeat_at, lease_expires_at, updated_at)
-            VALUES (p_tenant, v_wake, v_epoch, v_wake, v_url, v_stream,
-                    p_runner_id, 'active', sha256(convert_to(v_token, 'UTF8')), p_lease_ttl_ms, v_now,
-                    v_now, v_lease, v_now)
-        ), ent AS (
-            UPDATE entities e SET status = 'running', updated_at = v_now
-             WHERE e.tenant_id = p_tenant AND e.url = v_url AND e.status IN ('idle', 'running')
-        )
+        -- The claim's writes, one statement each in the fixed lock order
+        -- (dispatch state, claim, entity, wake), each under its guard. We
+        -- hold the dispatch row and the wake's queue entry (every change of
+        -- a queued wake's status deletes that entry, and only holders of
+        -- the dispatch lock change it), so no guard can fail; if one did,
+        -- the whole claim rolls back.
+        UPDATE entity_dispatch_state d
+           SET epoch = v_epoch, active_consumer_id = v_wake, active_epoch = v_epoch,
+               active_runner_id = p_runner_id, active_claimed_at = v_now,
+               active_lease_expires_at = v_lease, outstanding_wake_id = v_wake,
+               updated_at = v_now
+         WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
+           AND d.active_consumer_id IS NULL AND d.epoch = v_depoch;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'claim_next_wake: the dispatch slot of % changed under its lock', v_url;
+        END IF;
+        INSERT INTO consumer_claims (tenant_id, consumer_id, epoch, wake_id, entity_url, stream_path,
+                                     runner_id, status, claim_token_hash, lease_ttl_ms, claimed_at,
+                                     last_heartbeat_at, lease_expires_at, updated_at)
+        VALUES (p_tenant, v_wake, v_epoch, v_wake, v_url, v_stream,
+                p_runner_id, 'active', sha256(convert_to(v_token, 'UTF8')), p_lease_ttl_ms, v_now,
+                v_now, v_lease, v_now);
+        UPDATE entities e SET status = 'running', updated_at = v_now
+         WHERE e.tenant_id = p_tenant AND e.url = v_url AND e.status IN ('idle', 'running');
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'claim_next_wake: entity % stopped under its dispatch lock', v_url;
+        END IF;
         UPDATE wakes w
            SET status = 'claimed', claimed_at = v_now, consumer_id = v_wake,
                epoch = v_epoch, updated_at = v_now
-         WHERE w.tenant_id = p_tenant AND w.wake_id = v_wake;
+         WHERE w.tenant_id = p_tenant AND w.wake_id = v_wake AND w.status = 'queued';
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'claim_next_wake: wake % is no longer queued', v_wake;
+        END IF;
 
         wake_id := v_wake;
         consumer_id := v_wake;
@@ -209,6 +207,42 @@ END
 $$;
 
 --
+-- Name: claim_request(text, bigint, text, bytea, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.claim_request(p_consumer_id text, p_epoch bigint, p_wake_id text DEFAULT NULL::text, p_claim_token_hash bytea DEFAULT NULL::bytea, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(active boolean, reason text, entity_url text, stream_path text, runner_id text, lease_expires_at timestamp with time zone)
+    LANGUAGE plpgsql STABLE
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_now    timestamptz := coalesce(p_now, now());
+    v_c      consumer_claims%ROWTYPE;
+    v_slot   boolean;
+    v_reason text;
+BEGIN
+    SELECT c.* INTO v_c FROM consumer_claims c
+     WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+    END IF;
+    IF p_claim_token_hash IS NOT NULL AND p_claim_token_hash IS DISTINCT FROM v_c.claim_token_hash THEN
+        RAISE EXCEPTION 'wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
+    END IF;
+    SELECT coalesce(d.active_consumer_id = v_c.consumer_id AND d.active_epoch = v_c.epoch, false)
+      INTO v_slot FROM entity_dispatch_state d
+     WHERE d.tenant_id = p_tenant AND d.entity_url = v_c.entity_url;
+    v_reason := CASE
+        WHEN p_wake_id IS NOT NULL AND p_wake_id IS DISTINCT FROM v_c.wake_id THEN 'wrong_wake'
+        WHEN v_c.status <> 'active' THEN 'not_active'
+        WHEN NOT coalesce(v_slot, false) THEN 'not_in_slot'
+        WHEN v_c.lease_expires_at <= v_now THEN 'lease_passed'
+    END;
+    RETURN QUERY SELECT v_reason IS NULL, v_reason, v_c.entity_url, v_c.stream_path, v_c.runner_id,
+                        v_c.lease_expires_at;
+END
+$$;
+
+--
 -- Name: expire_claims(timestamp with time zone, text, integer); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -217,47 +251,27 @@ CREATE FUNCTION public.expire_claims(p_now timestamp with time zone DEFAULT NULL
     AS $$
 #variable_conflict use_column
 DECLARE
-    v_now     timestamptz := coalesce(p_now, now());
-    v_r       record;
-    v_d       entity_dispatch_state%ROWTYPE;
-    v_c       consumer_claims%ROWTYPE;
-    v_estatus text;
-    v_queued  text;
+    v_now timestamptz := coalesce(p_now, now());
+    v_r   record;
+    v_e   record;
 BEGIN
     FOR v_r IN
-        SELECT c.consumer_id, c.epoch, c.entity_url FROM consumer_claims c
+        SELECT c.consumer_id, c.epoch FROM consumer_claims c
          WHERE c.tenant_id = p_tenant AND c.status = 'active' AND c.lease_expires_at <= v_now
          -- Dispatch rows are locked in entity order: two sweeps (the
          -- server's and one from psql) never lock them crosswise.
          ORDER BY c.entity_url, c.epoch
          LIMIT p_limit
     LOOP
-        SELECT d.* INTO v_d FROM entity_dispatch_state d
-         WHERE d.tenant_id = p_tenant AND d.entity_url = v_r.entity_url FOR UPDATE;
-        UPDATE consumer_claims c SET status = 'expired', updated_at = v_now
-         WHERE c.tenant_id = p_tenant AND c.consumer_id = v_r.consumer_id AND c.epoch = v_r.epoch
-           AND c.status = 'active' AND c.lease_expires_at <= v_now
-        RETURNING c.* INTO v_c;
-        CONTINUE WHEN NOT FOUND;
-        v_queued := NULL;
-        IF v_d.active_consumer_id = v_c.consumer_id AND v_d.active_epoch = v_c.epoch THEN
-            SELECT s.entity_status, s.queued_wake_id INTO v_estatus, v_queued
-              FROM pw_clear_slot(p_tenant, v_c.entity_url, v_c.wake_id, 'expired', NULL, v_now) s;
-            entity_cleared := true;
-        ELSE
-            UPDATE wakes w SET status = 'expired', finished_at = v_now, updated_at = v_now
-             WHERE w.tenant_id = p_tenant AND w.wake_id = v_c.wake_id AND w.status = 'claimed';
-            SELECT e.status INTO v_estatus FROM entities e
-             WHERE e.tenant_id = p_tenant AND e.url = v_c.entity_url;
-            entity_cleared := false;
-        END IF;
-        PERFORM pw_notify_claim(p_tenant, v_c.consumer_id, v_c.epoch, v_c.stream_path, 'expired');
-        consumer_id := v_c.consumer_id;
-        epoch := v_c.epoch;
-        entity_url := v_c.entity_url;
-        stream_path := v_c.stream_path;
-        entity_status := v_estatus;
-        queued_wake_id := v_queued;
+        SELECT * INTO v_e FROM pw_end_claim(p_tenant, v_r.consumer_id, v_r.epoch, 'expired', NULL, v_now, true);
+        CONTINUE WHEN NOT v_e.ended;
+        consumer_id := v_r.consumer_id;
+        epoch := v_r.epoch;
+        entity_url := v_e.entity_url;
+        stream_path := v_e.stream_path;
+        entity_cleared := v_e.entity_cleared;
+        entity_status := v_e.entity_status;
+        queued_wake_id := v_e.queued_wake_id;
         RETURN NEXT;
     END LOOP;
 END
@@ -355,45 +369,150 @@ END
 $$;
 
 --
--- Name: pw_clear_slot(text, text, text, text, bigint, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pw_end_claim(text, text, bigint, text, jsonb, timestamp with time zone, boolean); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.pw_clear_slot(p_tenant text, p_entity_url text, p_wake_id text, p_wake_status text, p_acked bigint, p_now timestamp with time zone, OUT entity_status text, OUT queued_wake_id text, OUT acked_offset bigint) RETURNS record
+CREATE FUNCTION public.pw_end_claim(p_tenant text, p_consumer_id text, p_epoch bigint, p_status text, p_acks jsonb, p_now timestamp with time zone, p_notify boolean DEFAULT true, OUT ended boolean, OUT entity_cleared boolean, OUT claim_status text, OUT entity_url text, OUT stream_path text, OUT entity_status text, OUT acked_offset bigint, OUT queued_wake_id text) RETURNS record
     LANGUAGE plpgsql
     AS $$
 #variable_conflict use_column
 DECLARE
-    v_sent bigint;
+    v_url      text;
+    v_path     text;
+    v_wake     text;
+    v_slot_c   text;
+    v_slot_e   bigint;
+    v_acked    bigint;
+    v_sent     bigint;
+    v_ack      bigint;
+    v_estatus  text;
+    v_queued   text;
+    v_acks     jsonb := coalesce(p_acks, '[]'::jsonb);
 BEGIN
-    -- A wake queued while the claim's lease had lapsed stays outstanding.
-    UPDATE entity_dispatch_state d
-       SET active_consumer_id = NULL, active_epoch = NULL, active_runner_id = NULL,
-           active_claimed_at = NULL, active_lease_expires_at = NULL,
-           outstanding_wake_id = (SELECT w.wake_id FROM wakes w
-                                   WHERE w.tenant_id = p_tenant AND w.entity_url = p_entity_url
-                                     AND w.status = 'queued'),
-           acked_offset = greatest(d.acked_offset, coalesce(p_acked, 0)),
-           last_released_at = p_now,
-           last_completed_at = CASE WHEN p_wake_status = 'completed' THEN p_now ELSE d.last_completed_at END,
-           updated_at = p_now
-     WHERE d.tenant_id = p_tenant AND d.entity_url = p_entity_url
-    RETURNING d.last_sent_offset, d.acked_offset, d.outstanding_wake_id
-         INTO v_sent, acked_offset, queued_wake_id;
-
-    UPDATE entities e
-       SET status = CASE e.status WHEN 'running' THEN 'idle' WHEN 'stopping' THEN 'stopped' ELSE e.status END,
-           updated_at = p_now
-     WHERE e.tenant_id = p_tenant AND e.url = p_entity_url
-    RETURNING e.status INTO entity_status;
-
-    UPDATE wakes w SET status = p_wake_status, finished_at = p_now, updated_at = p_now
-     WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake_id AND w.status = 'claimed';
-
-    IF entity_status = 'idle' AND v_sent > acked_offset AND queued_wake_id IS NULL THEN
-        queued_wake_id := pw_queue_wake(p_tenant, p_entity_url, p_now);
+    IF p_status IS NULL OR p_status NOT IN ('released', 'expired') THEN
+        RAISE EXCEPTION 'a claim ends as released or expired, not %', coalesce(p_status, 'NULL')
+            USING ERRCODE = 'PW008';
     END IF;
+    IF jsonb_typeof(v_acks) <> 'array' THEN
+        RAISE EXCEPTION 'acks must be an array' USING ERRCODE = 'PW008';
+    END IF;
+    -- 1. The dispatch row of the claim's entity, found through the claim
+    -- (read, not locked: a claim's entity never changes).
+    SELECT c.entity_url, d.active_consumer_id, d.active_epoch, d.acked_offset, d.last_sent_offset
+      INTO v_url, v_slot_c, v_slot_e, v_acked, v_sent
+      FROM consumer_claims c
+      JOIN entity_dispatch_state d ON d.tenant_id = c.tenant_id AND d.entity_url = c.entity_url
+     WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch
+       FOR UPDATE OF d;
+    IF NOT FOUND THEN
+        -- No such claim (or, after a hand edit, no dispatch row: then
+        -- nothing names the claim, and it ends without touching a slot).
+        SELECT c.entity_url INTO v_url FROM consumer_claims c
+         WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+        END IF;
+    END IF;
+    entity_url := v_url;
+
+    -- 2. The claim, under its guard.
+    UPDATE consumer_claims c
+       SET status = p_status,
+           released_at = CASE WHEN p_status = 'released' THEN p_now ELSE c.released_at END,
+           acked_streams = CASE WHEN p_status = 'released' THEN v_acks ELSE c.acked_streams END,
+           updated_at = p_now
+     WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch
+       AND c.status = 'active'
+       AND (p_status = 'released' OR c.lease_expires_at <= p_now)
+    RETURNING c.stream_path, c.wake_id INTO v_path, v_wake;
+    IF NOT FOUND THEN
+        ended := false;
+        entity_cleared := false;
+        SELECT c.status, c.stream_path INTO claim_status, stream_path FROM consumer_claims c
+         WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
+        SELECT e.status INTO entity_status FROM entities e WHERE e.tenant_id = p_tenant AND e.url = v_url;
+        acked_offset := v_acked;
+        RETURN;
+    END IF;
+    ended := true;
+    claim_status := p_status;
+    stream_path := v_path;
+
+    -- The main-stream ack: every ack's offset is parsed (a malformed one
+    -- raises PW008 and rolls everything back), the main stream's highest
+    -- one counts, clamped to the stream's tail.
+    IF jsonb_array_length(v_acks) > 0 THEN
+        SELECT max(CASE WHEN coalesce(x.a->>'stream', x.a->>'path') IN (v_path, substr(v_path, 11))
+                        THEN x.o END)
+          INTO v_ack
+          FROM (SELECT a, pw_parse_offset(a->>'offset') AS o
+                  FROM jsonb_array_elements(v_acks) AS a
+                 WHERE jsonb_typeof(a) = 'object' AND a ? 'offset'
+                OFFSET 0) x;  -- not flattened: every offset is parsed
+        IF v_ack IS NOT NULL THEN
+            v_ack := least(v_ack, coalesce((SELECT s.tail_seq FROM streams s
+                                              WHERE s.tenant_id = p_tenant AND s.path = v_path), 0));
+        END IF;
+    END IF;
+
+    entity_cleared := coalesce(v_slot_c = p_consumer_id AND v_slot_e = p_epoch, false);
+    IF entity_cleared THEN
+        -- The slot is cleared only while it names this claim. A wake queued
+        -- while the claim's lease had lapsed stays outstanding.
+        UPDATE entity_dispatch_state d
+           SET active_consumer_id = NULL, active_epoch = NULL, active_runner_id = NULL,
+               active_claimed_at = NULL, active_lease_expires_at = NULL,
+               outstanding_wake_id = (SELECT w.wake_id FROM wakes w
+                                       WHERE w.tenant_id = p_tenant AND w.entity_url = v_url
+                                         AND w.status = 'queued'),
+               acked_offset = greatest(d.acked_offset, coalesce(v_ack, 0)),
+               last_released_at = p_now,
+               last_completed_at = CASE WHEN p_status = 'released' THEN p_now ELSE d.last_completed_at END,
+               updated_at = p_now
+         WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
+           AND d.active_consumer_id = p_consumer_id AND d.active_epoch = p_epoch
+        RETURNING d.acked_offset, d.last_sent_offset, d.outstanding_wake_id INTO v_acked, v_sent, v_queued;
+
+        -- 3. The entity: the one place a claim's end moves its status.
+        UPDATE entities e
+           SET status = CASE e.status WHEN 'running' THEN 'idle' WHEN 'stopping' THEN 'stopped'
+                        ELSE e.status END,
+               updated_at = p_now
+         WHERE e.tenant_id = p_tenant AND e.url = v_url
+        RETURNING e.status INTO v_estatus;
+    ELSE
+        -- Not the slot's claim (a leak being cleaned up): the entity and
+        -- its slot are as they were.
+        SELECT e.status INTO v_estatus FROM entities e WHERE e.tenant_id = p_tenant AND e.url = v_url;
+    END IF;
+
+    -- 4. The claim's wake.
+    UPDATE wakes w
+       SET status = CASE p_status WHEN 'released' THEN 'completed' ELSE 'expired' END,
+           finished_at = p_now, updated_at = p_now
+     WHERE w.tenant_id = p_tenant AND w.wake_id = v_wake AND w.status = 'claimed';
+
+    -- No sent message is left without a wake.
+    IF entity_cleared AND v_estatus = 'idle' AND v_sent > v_acked AND v_queued IS NULL THEN
+        v_queued := pw_queue_wake(p_tenant, v_url, p_now);
+    END IF;
+
+    IF p_notify THEN
+        PERFORM pw_notify_claim(p_tenant, p_consumer_id, p_epoch, v_path, p_status);
+    END IF;
+    entity_status := v_estatus;
+    acked_offset := v_acked;
+    queued_wake_id := CASE WHEN entity_cleared THEN v_queued END;
 END
 $$;
+
+--
+-- Name: pw_fork_max_segments(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_fork_max_segments() RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ SELECT 32 $$;
 
 --
 -- Name: pw_media_type(text); Type: FUNCTION; Schema: public; Owner: -
@@ -415,6 +534,20 @@ CREATE FUNCTION public.pw_notify_claim(p_tenant text, p_consumer_id text, p_epoc
     SELECT pg_notify('pullwake_claims', json_build_object(
         'tenant_id', p_tenant, 'consumer_id', p_consumer_id, 'epoch', p_epoch,
         'stream_path', p_stream_path, 'status', p_status)::text)
+$$;
+
+--
+-- Name: pw_notify_runner_token(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_notify_runner_token() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM pg_notify('pullwake_runner_tokens',
+                      json_build_object('tenant_id', OLD.tenant_id, 'runner_id', OLD.id)::text);
+    RETURN NULL;
+END;
 $$;
 
 --
@@ -520,13 +653,17 @@ BEGIN
     FOR attempt IN 1..2 LOOP
         SELECT s.* INTO v_s FROM streams s
          WHERE s.tenant_id = p_tenant AND s.path = p_path FOR UPDATE;
-        IF FOUND AND v_s.entity_url IS NULL AND pw_stream_expired(v_s, v_now) THEN
-            DELETE FROM streams s WHERE s.tenant_id = p_tenant AND s.path = p_path;
-            PERFORM pw_notify_stream(p_tenant, p_path);
+        IF FOUND AND v_s.entity_url IS NULL
+           AND (v_s.deleted_at IS NOT NULL OR pw_stream_expired(v_s, v_now)) THEN
+            IF pw_stream_remove(p_tenant, p_path, v_now) = 'soft_deleted' THEN
+                RETURN QUERY SELECT 'conflict'::text, v_s.content_type, v_s.tail_seq, true, v_s.created_at;
+                RETURN;
+            END IF;
         ELSIF FOUND THEN
             IF v_s.entity_url IS NOT NULL THEN
                 RETURN QUERY SELECT 'forbidden'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
-            ELSIF pw_media_type(v_s.content_type) = pw_media_type(p_content_type)
+            ELSIF v_s.forked_from IS NULL
+                  AND pw_media_type(v_s.content_type) = pw_media_type(p_content_type)
                   AND v_s.ttl_seconds IS NOT DISTINCT FROM p_ttl_seconds
                   AND v_s.expires_at IS NOT DISTINCT FROM p_expires_at
                   AND v_s.closed = p_closed THEN
@@ -575,11 +712,10 @@ BEGIN
     IF v_s.entity_url IS NOT NULL THEN
         RETURN 'forbidden';
     END IF;
-    DELETE FROM streams s WHERE s.tenant_id = p_tenant AND s.path = p_path;
-    PERFORM pw_notify_stream(p_tenant, p_path);
-    IF pw_stream_expired(v_s, v_now) THEN
-        RETURN 'not_found';
+    IF v_s.deleted_at IS NOT NULL OR pw_stream_expired(v_s, v_now) THEN
+        RETURN CASE pw_stream_remove(p_tenant, p_path, v_now) WHEN 'soft_deleted' THEN 'gone' ELSE 'not_found' END;
     END IF;
+    PERFORM pw_stream_remove(p_tenant, p_path, v_now);
     RETURN 'deleted';
 END
 $$;
@@ -603,7 +739,16 @@ CREATE TABLE public.streams (
     accessed_at timestamp with time zone,
     closed_by_producer text,
     closed_by_epoch bigint,
-    closed_by_seq bigint
+    closed_by_seq bigint,
+    deleted_at timestamp with time zone,
+    forked_from text,
+    fork_offset bigint,
+    fork_sub_offset bigint,
+    fork_paths text[],
+    fork_upto bigint[],
+    CONSTRAINT streams_expires_range CHECK (((expires_at >= '1970-01-01 00:00:00+00'::timestamp with time zone) AND (expires_at <= '9999-12-31 23:59:59+00'::timestamp with time zone))),
+    CONSTRAINT streams_fork_segments_check CHECK ((COALESCE(cardinality(fork_paths), 0) = COALESCE(cardinality(fork_upto), 0))),
+    CONSTRAINT streams_ttl_range CHECK (((ttl_seconds >= 1) AND (ttl_seconds <= 315360000)))
 )
 WITH (fillfactor='80');
 
@@ -620,6 +765,158 @@ CREATE FUNCTION public.pw_stream_expired(p_s public.streams, p_now timestamp wit
 $$;
 
 --
+-- Name: pw_stream_fork(text, text, text, bigint, bigint, text, bigint, timestamp with time zone, boolean, bytea[], timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_stream_fork(p_tenant text, p_path text, p_source text, p_offset bigint, p_sub_offset bigint, p_content_type text, p_ttl_seconds bigint, p_expires_at timestamp with time zone, p_closed boolean, p_data bytea[], p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(status text, content_type text, tail_seq bigint, closed boolean, created_at timestamp with time zone)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_now     timestamptz := coalesce(p_now, now());
+    v_sub     bigint := coalesce(p_sub_offset, 0);
+    v_t       streams%ROWTYPE;
+    v_s       streams%ROWTYPE;
+    v_own     bigint;
+    v_at      bigint;
+    v_point   bigint;
+    v_msg     bytea;
+    v_partial bytea;
+    v_src     text;
+    v_paths   text[];
+    v_upto    bigint[];
+BEGIN
+    FOR attempt IN 1..2 LOOP
+        -- The target path.
+        SELECT t.* INTO v_t FROM streams t
+         WHERE t.tenant_id = p_tenant AND t.path = p_path FOR UPDATE;
+        IF FOUND AND v_t.entity_url IS NULL
+           AND (v_t.deleted_at IS NOT NULL OR pw_stream_expired(v_t, v_now)) THEN
+            IF pw_stream_remove(p_tenant, p_path, v_now) = 'soft_deleted' THEN
+                RETURN QUERY SELECT 'conflict'::text, v_t.content_type, v_t.tail_seq, true, v_t.created_at;
+                RETURN;
+            END IF;
+        ELSIF FOUND THEN
+            IF v_t.entity_url IS NOT NULL THEN
+                RETURN QUERY SELECT 'forbidden'::text, v_t.content_type, v_t.tail_seq, v_t.closed, v_t.created_at;
+            ELSIF v_t.forked_from = p_source AND v_t.fork_sub_offset = v_sub
+                  AND v_t.fork_offset = coalesce(p_offset,
+                          (SELECT s.tail_seq FROM streams s WHERE s.tenant_id = p_tenant AND s.path = p_source))
+                  AND (p_content_type IS NULL OR pw_media_type(p_content_type) = pw_media_type(v_t.content_type))
+                  AND ((p_ttl_seconds IS NULL AND p_expires_at IS NULL)
+                       OR (v_t.ttl_seconds IS NOT DISTINCT FROM p_ttl_seconds
+                           AND v_t.expires_at IS NOT DISTINCT FROM p_expires_at))
+                  AND v_t.closed = p_closed THEN
+                RETURN QUERY SELECT 'exists'::text, v_t.content_type, v_t.tail_seq, v_t.closed, v_t.created_at;
+            ELSE
+                RETURN QUERY SELECT 'conflict'::text, v_t.content_type, v_t.tail_seq, v_t.closed, v_t.created_at;
+            END IF;
+            RETURN;
+        END IF;
+
+        -- The source: KEY SHARE keeps it from being deleted until commit
+        -- (the fork's foreign key would take the same lock) and lets its
+        -- appends go on: they only add seqs past the fork point.
+        SELECT s.* INTO v_s FROM streams s
+         WHERE s.tenant_id = p_tenant AND s.path = p_source FOR KEY SHARE;
+        IF NOT FOUND THEN
+            RETURN QUERY SELECT 'source_not_found'::text, ''::text, 0::bigint, false, v_now;
+            RETURN;
+        END IF;
+        IF v_s.deleted_at IS NOT NULL OR (v_s.entity_url IS NULL AND pw_stream_expired(v_s, v_now)) THEN
+            RETURN QUERY SELECT CASE WHEN pw_stream_referenced(p_tenant, p_source, v_now)
+                                     THEN 'source_gone' ELSE 'source_not_found' END::text,
+                                v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+            RETURN;
+        END IF;
+        IF p_content_type IS NOT NULL AND pw_media_type(p_content_type) <> pw_media_type(v_s.content_type) THEN
+            RETURN QUERY SELECT 'content_type'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+            RETURN;
+        END IF;
+        v_at := coalesce(p_offset, v_s.tail_seq);
+        IF v_at < 0 OR v_at > v_s.tail_seq THEN
+            RETURN QUERY SELECT 'bad_offset'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+            RETURN;
+        END IF;
+        v_own := coalesce(v_s.fork_upto[cardinality(v_s.fork_upto)], 0);
+        v_point := v_at;
+        IF v_sub > 0 AND pw_media_type(v_s.content_type) = 'application/json' THEN
+            IF v_at + v_sub > v_s.tail_seq THEN
+                RETURN QUERY SELECT 'bad_sub_offset'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+                RETURN;
+            END IF;
+            v_point := v_at + v_sub;
+        ELSIF v_sub > 0 THEN
+            IF v_at + 1 > v_s.tail_seq THEN
+                RETURN QUERY SELECT 'bad_sub_offset'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+                RETURN;
+            END IF;
+            -- The next message as the source reads it: its own, or an ancestor's.
+            v_src := p_source;
+            IF v_at + 1 <= v_own THEN
+                SELECT g.p INTO v_src
+                  FROM unnest(v_s.fork_paths, v_s.fork_upto) WITH ORDINALITY AS g(p, u, i)
+                 WHERE g.u >= v_at + 1 ORDER BY g.i LIMIT 1;
+            END IF;
+            SELECT m.data INTO v_msg FROM stream_messages m
+             WHERE m.tenant_id = p_tenant AND m.path = v_src AND m.seq = v_at + 1;
+            IF v_msg IS NULL OR v_sub > octet_length(v_msg) THEN
+                RETURN QUERY SELECT 'bad_sub_offset'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+                RETURN;
+            END IF;
+            IF v_sub = octet_length(v_msg) THEN
+                v_point := v_at + 1;
+            ELSE
+                v_partial := substring(v_msg FROM 1 FOR v_sub::integer);
+            END IF;
+        END IF;
+
+        -- Ancestry: the source's segments that reach below the fork point
+        -- (the last one cut at it), then the source's own part if the fork
+        -- point lies in it.
+        SELECT coalesce(array_agg(g.p ORDER BY g.i), '{}'), coalesce(array_agg(least(g.u, v_point) ORDER BY g.i), '{}')
+          INTO v_paths, v_upto
+          FROM unnest(v_s.fork_paths, v_s.fork_upto) WITH ORDINALITY AS g(p, u, i)
+         WHERE coalesce(v_s.fork_upto[g.i - 1], 0) < v_point;
+        IF v_point > v_own THEN
+            v_paths := v_paths || p_source;
+            v_upto := v_upto || v_point;
+        END IF;
+        IF cardinality(v_paths) > pw_fork_max_segments() THEN
+            RETURN QUERY SELECT 'too_deep'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.created_at;
+            RETURN;
+        END IF;
+
+        INSERT INTO streams AS s (tenant_id, path, content_type, tail_seq, ttl_seconds, expires_at,
+                                  accessed_at, created_at, updated_at, forked_from, fork_offset,
+                                  fork_sub_offset, fork_paths, fork_upto)
+        SELECT p_tenant, p_path, v_s.content_type,
+               v_point + CASE WHEN v_partial IS NULL THEN 0 ELSE 1 END,
+               CASE WHEN p_ttl_seconds IS NULL AND p_expires_at IS NULL THEN v_s.ttl_seconds ELSE p_ttl_seconds END,
+               CASE WHEN p_ttl_seconds IS NULL AND p_expires_at IS NULL THEN v_s.expires_at ELSE p_expires_at END,
+               v_now, v_now, v_now, p_source, v_at, v_sub, v_paths, v_upto
+        ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            IF v_partial IS NOT NULL THEN
+                INSERT INTO stream_messages (tenant_id, path, seq, data, created_at)
+                VALUES (p_tenant, p_path, v_point + 1, v_partial, v_now);
+            END IF;
+            IF coalesce(cardinality(p_data), 0) > 0 THEN
+                PERFORM pw_stream_append(p_tenant, p_path, p_data, v_now);
+            END IF;
+            UPDATE streams s SET closed = p_closed
+             WHERE s.tenant_id = p_tenant AND s.path = p_path
+            RETURNING s.* INTO v_t;
+            RETURN QUERY SELECT 'created'::text, v_t.content_type, v_t.tail_seq, v_t.closed, v_t.created_at;
+            RETURN;
+        END IF;
+        -- A concurrent PUT created the path first: compare against it.
+    END LOOP;
+    RAISE EXCEPTION 'stream % changed concurrently', p_path USING ERRCODE = '40001';
+END
+$$;
+
+--
 -- Name: pw_stream_read(text, text, bigint, integer, bigint, boolean, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -633,10 +930,27 @@ DECLARE
     v_after bigint;
     v_last  bigint;
     v_data  bytea[];
+    v_n     bigint := 0;
+    v_bytes bigint := 0;
+    v_segs  integer;
+    v_src   text;
+    v_lo    bigint;
+    v_hi    bigint;
+    v_part  bytea[];
+    v_plast bigint;
+    v_pn    bigint;
+    v_pb    bigint;
 BEGIN
     SELECT s.* INTO v_s FROM streams s WHERE s.tenant_id = p_tenant AND s.path = p_path;
-    IF NOT FOUND OR (v_s.entity_url IS NULL AND pw_stream_expired(v_s, v_now)) THEN
+    IF NOT FOUND THEN
         RETURN QUERY SELECT 'not_found'::text, ''::text, 0::bigint, false, NULL::bigint,
+                            NULL::timestamptz, NULL::timestamptz, false, 0::bigint, NULL::bytea[];
+        RETURN;
+    END IF;
+    IF v_s.entity_url IS NULL AND (v_s.deleted_at IS NOT NULL OR pw_stream_expired(v_s, v_now)) THEN
+        RETURN QUERY SELECT CASE WHEN pw_stream_referenced(p_tenant, p_path, v_now)
+                                 THEN 'gone' ELSE 'not_found' END::text,
+                            ''::text, 0::bigint, false, NULL::bigint,
                             NULL::timestamptz, NULL::timestamptz, false, 0::bigint, NULL::bytea[];
         RETURN;
     END IF;
@@ -651,18 +965,104 @@ BEGIN
         RETURN;
     END IF;
     IF p_max_rows > 0 AND v_after < v_s.tail_seq THEN
-        SELECT array_agg(y.data ORDER BY y.seq), max(y.seq) INTO v_data, v_last
-          FROM (SELECT x.seq, x.data,
-                       sum(octet_length(x.data)) OVER (ORDER BY x.seq) - octet_length(x.data) AS before
-                  FROM (SELECT m.seq, m.data FROM stream_messages m
-                         WHERE m.tenant_id = p_tenant AND m.path = p_path
-                           AND m.seq > v_after AND m.seq <= v_s.tail_seq
-                         ORDER BY m.seq LIMIT p_max_rows) x) y
-         WHERE y.before < p_max_bytes;
+        v_segs := coalesce(cardinality(v_s.fork_paths), 0);
+        FOR i IN 1..v_segs + 1 LOOP
+            IF i <= v_segs THEN
+                v_src := v_s.fork_paths[i];
+                v_hi := v_s.fork_upto[i];
+            ELSE
+                v_src := p_path;
+                v_hi := v_s.tail_seq;
+            END IF;
+            v_lo := coalesce(v_s.fork_upto[i - 1], 0);
+            CONTINUE WHEN v_hi <= v_after;
+            EXIT WHEN v_n >= p_max_rows OR v_bytes >= p_max_bytes;
+            SELECT array_agg(y.data ORDER BY y.seq), max(y.seq), count(*), sum(octet_length(y.data))
+              INTO v_part, v_plast, v_pn, v_pb
+              FROM (SELECT x.seq, x.data,
+                           sum(octet_length(x.data)) OVER (ORDER BY x.seq) - octet_length(x.data) AS before
+                      FROM (SELECT m.seq, m.data FROM stream_messages m
+                             WHERE m.tenant_id = p_tenant AND m.path = v_src
+                               AND m.seq > greatest(v_after, v_lo) AND m.seq <= v_hi
+                             ORDER BY m.seq LIMIT p_max_rows - v_n) x) y
+             WHERE v_bytes + y.before < p_max_bytes;
+            IF v_pn > 0 THEN
+                v_data := v_data || v_part;
+                v_last := v_plast;
+                v_n := v_n + v_pn;
+                v_bytes := v_bytes + v_pb;
+            END IF;
+        END LOOP;
     END IF;
     RETURN QUERY SELECT 'ok'::text, v_s.content_type, v_s.tail_seq, v_s.closed, v_s.ttl_seconds,
                         v_s.expires_at, v_s.created_at, v_s.entity_url IS NOT NULL,
                         coalesce(v_last, v_after), v_data;
+END
+$$;
+
+--
+-- Name: pw_stream_referenced(text, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_stream_referenced(p_tenant text, p_path text, p_now timestamp with time zone) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM streams c
+         WHERE c.tenant_id = p_tenant AND c.forked_from = p_path
+           AND (c.deleted_at IS NOT NULL OR NOT pw_stream_expired(c, p_now)
+                OR EXISTS (SELECT 1 FROM streams g
+                            WHERE g.tenant_id = p_tenant AND g.forked_from = c.path)))
+$$;
+
+--
+-- Name: pw_stream_remove(text, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_stream_remove(p_tenant text, p_path text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_now     timestamptz := coalesce(p_now, now());
+    v_s       streams%ROWTYPE;
+    v_path    text := p_path;
+    v_result  text;
+BEGIN
+    LOOP
+        SELECT s.* INTO v_s FROM streams s
+         WHERE s.tenant_id = p_tenant AND s.path = v_path FOR UPDATE;
+        IF NOT FOUND THEN
+            RETURN coalesce(v_result, 'not_found');
+        END IF;
+        -- Up the chain, only a source that nobody else keeps is collected.
+        IF v_result IS NOT NULL AND v_s.deleted_at IS NULL
+           AND (v_s.entity_url IS NOT NULL OR NOT pw_stream_expired(v_s, v_now)) THEN
+            RETURN v_result;
+        END IF;
+        DELETE FROM streams c
+         WHERE c.ctid = ANY (ARRAY(
+                   SELECT k.ctid FROM streams k
+                    WHERE k.tenant_id = p_tenant AND k.forked_from = v_path
+                      AND k.deleted_at IS NULL AND k.entity_url IS NULL
+                      AND pw_stream_expired(k, v_now)
+                      AND NOT EXISTS (SELECT 1 FROM streams g
+                                       WHERE g.tenant_id = p_tenant AND g.forked_from = k.path)
+                    FOR UPDATE SKIP LOCKED));
+        IF EXISTS (SELECT 1 FROM streams c WHERE c.tenant_id = p_tenant AND c.forked_from = v_path) THEN
+            UPDATE streams s
+               SET deleted_at = coalesce(s.deleted_at, v_now), closed = true, updated_at = v_now
+             WHERE s.tenant_id = p_tenant AND s.path = v_path;
+            PERFORM pw_notify_stream(p_tenant, v_path);
+            RETURN coalesce(v_result, 'soft_deleted');
+        END IF;
+        DELETE FROM streams s WHERE s.tenant_id = p_tenant AND s.path = v_path;
+        PERFORM pw_notify_stream(p_tenant, v_path);
+        v_result := coalesce(v_result, 'deleted');
+        IF v_s.forked_from IS NULL THEN
+            RETURN v_result;
+        END IF;
+        v_path := v_s.forked_from;
+    END LOOP;
 END
 $$;
 
@@ -712,6 +1112,32 @@ END
 $$;
 
 --
+-- Name: pw_stream_write_as(boolean, text, text, text, bytea[], boolean, text, text, bigint, bigint, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_stream_write_as(p_entity_writer boolean, p_tenant text, p_path text, p_content_type text, p_data bytea[], p_close boolean, p_stream_seq text, p_producer_id text, p_producer_epoch bigint, p_producer_seq bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(status text, tail_seq bigint, closed boolean, producer_epoch bigint, producer_seq bigint)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_entity text;
+BEGIN
+    IF p_close OR NOT p_entity_writer THEN
+        SELECT s.entity_url INTO v_entity FROM streams s
+         WHERE s.tenant_id = p_tenant AND s.path = p_path;
+        IF v_entity IS NOT NULL THEN
+            RETURN QUERY SELECT CASE WHEN p_close THEN 'forbidden' ELSE 'unauthorized' END::text,
+                                0::bigint, false, NULL::bigint, NULL::bigint;
+            RETURN;
+        END IF;
+    END IF;
+    RETURN QUERY SELECT * FROM pw_stream_write(p_tenant, p_path, p_content_type, p_data, p_close,
+                                               p_stream_seq, p_producer_id, p_producer_epoch,
+                                               p_producer_seq, p_now);
+END
+$$;
+
+--
 -- Name: pw_stream_write_checked(text, text, text, bytea[], boolean, text, text, bigint, bigint, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -733,10 +1159,10 @@ BEGIN
         RETURN QUERY SELECT 'not_found'::text, 0::bigint, false, NULL::bigint, NULL::bigint;
         RETURN;
     END IF;
-    IF v_s.entity_url IS NULL AND pw_stream_expired(v_s, v_now) THEN
-        DELETE FROM streams s WHERE s.tenant_id = p_tenant AND s.path = p_path;
-        PERFORM pw_notify_stream(p_tenant, p_path);
-        RETURN QUERY SELECT 'not_found'::text, 0::bigint, false, NULL::bigint, NULL::bigint;
+    IF v_s.entity_url IS NULL AND (v_s.deleted_at IS NOT NULL OR pw_stream_expired(v_s, v_now)) THEN
+        RETURN QUERY SELECT CASE pw_stream_remove(p_tenant, p_path, v_now)
+                                 WHEN 'soft_deleted' THEN 'gone' ELSE 'not_found' END::text,
+                            0::bigint, false, NULL::bigint, NULL::bigint;
         RETURN;
     END IF;
     IF v_s.entity_url IS NOT NULL THEN
@@ -820,10 +1246,10 @@ END
 $$;
 
 --
--- Name: pw_stream_writes(text, text[], text[], integer[], bytea[], timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pw_stream_writes(text, text[], text[], boolean[], integer[], bytea[], timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.pw_stream_writes(p_tenant text, p_paths text[], p_content_types text[], p_counts integer[], p_data bytea[], p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(ord integer, err_code text, err_message text, status text, tail_seq bigint, closed boolean, producer_epoch bigint, producer_seq bigint)
+CREATE FUNCTION public.pw_stream_writes(p_tenant text, p_paths text[], p_content_types text[], p_entity_writers boolean[], p_counts integer[], p_data bytea[], p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(ord integer, err_code text, err_message text, status text, tail_seq bigint, closed boolean, producer_epoch bigint, producer_seq bigint)
     LANGUAGE plpgsql
     AS $$
 #variable_conflict use_column
@@ -841,7 +1267,8 @@ DECLARE
     o_pep    bigint[] := '{}';
     o_pseq   bigint[] := '{}';
 BEGIN
-    IF coalesce(cardinality(p_content_types), 0) <> v_n OR coalesce(cardinality(p_counts), 0) <> v_n THEN
+    IF coalesce(cardinality(p_content_types), 0) <> v_n OR coalesce(cardinality(p_counts), 0) <> v_n
+       OR coalesce(cardinality(p_entity_writers), 0) <> v_n THEN
         RAISE EXCEPTION 'pw_stream_writes: the arrays differ in length' USING ERRCODE = 'PW008';
     END IF;
     FOR i IN 1..v_n LOOP
@@ -856,15 +1283,15 @@ BEGIN
             v_acc, coalesce(cardinality(p_data), 0) USING ERRCODE = 'PW008';
     END IF;
     FOR v_it IN
-        SELECT u.i::integer AS i, u.p, u.ct
-          FROM unnest(p_paths, p_content_types) WITH ORDINALITY AS u(p, ct, i)
+        SELECT u.i::integer AS i, u.p, u.ct, coalesce(u.ew, false) AS ew
+          FROM unnest(p_paths, p_content_types, p_entity_writers) WITH ORDINALITY AS u(p, ct, ew, i)
          ORDER BY u.p, u.i
     LOOP
         BEGIN
             SELECT * INTO STRICT v_r
-              FROM pw_stream_write(p_tenant, v_it.p, v_it.ct,
-                                   coalesce(p_data[v_first[v_it.i]:v_first[v_it.i] + p_counts[v_it.i] - 1], '{}'),
-                                   false, NULL, NULL, NULL, NULL, p_now);
+              FROM pw_stream_write_as(v_it.ew, p_tenant, v_it.p, v_it.ct,
+                                      coalesce(p_data[v_first[v_it.i]:v_first[v_it.i] + p_counts[v_it.i] - 1], '{}'),
+                                      false, NULL, NULL, NULL, NULL, p_now);
             o_status[v_it.i] := v_r.status;
             o_tail[v_it.i] := v_r.tail_seq;
             o_closed[v_it.i] := v_r.closed;
@@ -960,44 +1387,15 @@ CREATE FUNCTION public.release_claim(p_consumer_id text, p_epoch bigint, p_acks 
     AS $$
 #variable_conflict use_column
 DECLARE
-    v_now     timestamptz := coalesce(p_now, now());
-    v_acks    jsonb := coalesce(p_acks, '[]'::jsonb);
-    v_url     text;
-    v_path    text;
-    v_wake    text;
-    v_status  text;
-    v_hash    bytea;
-    v_ack     bigint;
-    v_sent    bigint;
-    v_acked   bigint;
-    v_cleared boolean;
-    v_ended   integer;
-    v_estatus text;
-    v_queued  text;
+    v_now  timestamptz := coalesce(p_now, now());
+    v_acks jsonb := coalesce(p_acks, '[]'::jsonb);
+    v_hash bytea;
+    v_r    record;
 BEGIN
     IF jsonb_typeof(v_acks) <> 'array' THEN
         RAISE EXCEPTION 'acks must be an array' USING ERRCODE = 'PW008';
     END IF;
-    -- The claim, and for an active claim presented with its own token the
-    -- main-stream ack: every ack's offset is parsed (a malformed one raises
-    -- PW008), the main stream's highest one counts, clamped to the tail.
-    SELECT c.entity_url, c.stream_path, c.wake_id, c.status, c.claim_token_hash,
-           CASE WHEN c.status = 'active' AND jsonb_array_length(v_acks) > 0
-                     AND (p_claim_token_hash IS NULL OR p_claim_token_hash = c.claim_token_hash)
-           THEN (SELECT CASE WHEN x.m IS NOT NULL
-                             THEN least(x.m, coalesce((SELECT s.tail_seq FROM streams s
-                                                        WHERE s.tenant_id = p_tenant AND s.path = c.stream_path), 0))
-                        END
-                   FROM (SELECT max(CASE WHEN coalesce(y.a->>'stream', y.a->>'path')
-                                               IN (c.stream_path, substr(c.stream_path, 11))
-                                         THEN y.o END) AS m
-                           FROM (SELECT a, pw_parse_offset(a->>'offset') AS o
-                                   FROM jsonb_array_elements(v_acks) AS a
-                                  WHERE jsonb_typeof(a) = 'object' AND a ? 'offset'
-                                 OFFSET 0) y) x)  -- not flattened: every offset is parsed
-           END
-      INTO v_url, v_path, v_wake, v_status, v_hash, v_ack
-      FROM consumer_claims c
+    SELECT c.claim_token_hash INTO v_hash FROM consumer_claims c
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
@@ -1005,92 +1403,9 @@ BEGIN
     IF p_claim_token_hash IS NOT NULL AND p_claim_token_hash IS DISTINCT FROM v_hash THEN
         RAISE EXCEPTION 'wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
     END IF;
-
-    IF v_status = 'active' THEN
-        -- Lock order: the dispatch row, then the claim, the entity, the
-        -- wake. The UPDATE that clears the slot is what locks the dispatch
-        -- row; it matches only while the slot names this claim. A wake
-        -- queued while the claim's lease had lapsed stays outstanding.
-        UPDATE entity_dispatch_state d
-           SET active_consumer_id = NULL, active_epoch = NULL, active_runner_id = NULL,
-               active_claimed_at = NULL, active_lease_expires_at = NULL,
-               outstanding_wake_id = (SELECT w.wake_id FROM wakes w
-                                       WHERE w.tenant_id = p_tenant AND w.entity_url = v_url
-                                         AND w.status = 'queued'),
-               acked_offset = greatest(d.acked_offset, coalesce(v_ack, 0)),
-               last_released_at = v_now, last_completed_at = v_now, updated_at = v_now
-         WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
-           AND d.active_consumer_id = p_consumer_id AND d.active_epoch = p_epoch
-        RETURNING d.last_sent_offset, d.acked_offset, d.outstanding_wake_id
-             INTO v_sent, v_acked, v_queued;
-        v_cleared := FOUND;
-
-        -- The claim ends; only then (each later step reads the claim's
-        -- result) its wake completes and, when it held the slot, the
-        -- entity goes idle (stopping: stopped). The scalar subqueries run
-        -- in order, so the claim is locked before the entity, and the
-        -- wake's UPDATE, which nothing reads, runs last.
-        WITH claim AS (
-            UPDATE consumer_claims c
-               SET status = 'released', released_at = v_now, acked_streams = v_acks, updated_at = v_now
-             WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch
-               AND c.status = 'active'
-            RETURNING 1
-        ), ent AS (
-            UPDATE entities e
-               SET status = CASE e.status WHEN 'running' THEN 'idle' WHEN 'stopping' THEN 'stopped'
-                            ELSE e.status END,
-                   updated_at = v_now
-             WHERE e.tenant_id = p_tenant AND e.url = v_url AND v_cleared
-               AND EXISTS (SELECT 1 FROM claim)
-            RETURNING e.status
-        ), wake AS (
-            UPDATE wakes w SET status = 'completed', finished_at = v_now, updated_at = v_now
-             WHERE w.tenant_id = p_tenant AND w.wake_id = v_wake AND w.status = 'claimed'
-               AND EXISTS (SELECT 1 FROM claim)
-        )
-        SELECT (SELECT count(*) FROM claim),
-               coalesce((SELECT ent.status FROM ent),
-                        (SELECT e.status FROM entities e WHERE e.tenant_id = p_tenant AND e.url = v_url))
-          INTO v_ended, v_estatus;
-        IF v_ended = 1 THEN
-            IF NOT v_cleared THEN
-                -- Not the slot's claim (a leak being cleaned up): the entity
-                -- and its slot are as they were.
-                SELECT d.acked_offset INTO v_acked FROM entity_dispatch_state d
-                 WHERE d.tenant_id = p_tenant AND d.entity_url = v_url;
-            ELSIF v_estatus = 'idle' AND v_sent > v_acked AND v_queued IS NULL THEN
-                v_queued := pw_queue_wake(p_tenant, v_url, v_now);
-            END IF;
-            IF p_notify THEN
-                PERFORM pw_notify_claim(p_tenant, p_consumer_id, p_epoch, v_path, 'released');
-            END IF;
-            released := true;
-            entity_cleared := v_cleared;
-            claim_status := 'released';
-            entity_url := v_url;
-            stream_path := v_path;
-            entity_status := v_estatus;
-            acked_offset := pw_offset(v_acked);
-            queued_wake_id := v_queued;
-            RETURN NEXT;
-            RETURN;
-        END IF;
-        IF v_cleared THEN
-            -- Only a transaction holding the dispatch lock ends the claim a
-            -- slot names, and this one holds it: this cannot happen.
-            RAISE EXCEPTION 'claim %/% holds its entity''s slot but is not active', p_consumer_id, p_epoch;
-        END IF;
-    END IF;
-
-    -- Not active (or ended while this call ran): a repeated release changes
-    -- nothing and reports the claim's current status.
-    RETURN QUERY
-    SELECT false, false, c.status, c.entity_url, c.stream_path, e.status, pw_offset(d.acked_offset), NULL::text
-      FROM consumer_claims c
-      JOIN entities e ON e.tenant_id = c.tenant_id AND e.url = c.entity_url
-      JOIN entity_dispatch_state d ON d.tenant_id = c.tenant_id AND d.entity_url = c.entity_url
-     WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
+    SELECT * INTO v_r FROM pw_end_claim(p_tenant, p_consumer_id, p_epoch, 'released', v_acks, v_now, p_notify);
+    RETURN QUERY SELECT v_r.ended, v_r.entity_cleared, v_r.claim_status, v_r.entity_url, v_r.stream_path,
+                        v_r.entity_status, pw_offset(v_r.acked_offset), v_r.queued_wake_id;
 END
 $$;
 
@@ -1509,6 +1824,12 @@ CREATE INDEX consumer_claims_active_runner_idx ON public.consumer_claims USING b
 CREATE INDEX consumer_claims_finished_idx ON public.consumer_claims USING btree (tenant_id, updated_at) WHERE (status <> 'active'::text);
 
 --
+-- Name: streams_forked_from_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX streams_forked_from_idx ON public.streams USING btree (tenant_id, forked_from) WHERE (forked_from IS NOT NULL);
+
+--
 -- Name: wakes_finished_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -1519,6 +1840,18 @@ CREATE INDEX wakes_finished_idx ON public.wakes USING btree (tenant_id, finished
 --
 
 CREATE UNIQUE INDEX wakes_one_queued_idx ON public.wakes USING btree (tenant_id, entity_url) WHERE (status = 'queued'::text);
+
+--
+-- Name: runners runners_deleted; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER runners_deleted AFTER DELETE ON public.runners FOR EACH ROW EXECUTE FUNCTION public.pw_notify_runner_token();
+
+--
+-- Name: runners runners_token_changed; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER runners_token_changed AFTER UPDATE OF token_hash ON public.runners FOR EACH ROW WHEN ((old.token_hash IS DISTINCT FROM new.token_hash)) EXECUTE FUNCTION public.pw_notify_runner_token();
 
 --
 -- Name: wakes wakes_queue_delete; Type: TRIGGER; Schema: public; Owner: -
@@ -1558,6 +1891,13 @@ ALTER TABLE ONLY public.stream_messages
 
 ALTER TABLE ONLY public.stream_producers
     ADD CONSTRAINT stream_producers_tenant_id_path_fkey FOREIGN KEY (tenant_id, path) REFERENCES public.streams(tenant_id, path) ON DELETE CASCADE;
+
+--
+-- Name: streams streams_forked_from_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.streams
+    ADD CONSTRAINT streams_forked_from_fkey FOREIGN KEY (tenant_id, forked_from) REFERENCES public.streams(tenant_id, path);
 
 --
 -- Name: wakes wakes_tenant_id_entity_url_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -

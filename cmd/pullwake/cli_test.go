@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -128,9 +129,39 @@ func claimStatus(t *testing.T, tdb *testdb.DB, c claim) string {
 	return s
 }
 
+// TestVersion runs the command in process: the binary's build (shared by
+// the other CLI tests) is not what it tests. make build stamps the version
+// (-ldflags -X main.version=...); TestVersionStamp checks that path.
 func TestVersion(t *testing.T) {
 	t.Parallel()
-	pullwake(t, nil, "version").expect(t, 0, `^pullwake \S+\n$`, `^$`)
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"version"}, &stdout, &stderr)
+	r := result{stdout: stdout.String(), stderr: stderr.String(), code: code}
+	r.expect(t, 0, `^pullwake \S+\n$`, `^$`)
+}
+
+// The test binary is built with a stamped version (internal/testbin), as
+// make build stamps git describe: pullwake version prints it.
+func TestVersionStamp(t *testing.T) {
+	t.Parallel()
+	pullwake(t, nil, "version").expect(t, 0, `^pullwake `+regexp.QuoteMeta(testbin.Version)+`\n$`, `^$`)
+}
+
+// A listen address in use is a clear error naming the way out, not a
+// server that seems to start.
+func TestServePortInUse(t *testing.T) {
+	t.Parallel()
+	tdb := testdb.New(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	r := pullwake(t, []string{"PULLWAKE_DATABASE_URL=" + tdb.URL, "PULLWAKE_LOG_FORMAT=text"}, "serve", "--addr", ln.Addr().String())
+	r.expect(t, 1, "", `pullwake serve: listen on `+regexp.QuoteMeta(ln.Addr().String())+`: the address is already in use .*--addr or PULLWAKE_ADDR\n\z`)
+	if strings.Contains(r.stderr, "pullwake serving") {
+		t.Errorf("said serving on a port it could not bind:\n%s", r.stderr)
+	}
 }
 
 func TestHelp(t *testing.T) {
@@ -226,6 +257,7 @@ func TestReleaseBadArguments(t *testing.T) {
 	}{
 		{"non-numeric epoch", []string{c.consumer, "four", url}, 2, `pullwake release: usage: EPOCH must be a positive integer, got "four"`},
 		{"zero epoch", []string{c.consumer, "0", url}, 2, `EPOCH must be a positive integer`},
+		{"signed epoch", []string{c.consumer, "+1", url}, 2, `EPOCH must be a positive integer, got "\+1"`},
 		{"missing epoch", []string{c.consumer, url}, 2, `want CONSUMER EPOCH, got 1 argument\(s\)`},
 		{"too many arguments", []string{c.consumer, "1", "2", url}, 2, `want CONSUMER EPOCH, got 3 argument\(s\)`},
 		{"unknown flag", []string{c.consumer, "1", "--force", url}, 2, `flag provided but not defined: -force`},

@@ -49,8 +49,10 @@ CONSUMER is the wake id, like wake-12.`)
 		return fmt.Errorf("%w: want CONSUMER EPOCH, got %d argument(s) (see pullwake release --help)", errUsage, len(pos))
 	}
 	consumer := pos[0]
+	// Digits only: strconv.ParseInt alone takes "+1", another spelling of
+	// epoch 1, and an operator who typed a sign meant something else.
 	epoch, err := strconv.ParseInt(pos[1], 10, 64)
-	if err != nil || epoch < 1 {
+	if err != nil || epoch < 1 || strings.TrimLeft(pos[1], "0123456789") != "" {
 		return fmt.Errorf("%w: EPOCH must be a positive integer, got %q", errUsage, pos[1])
 	}
 	if !json.Valid([]byte(*acks)) || !strings.HasPrefix(strings.TrimSpace(*acks), "[") {

@@ -11,11 +11,12 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
-	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/net/netutil"
 
 	"github.com/pullwake/pullwake/internal/metrics"
 	"github.com/pullwake/pullwake/internal/migrate"
@@ -30,6 +31,7 @@ type serveConfig struct {
 	addr            string
 	publicURL       string
 	adminToken      string
+	adminTokenFile  string
 	defaultLease    time.Duration
 	sweepInterval   time.Duration
 	longPollTimeout time.Duration
@@ -37,77 +39,134 @@ type serveConfig struct {
 	migrate         bool
 	logFormat       string
 	logLevel        string
-	groupCommit     bool
-	gcInFlight      int
-	pprofAddr       string
+	http            httpLimits
+	// Stream guards (server/streams).
+	streamWriteAuth string
+	streamReadAuth  string
+	maxLiveReaders  int
+	// Group commit (internal/groupcommit) and profiling.
+	groupCommit bool
+	gcInFlight  int
+	pprofAddr   string
 }
 
-func envInt(name string, def int) int {
-	v, err := strconv.Atoi(os.Getenv(name))
-	if err != nil {
-		return def
-	}
-	return v
-}
-
-func envBool(name string, def bool) bool {
-	v, err := strconv.ParseBool(os.Getenv(name))
-	if err != nil {
-		return def
-	}
-	return v
+// httpLimits are the HTTP server's deadlines and connection cap.
+type httpLimits struct {
+	readTimeout  time.Duration // whole request, body included
+	writeTimeout time.Duration // 0 = derived from the long-poll timeout
+	idleTimeout  time.Duration // keep-alive connection with no request
+	maxConns     int
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("serve", "serve [flags]\n\nRuns the HTTP server with its lease sweeper and claim listener.\nEvery flag also reads the environment variable named in its text.")
-	fs.SetOutput(stderr)
-	var c serveConfig
-	c.db.register(fs)
-	fs.StringVar(&c.addr, "addr", cmp.Or(os.Getenv("PULLWAKE_ADDR"), "127.0.0.1:8080"), "listen address host:port (env PULLWAKE_ADDR)")
-	fs.StringVar(&c.publicURL, "public-url", os.Getenv("PULLWAKE_PUBLIC_URL"), "base of absolute URLs handed out, e.g. callbacks (env PULLWAKE_PUBLIC_URL; default http://ADDR)")
-	fs.StringVar(&c.adminToken, "admin-token", os.Getenv("PULLWAKE_ADMIN_TOKEN"), "admin token for management routes; empty = dev mode, routes open (env PULLWAKE_ADMIN_TOKEN)")
-	fs.DurationVar(&c.defaultLease, "default-lease-ttl", envDuration("PULLWAKE_DEFAULT_LEASE_TTL", 30*time.Second), "claim lease when a claim names none (env PULLWAKE_DEFAULT_LEASE_TTL)")
-	fs.DurationVar(&c.sweepInterval, "sweep-interval", envDuration("PULLWAKE_SWEEP_INTERVAL", 5*time.Second), "lease expiry sweep period (env PULLWAKE_SWEEP_INTERVAL)")
-	fs.DurationVar(&c.longPollTimeout, "long-poll-timeout", envDuration("PULLWAKE_LONG_POLL_TIMEOUT", 30*time.Second), "how long a live stream read waits (env PULLWAKE_LONG_POLL_TIMEOUT)")
-	fs.DurationVar(&c.retention, "retention", envDuration("PULLWAKE_RETENTION", 7*24*time.Hour), "delete ended claims and finished wakes older than this; 0 keeps all (env PULLWAKE_RETENTION)")
-	fs.BoolVar(&c.migrate, "migrate", envBool("PULLWAKE_MIGRATE", true), "apply pending migrations at start (env PULLWAKE_MIGRATE)")
-	fs.StringVar(&c.logFormat, "log-format", os.Getenv("PULLWAKE_LOG_FORMAT"), "json or text; default json unless stderr is a terminal (env PULLWAKE_LOG_FORMAT)")
-	fs.StringVar(&c.logLevel, "log-level", cmp.Or(os.Getenv("PULLWAKE_LOG_LEVEL"), "info"), "debug, info, warn or error (env PULLWAKE_LOG_LEVEL)")
-	fs.BoolVar(&c.groupCommit, "group-commit", envBool("PULLWAKE_GROUP_COMMIT", false), "run concurrent claims, dones and appends as shared transactions (env PULLWAKE_GROUP_COMMIT)")
-	fs.IntVar(&c.gcInFlight, "group-commit-in-flight", envInt("PULLWAKE_GROUP_COMMIT_IN_FLIGHT", 1), "group commit: batches of one kind that may run at once (env PULLWAKE_GROUP_COMMIT_IN_FLIGHT)")
-	fs.StringVar(&c.pprofAddr, "pprof-addr", os.Getenv("PULLWAKE_PPROF_ADDR"), "serve net/http/pprof on this host:port, a listener of its own; empty = off (env PULLWAKE_PPROF_ADDR)")
-	pos, err := parseArgs(fs, args)
+	c, err := parseServe(args, os.Getenv, stderr)
 	if err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
-	}
-	if err := c.db.check(); err != nil {
-		return err
-	}
-	if _, _, err := net.SplitHostPort(c.addr); err != nil {
-		return fmt.Errorf("%w: --addr %q must be host:port", errUsage, c.addr)
-	}
-	if c.defaultLease < time.Second || c.defaultLease > 10*time.Minute {
-		return fmt.Errorf("%w: --default-lease-ttl %s must be between 1s and 10m", errUsage, c.defaultLease)
-	}
-	if c.gcInFlight < 1 || c.gcInFlight > 32 {
-		return fmt.Errorf("%w: --group-commit-in-flight %d must be between 1 and 32", errUsage, c.gcInFlight)
-	}
-	if c.pprofAddr != "" {
-		if _, _, err := net.SplitHostPort(c.pprofAddr); err != nil {
-			return fmt.Errorf("%w: --pprof-addr %q must be host:port", errUsage, c.pprofAddr)
-		}
-	}
-	if c.sweepInterval <= 0 || c.longPollTimeout <= 0 || c.retention < 0 {
-		return fmt.Errorf("%w: durations must be positive", errUsage)
 	}
 	logger, err := newLogger(stderr, c.logFormat, c.logLevel)
 	if err != nil {
 		return err
 	}
 	return serve(ctx, c, logger)
+}
+
+// parseServe builds serve's configuration from flags and the environment
+// (getenv) and checks it; any malformed value is an error naming it.
+func parseServe(args []string, getenv func(string) string, stderr io.Writer) (serveConfig, error) {
+	fs := newFlagSet("serve", "serve [flags]\n\nRuns the HTTP server with its lease sweeper and claim listener.\nEvery flag also reads the environment variable named in its text.")
+	fs.SetOutput(stderr)
+	env := newEnvDefaults(getenv)
+	var c serveConfig
+	c.db.registerEnv(fs, getenv)
+	fs.StringVar(&c.addr, "addr", cmp.Or(getenv("PULLWAKE_ADDR"), "127.0.0.1:8080"), "listen address host:port (env PULLWAKE_ADDR)")
+	fs.StringVar(&c.publicURL, "public-url", getenv("PULLWAKE_PUBLIC_URL"), "base of absolute URLs handed out, e.g. callbacks (env PULLWAKE_PUBLIC_URL; default http://ADDR)")
+	fs.StringVar(&c.adminToken, "admin-token", getenv("PULLWAKE_ADMIN_TOKEN"), "admin token for management routes, at least 128 bits (32 hex or 22 base64url characters); empty = dev mode, routes open (env PULLWAKE_ADMIN_TOKEN)")
+	fs.StringVar(&c.adminTokenFile, "admin-token-file", getenv("PULLWAKE_ADMIN_TOKEN_FILE"), "read the admin token from this file instead (env PULLWAKE_ADMIN_TOKEN_FILE)")
+	fs.DurationVar(&c.defaultLease, "default-lease-ttl", env.duration("default-lease-ttl", "PULLWAKE_DEFAULT_LEASE_TTL", 30*time.Second), "claim lease when a claim names none (env PULLWAKE_DEFAULT_LEASE_TTL)")
+	fs.DurationVar(&c.sweepInterval, "sweep-interval", env.duration("sweep-interval", "PULLWAKE_SWEEP_INTERVAL", 5*time.Second), "lease expiry sweep period (env PULLWAKE_SWEEP_INTERVAL)")
+	fs.DurationVar(&c.longPollTimeout, "long-poll-timeout", env.duration("long-poll-timeout", "PULLWAKE_LONG_POLL_TIMEOUT", 30*time.Second), "how long a live stream read waits (env PULLWAKE_LONG_POLL_TIMEOUT)")
+	fs.DurationVar(&c.retention, "retention", env.duration("retention", "PULLWAKE_RETENTION", 7*24*time.Hour), "delete ended claims and finished wakes older than this; 0 keeps all (env PULLWAKE_RETENTION)")
+	fs.BoolVar(&c.migrate, "migrate", env.bool("migrate", "PULLWAKE_MIGRATE", true), "apply pending migrations at start (env PULLWAKE_MIGRATE)")
+	fs.StringVar(&c.logFormat, "log-format", getenv("PULLWAKE_LOG_FORMAT"), "json or text; default json unless stderr is a terminal (env PULLWAKE_LOG_FORMAT)")
+	fs.StringVar(&c.logLevel, "log-level", cmp.Or(getenv("PULLWAKE_LOG_LEVEL"), "info"), "debug, info, warn or error (env PULLWAKE_LOG_LEVEL)")
+	fs.DurationVar(&c.http.readTimeout, "read-timeout", env.duration("read-timeout", "PULLWAKE_READ_TIMEOUT", 30*time.Second), "longest a client may take to send a whole request, body included (env PULLWAKE_READ_TIMEOUT)")
+	fs.DurationVar(&c.http.writeTimeout, "write-timeout", env.duration("write-timeout", "PULLWAKE_WRITE_TIMEOUT", 0), "longest a response may take to write; 0 = the longer of 90s and the long-poll timeout + 30s, so live reads fit (env PULLWAKE_WRITE_TIMEOUT)")
+	fs.DurationVar(&c.http.idleTimeout, "idle-timeout", env.duration("idle-timeout", "PULLWAKE_IDLE_TIMEOUT", 60*time.Second), "keep-alive connections idle this long are closed (env PULLWAKE_IDLE_TIMEOUT)")
+	fs.IntVar(&c.http.maxConns, "max-connections", env.int("max-connections", "PULLWAKE_MAX_CONNECTIONS", 1024), "open client connections at most; more wait to be accepted (env PULLWAKE_MAX_CONNECTIONS)")
+	fs.StringVar(&c.streamWriteAuth, "stream-write-auth", cmp.Or(getenv("PULLWAKE_STREAM_WRITE_AUTH"), streams.WriteAuthAdmin), "who appends to and closes plain streams when an admin token is set: admin or none (env PULLWAKE_STREAM_WRITE_AUTH)")
+	fs.StringVar(&c.streamReadAuth, "stream-read-auth", cmp.Or(getenv("PULLWAKE_STREAM_READ_AUTH"), streams.ReadAuthNone), "who reads streams when an admin token is set: none, entity (entity streams need the admin or write token) or admin (env PULLWAKE_STREAM_READ_AUTH)")
+	fs.IntVar(&c.maxLiveReaders, "max-live-readers", env.int("max-live-readers", "PULLWAKE_MAX_LIVE_READERS", 1000), "most concurrent long-poll and SSE stream readers; more get 503 (env PULLWAKE_MAX_LIVE_READERS)")
+	fs.BoolVar(&c.groupCommit, "group-commit", env.bool("group-commit", "PULLWAKE_GROUP_COMMIT", false), "run concurrent claims, dones and plain appends as shared transactions (env PULLWAKE_GROUP_COMMIT)")
+	fs.IntVar(&c.gcInFlight, "group-commit-in-flight", env.int("group-commit-in-flight", "PULLWAKE_GROUP_COMMIT_IN_FLIGHT", 1), "group commit: batches of one kind that may run at once, 1 to 32 (env PULLWAKE_GROUP_COMMIT_IN_FLIGHT)")
+	fs.StringVar(&c.pprofAddr, "pprof-addr", getenv("PULLWAKE_PPROF_ADDR"), "serve net/http/pprof on this host:port, a listener of its own; empty = off (env PULLWAKE_PPROF_ADDR)")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return c, err
+	}
+	if err := env.check(fs); err != nil {
+		return c, err
+	}
+	if len(pos) > 0 {
+		return c, fmt.Errorf("%w: unexpected argument %q", errUsage, pos[0])
+	}
+	if err := c.db.check(); err != nil {
+		return c, err
+	}
+	if _, _, err := net.SplitHostPort(c.addr); err != nil {
+		return c, fmt.Errorf("%w: --addr %q must be host:port", errUsage, c.addr)
+	}
+	if c.defaultLease < time.Second || c.defaultLease > 10*time.Minute {
+		return c, fmt.Errorf("%w: --default-lease-ttl %s must be between 1s and 10m", errUsage, c.defaultLease)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+		zero bool // 0 allowed
+	}{
+		{"sweep-interval", c.sweepInterval, false}, {"long-poll-timeout", c.longPollTimeout, false},
+		{"retention", c.retention, true}, {"read-timeout", c.http.readTimeout, false},
+		{"write-timeout", c.http.writeTimeout, true}, {"idle-timeout", c.http.idleTimeout, false},
+	} {
+		if d.v < 0 || (d.v == 0 && !d.zero) {
+			return c, fmt.Errorf("%w: --%s %s must be positive", errUsage, d.name, d.v)
+		}
+	}
+	if c.http.writeTimeout == 0 {
+		c.http.writeTimeout = max(90*time.Second, c.longPollTimeout+30*time.Second)
+	} else if c.http.writeTimeout < c.longPollTimeout+5*time.Second {
+		return c, fmt.Errorf("%w: --write-timeout %s would cut live reads: it must exceed --long-poll-timeout (%s) by 5s at least", errUsage, c.http.writeTimeout, c.longPollTimeout)
+	}
+	if err := streams.CheckAuthModes(c.streamWriteAuth, c.streamReadAuth); err != nil {
+		return c, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if c.maxLiveReaders < 1 {
+		return c, fmt.Errorf("%w: --max-live-readers (PULLWAKE_MAX_LIVE_READERS) %d must be at least 1", errUsage, c.maxLiveReaders)
+	}
+	if c.gcInFlight < 1 || c.gcInFlight > 32 {
+		return c, fmt.Errorf("%w: --group-commit-in-flight %d must be between 1 and 32", errUsage, c.gcInFlight)
+	}
+	if c.pprofAddr != "" {
+		if _, _, err := net.SplitHostPort(c.pprofAddr); err != nil {
+			return c, fmt.Errorf("%w: --pprof-addr %q must be host:port", errUsage, c.pprofAddr)
+		}
+	}
+	if c.http.maxConns < 1 {
+		return c, fmt.Errorf("%w: --max-connections %d must be at least 1", errUsage, c.http.maxConns)
+	}
+	if c.adminTokenFile != "" {
+		if c.adminToken != "" {
+			return c, fmt.Errorf("%w: give the admin token once: --admin-token (PULLWAKE_ADMIN_TOKEN) or --admin-token-file (PULLWAKE_ADMIN_TOKEN_FILE), not both", errUsage)
+		}
+		if c.adminToken, err = readTokenFile(c.adminTokenFile); err != nil {
+			return c, fmt.Errorf("%w: %v", errUsage, err)
+		}
+	}
+	if c.adminToken != "" {
+		if err := checkAdminToken(c.adminToken); err != nil {
+			return c, fmt.Errorf("%w: %v", errUsage, err)
+		}
+	}
+	return c, nil
 }
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
@@ -174,6 +233,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	scfg := streams.Config{
 		Pool: pool, Tenant: c.db.tenant, Gate: store, AdminToken: c.adminToken,
 		LongPollTimeout: c.longPollTimeout, Logger: log, Metrics: met, Publisher: pub,
+		WriteAuth: c.streamWriteAuth, ReadAuth: c.streamReadAuth, MaxLiveReaders: c.maxLiveReaders,
 	}
 	var bw *streams.BatchWriter
 	if c.groupCommit {
@@ -193,6 +253,9 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	}
 
 	ln, err := net.Listen("tcp", c.addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("listen on %s: the address is already in use (another pullwake, or another program, holds the port): stop it or choose another address with --addr or PULLWAKE_ADDR", c.addr)
+	}
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", c.addr, err)
 	}
@@ -213,11 +276,25 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 		}
 		defer stopPprof()
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	hs := &http.Server{
+		Handler:           srv.Handler(),
+		ReadHeaderTimeout: min(10*time.Second, c.http.readTimeout),
+		ReadTimeout:       c.http.readTimeout,
+		WriteTimeout:      c.http.writeTimeout,
+		IdleTimeout:       c.http.idleTimeout,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	if fds := openFileLimit(); fds > 0 && uint64(c.http.maxConns)+128 > fds {
+		log.Warn("max-connections is close to the open-file limit: raise the limit (ulimit -n) or lower max-connections",
+			"max_connections", c.http.maxConns, "open_file_limit", fds)
+	}
+	ln = netutil.LimitListener(ln, c.http.maxConns)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	log.Info("pullwake serving", "addr", ln.Addr().String(), "public_url", publicURL, "tenant", c.db.tenant,
 		"default_lease_ttl", c.defaultLease.String(), "sweep_interval", c.sweepInterval.String(),
+		"read_timeout", c.http.readTimeout.String(), "write_timeout", c.http.writeTimeout.String(),
+		"idle_timeout", c.http.idleTimeout.String(), "max_connections", c.http.maxConns,
 		"group_commit", c.groupCommit)
 
 	select {
@@ -254,6 +331,15 @@ func migrateUp(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error 
 		log.Info("migrations applied", "versions", fmt.Sprint(vs))
 	}
 	return nil
+}
+
+// openFileLimit is the process's soft limit on open files (0 if unknown).
+func openFileLimit() uint64 {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return 0
+	}
+	return rl.Cur
 }
 
 // servePprof serves net/http/pprof on a listener of its own (never on the

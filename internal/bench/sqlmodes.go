@@ -355,6 +355,7 @@ func (b *batchRunner) cycle(ctx context.Context, rec *recorder) error {
 	for _, c := range held {
 		wr.Paths = append(wr.Paths, c.StreamPath)
 		wr.ContentTypes = append(wr.ContentTypes, jsonType)
+		wr.EntityWriters = append(wr.EntityWriters, true)
 		wr.Counts = append(wr.Counts, 1)
 		wr.Data = append(wr.Data, b.msg)
 	}

@@ -536,7 +536,14 @@ func checkDatabaseLoss(t *testing.T, srv *serverProc, dbURL string, outage func(
 		return r.Status == http.StatusOK, r.String()
 	})
 	t.Logf("recovered %s after the database came back", took.Round(time.Millisecond))
-	c.must(t, "GET", "/readyz", "", nil, http.StatusOK)
+	// Ready once the LISTEN connection is back as well (it retries every 500 ms).
+	eventually(t, 10*time.Second, 50*time.Millisecond, "ready again", func() (bool, string) {
+		r, err := c.do(context.Background(), "GET", "/readyz", "", nil)
+		if err != nil {
+			return false, err.Error()
+		}
+		return r.Status == http.StatusOK, r.String()
+	})
 
 	// The live claim's write token survived (memory protects live writes).
 	appendOK(t, c, w.StreamPath, w.WriteToken, map[string]any{"type": "reply", "n": 3})

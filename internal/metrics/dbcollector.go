@@ -3,7 +3,7 @@ package metrics
 import (
 	"context"
 	"fmt"
-	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -11,14 +11,16 @@ import (
 	"github.com/pullwake/pullwake/db"
 )
 
-// Source reads the claim state the DB-derived gauges show. It is called once
-// per scrape with a context bounded by Config.ScrapeTimeout.
+// Source reads the claim state the DB-derived gauges show. RefreshClaimGauges
+// calls it (the server's sweeper does, after each pass); a scrape never does.
 type Source interface {
-	// ClaimCounts returns the number of claims by status.
-	ClaimCounts(ctx context.Context) (map[string]int64, error)
-	// LeakedClaims returns the number of active claims that no dispatch
-	// slot names, or whose lease has passed.
-	LeakedClaims(ctx context.Context) (int64, error)
+	// ActiveClaims returns the number of active claims and how many of
+	// them are leaked: no dispatch slot names them, or their lease has
+	// passed. Its cost follows the active claims, not the history.
+	ActiveClaims(ctx context.Context) (active, leaked int64, err error)
+	// EndedClaims returns the number of ended claims by status (released,
+	// expired, failed). It reads the history.
+	EndedClaims(ctx context.Context) (map[string]int64, error)
 }
 
 // DBSource is the Source over pullwake's database, for one tenant.
@@ -27,11 +29,21 @@ type DBSource struct {
 	Tenant string
 }
 
-// ClaimCounts implements Source with ClaimCountsByStatus.
-func (s DBSource) ClaimCounts(ctx context.Context) (map[string]int64, error) {
-	rows, err := db.New().ClaimCountsByStatus(ctx, s.Conn, s.Tenant)
+// ActiveClaims implements Source with ActiveClaimGauges (partial indexes of
+// active claims).
+func (s DBSource) ActiveClaims(ctx context.Context) (active, leaked int64, err error) {
+	r, err := db.New().ActiveClaimGauges(ctx, s.Conn, s.Tenant)
 	if err != nil {
-		return nil, fmt.Errorf("count claims by status: %w", err)
+		return 0, 0, fmt.Errorf("count active claims: %w", err)
+	}
+	return r.Active, r.Leaked, nil
+}
+
+// EndedClaims implements Source with EndedClaimCounts.
+func (s DBSource) EndedClaims(ctx context.Context) (map[string]int64, error) {
+	rows, err := db.New().EndedClaimCounts(ctx, s.Conn, s.Tenant)
+	if err != nil {
+		return nil, fmt.Errorf("count ended claims: %w", err)
 	}
 	out := make(map[string]int64, len(rows))
 	for _, r := range rows {
@@ -40,65 +52,104 @@ func (s DBSource) ClaimCounts(ctx context.Context) (map[string]int64, error) {
 	return out, nil
 }
 
-// LeakedClaims implements Source with CountLeakedClaims.
-func (s DBSource) LeakedClaims(ctx context.Context) (int64, error) {
-	n, err := db.New().CountLeakedClaims(ctx, s.Conn, s.Tenant)
-	if err != nil {
-		return 0, fmt.Errorf("count leaked claims: %w", err)
-	}
-	return n, nil
-}
-
-// claimStatuses are always reported, at zero when no claim has them.
-var claimStatuses = []string{"active", "released", "expired", "failed"}
+// endedStatuses are reported, at zero when no claim has them, once the
+// history has been read.
+var endedStatuses = []string{"released", "expired", "failed"}
 
 var (
 	claimsDesc = prometheus.NewDesc("pullwake_claims",
-		"Claims in the database by status.", []string{"status"}, nil)
+		"Claims in the database by status, as the sweeper last read them (active after every expiry pass, ended ones about once a minute).", []string{"status"}, nil)
 	leakedDesc = prometheus.NewDesc("pullwake_leaked_claims",
-		"Active claims that no dispatch slot names, or whose lease has passed: a non-zero value that persists past one sweep interval is a bug.", nil, nil)
+		"Active claims that no dispatch slot names, or whose lease has passed, as the sweeper last read them: a non-zero value that persists past one sweep interval is a bug.", nil, nil)
 	scrapeOKDesc = prometheus.NewDesc("pullwake_db_scrape_success",
-		"1 when the database gauges (pullwake_claims, pullwake_leaked_claims) were read in this scrape, 0 when reading them failed.", nil, nil)
+		"1 when the sweeper's last read of the database gauges (pullwake_claims, pullwake_leaked_claims) succeeded, 0 when it failed or has not run yet.", nil, nil)
+	ageDesc = prometheus.NewDesc("pullwake_claim_gauges_age_seconds",
+		"Seconds since the sweeper last read the active-claim gauges: it should stay below the sweep interval.", nil, nil)
 )
 
-// dbCollector computes the DB-derived gauges at scrape time. When the
-// database does not answer within the timeout, the gauges are left out
-// (absent, not stale) and pullwake_db_scrape_success is 0.
+// gaugeSnapshot is the last read of the DB-derived gauges.
+type gaugeSnapshot struct {
+	mu       sync.Mutex
+	ok       bool // the last read succeeded
+	activeAt time.Time
+	active   int64
+	leaked   int64
+	ended    map[string]int64 // nil until the history was read
+}
+
+// dbCollector serves the snapshot. A scrape never touches the database: an
+// anonymous client scraping /metrics in a loop costs the database nothing.
 type dbCollector struct {
-	src     Source
-	timeout time.Duration
-	log     *slog.Logger
+	snap *gaugeSnapshot
+	now  func() time.Time
 }
 
 func (c *dbCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- claimsDesc
 	ch <- leakedDesc
 	ch <- scrapeOKDesc
+	ch <- ageDesc
 }
 
 func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
-	defer cancel()
-	counts, err := c.src.ClaimCounts(ctx)
-	var leaked int64
-	if err == nil {
-		leaked, err = c.src.LeakedClaims(ctx)
-	}
-	if err != nil {
-		c.log.Warn("metrics: read claim gauges", "err", err)
+	s := c.snap
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.ok || s.activeAt.IsZero() {
 		ch <- prometheus.MustNewConstMetric(scrapeOKDesc, prometheus.GaugeValue, 0)
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(scrapeOKDesc, prometheus.GaugeValue, 1)
-	seen := make(map[string]bool, len(claimStatuses))
-	for _, s := range claimStatuses {
-		seen[s] = true
-		ch <- prometheus.MustNewConstMetric(claimsDesc, prometheus.GaugeValue, float64(counts[s]), s)
-	}
-	for s, n := range counts { // a status this code does not know yet
-		if !seen[s] {
-			ch <- prometheus.MustNewConstMetric(claimsDesc, prometheus.GaugeValue, float64(n), s)
+	ch <- prometheus.MustNewConstMetric(ageDesc, prometheus.GaugeValue, c.now().Sub(s.activeAt).Seconds())
+	ch <- prometheus.MustNewConstMetric(claimsDesc, prometheus.GaugeValue, float64(s.active), "active")
+	if s.ended != nil {
+		seen := make(map[string]bool, len(endedStatuses))
+		for _, st := range endedStatuses {
+			seen[st] = true
+			ch <- prometheus.MustNewConstMetric(claimsDesc, prometheus.GaugeValue, float64(s.ended[st]), st)
+		}
+		for st, n := range s.ended { // a status this code does not know yet
+			if !seen[st] && st != "active" {
+				ch <- prometheus.MustNewConstMetric(claimsDesc, prometheus.GaugeValue, float64(n), st)
+			}
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(leakedDesc, prometheus.GaugeValue, float64(leaked))
+	ch <- prometheus.MustNewConstMetric(leakedDesc, prometheus.GaugeValue, float64(s.leaked))
+}
+
+// RefreshClaimGauges reads the DB-derived gauges from the Source into the
+// snapshot that /metrics serves: the active and leaked claims always, the
+// ended claims by status too when history is true. The server's sweeper
+// calls it after every expiry pass (history about once a minute, from its housekeeping loop).
+// The reads are bounded by Config.ScrapeTimeout. A failed read makes
+// pullwake_db_scrape_success 0 and hides the gauges until a read succeeds.
+// Without a Source it does nothing.
+func (m *Metrics) RefreshClaimGauges(ctx context.Context, history bool) error {
+	if m == nil || m.src == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.refreshTimeout)
+	defer cancel()
+	active, leaked, err := m.src.ActiveClaims(ctx)
+	var ended map[string]int64
+	if err == nil && history {
+		ended, err = m.src.EndedClaims(ctx)
+	}
+	s := m.snap
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.ok = false
+		return fmt.Errorf("read claim gauges: %w", err)
+	}
+	s.ok = true
+	s.activeAt = time.Now()
+	s.active, s.leaked = active, leaked
+	if history {
+		s.ended = ended
+		if s.ended == nil {
+			s.ended = map[string]int64{}
+		}
+	}
+	return nil
 }

@@ -54,12 +54,14 @@ type Config struct {
 	// TokenStoreSize reports the number of write tokens held in memory
 	// (tokens.Store.Len). Nil leaves pullwake_token_store_size out.
 	TokenStoreSize func() int
-	// Source reads claim state from the database at scrape time. Nil
-	// leaves the DB-derived gauges out.
+	// Source reads claim state from the database when RefreshClaimGauges
+	// is called (by the sweeper), never at scrape time. Nil leaves the
+	// DB-derived gauges out.
 	Source Source
-	// ScrapeTimeout bounds the DB queries of one scrape. Default 2s.
+	// ScrapeTimeout bounds the DB queries of one RefreshClaimGauges.
+	// Default 2s.
 	ScrapeTimeout time.Duration
-	// Logger reports failed DB scrapes. Default slog.Default().
+	// Logger is kept for callers that set it; the metrics log nothing.
 	Logger *slog.Logger
 }
 
@@ -68,6 +70,10 @@ type Config struct {
 // code paths may hold an optional one.
 type Metrics struct {
 	reg *prometheus.Registry
+
+	src            Source
+	refreshTimeout time.Duration
+	snap           *gaugeSnapshot
 
 	claimsStarted   prometheus.Counter
 	claimDuration   *prometheus.HistogramVec
@@ -101,7 +107,10 @@ var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25
 func New(cfg Config) *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
-		reg: reg,
+		reg:            reg,
+		src:            cfg.Source,
+		refreshTimeout: cmp.Or(cfg.ScrapeTimeout, 2*time.Second),
+		snap:           &gaugeSnapshot{},
 		claimsStarted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "pullwake_claims_started_total",
 			Help: "Claims handed to runners (claim_next_wake returned a wake).",
@@ -162,11 +171,7 @@ func New(cfg Config) *Metrics {
 		}, func() float64 { return float64(f()) }))
 	}
 	if cfg.Source != nil {
-		reg.MustRegister(&dbCollector{
-			src:     cfg.Source,
-			timeout: cmp.Or(cfg.ScrapeTimeout, 2*time.Second),
-			log:     cmp.Or(cfg.Logger, slog.Default()),
-		})
+		reg.MustRegister(&dbCollector{snap: m.snap, now: time.Now})
 	}
 	return m
 }

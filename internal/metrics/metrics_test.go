@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -153,22 +154,71 @@ type fakeSource struct {
 	counts map[string]int64
 	leaked int64
 	err    error
-	block  bool // wait for the scrape deadline
+	block  bool // wait for the refresh deadline
+	calls  *atomic.Int64
 }
 
-func (f fakeSource) ClaimCounts(ctx context.Context) (map[string]int64, error) {
+func (f fakeSource) ActiveClaims(ctx context.Context) (int64, int64, error) {
+	if f.calls != nil {
+		f.calls.Add(1)
+	}
 	if f.block {
 		<-ctx.Done()
-		return nil, ctx.Err()
+		return 0, 0, ctx.Err()
 	}
-	return f.counts, f.err
+	return f.counts["active"], f.leaked, f.err
 }
 
-func (f fakeSource) LeakedClaims(context.Context) (int64, error) { return f.leaked, f.err }
+func (f fakeSource) EndedClaims(context.Context) (map[string]int64, error) {
+	if f.calls != nil {
+		f.calls.Add(1)
+	}
+	out := map[string]int64{}
+	for k, v := range f.counts {
+		if k != "active" {
+			out[k] = v
+		}
+	}
+	return out, f.err
+}
 
-func TestDBGaugesFromSource(t *testing.T) {
+// The gauges come from RefreshClaimGauges (the sweeper's pass), never from
+// a scrape: scraping asks the source nothing.
+func TestDBGaugesFromRefreshNotFromScrape(t *testing.T) {
 	t.Parallel()
-	m := metrics.New(metrics.Config{Source: fakeSource{counts: map[string]int64{"active": 2, "released": 5}, leaked: 1}})
+	var calls atomic.Int64
+	src := fakeSource{counts: map[string]int64{"active": 2, "released": 5}, leaked: 1, calls: &calls}
+	m := metrics.New(metrics.Config{Source: src})
+
+	// Before any refresh: no gauges, and the scrapes read nothing.
+	for range 3 {
+		body := scrape(t, m)
+		want(t, body, `pullwake_db_scrape_success 0`)
+		if strings.Contains(body, "pullwake_claims{") {
+			t.Fatalf("gauges before any refresh:\n%s", grep(body, "pullwake_"))
+		}
+	}
+	if n := calls.Load(); n != 0 {
+		t.Fatalf("scrapes read the source %d times", n)
+	}
+
+	// A refresh without history: active and leaked only.
+	if err := m.RefreshClaimGauges(t.Context(), false); err != nil {
+		t.Fatal(err)
+	}
+	body := scrape(t, m)
+	want(t, body, `pullwake_db_scrape_success 1`, `pullwake_claims{status="active"} 2`, `pullwake_leaked_claims 1`)
+	if strings.Contains(body, `pullwake_claims{status="released"}`) {
+		t.Fatalf("ended claims before the history was read:\n%s", grep(body, "pullwake_"))
+	}
+	if !strings.Contains(body, "pullwake_claim_gauges_age_seconds ") {
+		t.Fatal("no pullwake_claim_gauges_age_seconds")
+	}
+	// With history: every status, at zero when no claim has it.
+	if err := m.RefreshClaimGauges(t.Context(), true); err != nil {
+		t.Fatal(err)
+	}
+	before := calls.Load()
 	want(t, scrape(t, m),
 		`pullwake_db_scrape_success 1`,
 		`pullwake_claims{status="active"} 2`,
@@ -177,6 +227,9 @@ func TestDBGaugesFromSource(t *testing.T) {
 		`pullwake_claims{status="failed"} 0`,
 		`pullwake_leaked_claims 1`,
 	)
+	if n := calls.Load() - before; n != 0 {
+		t.Fatalf("a scrape read the source %d times", n)
+	}
 }
 
 func TestDBGaugesWhenDatabaseFails(t *testing.T) {
@@ -189,6 +242,9 @@ func TestDBGaugesWhenDatabaseFails(t *testing.T) {
 			t.Parallel()
 			m := metrics.New(metrics.Config{Source: src, ScrapeTimeout: 50 * time.Millisecond, Logger: quiet()})
 			m.ClaimStarted(time.Millisecond)
+			if err := m.RefreshClaimGauges(t.Context(), true); err == nil {
+				t.Fatal("a failed read reported no error")
+			}
 			body := scrape(t, m) // still 200: the other metrics are served
 			want(t, body, `pullwake_db_scrape_success 0`, `pullwake_claims_started_total 1`)
 			if strings.Contains(body, "pullwake_claims{") || strings.Contains(body, "pullwake_leaked_claims ") {
@@ -223,6 +279,13 @@ func TestDBGaugesFromDatabase(t *testing.T) {
 		}
 	}
 	m := metrics.New(metrics.Config{Source: metrics.DBSource{Conn: tdb.Pool, Tenant: "default"}})
+	refresh := func(m *metrics.Metrics) {
+		t.Helper()
+		if err := m.RefreshClaimGauges(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	refresh(m)
 	want(t, scrape(t, m),
 		`pullwake_db_scrape_success 1`,
 		`pullwake_claims{status="active"} 2`,
@@ -235,6 +298,7 @@ func TestDBGaugesFromDatabase(t *testing.T) {
 	if _, err := tdb.Pool.Exec(ctx, `SELECT * FROM expire_claims()`); err != nil {
 		t.Fatal(err)
 	}
+	refresh(m)
 	want(t, scrape(t, m),
 		`pullwake_claims{status="active"} 1`,
 		`pullwake_claims{status="expired"} 1`,
@@ -243,5 +307,6 @@ func TestDBGaugesFromDatabase(t *testing.T) {
 
 	// Another tenant's gauges see none of it.
 	other := metrics.New(metrics.Config{Source: metrics.DBSource{Conn: tdb.Pool, Tenant: "other"}})
+	refresh(other)
 	want(t, scrape(t, other), `pullwake_claims{status="active"} 0`, `pullwake_leaked_claims 0`)
 }

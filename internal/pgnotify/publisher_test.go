@@ -2,12 +2,15 @@ package pgnotify_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
@@ -102,5 +105,55 @@ func TestLingerGathersOneSend(t *testing.T) {
 		if msg.Payload != fmt.Sprint(i) {
 			t.Fatalf("notification %d: payload %q, want %d (in publish order)", i, msg.Payload, i)
 		}
+	}
+}
+
+// failing is an Execer whose first calls fail, as a database that drops a
+// connection would.
+type failing struct {
+	pgnotify.Execer
+	failures atomic.Int32
+	calls    atomic.Int32
+}
+
+func (f *failing) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	f.calls.Add(1)
+	if f.failures.Add(-1) >= 0 {
+		return pgconn.CommandTag{}, errors.New("connection reset by peer")
+	}
+	return f.Execer.Exec(ctx, sql, args...)
+}
+
+// A send that fails is retried: the notification arrives, once.
+func TestFailedPublishRetried(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := d.Pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, "LISTEN pw_retry"); err != nil {
+		t.Fatal(err)
+	}
+	f := &failing{Execer: d.Pool}
+	f.failures.Store(2)
+	p := pgnotify.New(f, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	p.Start(ctx)
+	defer p.Stop()
+	p.Publish("pw_retry", "released")
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	msg, err := conn.Conn().WaitForNotification(wctx)
+	wcancel()
+	if err != nil {
+		t.Fatalf("notification never arrived after %d send attempts: %v", f.calls.Load(), err)
+	}
+	if msg.Payload != "released" || f.calls.Load() != 3 {
+		t.Fatalf("payload %q after %d attempts, want \"released\" after 3", msg.Payload, f.calls.Load())
+	}
+	if n := p.Pending(); n != 0 {
+		t.Fatalf("%d notifications still pending", n)
 	}
 }

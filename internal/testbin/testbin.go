@@ -13,6 +13,10 @@ import (
 	"github.com/pullwake/pullwake/internal/testdb"
 )
 
+// Version is the version stamped into the test binary, the way make build
+// stamps git describe.
+const Version = "v0.0.0-test"
+
 var (
 	once sync.Once
 	path string
@@ -20,7 +24,7 @@ var (
 	err  error
 )
 
-// Pullwake returns the path of a freshly built ./cmd/pullwake.
+// Pullwake returns the path of a freshly built ./cmd/pullwake, stamped with Version.
 func Pullwake(t testing.TB) string {
 	t.Helper()
 	once.Do(func() {
@@ -32,7 +36,7 @@ func Pullwake(t testing.TB) string {
 			return
 		}
 		path = filepath.Join(dir, "pullwake")
-		cmd := exec.Command("go", "build", "-o", path, "./cmd/pullwake")
+		cmd := exec.Command("go", "build", "-ldflags", "-X main.version="+Version, "-o", path, "./cmd/pullwake")
 		cmd.Dir = root
 		if out, berr := cmd.CombinedOutput(); berr != nil {
 			err = fmt.Errorf("go build: %v\n%s", berr, out)

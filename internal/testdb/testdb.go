@@ -2,16 +2,24 @@
 // migrated template database (one per migration content hash), so tests run
 // in parallel without seeing each other's rows.
 //
+// The cloning is github.com/peterldowns/pgtestdb (template per migrator
+// hash, a fresh instance per test, dropped when the test passes and kept for
+// inspection when it fails); this package only adds what pullwake's tests
+// need around it: finding or starting a PostgreSQL server, a Migrator that
+// applies the embedded migrations through internal/migrate (goose), and a
+// pgx pool on the new database.
+//
 // The server it uses: PULLWAKE_TEST_DATABASE_URL when set; else the one on
 // 127.0.0.1:5432 when it answers (unless PULLWAKE_TEST_PRIVATE=1); else a
 // private cluster under .data/pgtest of the repository, started with
-// scripts/pg.sh from the installed PostgreSQL binaries.
+// scripts/pg.sh from the installed PostgreSQL binaries. Tests connect as the
+// user of that URL (a superuser: fault tests terminate backends).
 package testdb
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"io/fs"
@@ -26,6 +34,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx", for pgtestdb
+	"github.com/peterldowns/pgtestdb"
 
 	"github.com/pullwake/pullwake/internal/migrate"
 	"github.com/pullwake/pullwake/migrations"
@@ -38,9 +48,6 @@ var (
 	adminOnce sync.Once
 	adminURL  string
 	adminErr  error
-	tplOnce   sync.Once
-	tplName   string
-	tplErr    error
 )
 
 // DB is one test's database.
@@ -51,40 +58,12 @@ type DB struct {
 }
 
 // New creates a fresh migrated database for t and drops it when t ends.
-func New(t testing.TB) *DB {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	admin, err := AdminURL(ctx)
-	if err != nil {
-		t.Fatalf("testdb: %v", err)
-	}
-	tpl, err := template(ctx, admin)
-	if err != nil {
-		t.Fatalf("testdb: %v", err)
-	}
-	name := "pw_t_" + randHex(8)
-	if err := exec1(ctx, admin, fmt.Sprintf("CREATE DATABASE %s TEMPLATE %s", name, tpl)); err != nil {
-		t.Fatalf("testdb: clone template: %v", err)
-	}
-	u := WithDatabase(admin, name)
-	pool, err := pgxpool.New(ctx, u)
-	if err != nil {
-		t.Fatalf("testdb: open pool: %v", err)
-	}
-	t.Cleanup(func() {
-		pool.Close()
-		dctx, dcancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer dcancel()
-		if err := exec1(dctx, admin, fmt.Sprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", name)); err != nil {
-			t.Logf("testdb: drop %s: %v", name, err)
-		}
-	})
-	return &DB{Pool: pool, URL: u, Name: name}
-}
+func New(t testing.TB) *DB { t.Helper(); return open(t, Migrator{}) }
 
 // Empty creates a fresh database with no migrations applied.
-func Empty(t testing.TB) *DB {
+func Empty(t testing.TB) *DB { t.Helper(); return open(t, pgtestdb.NoopMigrator{}) }
+
+func open(t testing.TB, m pgtestdb.Migrator) *DB {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -92,22 +71,83 @@ func Empty(t testing.TB) *DB {
 	if err != nil {
 		t.Fatalf("testdb: %v", err)
 	}
-	name := "pw_e_" + randHex(8)
-	if err := exec1(ctx, admin, "CREATE DATABASE "+name); err != nil {
-		t.Fatalf("testdb: create: %v", err)
+	conf, err := config(admin)
+	if err != nil {
+		t.Fatalf("testdb: %v", err)
 	}
-	u := WithDatabase(admin, name)
+	inst := pgtestdb.Custom(quietTB{t}, conf, m)
+	u := WithDatabase(admin, inst.Database)
 	pool, err := pgxpool.New(ctx, u)
 	if err != nil {
 		t.Fatalf("testdb: open pool: %v", err)
 	}
-	t.Cleanup(func() {
-		pool.Close()
-		dctx, dcancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer dcancel()
-		_ = exec1(dctx, admin, fmt.Sprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", name))
+	t.Cleanup(pool.Close) // runs before pgtestdb drops the database
+	return &DB{Pool: pool, URL: u, Name: inst.Database}
+}
+
+// quietTB drops pgtestdb's per-test log line (the instance URL).
+type quietTB struct{ testing.TB }
+
+func (quietTB) Logf(string, ...any) {}
+
+// config is pgtestdb's view of the admin URL: the same user (no separate
+// test role), connections terminated before a database is dropped (fault
+// tests leave killed servers' sessions behind).
+func config(admin string) (pgtestdb.Config, error) {
+	u, err := url.Parse(admin)
+	if err != nil {
+		return pgtestdb.Config{}, fmt.Errorf("parse %s: %w", redact(admin), err)
+	}
+	pw, _ := u.User.Password()
+	port := u.Port()
+	if port == "" {
+		port = "5432"
+	}
+	return pgtestdb.Config{
+		DriverName: "pgx", Host: u.Hostname(), Port: port, User: u.User.Username(), Password: pw,
+		Database: strings.TrimPrefix(u.Path, "/"), Options: u.RawQuery,
+		TestRole:                  &pgtestdb.Role{Username: u.User.Username(), Password: pw},
+		ForceTerminateConnections: true,
+	}, nil
+}
+
+// Migrator applies the embedded migrations (internal/migrate, goose) to
+// pgtestdb's template; its hash is the migrations' content, so worktrees
+// with different migrations get different templates.
+type Migrator struct{}
+
+// Hash is the SHA-256 of every embedded migration's name and content.
+func (Migrator) Hash() (string, error) {
+	h := sha256.New()
+	err := fs.WalkDir(migrations.FS, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := fs.ReadFile(migrations.FS, p)
+		h.Write([]byte(p))
+		h.Write(b)
+		return err
 	})
-	return &DB{Pool: pool, URL: u, Name: name}
+	if err != nil {
+		return "", fmt.Errorf("hash migrations: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
+// Migrate runs goose up on the template database.
+func (Migrator) Migrate(ctx context.Context, _ *sql.DB, conf pgtestdb.Config) error {
+	pool, err := pgxpool.New(ctx, conf.URL())
+	if err != nil {
+		return fmt.Errorf("open template: %w", err)
+	}
+	defer pool.Close()
+	m, err := migrate.New(pool)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	_, err = m.Up(ctx)
+	return err
 }
 
 // AdminURL returns the URL of a maintenance database on the test server,
@@ -185,87 +225,4 @@ func redact(u string) string {
 		return "(unparsable url)"
 	}
 	return p.Redacted()
-}
-
-func exec1(ctx context.Context, u, sql string) error {
-	conn, err := pgx.Connect(ctx, u)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	_, err = conn.Exec(ctx, sql)
-	return err
-}
-
-// template returns the name of the migrated template database, creating it
-// once per migration content hash. A session advisory lock serializes test
-// processes that race to build it.
-func template(ctx context.Context, admin string) (string, error) {
-	tplOnce.Do(func() { tplName, tplErr = buildTemplate(ctx, admin) })
-	return tplName, tplErr
-}
-
-func buildTemplate(ctx context.Context, admin string) (string, error) {
-	h := sha256.New()
-	err := fs.WalkDir(migrations.FS, ".", func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := fs.ReadFile(migrations.FS, p)
-		h.Write([]byte(p))
-		h.Write(b)
-		return err
-	})
-	if err != nil {
-		return "", fmt.Errorf("hash migrations: %w", err)
-	}
-	name := "pw_tpl_" + hex.EncodeToString(h.Sum(nil))[:16]
-
-	conn, err := pgx.Connect(ctx, admin)
-	if err != nil {
-		return "", fmt.Errorf("connect admin: %w", err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock(727274)"); err != nil {
-		return "", fmt.Errorf("lock template: %w", err)
-	}
-	defer conn.Exec(context.Background(), "SELECT pg_advisory_unlock(727274)") //nolint:errcheck
-
-	var ready bool
-	err = conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1 AND datistemplate)", name).Scan(&ready)
-	if err != nil {
-		return "", fmt.Errorf("look up template: %w", err)
-	}
-	if ready {
-		return name, nil
-	}
-	if _, err := conn.Exec(ctx, fmt.Sprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", name)); err != nil {
-		return "", fmt.Errorf("drop half-built template: %w", err)
-	}
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		return "", fmt.Errorf("create template: %w", err)
-	}
-	pool, err := pgxpool.New(ctx, WithDatabase(admin, name))
-	if err != nil {
-		return "", fmt.Errorf("open template: %w", err)
-	}
-	m, err := migrate.New(pool)
-	if err == nil {
-		_, err = m.Up(ctx)
-		m.Close()
-	}
-	pool.Close()
-	if err != nil {
-		return "", fmt.Errorf("migrate template: %w", err)
-	}
-	if _, err := conn.Exec(ctx, fmt.Sprintf("ALTER DATABASE %s WITH is_template true", name)); err != nil {
-		return "", fmt.Errorf("mark template: %w", err)
-	}
-	return name, nil
-}
-
-func randHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }

@@ -40,14 +40,14 @@ func TestBatchWriterAnswersEachAppend(t *testing.T) {
 		t.Fatal(err)
 	}
 	type answer struct {
-		row db.StreamWriteRow
+		row db.StreamWriteAsRow
 		err error
 	}
 	ct := "application/json"
 	do := func(path string) <-chan answer {
 		ch := make(chan answer, 1)
 		go func() {
-			r, err := w.Write(context.Background(), db.StreamWriteParams{TenantID: "default", Path: path,
+			r, err := w.Write(context.Background(), db.StreamWriteAsParams{EntityWriter: true, TenantID: "default", Path: path,
 				ContentType: &ct, Data: [][]byte{[]byte(`{"x":1}`)}})
 			ch <- answer{r, err}
 		}()

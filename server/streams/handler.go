@@ -2,17 +2,22 @@ package streams
 
 import (
 	"cmp"
-	"crypto/subtle"
+	"context"
+
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/internal/jsontext"
+	"github.com/pullwake/pullwake/internal/secret"
 )
 
 // NotifyChannel is the PostgreSQL channel the stream functions pg_notify()
@@ -46,14 +51,59 @@ type WriteGate interface {
 	Authorize(path, token string) (epoch int64, ok bool)
 }
 
+// Who may write and read streams when an admin token is configured (in dev
+// mode, without one, plain streams are open whatever these say; an entity's
+// stream always takes appends from its write token only).
+const (
+	// WriteAuthAdmin: creating, deleting, appending to and closing a plain
+	// stream need the admin token (the default).
+	WriteAuthAdmin = "admin"
+	// WriteAuthNone: appends and closes of plain streams are open; creating
+	// and deleting still need the admin token.
+	WriteAuthNone = "none"
+
+	// ReadAuthNone: every stream is readable without a token (the default).
+	ReadAuthNone = "none"
+	// ReadAuthEntity: an entity's stream is readable with the admin token or
+	// the stream's live write token; plain streams are open.
+	ReadAuthEntity = "entity"
+	// ReadAuthAdmin: every read needs the admin token (an entity's stream
+	// also takes its live write token).
+	ReadAuthAdmin = "admin"
+)
+
+// CheckAuthModes validates the write and read modes (for flags).
+func CheckAuthModes(write, read string) error {
+	switch write {
+	case WriteAuthAdmin, WriteAuthNone:
+	default:
+		return fmt.Errorf("stream write auth %q: want admin or none", write)
+	}
+	switch read {
+	case ReadAuthNone, ReadAuthEntity, ReadAuthAdmin:
+	default:
+		return fmt.Errorf("stream read auth %q: want none, entity or admin", read)
+	}
+	return nil
+}
+
 // Config configures a Handler.
 type Config struct {
 	Pool            *pgxpool.Pool
 	Tenant          string
 	Gate            WriteGate
-	AdminToken      string         // "" = dev mode: anyone may create/delete non-entity streams
-	LongPollTimeout time.Duration  // default 30s
-	Metrics         AppendRecorder // optional: counts appended messages and bytes
+	AdminToken      string        // "" = dev mode: plain streams are open to everyone
+	WriteAuth       string        // WriteAuthAdmin (default) or WriteAuthNone
+	ReadAuth        string        // ReadAuthNone (default), ReadAuthEntity or ReadAuthAdmin
+	LongPollTimeout time.Duration // default 30s
+	// RequestTimeout bounds every database call of a request (default 15s):
+	// a request answers 503 instead of hanging on a stuck database. A live
+	// read waits up to LongPollTimeout, each of its queries up to this.
+	RequestTimeout time.Duration
+	// MaxLiveReaders caps concurrent long-poll and SSE readers (default
+	// 1000); one more is 503 with Retry-After.
+	MaxLiveReaders int
+	Metrics        AppendRecorder // optional: counts appended messages and bytes
 	// Publisher, when set, tells live readers on other servers about
 	// appends, after commit (internal/pgnotify). Without it only this
 	// process's readers wake at once; others at their next re-check.
@@ -77,20 +127,34 @@ type AppendRecorder interface {
 
 // Handler serves /v1/stream/... (see the package doc).
 type Handler struct {
-	cfg Config
-	q   *db.Queries
-	n   *notifier
-	log *slog.Logger
+	cfg  Config
+	q    *db.Queries
+	n    *notifier
+	log  *slog.Logger
+	live atomic.Int64 // live readers now
+	// adminHash is the admin token's SHA-256: tokens are compared hash to
+	// hash, so the comparison's time says nothing of the token's length.
+	adminHash []byte
 }
 
-// New returns a Handler. Tenant defaults to "default", LongPollTimeout to 30s.
+// New returns a Handler. Tenant defaults to "default", LongPollTimeout to
+// 30s, RequestTimeout to 15s, MaxLiveReaders to 1000, the auth modes to
+// WriteAuthAdmin and ReadAuthNone.
 func New(cfg Config) *Handler {
 	cfg.Tenant = cmp.Or(cfg.Tenant, "default")
 	cfg.LongPollTimeout = cmp.Or(cfg.LongPollTimeout, 30*time.Second)
+	cfg.RequestTimeout = cmp.Or(cfg.RequestTimeout, 15*time.Second)
+	cfg.MaxLiveReaders = cmp.Or(cfg.MaxLiveReaders, 1000)
+	cfg.WriteAuth = cmp.Or(cfg.WriteAuth, WriteAuthAdmin)
+	cfg.ReadAuth = cmp.Or(cfg.ReadAuth, ReadAuthNone)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Handler{cfg: cfg, q: db.New(), n: newNotifier(), log: cfg.Logger}
+	h := &Handler{cfg: cfg, q: db.New(), n: newNotifier(), log: cfg.Logger}
+	if cfg.AdminToken != "" {
+		h.adminHash = secret.Hash(cfg.AdminToken)
+	}
+	return h
 }
 
 // Notify wakes the live readers of the stream at path (the full URL path,
@@ -127,11 +191,18 @@ func (h *Handler) HandleNotification(payload string) {
 // Close releases every waiting live reader (they end their responses).
 func (h *Handler) Close() { h.n.close() }
 
-// Entity main stream paths: /v1/stream/{type}/{id}/main.
+// Entity main stream paths: /v1/stream/{type}/{id}/main. The shape is
+// reserved for creation only (a PUT of it is refused, so spawning the entity
+// later finds the path free); whether a stream belongs to an entity, for
+// appends, closes, reads and deletes, is asked of its row (entity_url).
 var entityStreamRe = regexp.MustCompile(`^/v1/stream/[a-z][a-z0-9_-]{0,63}/[A-Za-z0-9._~-]{1,128}/main$`)
 
-// IsEntityStream reports whether path is reserved for an entity's main stream.
+// IsEntityStream reports whether path has the reserved shape of an entity's
+// main stream.
 func IsEntityStream(path string) bool { return entityStreamRe.MatchString(path) }
+
+// textHeaders are the request headers whose values reach PostgreSQL text.
+var textHeaders = []string{"Content-Type", "Producer-Id", "Stream-Seq", "Stream-Forked-From"}
 
 const exposedHeaders = "Stream-Next-Offset, Stream-Cursor, Stream-Up-To-Date, Stream-Closed, " +
 	"Stream-TTL, Stream-Expires-At, Stream-Seq, ETag, Location, Content-Type, " +
@@ -162,11 +233,24 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", msg)
 		return
 	}
+	for _, k := range textHeaders {
+		for _, v := range r.Header.Values(k) {
+			if msg := jsontext.CheckText(v); msg != "" {
+				writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", k+" is "+msg)
+				return
+			}
+		}
+	}
 	switch r.Method {
 	case http.MethodGet:
 		h.serveRead(w, r, path)
 	case http.MethodHead:
-		h.serveHead(w, r, path)
+		acc := h.readAccess(r, path)
+		if acc == readNone {
+			writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "reading streams needs the admin token")
+			return
+		}
+		h.serveHead(w, r, path, acc)
 	case http.MethodPost:
 		h.serveAppend(w, r, path)
 	case http.MethodPut:
@@ -189,6 +273,8 @@ func checkPath(path string) string {
 		return "stream path longer than 1024 bytes"
 	case strings.HasPrefix(rest, "__ds/") || rest == "__ds":
 		return "paths under " + Prefix + "__ds are reserved"
+	case jsontext.CheckText(path) != "":
+		return "stream path is " + jsontext.CheckText(path)
 	}
 	for _, seg := range strings.Split(rest, "/") {
 		if seg == "" || seg == "." || seg == ".." {
@@ -206,15 +292,60 @@ func checkPath(path string) string {
 // authorizeAdmin checks the admin token for creating or deleting a plain
 // stream; with no admin token configured anyone may.
 func (h *Handler) authorizeAdmin(w http.ResponseWriter, r *http.Request) bool {
-	if h.cfg.AdminToken == "" {
-		return true
-	}
-	tok, _ := bearer(r)
-	if subtle.ConstantTimeCompare([]byte(tok), []byte(h.cfg.AdminToken)) == 1 {
+	if h.isAdmin(r) {
 		return true
 	}
 	writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "creating or deleting a stream needs the admin token")
 	return false
+}
+
+// isAdmin reports whether the request may act as the admin: it carries the
+// admin token, or none is configured (dev mode).
+func (h *Handler) isAdmin(r *http.Request) bool {
+	if h.cfg.AdminToken == "" {
+		return true
+	}
+	tok, _ := bearer(r)
+	return secret.MatchesHash(tok, h.adminHash)
+}
+
+// entityWriter reports whether the request carries the live write token of
+// the stream at path (memory only), and the epoch of the claim holding it.
+func (h *Handler) entityWriter(r *http.Request, path string) (epoch int64, ok bool) {
+	tok := writeToken(r)
+	if tok == "" || h.cfg.Gate == nil {
+		return -1, false
+	}
+	return h.cfg.Gate.Authorize(path, tok)
+}
+
+// readAccess is what a reader may see.
+type readAccess int
+
+const (
+	readNone  readAccess = iota // nothing: 401 before any query
+	readPlain                   // plain streams; an entity's stream is 401
+	readAll                     // every stream
+)
+
+// readAccess decides from memory what the request may read; whether the
+// stream is an entity's comes back with the read itself.
+func (h *Handler) readAccess(r *http.Request, path string) readAccess {
+	if h.cfg.ReadAuth == ReadAuthNone || h.isAdmin(r) {
+		return readAll
+	}
+	if _, ok := h.entityWriter(r, path); ok {
+		return readAll
+	}
+	if h.cfg.ReadAuth == ReadAuthEntity {
+		return readPlain
+	}
+	return readNone
+}
+
+// dbContext bounds one database call of a request by RequestTimeout.
+func (h *Handler) dbContext(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(r.Context(), h.cfg.RequestTimeout)
 }
 
 // bearer returns the token of an "Authorization: Bearer <t>" header.
@@ -248,6 +379,9 @@ func writeError(w http.ResponseWriter, r *http.Request, status int, code, msg st
 	hd := w.Header()
 	hd.Set("Content-Type", "application/json")
 	hd.Set("Cache-Control", "no-store")
+	if status == http.StatusUnauthorized {
+		hd.Set("WWW-Authenticate", "Bearer")
+	}
 	w.WriteHeader(status)
 	if r.Method == http.MethodHead {
 		return
@@ -263,11 +397,12 @@ func (h *Handler) internalError(w http.ResponseWriter, r *http.Request, op, path
 	if r.Context().Err() != nil {
 		return // the client is gone
 	}
-	h.log.Error("streams: "+op+" failed", "path", path, "err", err)
 	if db.Unavailable(err) {
+		h.log.Warn("streams: database unavailable", "op", op, "path", path, "err", err)
 		w.Header().Set("Retry-After", "1")
 		writeError(w, r, http.StatusServiceUnavailable, "DATABASE_UNAVAILABLE", "the stream store is unavailable; retry")
 		return
 	}
+	h.log.Error("streams: "+op+" failed", "path", path, "err", err)
 	writeError(w, r, http.StatusInternalServerError, "INTERNAL", "internal error")
 }

@@ -114,7 +114,13 @@ func TestBadInputIs4xxAndChangesNothing(t *testing.T) {
 		{"fork header without source", "PUT", "/v1/stream/f1", "", 400, []string{"Stream-Fork-Sub-Offset", "0"}},
 		{"fork of a missing source", "PUT", "/v1/stream/f2", "", 404, []string{"Stream-Forked-From", "/v1/stream/nope"}},
 		{"fork past the tail", "PUT", "/v1/stream/f3", "", 400, []string{"Stream-Forked-From", p, "Stream-Fork-Offset", "0000000000000005"}},
-		{"fork (not implemented)", "PUT", "/v1/stream/f4", "", 501, []string{"Stream-Forked-From", p}},
+		{"fork sub-offset past the next message", "PUT", "/v1/stream/f4", "", 400, []string{"Stream-Forked-From", p, "Stream-Fork-Offset", "0000000000000000", "Stream-Fork-Sub-Offset", "2"}},
+		{"fork sub-offset malformed", "PUT", "/v1/stream/f5", "", 400, []string{"Stream-Forked-From", p, "Stream-Fork-Offset", "0000000000000000", "Stream-Fork-Sub-Offset", "05"}},
+		{"fork sub-offset without fork offset", "PUT", "/v1/stream/f6", "", 400, []string{"Stream-Forked-From", p, "Stream-Fork-Sub-Offset", "1"}},
+		{"fork source not a stream path", "PUT", "/v1/stream/f7", "", 400, []string{"Stream-Forked-From", "bad"}},
+		{"fork source not UTF-8", "PUT", "/v1/stream/f8", "", 400, []string{"Stream-Forked-From", "/v1/stream/\xff"}},
+		{"fork content type differs", "PUT", "/v1/stream/f9", "", 409, []string{"Stream-Forked-From", p, "Content-Type", "text/plain"}},
+		{"fork offset now", "PUT", "/v1/stream/f10", "", 400, []string{"Stream-Forked-From", p, "Stream-Fork-Offset", "now"}},
 	}
 	for _, c := range cases {
 		r := b.do(t, c.method, c.path, c.body, c.hdr...)
@@ -128,7 +134,8 @@ func TestBadInputIs4xxAndChangesNothing(t *testing.T) {
 	if r := b.must(t, 200, "GET", p, ""); r.body != `[{"x":1}]` {
 		t.Fatalf("stream changed: %s", r.body)
 	}
-	for _, q := range []string{"/v1/stream/t1", "/v1/stream/t2", "/v1/stream/t3", "/v1/stream/t4", "/v1/stream/f1", "/v1/stream/f4"} {
+	for _, q := range []string{"/v1/stream/t1", "/v1/stream/t2", "/v1/stream/t3", "/v1/stream/t4", "/v1/stream/f1", "/v1/stream/f2",
+		"/v1/stream/f3", "/v1/stream/f4", "/v1/stream/f5", "/v1/stream/f6", "/v1/stream/f7", "/v1/stream/f8", "/v1/stream/f9", "/v1/stream/f10"} {
 		b.must(t, 404, "HEAD", q, "")
 	}
 }
@@ -342,8 +349,9 @@ func TestTTLAndExpiry(t *testing.T) {
 	}
 	// Absolute expiry, then re-creation at the same path.
 	q := "/v1/stream/abs"
-	past := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)
-	b.must(t, 201, "PUT", q, "", "Content-Type", "text/plain", "Stream-Expires-At", past)
+	soon := time.Now().Add(time.Minute).UTC().Format(time.RFC3339)
+	b.must(t, 201, "PUT", q, "", "Content-Type", "text/plain", "Stream-Expires-At", soon)
+	b.exec(t, "UPDATE streams SET expires_at = now() - interval '1 second' WHERE path = $1", q)
 	b.must(t, 404, "HEAD", q, "")
 	future := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
 	b.must(t, 201, "PUT", q, "", "Content-Type", "text/plain", "Stream-Expires-At", future)
@@ -359,7 +367,9 @@ func TestAdminTokenGuardsCreateAndDelete(t *testing.T) {
 	b.must(t, 401, "PUT", p, "", "Content-Type", "text/plain")
 	b.must(t, 401, "PUT", p, "", "Content-Type", "text/plain", "Authorization", "Bearer wrong")
 	b.must(t, 201, "PUT", p, "", "Content-Type", "text/plain", "Authorization", "Bearer s3cret")
-	b.must(t, 204, "POST", p, "anyone appends", "Content-Type", "text/plain")
+	b.must(t, 401, "POST", p, "anonymous", "Content-Type", "text/plain")
+	b.must(t, 401, "POST", p, "", "Stream-Closed", "true")
+	b.must(t, 204, "POST", p, "admin appends", "Content-Type", "text/plain", "Authorization", "Bearer s3cret")
 	b.must(t, 401, "DELETE", p, "")
 	b.must(t, 204, "DELETE", p, "", "Authorization", "Bearer s3cret")
 }

@@ -57,6 +57,10 @@ type setupOpts struct {
 	longPoll   time.Duration
 	db         *testdb.DB // share a database (a second server)
 	publisher  Publisher
+	writeAuth  string
+	readAuth   string
+	reqTimeout time.Duration
+	maxLive    int
 }
 
 // setup starts a Handler over its own database behind an httptest server.
@@ -78,7 +82,8 @@ func setup(t *testing.T, o setupOpts) *bundle {
 	}
 	gate := &fakeGate{tokens: map[string]string{}, epochs: map[string]int64{}, queries: qc}
 	h := New(Config{Pool: pool, Gate: gate, AdminToken: o.adminToken, LongPollTimeout: cmpDur(o.longPoll, 30*time.Second),
-		Publisher: o.publisher})
+		Publisher: o.publisher, WriteAuth: o.writeAuth, ReadAuth: o.readAuth, RequestTimeout: o.reqTimeout,
+		MaxLiveReaders: o.maxLive})
 	mux := http.NewServeMux()
 	mux.Handle(Prefix, h)
 	srv := httptest.NewServer(mux)

@@ -2,8 +2,10 @@ package streams
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"math/rand/v2"
 	"net/http"
 	"regexp"
@@ -95,10 +97,19 @@ func (c *chunk) etag() string {
 	return e + `"`
 }
 
+// errCancelled: the reader's request ended while it waited for a shared read.
+var errCancelled = errors.New("streams: reader cancelled")
+
 // read runs one chunk read: the only query of a catch-up read and of each
-// live wake-up.
+// live wake-up. It is bounded by RequestTimeout.
 func (h *Handler) read(r *http.Request, path string, after *int64, maxRows int32, touch bool) (*chunk, error) {
-	row, err := h.q.StreamRead(r.Context(), h.cfg.Pool, db.StreamReadParams{
+	return h.readCtx(r.Context(), path, after, maxRows, touch)
+}
+
+func (h *Handler) readCtx(ctx context.Context, path string, after *int64, maxRows int32, touch bool) (*chunk, error) {
+	ctx, cancel := context.WithTimeout(ctx, h.cfg.RequestTimeout)
+	defer cancel()
+	row, err := h.q.StreamRead(ctx, h.cfg.Pool, db.StreamReadParams{
 		TenantID: h.cfg.Tenant, Path: path, After: after, MaxRows: maxRows, MaxBytes: readMaxBytes, Touch: touch,
 	})
 	if err != nil {
@@ -111,6 +122,43 @@ func (h *Handler) read(r *http.Request, path string, after *int64, maxRows int32
 		c.after = row.TailSeq
 	}
 	return c, nil
+}
+
+// wakeRead is a live reader's read after a wake-up of generation g: shared
+// with every other reader of g at the same offset (see notifier). The query
+// is not tied to the request that happens to run it, so one reader leaving
+// does not fail the others.
+func (h *Handler) wakeRead(r *http.Request, sub *subscription, g *generation, path string, after int64) (*chunk, error) {
+	return sub.shared(g, after, r.Context().Done(), func() (*chunk, error) {
+		return h.readCtx(context.WithoutCancel(r.Context()), path, &after, readMaxRows, false)
+	})
+}
+
+// admitLive counts a live reader in, or answers 503 when MaxLiveReaders
+// are reading already; call the returned func when the reader ends.
+func (h *Handler) admitLive(w http.ResponseWriter, r *http.Request) (func(), bool) {
+	if h.live.Add(1) > int64(h.cfg.MaxLiveReaders) {
+		h.live.Add(-1)
+		w.Header().Set("Retry-After", "1")
+		writeError(w, r, http.StatusServiceUnavailable, "TOO_MANY_READERS",
+			"the server has as many live readers as it takes; retry, or read without live")
+		return nil, false
+	}
+	return func() { h.live.Add(-1) }, true
+}
+
+// LiveReaders is the number of long-poll and SSE readers now.
+func (h *Handler) LiveReaders() int { return int(h.live.Load()) }
+
+// refuseEntity answers 401 when the chunk is an entity's stream and the
+// request may read plain streams only.
+func refuseEntity(w http.ResponseWriter, r *http.Request, c *chunk, acc readAccess) bool {
+	if acc == readPlain && c.IsEntity {
+		writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED",
+			"reading an entity's stream needs the admin token or the stream's write token")
+		return true
+	}
+	return false
 }
 
 func (h *Handler) setMetaHeaders(w http.ResponseWriter, c *chunk) {
@@ -134,15 +182,22 @@ func cacheControl(c *chunk) string {
 }
 
 // serveHead handles HEAD: metadata, no TTL refresh, never cached.
-func (h *Handler) serveHead(w http.ResponseWriter, r *http.Request, path string) {
+func (h *Handler) serveHead(w http.ResponseWriter, r *http.Request, path string, acc readAccess) {
 	c, err := h.read(r, path, nil, 0, false)
 	if err != nil {
 		h.internalError(w, r, "head", path, err)
 		return
 	}
+	if refuseEntity(w, r, c, acc) {
+		return
+	}
 	w.Header().Set("Cache-Control", "no-store")
-	if c.Status == "not_found" {
+	switch c.Status {
+	case "not_found":
 		w.WriteHeader(http.StatusNotFound)
+		return
+	case "gone":
+		w.WriteHeader(http.StatusGone)
 		return
 	}
 	h.setMetaHeaders(w, c)
@@ -167,14 +222,29 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, path string)
 		return
 	}
 	switch live {
-	case "":
-		h.serveCatchUp(w, r, path, after)
-	case "long-poll":
-		h.serveLongPoll(w, r, path, after, q.Get("cursor"))
-	case "sse":
-		h.serveSSE(w, r, path, after, q.Get("cursor"))
+	case "", "long-poll", "sse":
 	default:
 		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "live must be long-poll or sse")
+		return
+	}
+	acc := h.readAccess(r, path)
+	if acc == readNone {
+		writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "reading streams needs the admin token")
+		return
+	}
+	if live == "" {
+		h.serveCatchUp(w, r, path, after, acc)
+		return
+	}
+	leave, ok := h.admitLive(w, r)
+	if !ok {
+		return
+	}
+	defer leave()
+	if live == "long-poll" {
+		h.serveLongPoll(w, r, path, after, q.Get("cursor"), acc)
+	} else {
+		h.serveSSE(w, r, path, after, q.Get("cursor"), acc)
 	}
 }
 
@@ -184,6 +254,9 @@ func answerRead(w http.ResponseWriter, r *http.Request, c *chunk) bool {
 	case "not_found":
 		writeError(w, r, http.StatusNotFound, "STREAM_NOT_FOUND", "no stream at this path")
 		return true
+	case "gone":
+		writeGone(w, r)
+		return true
 	case "bad_offset":
 		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "offset is past the end of the stream")
 		return true
@@ -191,13 +264,13 @@ func answerRead(w http.ResponseWriter, r *http.Request, c *chunk) bool {
 	return false
 }
 
-func (h *Handler) serveCatchUp(w http.ResponseWriter, r *http.Request, path string, after *int64) {
+func (h *Handler) serveCatchUp(w http.ResponseWriter, r *http.Request, path string, after *int64, acc readAccess) {
 	c, err := h.read(r, path, after, readMaxRows, true)
 	if err != nil {
 		h.internalError(w, r, "read", path, err)
 		return
 	}
-	if answerRead(w, r, c) {
+	if refuseEntity(w, r, c, acc) || answerRead(w, r, c) {
 		return
 	}
 	h.writeChunk(w, r, c, after == nil, "")
@@ -248,20 +321,33 @@ func etagMatch(header, etag string) bool {
 }
 
 // serveLongPoll waits up to LongPollTimeout for data past the offset.
-func (h *Handler) serveLongPoll(w http.ResponseWriter, r *http.Request, path string, after *int64, clientCursor string) {
+func (h *Handler) serveLongPoll(w http.ResponseWriter, r *http.Request, path string, after *int64, clientCursor string, acc readAccess) {
 	sub := h.n.subscribe(path)
 	defer sub.release()
 	timer := time.NewTimer(h.cfg.LongPollTimeout)
 	defer timer.Stop()
-	timedOut, touch := false, true
+	timedOut, first, woken := false, true, false
 	for {
-		wake := sub.C() // taken before the query: an append after it closes wake
-		c, err := h.read(r, path, after, readMaxRows, touch)
-		touch = false
+		g := sub.gen() // taken before the query: an append after it closes g.ch
+		var c *chunk
+		var err error
+		if woken {
+			c, err = h.wakeRead(r, sub, g, path, *after)
+		} else {
+			// The first read restarts the sliding TTL; a re-check after the
+			// timeout reads afresh (an append from psql announces nothing).
+			c, err = h.read(r, path, after, readMaxRows, first)
+		}
 		if err != nil {
-			h.internalError(w, r, "long-poll", path, err)
+			if !errors.Is(err, errCancelled) {
+				h.internalError(w, r, "long-poll", path, err)
+			}
 			return
 		}
+		if first && refuseEntity(w, r, c, acc) {
+			return
+		}
+		first = false
 		if answerRead(w, r, c) {
 			return
 		}
@@ -286,15 +372,20 @@ func (h *Handler) serveLongPoll(w http.ResponseWriter, r *http.Request, path str
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
+		sub.park(true)
+		woken = false
 		select {
-		case <-wake:
+		case <-g.ch:
+			woken = true
 		case <-timer.C:
 			timedOut = true // re-check once: a notification may have been missed
 		case <-h.n.done:
 			timedOut = true
 		case <-r.Context().Done():
+			sub.park(false)
 			return
 		}
+		sub.park(false)
 	}
 }
 
@@ -307,7 +398,7 @@ type controlEvent struct {
 
 // serveSSE streams data and control events until the stream closes, the
 // client leaves, the server shuts down or sseMaxDuration passes.
-func (h *Handler) serveSSE(w http.ResponseWriter, r *http.Request, path string, after *int64, clientCursor string) {
+func (h *Handler) serveSSE(w http.ResponseWriter, r *http.Request, path string, after *int64, clientCursor string, acc readAccess) {
 	sub := h.n.subscribe(path)
 	defer sub.release()
 	flusher, _ := w.(http.Flusher)
@@ -321,15 +412,26 @@ func (h *Handler) serveSSE(w http.ResponseWriter, r *http.Request, path string, 
 		cursor  = clientCursor
 		buf     bytes.Buffer
 	)
+	woken := false
 	for {
-		wake := sub.C()
+		g := sub.gen()
 		// Only the first query restarts the sliding TTL: a live read counts
-		// as one access, and wake-ups stay read-only.
-		c, err := h.read(r, path, after, readMaxRows, !started)
+		// as one access, and wake-ups stay read-only (and shared).
+		var c *chunk
+		var err error
+		if woken && after != nil {
+			c, err = h.wakeRead(r, sub, g, path, *after)
+		} else {
+			c, err = h.read(r, path, after, readMaxRows, !started)
+		}
+		woken = false
 		if err != nil {
-			if !started {
+			if !started && !errors.Is(err, errCancelled) {
 				h.internalError(w, r, "sse", path, err)
 			}
+			return
+		}
+		if !started && refuseEntity(w, r, c, acc) {
 			return
 		}
 		if c.Status != "ok" {
@@ -398,7 +500,8 @@ func (h *Handler) serveSSE(w http.ResponseWriter, r *http.Request, path string, 
 			continue // more data is already there
 		}
 		select {
-		case <-wake:
+		case <-g.ch:
+			woken = true
 		case <-recheck.C:
 		case <-deadline.C:
 			return

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
@@ -18,7 +19,22 @@ import (
 // maxSafeInt is 2^53-1: producer epochs and seqs stay exact in JavaScript.
 const maxSafeInt = 1<<53 - 1
 
+// maxProducerID bounds Producer-Id: it is part of stream_producers' primary
+// key, and a btree entry must fit in a third of a page (a 5000-byte id was
+// a 500 "index row size exceeds maximum").
+const maxProducerID = 1024
+
 var ttlRe = regexp.MustCompile(`^(0|[1-9][0-9]{0,17})$`)
+
+// TTL and expiry ranges accepted at creation (the streams table CHECKs
+// them too): a TTL of 1 second to 10 years of 365 days; an expiry after now
+// and before the year 10000. Beyond them, timestamp arithmetic overflows.
+const (
+	minTTLSeconds = 1
+	maxTTLSeconds = 10 * 365 * 24 * 3600
+)
+
+var maxExpiresAt = time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC)
 
 // offset renders a seq as the protocol offset pw_offset() makes.
 func offset(seq int64) string { return leftPad16(strconv.FormatInt(seq, 10)) }
@@ -109,7 +125,7 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, path strin
 		return
 	}
 	if forkHeaders(r) {
-		h.refuseFork(w, r)
+		h.serveFork(w, r, path)
 		return
 	}
 	ct := r.Header.Get("Content-Type")
@@ -121,26 +137,9 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, path strin
 		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Content-Type is not a valid media type")
 		return
 	}
-	var ttl *int64
-	if v := r.Header.Get("Stream-TTL"); v != "" {
-		if !ttlRe.MatchString(v) {
-			writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-TTL must be a non-negative integer of seconds without sign or leading zeros")
-			return
-		}
-		n, _ := strconv.ParseInt(v, 10, 64)
-		ttl = &n
-	}
-	var expires *time.Time
-	if v := r.Header.Get("Stream-Expires-At"); v != "" {
-		t, err := time.Parse(time.RFC3339Nano, v)
-		if err != nil {
-			writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Expires-At must be an RFC 3339 timestamp")
-			return
-		}
-		expires = &t
-	}
-	if ttl != nil && expires != nil {
-		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "give Stream-TTL or Stream-Expires-At, not both")
+	ttl, expires, msg := parseLifetime(r)
+	if msg != "" {
+		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", msg)
 		return
 	}
 	closed := headerTrue(r, "Stream-Closed")
@@ -161,7 +160,9 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, path strin
 	if msgs == nil {
 		msgs = [][]byte{}
 	}
-	row, err := h.q.StreamCreate(r.Context(), h.cfg.Pool, db.StreamCreateParams{
+	ctx, cancel := h.dbContext(r)
+	defer cancel()
+	row, err := h.q.StreamCreate(ctx, h.cfg.Pool, db.StreamCreateParams{
 		TenantID: h.cfg.Tenant, Path: path, ContentType: ct, TtlSeconds: ttl, ExpiresAt: expires,
 		Closed: closed, Data: msgs,
 	})
@@ -185,6 +186,35 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, path strin
 	default:
 		writeError(w, r, http.StatusConflict, "STREAM_CONFLICT", "a stream exists at this path with a different configuration")
 	}
+}
+
+// parseLifetime reads Stream-TTL and Stream-Expires-At of a PUT; msg
+// describes a bad value.
+func parseLifetime(r *http.Request) (ttl *int64, expires *time.Time, msg string) {
+	if v := r.Header.Get("Stream-TTL"); v != "" {
+		if !ttlRe.MatchString(v) {
+			return nil, nil, "Stream-TTL must be a non-negative integer of seconds without sign or leading zeros"
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < minTTLSeconds || n > maxTTLSeconds {
+			return nil, nil, fmt.Sprintf("Stream-TTL must be from %d to %d seconds (10 years)", minTTLSeconds, maxTTLSeconds)
+		}
+		ttl = &n
+	}
+	if v := r.Header.Get("Stream-Expires-At"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return nil, nil, "Stream-Expires-At must be an RFC 3339 timestamp"
+		}
+		if !t.After(time.Now()) || t.After(maxExpiresAt) {
+			return nil, nil, "Stream-Expires-At must lie in the future and before the year 10000"
+		}
+		expires = &t
+	}
+	if ttl != nil && expires != nil {
+		return nil, nil, "give Stream-TTL or Stream-Expires-At, not both"
+	}
+	return ttl, expires, ""
 }
 
 func requestURL(r *http.Request) string {
@@ -216,6 +246,9 @@ func parseProducer(r *http.Request) (*producer, string) {
 	if p.id == "" {
 		return nil, "Producer-Id must not be empty"
 	}
+	if len(p.id) > maxProducerID {
+		return nil, "Producer-Id must be at most " + strconv.Itoa(maxProducerID) + " bytes"
+	}
 	var ok bool
 	if p.epoch, ok = parseSafeInt(ep[0]); !ok {
 		return nil, "Producer-Epoch must be an integer from 0 to 2^53-1"
@@ -243,22 +276,17 @@ func parseSafeInt(s string) (int64, bool) {
 // serveAppend handles POST: append, close, or both.
 func (h *Handler) serveAppend(w http.ResponseWriter, r *http.Request, path string) {
 	limit := int64(StreamBodyLimit)
-	var claimEpoch int64 = -1
-	if IsEntityStream(path) {
-		tok := writeToken(r)
-		if tok == "" {
-			writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "appending to an entity's main stream needs its write token")
-			return
-		}
-		var ok bool
-		if h.cfg.Gate != nil {
-			claimEpoch, ok = h.cfg.Gate.Authorize(path, tok)
-		}
-		if !ok {
-			writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "the write token is not the live token of this stream")
-			return
-		}
+	// The write token is checked in memory; whether the stream is an
+	// entity's (which only its write token may append to, and nobody may
+	// close) is decided by pw_stream_write_as from the stream row, in the
+	// append's own round trip.
+	claimEpoch, writer := h.entityWriter(r, path)
+	if writer {
 		limit = EntityBodyLimit
+	} else if h.cfg.WriteAuth == WriteAuthAdmin && !h.isAdmin(r) {
+		writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED",
+			"appending to a stream needs the admin token, or the write token of an entity's stream")
+		return
 	}
 	prod, msg := parseProducer(r)
 	if msg != "" {
@@ -314,20 +342,34 @@ func (h *Handler) serveAppend(w http.ResponseWriter, r *http.Request, path strin
 			return
 		}
 	}
-	if prod != nil && claimEpoch >= 0 && prod.epoch < claimEpoch {
+	if writer && closeReq {
+		writeError(w, r, http.StatusForbidden, "FORBIDDEN", "an entity's main stream cannot be closed: the entity owns it")
+		return
+	}
+	if prod != nil && writer && prod.epoch > claimEpoch {
+		// A producer epoch ahead of the claim's would fence every later
+		// claim's producer out of the entity's stream.
+		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST",
+			"Producer-Epoch on an entity's stream must not exceed the epoch of the claim that holds the write token ("+
+				strconv.FormatInt(claimEpoch, 10)+")")
+		return
+	}
+	if prod != nil && writer && prod.epoch < claimEpoch {
 		w.Header().Set("Producer-Epoch", strconv.FormatInt(claimEpoch, 10))
 		writeError(w, r, http.StatusForbidden, "STALE_PRODUCER_EPOCH",
 			"the producer epoch is older than the epoch of the claim that holds the write token")
 		return
 	}
-	arg := db.StreamWriteParams{
-		TenantID: h.cfg.Tenant, Path: path, ContentType: reqType, Data: msgs,
+	arg := db.StreamWriteAsParams{
+		EntityWriter: writer, TenantID: h.cfg.Tenant, Path: path, ContentType: reqType, Data: msgs,
 		Close: closeReq, StreamSeq: streamSeq,
 	}
 	if prod != nil {
 		arg.ProducerID, arg.ProducerEpoch, arg.ProducerSeq = &prod.id, &prod.epoch, &prod.seq
 	}
-	row, err := h.write(r.Context(), arg)
+	ctx, cancel := h.dbContext(r)
+	defer cancel()
+	row, err := h.write(ctx, arg)
 	if err != nil {
 		h.internalError(w, r, "append", path, err)
 		return
@@ -362,6 +404,12 @@ func (h *Handler) serveAppend(w http.ResponseWriter, r *http.Request, path strin
 		writeError(w, r, http.StatusConflict, "STREAM_CLOSED", "the stream is closed")
 	case "not_found":
 		writeError(w, r, http.StatusNotFound, "STREAM_NOT_FOUND", "no stream at this path")
+	case "unauthorized":
+		writeError(w, r, http.StatusUnauthorized, "UNAUTHORIZED", "appending to an entity's main stream needs its write token")
+	case "forbidden":
+		writeError(w, r, http.StatusForbidden, "FORBIDDEN", "an entity's main stream cannot be closed: the entity owns it")
+	case "gone":
+		writeGone(w, r)
 	case "entity_stopped":
 		writeError(w, r, http.StatusConflict, "ENTITY_STOPPED", "the entity that owns this stream is stopped")
 	case "content_type":
@@ -384,14 +432,12 @@ func (h *Handler) serveAppend(w http.ResponseWriter, r *http.Request, path strin
 
 // serveDelete handles DELETE.
 func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, path string) {
-	if IsEntityStream(path) {
-		writeError(w, r, http.StatusForbidden, "FORBIDDEN", "an entity's main stream is deleted with its entity only")
-		return
-	}
 	if !h.authorizeAdmin(w, r) {
 		return
 	}
-	status, err := h.q.StreamDelete(r.Context(), h.cfg.Pool, db.StreamDeleteParams{TenantID: h.cfg.Tenant, Path: path})
+	ctx, cancel := h.dbContext(r)
+	defer cancel()
+	status, err := h.q.StreamDelete(ctx, h.cfg.Pool, db.StreamDeleteParams{TenantID: h.cfg.Tenant, Path: path})
 	if err != nil {
 		h.internalError(w, r, "delete", path, err)
 		return
@@ -402,62 +448,9 @@ func (h *Handler) serveDelete(w http.ResponseWriter, r *http.Request, path strin
 		w.WriteHeader(http.StatusNoContent)
 	case "forbidden":
 		writeError(w, r, http.StatusForbidden, "FORBIDDEN", "an entity's main stream is deleted with its entity only")
+	case "gone":
+		writeGone(w, r)
 	default:
 		writeError(w, r, http.StatusNotFound, "STREAM_NOT_FOUND", "no stream at this path")
-	}
-}
-
-func forkHeaders(r *http.Request) bool {
-	for _, k := range []string{"Stream-Forked-From", "Stream-Fork-Offset", "Stream-Fork-Sub-Offset"} {
-		if _, ok := r.Header[k]; ok {
-			return true
-		}
-	}
-	return false
-}
-
-// refuseFork answers a fork request. Forks are not implemented (501), but a
-// request that would be refused anyway gets the protocol's refusal: fork
-// headers without a source or malformed (400), a missing source (404), a
-// fork point past the source's tail (400).
-func (h *Handler) refuseFork(w http.ResponseWriter, r *http.Request) {
-	src := r.Header.Get("Stream-Forked-From")
-	if src == "" {
-		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Fork-Offset and Stream-Fork-Sub-Offset need Stream-Forked-From")
-		return
-	}
-	sub := int64(0)
-	if v, ok := r.Header["Stream-Fork-Sub-Offset"]; ok {
-		if !ttlRe.MatchString(v[0]) {
-			writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Fork-Sub-Offset must be a non-negative integer")
-			return
-		}
-		sub, _ = strconv.ParseInt(v[0], 10, 64)
-	}
-	var at *int64
-	if v, ok := r.Header["Stream-Fork-Offset"]; ok {
-		n, ok := parseOffset(v[0])
-		if !ok || n == nil {
-			writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Fork-Offset must be an offset this server returned")
-			return
-		}
-		at = n
-	}
-	if checkPath(src) != "" {
-		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "Stream-Forked-From must be a stream path")
-		return
-	}
-	c, err := h.read(r, src, nil, 0, false)
-	if err != nil {
-		h.internalError(w, r, "fork", src, err)
-		return
-	}
-	switch {
-	case c.Status != "ok":
-		writeError(w, r, http.StatusNotFound, "STREAM_NOT_FOUND", "no source stream at Stream-Forked-From")
-	case at != nil && *at > c.TailSeq, at == nil && sub > 0:
-		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "the fork point lies past the source stream's tail")
-	default:
-		writeError(w, r, http.StatusNotImplemented, "NOT_IMPLEMENTED", "stream forks are not supported")
 	}
 }

@@ -112,18 +112,6 @@ func (s *Store) Owns(path string, owner Owner) bool {
 	return ok && e.owner == owner
 }
 
-// ClearStream drops whatever token path has.
-func (s *Store) ClearStream(path string) bool {
-	return s.shard(path).update(func(m map[string]entry) bool {
-		if _, ok := m[path]; !ok {
-			return false
-		}
-		delete(m, path)
-		s.size.Add(-1)
-		return true
-	})
-}
-
 // ClearIfOwner drops path's token only if owner still holds it, so a late
 // done or expiry of an old claim never clears a newer claim's token.
 func (s *Store) ClearIfOwner(path string, owner Owner) bool {

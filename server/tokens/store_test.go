@@ -68,7 +68,7 @@ func TestClearIfOwnerKeepsNewerToken(t *testing.T) {
 	}
 }
 
-func TestClearStreamAndSnapshot(t *testing.T) {
+func TestClearAndSnapshot(t *testing.T) {
 	t.Parallel()
 	s := New()
 	s.Mint("/a", Owner{"x", 1})
@@ -76,8 +76,8 @@ func TestClearStreamAndSnapshot(t *testing.T) {
 	if got := len(s.Snapshot()); got != 2 {
 		t.Fatalf("snapshot has %d, want 2", got)
 	}
-	if !s.ClearStream("/a") || s.ClearStream("/a") {
-		t.Fatal("ClearStream should clear once")
+	if !s.ClearIfOwner("/a", Owner{"x", 1}) || s.ClearIfOwner("/a", Owner{"x", 1}) {
+		t.Fatal("ClearIfOwner should clear once")
 	}
 	snap := s.Snapshot()
 	if len(snap) != 1 || snap[0] != (Held{"/b", Owner{"y", 3}}) {
