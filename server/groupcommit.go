@@ -12,7 +12,8 @@ import (
 
 // Group commit of releases and claims (Config.GroupCommit): concurrent
 // done callbacks share one release_claims transaction, concurrent claim
-// requests one claim_next_wakes transaction (internal/groupcommit). The
+// requests one claim_next_wakes transaction (internal/groupcommit). A batch
+// of one is the single-item call, so an idle server pays nothing for it. The
 // handlers do their memory steps (token map, notifications) after their
 // item's batch has committed, per item, as on the single-call path.
 
@@ -50,6 +51,10 @@ func newBatchers(pool *pgxpool.Pool, q *db.Queries, tenant string, notify bool, 
 		release: groupcommit.New(groupcommit.Config[releaseItem, db.ReleaseClaimRow]{
 			Name: "release", InFlight: inFlight, Classify: groupcommit.PgClassify, Retryable: groupcommit.PgRetryable,
 			ObserveBatch: obs("release"),
+			ExecOne: func(ctx context.Context, it releaseItem) (db.ReleaseClaimRow, error) {
+				return q.ReleaseClaim(ctx, pool, db.ReleaseClaimParams{ConsumerID: it.consumer, Epoch: it.epoch,
+					Acks: it.acks, TenantID: tenant, ClaimTokenHash: it.hash, Notify: notify})
+			},
 			Exec: func(ctx context.Context, items []releaseItem) ([]groupcommit.Outcome[db.ReleaseClaimRow], error) {
 				arg := db.ReleaseClaimsParams{TenantID: tenant, Notify: notify,
 					ConsumerIds: make([]string, len(items)), Epochs: make([]int64, len(items)),
@@ -74,6 +79,13 @@ func newBatchers(pool *pgxpool.Pool, q *db.Queries, tenant string, notify bool, 
 		claim: groupcommit.New(groupcommit.Config[claimItem, claimResult]{
 			Name: "claim", InFlight: inFlight, Classify: groupcommit.PgClassify, Retryable: groupcommit.PgRetryable,
 			ObserveBatch: obs("claim"),
+			ExecOne: func(ctx context.Context, it claimItem) (claimResult, error) {
+				c, err := q.ClaimNextWake(ctx, pool, db.ClaimNextWakeParams{RunnerID: it.runner, LeaseTtlMs: it.ttl, TenantID: tenant})
+				if errors.Is(err, db.ErrNotFound) {
+					return claimResult{}, nil
+				}
+				return claimResult{row: c, found: err == nil}, err
+			},
 			Exec: func(ctx context.Context, items []claimItem) ([]groupcommit.Outcome[claimResult], error) {
 				arg := db.ClaimNextWakesParams{TenantID: tenant,
 					RunnerIds: make([]string, len(items)), LeaseTtlMs: make([]int32, len(items))}

@@ -70,6 +70,10 @@ type Config[In, Out any] struct {
 	// Exec runs items as one transaction and returns one outcome per item,
 	// in input order, or an error for the whole batch.
 	Exec func(ctx context.Context, items []In) ([]Outcome[Out], error)
+	// ExecOne, when set, runs a batch of one item (the single-item call):
+	// an idle batcher then costs what a direct call costs. Its error is
+	// the item's answer; a Transient one is retried like a batch's.
+	ExecOne func(ctx context.Context, item In) (Out, error)
 	// InFlight is how many batches may run at once (default 1). A request
 	// that finds a free slot goes at once; requests queue only while every
 	// slot runs a batch.
@@ -236,6 +240,15 @@ func (b *Batcher[In, Out]) run(batch []*request[In, Out]) (again []*request[In, 
 	for _, r := range batch {
 		r.attempts++
 	}
+	if len(batch) == 1 && b.cfg.ExecOne != nil {
+		r := batch[0]
+		v, err := b.execOne(r.in)
+		if err != nil && b.cfg.Classify(err) == Transient && r.attempts < b.cfg.MaxAttempts {
+			return batch
+		}
+		r.reply <- Outcome[Out]{Value: v, Err: err}
+		return nil
+	}
 	outs, err := b.exec(batch)
 	if err != nil {
 		switch b.cfg.Classify(err) {
@@ -271,6 +284,16 @@ func (b *Batcher[In, Out]) run(batch []*request[In, Out]) (again []*request[In, 
 		r.reply <- o
 	}
 	return again
+}
+
+// execOne runs ExecOne under the batch timeout.
+func (b *Batcher[In, Out]) execOne(in In) (Out, error) {
+	if b.cfg.ObserveBatch != nil {
+		b.cfg.ObserveBatch(1)
+	}
+	ctx, cancel := context.WithTimeout(b.baseCtx, b.cfg.Timeout)
+	defer cancel()
+	return b.cfg.ExecOne(ctx, in)
 }
 
 // exec runs Exec under the batch timeout and checks it kept its contract.

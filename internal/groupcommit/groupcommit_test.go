@@ -405,3 +405,58 @@ func TestManyCallers(t *testing.T) {
 		t.Fatalf("%d items run, want 200", n)
 	}
 }
+
+// With ExecOne, a batch of one is the single call; larger batches use Exec.
+func TestExecOneRunsBatchesOfOne(t *testing.T) {
+	t.Parallel()
+	f := &fakeDB{entered: make(chan []int, 10), gate: make(chan struct{})}
+	var mu sync.Mutex
+	var ones []int
+	execOne := func(ctx context.Context, in int) (int, error) {
+		mu.Lock()
+		ones = append(ones, in)
+		mu.Unlock()
+		if in == 2 {
+			return 0, errRejected
+		}
+		return in * 100, nil
+	}
+	// The first batch of one is held in flight through Exec's gate only if
+	// it went to Exec, so hold it in ExecOne instead.
+	hold := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	b := start(t, Config[int, int]{Exec: f.exec, Classify: classify, ExecOne: func(ctx context.Context, in int) (int, error) {
+		if in == 1 {
+			entered <- struct{}{}
+			<-hold
+		}
+		return execOne(ctx, in)
+	}})
+	out := make(chan answer, 10)
+	doAsync(b, 1, out)
+	<-entered
+	doAsync(b, 3, out)
+	doAsync(b, 4, out)
+	waitQueued(t, b, 2)
+	close(hold)
+	close(f.gate)
+	got := map[int]answer{}
+	for range 3 {
+		a := <-out
+		got[a.in] = a
+	}
+	if got[1].v != 100 || got[1].err != nil {
+		t.Fatalf("single call: %+v", got[1])
+	}
+	if got[3].v != 30 || got[4].v != 40 {
+		t.Fatalf("batch of two did not use Exec: %+v %+v", got[3], got[4])
+	}
+	if v, err := b.Do(t.Context(), 2); !errors.Is(err, errRejected) || v != 0 {
+		t.Fatalf("single call's error is the item's: %d %v", v, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(ones, []int{1, 2}) {
+		t.Fatalf("ExecOne ran %v, want [1 2]", ones)
+	}
+}

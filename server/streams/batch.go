@@ -43,6 +43,9 @@ func NewBatchWriter(pool *pgxpool.Pool, tenant string, inFlight int, observe fun
 	w := &BatchWriter{pool: pool, tenant: tenant, q: db.New()}
 	w.b = groupcommit.New(groupcommit.Config[db.StreamWriteAsParams, db.StreamWriteAsRow]{
 		Name: "append", Exec: w.exec, InFlight: inFlight, ObserveBatch: observe,
+		ExecOne: func(ctx context.Context, arg db.StreamWriteAsParams) (db.StreamWriteAsRow, error) {
+			return w.q.StreamWriteAs(ctx, w.pool, arg)
+		},
 		Classify: groupcommit.PgClassify, Retryable: groupcommit.PgRetryable,
 	})
 	return w
