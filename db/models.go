@@ -7,6 +7,8 @@ package db
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 type ConsumerClaim struct {
@@ -138,6 +140,12 @@ type WakeEvent struct {
 	Generation int64
 	Seq        int64
 	CreatedAt  time.Time
+}
+
+type WakeEventPending struct {
+	Xid      pgtype.Uint64
+	TenantID string
+	WakeID   string
 }
 
 type WakeQueue struct {

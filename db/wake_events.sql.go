@@ -39,3 +39,38 @@ func (q *Queries) PurgeWakeEvents(ctx context.Context, db DBTX, arg PurgeWakeEve
 	err := row.Scan(&deleted)
 	return deleted, err
 }
+
+const wakeStreamTails = `-- name: WakeStreamTails :many
+SELECT s.path, s.tail_seq FROM streams s WHERE s.tenant_id = $1 AND s.path = ANY($2::text[])
+`
+
+type WakeStreamTailsParams struct {
+	TenantID string
+	Paths    []string
+}
+
+type WakeStreamTailsRow struct {
+	Path    string
+	TailSeq int64
+}
+
+// The tails of the wake streams a server's live readers wait on.
+func (q *Queries) WakeStreamTails(ctx context.Context, db DBTX, arg WakeStreamTailsParams) ([]WakeStreamTailsRow, error) {
+	rows, err := db.Query(ctx, wakeStreamTails, arg.TenantID, arg.Paths)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []WakeStreamTailsRow
+	for rows.Next() {
+		var i WakeStreamTailsRow
+		if err := rows.Scan(&i.Path, &i.TailSeq); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}

@@ -49,138 +49,173 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
 $$;
 -- +goose StatementEnd
 
+-- Wakes that became queued in the running transaction and whose events
+-- are not written yet. A row lives from the queuing statement to the
+-- commit of the same transaction (pw_flush_wake_events deletes it), so the
+-- table is empty between transactions and need not survive a crash.
+CREATE UNLOGGED TABLE wake_event_pending (
+    xid       xid8 NOT NULL,
+    tenant_id text NOT NULL,
+    wake_id   text NOT NULL
+);
+CREATE INDEX wake_event_pending_xid_idx ON wake_event_pending (xid);
+
 -- +goose StatementBegin
--- pw_append_wake_event appends the event of one queued wake to one runner's
--- wake stream, once (the caller holds pw_lock_wake_events): nothing when the runner has no wake stream or already
--- has the event of this wake and generation. The event:
---   {"type": "wake", "subscription_id": "runner:{id}", "stream": <main
---    stream>, "generation": <epoch its claim will get>, "ts": <unix ms>}
--- Live readers on every server wake at commit (pw_notify_stream).
-CREATE FUNCTION pw_append_wake_event(p_tenant text, p_wake_id text, p_runner_id text,
-                                     p_main_stream text, p_generation bigint, p_now timestamptz)
-RETURNS void
+-- pw_lock_wake_targets takes the tenant's wake-target lock (a transaction
+-- advisory lock): shared by every flush of wake events, exclusive while a
+-- runner is registered or enabled and back-filled. Flushes do not wait on
+-- each other; a registration waits for the flushes in progress and they
+-- for it.
+CREATE FUNCTION pw_lock_wake_targets(p_tenant text, p_exclusive boolean) RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_path text := pw_wake_stream(p_runner_id);
-    v_seq  bigint;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM streams s WHERE s.tenant_id = p_tenant AND s.path = v_path) THEN
-        RETURN;
+    IF p_exclusive THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('pullwake.wake_targets.' || p_tenant, 0));
+    ELSE
+        PERFORM pg_advisory_xact_lock_shared(hashtextextended('pullwake.wake_targets.' || p_tenant, 0));
     END IF;
-    IF EXISTS (SELECT 1 FROM wake_events v
-                WHERE v.tenant_id = p_tenant AND v.wake_id = p_wake_id
-                  AND v.runner_id = p_runner_id AND v.generation = p_generation) THEN
-        RETURN;
-    END IF;
-    v_seq := pw_stream_append(p_tenant, v_path, ARRAY[convert_to(jsonb_build_object(
-                 'type', 'wake',
-                 'subscription_id', 'runner:' || p_runner_id,
-                 'stream', p_main_stream,
-                 'generation', p_generation,
-                 'ts', (extract(epoch FROM p_now) * 1000)::bigint)::text, 'UTF8')], p_now);
-    INSERT INTO wake_events (tenant_id, wake_id, runner_id, generation, seq, created_at)
-    VALUES (p_tenant, p_wake_id, p_runner_id, p_generation, v_seq, p_now);
-    PERFORM pw_notify_stream(p_tenant, v_path);
 END
 $$;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
--- pw_lock_wake_events serializes the writers of wake streams of a tenant
--- (a transaction-level advisory lock). Wake streams are written only under
--- it, so a holder never waits for a wake stream's row; it is taken after
--- every other lock of the transaction (at commit, by the deferred trigger
--- below), so it cannot close a cycle with the lifecycle's row locks, as
--- appending to several runners' streams in the middle of a sweep could.
-CREATE FUNCTION pw_lock_wake_events(p_tenant text) RETURNS void
-LANGUAGE sql AS $$
-    SELECT pg_advisory_xact_lock(hashtextextended('pullwake.wake_events.' || p_tenant, 0))
+-- pw_flush_wake_events writes the events of the wakes queued so far in the
+-- running transaction: for each wake still queued, one event in the wake
+-- stream of each runner it targets (its runner, or every enabled runner
+-- when it names none) that lacks it. Event:
+--   {"type": "wake", "subscription_id": "runner:{id}", "stream": <main
+--    stream>, "generation": <epoch its claim will get>, "ts": <unix ms>}
+-- A wake queued and claimed in the same transaction (never claimable by
+-- anyone else) gets none. All events of one runner go in one append, and
+-- the runners' streams are locked in one order (tenant, runner id), so two
+-- flushing transactions never wait on each other crosswise. No NOTIFY: it
+-- would hold the cluster-wide notification lock through the commit,
+-- serializing every notifying commit; each server watches the tails of the
+-- wake streams its live readers wait on instead (server/wakestream.go).
+CREATE FUNCTION pw_flush_wake_events() RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_wakes text[];
+    v_r     record;
+    v_tail  bigint;
+    v_n     integer := 0;
+BEGIN
+    PERFORM set_config('pullwake.wake_events_pending', '', true);
+    WITH p AS (
+        DELETE FROM wake_event_pending p WHERE p.xid = pg_current_xact_id() RETURNING p.tenant_id, p.wake_id
+    )
+    SELECT array_agg(DISTINCT p.tenant_id || E'\n' || p.wake_id) INTO v_wakes FROM p;
+    IF v_wakes IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- Who the targets are (runners, their admin status and wake streams)
+    -- is read after this lock: a registration or an enable, which hold it
+    -- exclusively while they back-fill, is either committed and seen here,
+    -- or waits for this commit and back-fills these wakes itself.
+    PERFORM pw_lock_wake_targets(t, false)
+       FROM (SELECT DISTINCT split_part(x, E'\n', 1) AS t FROM unnest(v_wakes) x ORDER BY 1) q;
+    FOR v_r IN
+        SELECT x.tenant_id, x.runner_id,
+               array_agg(x.event ORDER BY x.created_at, x.wake_id) AS data,
+               array_agg(x.wake_id ORDER BY x.created_at, x.wake_id) AS wakes,
+               array_agg(x.generation ORDER BY x.created_at, x.wake_id) AS gens,
+               array_agg(x.queued_at ORDER BY x.created_at, x.wake_id) AS times,
+               max(x.queued_at) AS now
+          FROM (SELECT w.tenant_id, t.runner_id, w.wake_id, w.created_at, w.updated_at AS queued_at,
+                       d.epoch + 1 AS generation,
+                       convert_to(jsonb_build_object(
+                           'type', 'wake',
+                           'subscription_id', 'runner:' || t.runner_id,
+                           'stream', e.main_stream,
+                           'generation', d.epoch + 1,
+                           'ts', (extract(epoch FROM w.updated_at) * 1000)::bigint)::text, 'UTF8') AS event
+                  FROM wakes w
+                  JOIN entities e ON e.tenant_id = w.tenant_id AND e.url = w.entity_url
+                  JOIN entity_dispatch_state d ON d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url
+                 CROSS JOIN LATERAL (
+                       SELECT w.runner_id AS runner_id WHERE w.runner_id IS NOT NULL
+                       UNION ALL
+                       SELECT r.id FROM runners r
+                        WHERE w.runner_id IS NULL AND r.tenant_id = w.tenant_id AND r.admin_status = 'enabled') t
+                 WHERE (w.tenant_id || E'\n' || w.wake_id) = ANY (v_wakes) AND w.status = 'queued'
+                   AND EXISTS (SELECT 1 FROM streams s
+                                WHERE s.tenant_id = w.tenant_id AND s.path = pw_wake_stream(t.runner_id))
+                   AND NOT EXISTS (SELECT 1 FROM wake_events v
+                                    WHERE v.tenant_id = w.tenant_id AND v.wake_id = w.wake_id
+                                      AND v.runner_id = t.runner_id AND v.generation = d.epoch + 1)) x
+         GROUP BY x.tenant_id, x.runner_id
+         ORDER BY x.tenant_id, x.runner_id
+    LOOP
+        v_tail := pw_stream_append(v_r.tenant_id, pw_wake_stream(v_r.runner_id), v_r.data, v_r.now);
+        INSERT INTO wake_events (tenant_id, wake_id, runner_id, generation, seq, created_at)
+        SELECT v_r.tenant_id, u.wake_id, v_r.runner_id, u.generation,
+               v_tail - cardinality(v_r.wakes) + u.i, u.queued_at
+          FROM unnest(v_r.wakes, v_r.gens, v_r.times) WITH ORDINALITY AS u(wake_id, generation, queued_at, i);
+        v_n := v_n + cardinality(v_r.wakes);
+    END LOOP;
+    RETURN v_n;
+END
 $$;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
--- pw_wake_event_trigger runs at commit for every wake that became queued
--- in the transaction (inserted queued, or set back to queued) and is still
--- queued then: its event goes to the wake's runner, or, when the wake names
--- none, to every enabled runner. generation is the epoch the wake's claim
--- will get. A wake queued and claimed in the same transaction was never
--- claimable by anyone else and gets no event.
-CREATE FUNCTION pw_wake_event_trigger() RETURNS trigger
+-- pw_wake_pending_trigger records a wake that became queued (inserted
+-- queued, or set back to queued) for the flush at commit.
+CREATE FUNCTION pw_wake_pending_trigger() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_runner_id text;
-    v_stream    text;
-    v_gen       bigint;
-    v_now       timestamptz;
-    v_runner    text;
 BEGIN
-    PERFORM pw_lock_wake_events(NEW.tenant_id);
-    SELECT w.runner_id, e.main_stream, d.epoch + 1, w.updated_at
-      INTO v_runner_id, v_stream, v_gen, v_now
-      FROM wakes w
-      JOIN entities e ON e.tenant_id = w.tenant_id AND e.url = w.entity_url
-      JOIN entity_dispatch_state d ON d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url
-     WHERE w.tenant_id = NEW.tenant_id AND w.wake_id = NEW.wake_id AND w.status = 'queued';
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    IF v_runner_id IS NOT NULL THEN
-        PERFORM pw_append_wake_event(NEW.tenant_id, NEW.wake_id, v_runner_id, v_stream, v_gen, v_now);
-    ELSE
-        FOR v_runner IN
-            SELECT r.id FROM runners r
-             WHERE r.tenant_id = NEW.tenant_id AND r.admin_status = 'enabled'
-             ORDER BY r.id
-        LOOP
-            PERFORM pw_append_wake_event(NEW.tenant_id, NEW.wake_id, v_runner, v_stream, v_gen, v_now);
-        END LOOP;
+    INSERT INTO wake_event_pending (xid, tenant_id, wake_id)
+    VALUES (pg_current_xact_id(), NEW.tenant_id, NEW.wake_id);
+    PERFORM set_config('pullwake.wake_events_pending', 'yes', true);
+    RETURN NULL;
+END
+$$;
+-- +goose StatementEnd
+
+-- +goose StatementBegin
+-- pw_wake_flush_trigger runs at commit, once per recorded wake; the first
+-- run flushes them all, the others find nothing pending and return.
+CREATE FUNCTION pw_wake_flush_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('pullwake.wake_events_pending', true) = 'yes' THEN
+        PERFORM pw_flush_wake_events();
     END IF;
     RETURN NULL;
 END
 $$;
 -- +goose StatementEnd
 
--- Deferred to the commit: the events are appended after every other write
--- of the transaction, in the same transaction.
-CREATE CONSTRAINT TRIGGER wakes_event_insert AFTER INSERT ON wakes
-    DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW WHEN (NEW.status = 'queued') EXECUTE FUNCTION pw_wake_event_trigger();
-CREATE CONSTRAINT TRIGGER wakes_event_requeue AFTER UPDATE ON wakes
-    DEFERRABLE INITIALLY DEFERRED
+CREATE TRIGGER wakes_event_insert AFTER INSERT ON wakes
+    FOR EACH ROW WHEN (NEW.status = 'queued') EXECUTE FUNCTION pw_wake_pending_trigger();
+CREATE TRIGGER wakes_event_requeue AFTER UPDATE ON wakes
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM 'queued' AND NEW.status = 'queued')
-    EXECUTE FUNCTION pw_wake_event_trigger();
+    EXECUTE FUNCTION pw_wake_pending_trigger();
+-- Deferred to the commit: the events are written after every other write
+-- of the transaction, in the same transaction.
+CREATE CONSTRAINT TRIGGER wake_event_pending_flush AFTER INSERT ON wake_event_pending
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION pw_wake_flush_trigger();
 
 -- +goose StatementBegin
 -- pw_backfill_wake_events gives a runner the events of the queued wakes it
 -- may claim that its stream lacks (a runner registered, or enabled, after
--- they were queued). Returns how many it appended.
+-- they were queued), now. Returns how many events it wrote (to any runner
+-- lacking one).
 CREATE FUNCTION pw_backfill_wake_events(p_tenant text, p_runner_id text, p_now timestamptz)
 RETURNS integer
 LANGUAGE plpgsql AS $$
-DECLARE
-    v_r record;
-    v_n integer := 0;
 BEGIN
-    PERFORM pw_lock_wake_events(p_tenant);
-    FOR v_r IN
-        SELECT w.wake_id, e.main_stream, d.epoch + 1 AS generation
-          FROM wakes w
-          JOIN entities e ON e.tenant_id = w.tenant_id AND e.url = w.entity_url
-          JOIN entity_dispatch_state d ON d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url
-         WHERE w.tenant_id = p_tenant AND w.status = 'queued'
-           AND (w.runner_id = p_runner_id
-                OR w.runner_id IS NULL AND EXISTS (SELECT 1 FROM runners r
-                                                    WHERE r.tenant_id = p_tenant AND r.id = p_runner_id
-                                                      AND r.admin_status = 'enabled'))
-           AND NOT EXISTS (SELECT 1 FROM wake_events v
-                            WHERE v.tenant_id = p_tenant AND v.wake_id = w.wake_id
-                              AND v.runner_id = p_runner_id AND v.generation = d.epoch + 1)
-         ORDER BY w.created_at, w.wake_id
-    LOOP
-        PERFORM pw_append_wake_event(p_tenant, v_r.wake_id, p_runner_id, v_r.main_stream, v_r.generation, p_now);
-        v_n := v_n + 1;
-    END LOOP;
-    RETURN v_n;
+    PERFORM pw_lock_wake_targets(p_tenant, true);
+    INSERT INTO wake_event_pending (xid, tenant_id, wake_id)
+    SELECT pg_current_xact_id(), w.tenant_id, w.wake_id
+      FROM wakes w
+     WHERE w.tenant_id = p_tenant AND w.status = 'queued'
+       AND (w.runner_id = p_runner_id
+            OR w.runner_id IS NULL AND EXISTS (SELECT 1 FROM runners r
+                                                WHERE r.tenant_id = p_tenant AND r.id = p_runner_id
+                                                  AND r.admin_status = 'enabled'));
+    RETURN pw_flush_wake_events();
 END
 $$;
 -- +goose StatementEnd
@@ -527,9 +562,12 @@ DROP FUNCTION pw_wake_stream_offset(text, text);
 DROP FUNCTION pw_backfill_wake_events(text, text, timestamptz);
 DROP TRIGGER wakes_event_requeue ON wakes;
 DROP TRIGGER wakes_event_insert ON wakes;
-DROP FUNCTION pw_wake_event_trigger();
-DROP FUNCTION pw_lock_wake_events(text);
-DROP FUNCTION pw_append_wake_event(text, text, text, text, bigint, timestamptz);
+DROP TRIGGER wake_event_pending_flush ON wake_event_pending;
+DROP FUNCTION pw_wake_flush_trigger();
+DROP FUNCTION pw_wake_pending_trigger();
+DROP FUNCTION pw_flush_wake_events();
+DROP FUNCTION pw_lock_wake_targets(text, boolean);
+DROP TABLE wake_event_pending;
 DELETE FROM streams s WHERE s.path LIKE '/v1/stream/runners/%/wake' AND s.entity_url IS NULL
    AND EXISTS (SELECT 1 FROM runners r WHERE r.tenant_id = s.tenant_id AND s.path = pw_wake_stream(r.id));
 DROP FUNCTION pw_wake_stream(text);

@@ -204,6 +204,9 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, body sendBody) err
 	if s.cfg.Streams != nil {
 		s.cfg.Streams.Notify("/v1/stream" + url + "/main")
 	}
+	if res.WakeID != "" {
+		s.wakes.kick() // the wake's events are in: wake this server's wake-stream readers now
+	}
 	s.log.Info("message sent", "entity_url", url, "offset", res.MsgOffset, "wake_id", res.WakeID)
 	writeJSON(w, http.StatusAccepted, map[string]any{"offset": res.MsgOffset})
 	return nil

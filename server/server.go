@@ -79,6 +79,7 @@ type Server struct {
 	migrator *migrate.Migrator
 	sweeper  *Sweeper
 	listener *pglisten.Listener
+	wakes    *wakeWatcher // wakes live readers of wake streams
 	mux      *http.ServeMux
 
 	runnerHashes sync.Map // runner id -> []byte token hash (tokens never change)
@@ -127,6 +128,7 @@ func New(cfg Config) (*Server, error) {
 			s.listener.Handle(cfg.StreamChannel, cfg.Streams.HandleNotification)
 		}
 	}
+	s.wakes = newWakeWatcher(cfg.Pool, cfg.Tenant, s.wakeLocalReaders, cfg.Logger)
 	s.routes()
 	return s, nil
 }
@@ -149,10 +151,12 @@ func (s *Server) Start(ctx context.Context) {
 		s.listener.Start(ctx)
 	}
 	s.sweeper.Start(ctx)
+	s.wakes.Start(ctx)
 }
 
 // Stop ends the background services and waits for them.
 func (s *Server) Stop() {
+	s.wakes.Stop()
 	s.sweeper.Stop()
 	if s.listener != nil {
 		s.listener.Stop()

@@ -339,67 +339,23 @@ END
 $$;
 
 --
--- Name: pw_append_wake_event(text, text, text, text, bigint, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.pw_append_wake_event(p_tenant text, p_wake_id text, p_runner_id text, p_main_stream text, p_generation bigint, p_now timestamp with time zone) RETURNS void
-    LANGUAGE plpgsql
-    AS $$
-DECLARE
-    v_path text := pw_wake_stream(p_runner_id);
-    v_seq  bigint;
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM streams s WHERE s.tenant_id = p_tenant AND s.path = v_path) THEN
-        RETURN;
-    END IF;
-    IF EXISTS (SELECT 1 FROM wake_events v
-                WHERE v.tenant_id = p_tenant AND v.wake_id = p_wake_id
-                  AND v.runner_id = p_runner_id AND v.generation = p_generation) THEN
-        RETURN;
-    END IF;
-    v_seq := pw_stream_append(p_tenant, v_path, ARRAY[convert_to(jsonb_build_object(
-                 'type', 'wake',
-                 'subscription_id', 'runner:' || p_runner_id,
-                 'stream', p_main_stream,
-                 'generation', p_generation,
-                 'ts', (extract(epoch FROM p_now) * 1000)::bigint)::text, 'UTF8')], p_now);
-    INSERT INTO wake_events (tenant_id, wake_id, runner_id, generation, seq, created_at)
-    VALUES (p_tenant, p_wake_id, p_runner_id, p_generation, v_seq, p_now);
-    PERFORM pw_notify_stream(p_tenant, v_path);
-END
-$$;
-
---
 -- Name: pw_backfill_wake_events(text, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
 CREATE FUNCTION public.pw_backfill_wake_events(p_tenant text, p_runner_id text, p_now timestamp with time zone) RETURNS integer
     LANGUAGE plpgsql
     AS $$
-DECLARE
-    v_r record;
-    v_n integer := 0;
 BEGIN
-    PERFORM pw_lock_wake_events(p_tenant);
-    FOR v_r IN
-        SELECT w.wake_id, e.main_stream, d.epoch + 1 AS generation
-          FROM wakes w
-          JOIN entities e ON e.tenant_id = w.tenant_id AND e.url = w.entity_url
-          JOIN entity_dispatch_state d ON d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url
-         WHERE w.tenant_id = p_tenant AND w.status = 'queued'
-           AND (w.runner_id = p_runner_id
-                OR w.runner_id IS NULL AND EXISTS (SELECT 1 FROM runners r
-                                                    WHERE r.tenant_id = p_tenant AND r.id = p_runner_id
-                                                      AND r.admin_status = 'enabled'))
-           AND NOT EXISTS (SELECT 1 FROM wake_events v
-                            WHERE v.tenant_id = p_tenant AND v.wake_id = w.wake_id
-                              AND v.runner_id = p_runner_id AND v.generation = d.epoch + 1)
-         ORDER BY w.created_at, w.wake_id
-    LOOP
-        PERFORM pw_append_wake_event(p_tenant, v_r.wake_id, p_runner_id, v_r.main_stream, v_r.generation, p_now);
-        v_n := v_n + 1;
-    END LOOP;
-    RETURN v_n;
+    PERFORM pw_lock_wake_targets(p_tenant, true);
+    INSERT INTO wake_event_pending (xid, tenant_id, wake_id)
+    SELECT pg_current_xact_id(), w.tenant_id, w.wake_id
+      FROM wakes w
+     WHERE w.tenant_id = p_tenant AND w.status = 'queued'
+       AND (w.runner_id = p_runner_id
+            OR w.runner_id IS NULL AND EXISTS (SELECT 1 FROM runners r
+                                                WHERE r.tenant_id = p_tenant AND r.id = p_runner_id
+                                                  AND r.admin_status = 'enabled'));
+    RETURN pw_flush_wake_events();
 END
 $$;
 
@@ -460,13 +416,89 @@ END
 $$;
 
 --
--- Name: pw_lock_wake_events(text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pw_flush_wake_events(); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.pw_lock_wake_events(p_tenant text) RETURNS void
-    LANGUAGE sql
+CREATE FUNCTION public.pw_flush_wake_events() RETURNS integer
+    LANGUAGE plpgsql
     AS $$
-    SELECT pg_advisory_xact_lock(hashtextextended('pullwake.wake_events.' || p_tenant, 0))
+DECLARE
+    v_wakes text[];
+    v_r     record;
+    v_tail  bigint;
+    v_n     integer := 0;
+BEGIN
+    PERFORM set_config('pullwake.wake_events_pending', '', true);
+    WITH p AS (
+        DELETE FROM wake_event_pending p WHERE p.xid = pg_current_xact_id() RETURNING p.tenant_id, p.wake_id
+    )
+    SELECT array_agg(DISTINCT p.tenant_id || E'\n' || p.wake_id) INTO v_wakes FROM p;
+    IF v_wakes IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- Who the targets are (runners, their admin status and wake streams)
+    -- is read after this lock: a registration or an enable, which hold it
+    -- exclusively while they back-fill, is either committed and seen here,
+    -- or waits for this commit and back-fills these wakes itself.
+    PERFORM pw_lock_wake_targets(t, false)
+       FROM (SELECT DISTINCT split_part(x, E'\n', 1) AS t FROM unnest(v_wakes) x ORDER BY 1) q;
+    FOR v_r IN
+        SELECT x.tenant_id, x.runner_id,
+               array_agg(x.event ORDER BY x.created_at, x.wake_id) AS data,
+               array_agg(x.wake_id ORDER BY x.created_at, x.wake_id) AS wakes,
+               array_agg(x.generation ORDER BY x.created_at, x.wake_id) AS gens,
+               array_agg(x.queued_at ORDER BY x.created_at, x.wake_id) AS times,
+               max(x.queued_at) AS now
+          FROM (SELECT w.tenant_id, t.runner_id, w.wake_id, w.created_at, w.updated_at AS queued_at,
+                       d.epoch + 1 AS generation,
+                       convert_to(jsonb_build_object(
+                           'type', 'wake',
+                           'subscription_id', 'runner:' || t.runner_id,
+                           'stream', e.main_stream,
+                           'generation', d.epoch + 1,
+                           'ts', (extract(epoch FROM w.updated_at) * 1000)::bigint)::text, 'UTF8') AS event
+                  FROM wakes w
+                  JOIN entities e ON e.tenant_id = w.tenant_id AND e.url = w.entity_url
+                  JOIN entity_dispatch_state d ON d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url
+                 CROSS JOIN LATERAL (
+                       SELECT w.runner_id AS runner_id WHERE w.runner_id IS NOT NULL
+                       UNION ALL
+                       SELECT r.id FROM runners r
+                        WHERE w.runner_id IS NULL AND r.tenant_id = w.tenant_id AND r.admin_status = 'enabled') t
+                 WHERE (w.tenant_id || E'\n' || w.wake_id) = ANY (v_wakes) AND w.status = 'queued'
+                   AND EXISTS (SELECT 1 FROM streams s
+                                WHERE s.tenant_id = w.tenant_id AND s.path = pw_wake_stream(t.runner_id))
+                   AND NOT EXISTS (SELECT 1 FROM wake_events v
+                                    WHERE v.tenant_id = w.tenant_id AND v.wake_id = w.wake_id
+                                      AND v.runner_id = t.runner_id AND v.generation = d.epoch + 1)) x
+         GROUP BY x.tenant_id, x.runner_id
+         ORDER BY x.tenant_id, x.runner_id
+    LOOP
+        v_tail := pw_stream_append(v_r.tenant_id, pw_wake_stream(v_r.runner_id), v_r.data, v_r.now);
+        INSERT INTO wake_events (tenant_id, wake_id, runner_id, generation, seq, created_at)
+        SELECT v_r.tenant_id, u.wake_id, v_r.runner_id, u.generation,
+               v_tail - cardinality(v_r.wakes) + u.i, u.queued_at
+          FROM unnest(v_r.wakes, v_r.gens, v_r.times) WITH ORDINALITY AS u(wake_id, generation, queued_at, i);
+        v_n := v_n + cardinality(v_r.wakes);
+    END LOOP;
+    RETURN v_n;
+END
+$$;
+
+--
+-- Name: pw_lock_wake_targets(text, boolean); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_lock_wake_targets(p_tenant text, p_exclusive boolean) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF p_exclusive THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('pullwake.wake_targets.' || p_tenant, 0));
+    ELSE
+        PERFORM pg_advisory_xact_lock_shared(hashtextextended('pullwake.wake_targets.' || p_tenant, 0));
+    END IF;
+END
 $$;
 
 --
@@ -894,40 +926,31 @@ END
 $$;
 
 --
--- Name: pw_wake_event_trigger(); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pw_wake_flush_trigger(); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.pw_wake_event_trigger() RETURNS trigger
+CREATE FUNCTION public.pw_wake_flush_trigger() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
-DECLARE
-    v_runner_id text;
-    v_stream    text;
-    v_gen       bigint;
-    v_now       timestamptz;
-    v_runner    text;
 BEGIN
-    PERFORM pw_lock_wake_events(NEW.tenant_id);
-    SELECT w.runner_id, e.main_stream, d.epoch + 1, w.updated_at
-      INTO v_runner_id, v_stream, v_gen, v_now
-      FROM wakes w
-      JOIN entities e ON e.tenant_id = w.tenant_id AND e.url = w.entity_url
-      JOIN entity_dispatch_state d ON d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url
-     WHERE w.tenant_id = NEW.tenant_id AND w.wake_id = NEW.wake_id AND w.status = 'queued';
-    IF NOT FOUND THEN
-        RETURN NULL;
+    IF current_setting('pullwake.wake_events_pending', true) = 'yes' THEN
+        PERFORM pw_flush_wake_events();
     END IF;
-    IF v_runner_id IS NOT NULL THEN
-        PERFORM pw_append_wake_event(NEW.tenant_id, NEW.wake_id, v_runner_id, v_stream, v_gen, v_now);
-    ELSE
-        FOR v_runner IN
-            SELECT r.id FROM runners r
-             WHERE r.tenant_id = NEW.tenant_id AND r.admin_status = 'enabled'
-             ORDER BY r.id
-        LOOP
-            PERFORM pw_append_wake_event(NEW.tenant_id, NEW.wake_id, v_runner, v_stream, v_gen, v_now);
-        END LOOP;
-    END IF;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: pw_wake_pending_trigger(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_wake_pending_trigger() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    INSERT INTO wake_event_pending (xid, tenant_id, wake_id)
+    VALUES (pg_current_xact_id(), NEW.tenant_id, NEW.wake_id);
+    PERFORM set_config('pullwake.wake_events_pending', 'yes', true);
     RETURN NULL;
 END
 $$;
@@ -1508,6 +1531,16 @@ CREATE TABLE public.stream_producers (
 );
 
 --
+-- Name: wake_event_pending; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE UNLOGGED TABLE public.wake_event_pending (
+    xid xid8 NOT NULL,
+    tenant_id text NOT NULL,
+    wake_id text NOT NULL
+);
+
+--
 -- Name: wake_events; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1660,6 +1693,12 @@ CREATE INDEX consumer_claims_active_runner_idx ON public.consumer_claims USING b
 CREATE INDEX consumer_claims_finished_idx ON public.consumer_claims USING btree (tenant_id, updated_at) WHERE (status <> 'active'::text);
 
 --
+-- Name: wake_event_pending_xid_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX wake_event_pending_xid_idx ON public.wake_event_pending USING btree (xid);
+
+--
 -- Name: wake_events_runner_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -1678,16 +1717,22 @@ CREATE INDEX wakes_finished_idx ON public.wakes USING btree (tenant_id, finished
 CREATE UNIQUE INDEX wakes_one_queued_idx ON public.wakes USING btree (tenant_id, entity_url) WHERE (status = 'queued'::text);
 
 --
+-- Name: wake_event_pending wake_event_pending_flush; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE CONSTRAINT TRIGGER wake_event_pending_flush AFTER INSERT ON public.wake_event_pending DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.pw_wake_flush_trigger();
+
+--
 -- Name: wakes wakes_event_insert; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE CONSTRAINT TRIGGER wakes_event_insert AFTER INSERT ON public.wakes DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN ((new.status = 'queued'::text)) EXECUTE FUNCTION public.pw_wake_event_trigger();
+CREATE TRIGGER wakes_event_insert AFTER INSERT ON public.wakes FOR EACH ROW WHEN ((new.status = 'queued'::text)) EXECUTE FUNCTION public.pw_wake_pending_trigger();
 
 --
 -- Name: wakes wakes_event_requeue; Type: TRIGGER; Schema: public; Owner: -
 --
 
-CREATE CONSTRAINT TRIGGER wakes_event_requeue AFTER UPDATE ON public.wakes DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (((old.status IS DISTINCT FROM 'queued'::text) AND (new.status = 'queued'::text))) EXECUTE FUNCTION public.pw_wake_event_trigger();
+CREATE TRIGGER wakes_event_requeue AFTER UPDATE ON public.wakes FOR EACH ROW WHEN (((old.status IS DISTINCT FROM 'queued'::text) AND (new.status = 'queued'::text))) EXECUTE FUNCTION public.pw_wake_pending_trigger();
 
 --
 -- Name: wakes wakes_queue_delete; Type: TRIGGER; Schema: public; Owner: -
