@@ -558,3 +558,23 @@ func checkWakeEvents(t *testing.T, ctx context.Context, pool *pgxpool.Pool) {
 		t.Fatalf("wake events wrong (%d):\n%s", len(bad), strings.Join(bad[:min(len(bad), 20)], "\n"))
 	}
 }
+
+// Deleting a runner deletes its wake stream and event rows.
+func TestRunnerDeleteRemovesWakeStream(t *testing.T) {
+	t.Parallel()
+	f := wakeSetup(t, "r1", "r2")
+	f.spawn("/chat/1")
+	f.send("/chat/1", at(0))
+	f.exec(`DELETE FROM runners WHERE id = 'r1'`)
+	var streams, events, msgs int
+	if err := f.pool.QueryRow(f.ctx, `SELECT
+		(SELECT count(*) FROM streams WHERE path LIKE '/v1/stream/runners/%'),
+		(SELECT count(*) FROM wake_events WHERE runner_id = 'r1'),
+		(SELECT count(*) FROM stream_messages WHERE path = '/v1/stream/runners/r1/wake')`).Scan(&streams, &events, &msgs); err != nil {
+		t.Fatal(err)
+	}
+	if streams != 1 || events != 0 || msgs != 0 {
+		t.Fatalf("after deleting r1: %d wake streams (want r2's), %d event rows, %d messages of r1", streams, events, msgs)
+	}
+	f.wantEvents("r2", "/v1/stream/chat/1/main")
+}

@@ -319,6 +319,23 @@ $$;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
+-- pw_runner_deleted removes a deleted runner's wake stream (its messages go
+-- with it) and its event rows: they belong to the runner.
+CREATE FUNCTION pw_runner_deleted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM wake_events v WHERE v.tenant_id = OLD.tenant_id AND v.runner_id = OLD.id;
+    DELETE FROM streams s WHERE s.tenant_id = OLD.tenant_id AND s.path = pw_wake_stream(OLD.id)
+       AND s.entity_url IS NULL;
+    RETURN NULL;
+END
+$$;
+-- +goose StatementEnd
+
+CREATE TRIGGER runners_wake_stream_delete AFTER DELETE ON runners
+    FOR EACH ROW EXECUTE FUNCTION pw_runner_deleted();
+
+-- +goose StatementBegin
 -- purge_wake_events deletes the events of finished wakes (completed,
 -- expired, superseded, or already purged) older than p_older_than, with
 -- their wake-stream messages; at most p_batch a call. The newest message of
@@ -555,6 +572,8 @@ $$;
 -- +goose StatementEnd
 
 DROP FUNCTION pw_check_entity_url(text);
+DROP TRIGGER runners_wake_stream_delete ON runners;
+DROP FUNCTION pw_runner_deleted();
 DROP FUNCTION purge_wake_events(interval, integer, timestamptz, text);
 DROP FUNCTION set_runner_admin_status(text, text, timestamptz, text);
 DROP FUNCTION register_runner(text, text, text, bytea, timestamptz, text);

@@ -587,6 +587,21 @@ END
 $$;
 
 --
+-- Name: pw_runner_deleted(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_runner_deleted() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    DELETE FROM wake_events v WHERE v.tenant_id = OLD.tenant_id AND v.runner_id = OLD.id;
+    DELETE FROM streams s WHERE s.tenant_id = OLD.tenant_id AND s.path = pw_wake_stream(OLD.id)
+       AND s.entity_url IS NULL;
+    RETURN NULL;
+END
+$$;
+
+--
 -- Name: pw_stream_append(text, text, bytea[], timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1715,6 +1730,12 @@ CREATE INDEX wakes_finished_idx ON public.wakes USING btree (tenant_id, finished
 --
 
 CREATE UNIQUE INDEX wakes_one_queued_idx ON public.wakes USING btree (tenant_id, entity_url) WHERE (status = 'queued'::text);
+
+--
+-- Name: runners runners_wake_stream_delete; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER runners_wake_stream_delete AFTER DELETE ON public.runners FOR EACH ROW EXECUTE FUNCTION public.pw_runner_deleted();
 
 --
 -- Name: wake_event_pending wake_event_pending_flush; Type: TRIGGER; Schema: public; Owner: -
