@@ -82,7 +82,7 @@ type Server struct {
 	wakes    *wakeWatcher // wakes live readers of wake streams
 	mux      *http.ServeMux
 
-	runnerHashes sync.Map // runner id -> []byte token hash (tokens never change)
+	runnerHashes sync.Map // runner id -> []byte token hash (dropped when a registration rotates the token)
 }
 
 // New builds a server. Call Start for the sweeper and listener.
