@@ -26,6 +26,8 @@ CREATE TABLE wake_events (
 -- The resume offset of a runner (oldest event of a still-queued wake) and
 -- retention walk events per runner in stream order.
 CREATE INDEX wake_events_runner_idx ON wake_events (tenant_id, runner_id, seq);
+-- Retention walks events oldest first.
+CREATE INDEX wake_events_created_idx ON wake_events (tenant_id, created_at);
 
 CREATE TABLE entity_types (
     tenant_id               text        NOT NULL DEFAULT 'default',
@@ -95,8 +97,9 @@ $$;
 CREATE FUNCTION pw_flush_wake_events() RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_wakes text[];
-    v_r     record;
+    v_tenants text[];
+    v_wakes   text[];
+    v_r       record;
     v_tail  bigint;
     v_n     integer := 0;
 BEGIN
@@ -104,7 +107,8 @@ BEGIN
     WITH p AS (
         DELETE FROM wake_event_pending p WHERE p.xid = pg_current_xact_id() RETURNING p.tenant_id, p.wake_id
     )
-    SELECT array_agg(DISTINCT p.tenant_id || E'\n' || p.wake_id) INTO v_wakes FROM p;
+    SELECT array_agg(q.tenant_id), array_agg(q.wake_id) INTO v_tenants, v_wakes
+      FROM (SELECT DISTINCT p.tenant_id, p.wake_id FROM p) q;
     IF v_wakes IS NULL THEN
         RETURN 0;
     END IF;
@@ -113,7 +117,7 @@ BEGIN
     -- exclusively while they back-fill, is either committed and seen here,
     -- or waits for this commit and back-fills these wakes itself.
     PERFORM pw_lock_wake_targets(t, false)
-       FROM (SELECT DISTINCT split_part(x, E'\n', 1) AS t FROM unnest(v_wakes) x ORDER BY 1) q;
+       FROM (SELECT DISTINCT t FROM unnest(v_tenants) t ORDER BY 1) q;
     FOR v_r IN
         SELECT x.tenant_id, x.runner_id,
                array_agg(x.event ORDER BY x.created_at, x.wake_id) AS data,
@@ -129,7 +133,8 @@ BEGIN
                            'stream', e.main_stream,
                            'generation', d.epoch + 1,
                            'ts', (extract(epoch FROM w.updated_at) * 1000)::bigint)::text, 'UTF8') AS event
-                  FROM wakes w
+                  FROM unnest(v_tenants, v_wakes) AS p(tenant_id, wake_id)
+                  JOIN wakes w ON w.tenant_id = p.tenant_id AND w.wake_id = p.wake_id
                   JOIN entities e ON e.tenant_id = w.tenant_id AND e.url = w.entity_url
                   JOIN entity_dispatch_state d ON d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url
                  CROSS JOIN LATERAL (
@@ -137,7 +142,7 @@ BEGIN
                        UNION ALL
                        SELECT r.id FROM runners r
                         WHERE w.runner_id IS NULL AND r.tenant_id = w.tenant_id AND r.admin_status = 'enabled') t
-                 WHERE (w.tenant_id || E'\n' || w.wake_id) = ANY (v_wakes) AND w.status = 'queued'
+                 WHERE w.status = 'queued'
                    AND EXISTS (SELECT 1 FROM streams s
                                 WHERE s.tenant_id = w.tenant_id AND s.path = pw_wake_stream(t.runner_id))
                    AND NOT EXISTS (SELECT 1 FROM wake_events v
