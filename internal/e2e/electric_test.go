@@ -365,7 +365,7 @@ func TestElectricRuntimeWireFormat(t *testing.T) {
 	t.Parallel()
 	srv := startServer(t, serverConfig{
 		DatabaseURL: testdb.New(t).URL, AdminToken: e2eAdmin, SweepInterval: 300 * time.Millisecond,
-		DefaultLease: 2 * time.Second, LongPoll: time.Second,
+		DefaultLease: 6 * time.Second, LongPoll: time.Second,
 	})
 	c := srv.Client()
 	const runner = "r-electric"
