@@ -2,8 +2,9 @@
 -- What Electric's runner runtime needs to drive pullwake unchanged:
 --   * a wake stream per runner (a JSON-mode Durable Stream at
 --     /v1/stream/runners/{id}/wake) holding one event per queued wake and
---     target runner, appended by a trigger on wakes in the transaction that
---     queues the wake, whichever function (or psql statement) queued it;
+--     target runner, written at the commit of the transaction that queued
+--     the wake (triggers on wakes, one deferred flush), whichever function
+--     or psql statement queued it;
 --   * registration that creates that stream and, for an existing runner
 --     id, rotates its token (a restart of the same runner);
 --   * an entity-type registry whose default dispatch policy names the runner
