@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pullwake/pullwake/server"
 )
 
 const electricAdmin = "admin-secret"
@@ -302,4 +304,29 @@ func decodeEvents(t *testing.T, body []byte) []map[string]any {
 		t.Fatalf("stream read %q: %v", body, err)
 	}
 	return evs
+}
+
+// The sweeper's retention pass trims the events of finished wakes.
+func TestSweeperPurgesWakeEvents(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withElectricAdmin)
+	tok := b.registerRunner("r1")
+	b.spawn("/chat/1")
+	b.send("/chat/1", "x")
+	w := b.mustClaim("r1", tok, 0)
+	b.must(200, b.done(w, map[string]any{"stream": w.StreamPath, "offset": "0000000000000001"}))
+	b.send("/chat/1", "y") // a second event: the stream's newest is never trimmed
+	sw := server.NewSweeper(server.SweeperConfig{Pool: b.pool, Retention: time.Hour})
+	now := time.Now()
+	if n, err := sw.PurgeWakeEvents(t.Context(), &now); err != nil || n != 0 {
+		t.Fatalf("purge within retention: %d %v", n, err)
+	}
+	later := now.Add(2 * time.Hour)
+	if n, err := sw.PurgeWakeEvents(t.Context(), &later); err != nil || n != 1 {
+		t.Fatalf("purge past retention: %d %v, want the finished wake's event", n, err)
+	}
+	evs := decodeEvents(t, b.must(200, b.do("GET", "/runners/r1/wake?offset=-1", tok, nil)).body)
+	if len(evs) != 1 || evs[0]["generation"] != float64(2) {
+		t.Fatalf("wake stream after purge: %v", evs)
+	}
 }
