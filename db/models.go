@@ -7,6 +7,8 @@ package db
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 type ConsumerClaim struct {
@@ -56,6 +58,18 @@ type EntityDispatchState struct {
 	UpdatedAt            time.Time
 }
 
+type EntityType struct {
+	TenantID              string
+	Name                  string
+	Description           string
+	CreationSchema        json.RawMessage
+	InboxSchemas          json.RawMessage
+	StateSchemas          json.RawMessage
+	DefaultDispatchPolicy json.RawMessage
+	CreatedAt             time.Time
+	UpdatedAt             time.Time
+}
+
 type Runner struct {
 	TenantID               string
 	ID                     string
@@ -86,12 +100,6 @@ type Stream struct {
 	ClosedByProducer *string
 	ClosedByEpoch    *int64
 	ClosedBySeq      *int64
-	DeletedAt        *time.Time
-	ForkedFrom       *string
-	ForkOffset       *int64
-	ForkSubOffset    *int64
-	ForkPaths        []string
-	ForkUpto         []int64
 }
 
 type StreamMessage struct {
@@ -123,6 +131,21 @@ type Wake struct {
 	ClaimedAt  *time.Time
 	FinishedAt *time.Time
 	UpdatedAt  time.Time
+}
+
+type WakeEvent struct {
+	TenantID   string
+	WakeID     string
+	RunnerID   string
+	Generation int64
+	Seq        int64
+	CreatedAt  time.Time
+}
+
+type WakeEventPending struct {
+	Xid      pgtype.Uint64
+	TenantID string
+	WakeID   string
 }
 
 type WakeQueue struct {
