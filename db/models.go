@@ -7,6 +7,8 @@ package db
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 type ConsumerClaim struct {
@@ -54,6 +56,18 @@ type EntityDispatchState struct {
 	LastCompletedAt      *time.Time
 	LastError            *string
 	UpdatedAt            time.Time
+}
+
+type EntityType struct {
+	TenantID              string
+	Name                  string
+	Description           string
+	CreationSchema        json.RawMessage
+	InboxSchemas          json.RawMessage
+	StateSchemas          json.RawMessage
+	DefaultDispatchPolicy json.RawMessage
+	CreatedAt             time.Time
+	UpdatedAt             time.Time
 }
 
 type Runner struct {
@@ -123,6 +137,21 @@ type Wake struct {
 	ClaimedAt  *time.Time
 	FinishedAt *time.Time
 	UpdatedAt  time.Time
+}
+
+type WakeEvent struct {
+	TenantID   string
+	WakeID     string
+	RunnerID   string
+	Generation int64
+	Seq        int64
+	CreatedAt  time.Time
+}
+
+type WakeEventPending struct {
+	Xid      pgtype.Uint64
+	TenantID string
+	WakeID   string
 }
 
 type WakeQueue struct {

@@ -28,12 +28,13 @@
 --   pw_stream_writes by (path, ord): the stream row is the one row an
 --                    append locks; appends to one stream keep their order.
 -- Two batches of the same function therefore take their first locks in
--- one order. One case remains: a release that queues a new wake appends to
--- the runners' wake stream while its batch holds other dispatch rows. A
--- deadlock there is detected by PostgreSQL (40P01) in one item of one
--- batch, which the block catches: that item's subtransaction rolls back,
--- its batch goes on and commits, and the item reports 40P01; the server
--- retries such items (internal/groupcommit).
+-- one order. Where a batch meets another writer whose order crosses its
+-- own (an expiry pass holding several dispatch rows, say), PostgreSQL
+-- detects the deadlock (40P01) in one item of one side; for a batch the
+-- item's block catches it: that item's subtransaction rolls back, the batch
+-- goes on and commits, and the item reports 40P01; the server runs such
+-- items again (internal/groupcommit). Wake events of the wakes a batch
+-- queues are written once, at commit (00008), as for a single call.
 --
 -- Cost. A subtransaction that writes takes a subtransaction id; a
 -- transaction with more than 64 of them overflows the per-backend cache

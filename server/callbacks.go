@@ -126,7 +126,8 @@ func (s *Server) claimRequest(w http.ResponseWriter, r *http.Request, consumer s
 		return claimNotActive(consumer, epoch, wakeID, again.Reason)
 	}
 	s.log.Info("write token re-minted", "consumer_id", consumer, "epoch", epoch, "entity_url", c.EntityUrl, "runner_id", c.RunnerID)
-	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "write_token": wt})
+	// writeToken: the spelling Electric's runtime reads.
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "write_token": wt, "writeToken": wt})
 	return nil
 }
 

@@ -101,6 +101,7 @@ type Server struct {
 	sweeper  *Sweeper
 	listener *pglisten.Listener
 	recon    *reconciler
+	wakes    *wakeWatcher // wakes live readers of wake streams
 	mux      *http.ServeMux
 	patterns []string // the mux's patterns, in registration order (Routes)
 	// adminHash is the SHA-256 of the admin token: requests are compared
@@ -168,6 +169,7 @@ func New(cfg Config) (*Server, error) {
 			s.listener.Handle(cfg.StreamChannel, cfg.Streams.HandleNotification)
 		}
 	}
+	s.wakes = newWakeWatcher(cfg.Pool, cfg.Tenant, s.wakeLocalReaders, cfg.Logger)
 	if cfg.GroupCommit {
 		s.batch = newBatchers(cfg.Pool, s.q, cfg.Tenant, cfg.Publisher == nil, cfg.GroupCommitInFlight, cfg.BatchObserver)
 	}
@@ -197,10 +199,12 @@ func (s *Server) Start(ctx context.Context) {
 	}
 	s.recon.Start(ctx)
 	s.sweeper.Start(ctx)
+	s.wakes.Start(ctx)
 }
 
 // Stop ends the background services and waits for them.
 func (s *Server) Stop() {
+	s.wakes.Stop()
 	if s.batch != nil {
 		s.batch.stop() // answers every queued release and claim
 	}
@@ -261,6 +265,17 @@ func (s *Server) routes() {
 	h("POST /entities/{type}/{id}", admin(s.sendToEntity))
 	h("DELETE /entities/{type}/{id}", admin(s.stopEntity))
 	h("GET /entities", admin(s.listEntities))
+	// The same entity routes under Electric's prefix; a send there also
+	// takes the sending entity's write token (electricSend).
+	h("PUT /_electric/entities/{type}/{id}", admin(s.spawnEntity))
+	h("GET /_electric/entities/{type}/{id}", admin(s.getEntity))
+	h("POST /_electric/entities/{type}/{id}/send", s.electricSend)
+	h("DELETE /_electric/entities/{type}/{id}", admin(s.stopEntity))
+
+	h("POST /_electric/entity-types", admin(s.upsertEntityType))
+	h("GET /_electric/entity-types", admin(s.listEntityTypes))
+	h("GET /_electric/entity-types/{name}", admin(s.getEntityType))
+	h("DELETE /_electric/entity-types/{name}", admin(s.deleteEntityType))
 
 	h("POST /_electric/runners", admin(s.registerRunner))
 	h("GET /_electric/runners", admin(s.listRunners))
@@ -285,6 +300,9 @@ func (s *Server) routes() {
 	if s.cfg.Streams != nil {
 		handle("/v1/stream/", s.cfg.Streams)
 	}
+	// Runners' wake streams: read with the runner's token, never written by clients.
+	handle("/v1/stream/runners/{id}/wake", http.HandlerFunc(s.wakeStream))
+	handle("/runners/{id}/wake", http.HandlerFunc(s.wakeStream))
 	// The catch-all takes every request no other pattern matches, including
 	// a known path with a method it does not serve (the mux would answer
 	// those 405 by itself, but "/" matches first): answer 405 with Allow then.

@@ -115,6 +115,9 @@ func (sw *Sweeper) Start(ctx context.Context) {
 				if err := sw.RefreshGauges(ctx, true); err != nil && ctx.Err() == nil {
 					sw.cfg.Logger.Warn("reading the claim gauges failed", "err", err)
 				}
+				if _, err := sw.PurgeWakeEvents(ctx, nil); err != nil && ctx.Err() == nil {
+					sw.cfg.Logger.Warn("retention purge of wake events failed", "err", err)
+				}
 			}
 		})
 	}()
