@@ -56,6 +56,18 @@ type EntityDispatchState struct {
 	UpdatedAt            time.Time
 }
 
+type EntityType struct {
+	TenantID              string
+	Name                  string
+	Description           string
+	CreationSchema        json.RawMessage
+	InboxSchemas          json.RawMessage
+	StateSchemas          json.RawMessage
+	DefaultDispatchPolicy json.RawMessage
+	CreatedAt             time.Time
+	UpdatedAt             time.Time
+}
+
 type Runner struct {
 	TenantID               string
 	ID                     string
@@ -117,6 +129,15 @@ type Wake struct {
 	ClaimedAt  *time.Time
 	FinishedAt *time.Time
 	UpdatedAt  time.Time
+}
+
+type WakeEvent struct {
+	TenantID   string
+	WakeID     string
+	RunnerID   string
+	Generation int64
+	Seq        int64
+	CreatedAt  time.Time
 }
 
 type WakeQueue struct {

@@ -8,6 +8,7 @@ package db
 import (
 	"context"
 	"encoding/json"
+	"time"
 )
 
 const createRunner = `-- name: CreateRunner :one
@@ -155,6 +156,69 @@ func (q *Queries) ListRunners(ctx context.Context, db DBTX, tenantID string) ([]
 	return items, nil
 }
 
+const registerRunner = `-- name: RegisterRunner :one
+SELECT r.created::boolean AS created, r.wake_stream::text AS wake_stream,
+       r.wake_stream_offset::text AS wake_stream_offset
+  FROM register_runner($1::text, $2::text, $3::text, $4::bytea,
+                       $5::timestamptz, $6::text) AS r
+`
+
+type RegisterRunnerParams struct {
+	ID        string
+	Label     *string
+	Kind      *string
+	TokenHash []byte
+	Now       *time.Time
+	TenantID  string
+}
+
+type RegisterRunnerRow struct {
+	Created          bool
+	WakeStream       string
+	WakeStreamOffset string
+}
+
+// Registers a runner or restarts a registered one (new token hash), and
+// creates its wake stream (00008_electric_runtime). The runner's row is
+// read afterwards with GetRunner.
+func (q *Queries) RegisterRunner(ctx context.Context, db DBTX, arg RegisterRunnerParams) (RegisterRunnerRow, error) {
+	row := db.QueryRow(ctx, registerRunner,
+		arg.ID,
+		arg.Label,
+		arg.Kind,
+		arg.TokenHash,
+		arg.Now,
+		arg.TenantID,
+	)
+	var i RegisterRunnerRow
+	err := row.Scan(&i.Created, &i.WakeStream, &i.WakeStreamOffset)
+	return i, err
+}
+
+const runnerWakeStream = `-- name: RunnerWakeStream :one
+SELECT pw_wake_stream($1::text)::text AS wake_stream,
+       pw_wake_stream_offset($2::text, $1::text)::text AS wake_stream_offset
+`
+
+type RunnerWakeStreamParams struct {
+	ID       string
+	TenantID string
+}
+
+type RunnerWakeStreamRow struct {
+	WakeStream       string
+	WakeStreamOffset string
+}
+
+// The runner's wake stream and the offset from which a reader sees the
+// event of every wake still queued for it.
+func (q *Queries) RunnerWakeStream(ctx context.Context, db DBTX, arg RunnerWakeStreamParams) (RunnerWakeStreamRow, error) {
+	row := db.QueryRow(ctx, runnerWakeStream, arg.ID, arg.TenantID)
+	var i RunnerWakeStreamRow
+	err := row.Scan(&i.WakeStream, &i.WakeStreamOffset)
+	return i, err
+}
+
 const setRunnerAdminStatus = `-- name: SetRunnerAdminStatus :one
 UPDATE runners SET admin_status = $1, updated_at = now()
  WHERE tenant_id = $2 AND id = $3
@@ -169,6 +233,43 @@ type SetRunnerAdminStatusParams struct {
 
 func (q *Queries) SetRunnerAdminStatus(ctx context.Context, db DBTX, arg SetRunnerAdminStatusParams) (Runner, error) {
 	row := db.QueryRow(ctx, setRunnerAdminStatus, arg.AdminStatus, arg.TenantID, arg.ID)
+	var i Runner
+	err := row.Scan(
+		&i.TenantID,
+		&i.ID,
+		&i.Label,
+		&i.Kind,
+		&i.AdminStatus,
+		&i.TokenHash,
+		&i.LastSeenAt,
+		&i.LivenessLeaseExpiresAt,
+		&i.Diagnostics,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+	)
+	return i, err
+}
+
+const setRunnerStatus = `-- name: SetRunnerStatus :one
+SELECT tenant_id, id, label, kind, admin_status, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, created_at, updated_at FROM set_runner_admin_status($1::text, $2::text, $3::timestamptz, $4::text)
+`
+
+type SetRunnerStatusParams struct {
+	ID          string
+	AdminStatus string
+	Now         *time.Time
+	TenantID    string
+}
+
+// Enables or disables a runner; an enabled one gets the events of the
+// queued wakes its wake stream lacks.
+func (q *Queries) SetRunnerStatus(ctx context.Context, db DBTX, arg SetRunnerStatusParams) (Runner, error) {
+	row := db.QueryRow(ctx, setRunnerStatus,
+		arg.ID,
+		arg.AdminStatus,
+		arg.Now,
+		arg.TenantID,
+	)
 	var i Runner
 	err := row.Scan(
 		&i.TenantID,

@@ -23,3 +23,23 @@ RETURNING *;
 UPDATE runners SET admin_status = @admin_status, updated_at = now()
  WHERE tenant_id = @tenant_id AND id = @id
 RETURNING *;
+
+-- name: RegisterRunner :one
+-- Registers a runner or restarts a registered one (new token hash), and
+-- creates its wake stream (00008_electric_runtime). The runner's row is
+-- read afterwards with GetRunner.
+SELECT r.created::boolean AS created, r.wake_stream::text AS wake_stream,
+       r.wake_stream_offset::text AS wake_stream_offset
+  FROM register_runner(@id::text, sqlc.narg('label')::text, sqlc.narg('kind')::text, @token_hash::bytea,
+                       sqlc.narg('now')::timestamptz, @tenant_id::text) AS r;
+
+-- name: SetRunnerStatus :one
+-- Enables or disables a runner; an enabled one gets the events of the
+-- queued wakes its wake stream lacks.
+SELECT * FROM set_runner_admin_status(@id::text, @admin_status::text, sqlc.narg('now')::timestamptz, @tenant_id::text);
+
+-- name: RunnerWakeStream :one
+-- The runner's wake stream and the offset from which a reader sees the
+-- event of every wake still queued for it.
+SELECT pw_wake_stream(@id::text)::text AS wake_stream,
+       pw_wake_stream_offset(@tenant_id::text, @id::text)::text AS wake_stream_offset;

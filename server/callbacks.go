@@ -131,7 +131,8 @@ func (s *Server) claimRequest(w http.ResponseWriter, r *http.Request, c db.GetCl
 		return notActive
 	}
 	s.log.Info("write token re-minted", "consumer_id", c.ConsumerID, "epoch", c.Epoch, "entity_url", c.EntityUrl, "runner_id", c.RunnerID)
-	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "write_token": wt})
+	// writeToken: the spelling Electric's runtime reads.
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "write_token": wt, "writeToken": wt})
 	return nil
 }
 

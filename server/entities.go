@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/pullwake/pullwake/db"
@@ -21,18 +22,28 @@ type dispatchJSON struct {
 }
 
 type entityJSON struct {
-	URL        string       `json:"url"`
-	Status     string       `json:"status"`
-	MainStream string       `json:"main_stream"`
-	RunnerID   *string      `json:"runner_id"`
-	CreatedAt  time.Time    `json:"created_at"`
-	UpdatedAt  time.Time    `json:"updated_at"`
-	Dispatch   dispatchJSON `json:"dispatch"`
+	URL        string `json:"url"`
+	Type       string `json:"type"`
+	Status     string `json:"status"`
+	MainStream string `json:"main_stream"`
+	// Streams is main_stream as Electric's runtime reads it: {"main": path}.
+	Streams   map[string]string `json:"streams"`
+	RunnerID  *string           `json:"runner_id"`
+	CreatedAt time.Time         `json:"created_at"`
+	UpdatedAt time.Time         `json:"updated_at"`
+	Dispatch  dispatchJSON      `json:"dispatch"`
+}
+
+// entityType is the {type} part of an entity URL /{type}/{id}.
+func entityType(url string) string {
+	typ, _, _ := strings.Cut(strings.TrimPrefix(url, "/"), "/")
+	return typ
 }
 
 func entityFromRow(e db.GetEntityRow) entityJSON {
 	return entityJSON{
-		URL: e.Url, Status: e.Status, MainStream: e.MainStream, RunnerID: e.RunnerID,
+		URL: e.Url, Type: entityType(e.Url), Status: e.Status, MainStream: e.MainStream,
+		Streams: map[string]string{"main": e.MainStream}, RunnerID: e.RunnerID,
 		CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt,
 		Dispatch: dispatchJSON{
 			ActiveConsumerID: e.ActiveConsumerID, ActiveEpoch: e.ActiveEpoch, ActiveRunnerID: e.ActiveRunnerID,
@@ -73,7 +84,8 @@ func (s *Server) spawnEntity(w http.ResponseWriter, r *http.Request) error {
 	}
 	s.log.Info("entity spawned", "entity_url", url)
 	writeJSON(w, http.StatusCreated, entityJSON{
-		URL: e.Url, Status: e.Status, MainStream: e.MainStream, RunnerID: e.RunnerID,
+		URL: e.Url, Type: entityType(e.Url), Status: e.Status, MainStream: e.MainStream,
+		Streams: map[string]string{"main": e.MainStream}, RunnerID: e.RunnerID,
 		CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt,
 		Dispatch: dispatchJSON{AckedOffset: zeroOffset, LastSentOffset: zeroOffset},
 	})
@@ -123,23 +135,69 @@ func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// sendBody is a send: {"payload", "from"?}. Electric's runtime names the
+// sender from_agent (an entity URL) or from_principal; "from" wins.
+type sendBody struct {
+	Payload       json.RawMessage `json:"payload"`
+	From          *string         `json:"from"`
+	FromAgent     *string         `json:"from_agent"`
+	FromPrincipal *string         `json:"from_principal"`
+}
+
+func (b sendBody) from() *string {
+	switch {
+	case b.From != nil:
+		return b.From
+	case b.FromAgent != nil:
+		return b.FromAgent
+	}
+	return b.FromPrincipal
+}
+
+// sendToEntity serves POST /entities/{type}/{id} (admin).
 func (s *Server) sendToEntity(w http.ResponseWriter, r *http.Request) error {
-	url, err := entityURL(r)
-	if err != nil {
+	var body sendBody
+	if err := decode(w, r, &body); err != nil {
 		return err
 	}
-	var body struct {
-		Payload json.RawMessage `json:"payload"`
-		From    *string         `json:"from"`
-	}
+	return s.send(w, r, body)
+}
+
+// electricSend serves POST /_electric/entities/{type}/{id}/send: the admin
+// token, or the live write token of the sending entity (from_agent), which
+// is what a handler of Electric's runtime sends when it messages another
+// entity.
+func (s *Server) electricSend(w http.ResponseWriter, r *http.Request) error {
+	var body sendBody
 	if err := decode(w, r, &body); err != nil {
+		return err
+	}
+	if err := s.requireAdmin(r); err != nil {
+		tok := bearer(r)
+		if tok == "" {
+			tok = r.Header.Get("electric-claim-token")
+		}
+		if body.FromAgent == nil || tok == "" {
+			return err
+		}
+		if _, ok := s.tokens.Valid("/v1/stream"+*body.FromAgent+"/main", tok); !ok {
+			return err
+		}
+	}
+	return s.send(w, r, body)
+}
+
+// send appends the message and queues a wake (send_to_entity).
+func (s *Server) send(w http.ResponseWriter, r *http.Request, body sendBody) error {
+	url, err := entityURL(r)
+	if err != nil {
 		return err
 	}
 	if body.Payload == nil {
 		return badRequest("payload is required")
 	}
 	res, err := s.q.SendToEntity(r.Context(), s.pool, db.SendToEntityParams{
-		Url: url, Payload: body.Payload, FromName: body.From, TenantID: s.cfg.Tenant})
+		Url: url, Payload: body.Payload, FromName: body.from(), TenantID: s.cfg.Tenant})
 	if err != nil {
 		return err
 	}

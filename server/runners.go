@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/pullwake/pullwake/db"
@@ -23,7 +24,12 @@ type runnerJSON struct {
 	Diagnostics            json.RawMessage `json:"diagnostics"`
 	CreatedAt              time.Time       `json:"created_at"`
 	UpdatedAt              time.Time       `json:"updated_at"`
-	RunnerToken            string          `json:"runner_token,omitempty"`
+	// WakeStream is the runner's wake stream (also served at
+	// /runners/{id}/wake); WakeStreamOffset the offset from which a reader
+	// sees the event of every wake still queued for the runner.
+	WakeStream       string `json:"wake_stream"`
+	WakeStreamOffset string `json:"wake_stream_offset,omitempty"`
+	RunnerToken      string `json:"runner_token,omitempty"`
 }
 
 // liveness: online while the heartbeat lease runs, expired once it passed,
@@ -49,14 +55,24 @@ func runnerFromRow(r db.Runner) runnerJSON {
 		LivenessStatus: liveness(r.LivenessLeaseExpiresAt, time.Now()),
 		LastSeenAt:     r.LastSeenAt, LivenessLeaseExpiresAt: r.LivenessLeaseExpiresAt,
 		Diagnostics: diag, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
+		WakeStream: wakeStreamPath(r.ID),
 	}
 }
 
+// wakeStreamPath is the path of a runner's wake stream (pw_wake_stream).
+func wakeStreamPath(runnerID string) string { return streamPrefix + "runners/" + runnerID + "/wake" }
+
+const streamPrefix = "/v1/stream/"
+
+// registerRunner registers a runner, or restarts a registered one: an
+// existing id gets a new runner token (the old one is refused from now on),
+// keeps its claims, admin status and wake stream, and answers 200 instead
+// of 201. Electric's runtime registers on every start.
 func (s *Server) registerRunner(w http.ResponseWriter, r *http.Request) error {
 	var body struct {
 		ID    *string `json:"id"`
-		Label string  `json:"label"`
-		Kind  string  `json:"kind"`
+		Label *string `json:"label"`
+		Kind  *string `json:"kind"`
 	}
 	if err := decode(w, r, &body); err != nil {
 		return err
@@ -67,22 +83,33 @@ func (s *Server) registerRunner(w http.ResponseWriter, r *http.Request) error {
 	if !idRE.MatchString(*body.ID) {
 		return badRequest("id %q must match %s", *body.ID, idRE)
 	}
-	if len(body.Label) > 256 || len(body.Kind) > 256 {
+	if body.Label != nil && len(*body.Label) > 256 || body.Kind != nil && len(*body.Kind) > 256 {
 		return badRequest("label and kind must be at most 256 bytes")
 	}
 	tok := secret.New()
-	run, err := s.q.CreateRunner(r.Context(), s.pool, db.CreateRunnerParams{
-		TenantID: s.cfg.Tenant, ID: *body.ID, Label: body.Label, Kind: body.Kind, TokenHash: secret.Hash(tok)})
-	if errors.Is(err, db.ErrNotFound) {
-		return errf(http.StatusConflict, "RUNNER_EXISTS", "runner %s exists already", *body.ID)
-	}
+	reg, err := s.q.RegisterRunner(r.Context(), s.pool, db.RegisterRunnerParams{
+		ID: *body.ID, Label: body.Label, Kind: body.Kind, TokenHash: secret.Hash(tok), TenantID: s.cfg.Tenant})
 	if err != nil {
 		return err
 	}
-	s.log.Info("runner registered", "runner_id", run.ID)
+	run, err := s.q.GetRunner(r.Context(), s.pool, db.GetRunnerParams{TenantID: s.cfg.Tenant, ID: *body.ID})
+	if err != nil {
+		return err
+	}
+	// The old token's hash must not answer from this process's cache; other
+	// servers drop theirs when they hear of the change.
+	s.runnerHashes.Delete(*body.ID)
+	status := http.StatusCreated
+	if reg.Created {
+		s.log.Info("runner registered", "runner_id", run.ID)
+	} else {
+		status = http.StatusOK
+		s.log.Info("runner re-registered, token rotated", "runner_id", run.ID)
+	}
 	out := runnerFromRow(run)
+	out.WakeStream, out.WakeStreamOffset = reg.WakeStream, reg.WakeStreamOffset
 	out.RunnerToken = tok
-	writeJSON(w, http.StatusCreated, out)
+	writeJSON(w, status, out)
 	return nil
 }
 
@@ -116,7 +143,13 @@ func (s *Server) getRunner(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, runnerFromRow(run))
+	ws, err := s.q.RunnerWakeStream(r.Context(), s.pool, db.RunnerWakeStreamParams{ID: run.ID, TenantID: s.cfg.Tenant})
+	if err != nil {
+		return err
+	}
+	out := runnerFromRow(run)
+	out.WakeStream, out.WakeStreamOffset = ws.WakeStream, ws.WakeStreamOffset
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 
@@ -126,7 +159,7 @@ func (s *Server) setRunnerStatus(status string) func(http.ResponseWriter, *http.
 		if !idRE.MatchString(id) {
 			return badRequest("runner id %q must match %s", id, idRE)
 		}
-		run, err := s.q.SetRunnerAdminStatus(r.Context(), s.pool, db.SetRunnerAdminStatusParams{
+		run, err := s.q.SetRunnerStatus(r.Context(), s.pool, db.SetRunnerStatusParams{
 			AdminStatus: status, TenantID: s.cfg.Tenant, ID: id})
 		if errors.Is(err, db.ErrNotFound) {
 			return errf(http.StatusNotFound, "RUNNER_NOT_FOUND", "runner %s not found", id)
@@ -181,7 +214,9 @@ func (s *Server) leaseMS(v *int64, field string) (int32, error) {
 	return int32(*v), nil
 }
 
-// wakeNotification is what a runner gets for a claim.
+// wakeNotification is what a runner gets for a claim: the snake_case
+// fields of the API and, next to them, the camelCase fields Electric's
+// runner runtime reads (it reads nothing else).
 type wakeNotification struct {
 	WakeID         string         `json:"wake_id"`
 	ConsumerID     string         `json:"consumer_id"`
@@ -194,6 +229,23 @@ type wakeNotification struct {
 	Callback       string         `json:"callback"`
 	LeaseTTLMS     int32          `json:"lease_ttl_ms"`
 	LeaseExpiresAt time.Time      `json:"lease_expires_at"`
+
+	WakeIDAlt         string       `json:"wakeId"`
+	ConsumerIDAlt     string       `json:"consumerId"`
+	StreamPathAlt     string       `json:"streamPath"`
+	ClaimTokenAlt     string       `json:"claimToken"`
+	WriteTokenAlt     string       `json:"writeToken"`
+	LeaseExpiresAtAlt time.Time    `json:"leaseExpiresAt"`
+	TriggerEvent      string       `json:"triggerEvent"`
+	Entity            notifyEntity `json:"entity"`
+}
+
+// notifyEntity is the claimed entity as Electric's runtime reads it.
+type notifyEntity struct {
+	Type    string            `json:"type"`
+	URL     string            `json:"url"`
+	Status  string            `json:"status"`
+	Streams map[string]string `json:"streams"`
 }
 
 type streamOffset struct {
@@ -215,27 +267,74 @@ func (s *Server) notify(c db.ClaimNextWakeRow, runnerID string, took time.Durati
 		attrs = append(attrs, "runner_id", runnerID)
 	}
 	s.log.Info("wake claimed", attrs...)
+	typ, _, _ := strings.Cut(strings.TrimPrefix(c.EntityUrl, "/"), "/")
 	return wakeNotification{
 		WakeID: c.WakeID, ConsumerID: c.ConsumerID, Epoch: c.Epoch, EntityURL: c.EntityUrl,
 		StreamPath: c.StreamPath, Streams: []streamOffset{{Path: c.StreamPath, Offset: c.AckedOffset}},
 		ClaimToken: c.ClaimToken, WriteToken: wt,
 		Callback:   fmt.Sprintf("%s/_electric/wake-callbacks/%s", s.cfg.PublicURL, c.ConsumerID),
 		LeaseTTLMS: c.LeaseTtlMs, LeaseExpiresAt: c.LeaseExpiresAt,
+
+		WakeIDAlt: c.WakeID, ConsumerIDAlt: c.ConsumerID, StreamPathAlt: c.StreamPath,
+		ClaimTokenAlt: c.ClaimToken, WriteTokenAlt: wt, LeaseExpiresAtAlt: c.LeaseExpiresAt,
+		TriggerEvent: "message_received",
+		// A claimed entity is running (claim_next_wake set it so).
+		Entity: notifyEntity{Type: typ, URL: c.EntityUrl, Status: "running",
+			Streams: map[string]string{"main": c.StreamPath}},
 	}
 }
 
-func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
-	var body struct {
-		LeaseTTLMS *int64 `json:"lease_ttl_ms"`
+// claimBody is a claim request: today's {"lease_ttl_ms"} or an event of the
+// runner's wake stream posted as it was read (Electric's runtime does so).
+type claimBody struct {
+	LeaseTTLMS     *int64          `json:"lease_ttl_ms"`
+	Type           *string         `json:"type"`
+	SubscriptionID *string         `json:"subscription_id"`
+	Stream         *string         `json:"stream"`
+	Generation     *int64          `json:"generation"`
+	TS             json.RawMessage `json:"ts"`
+}
+
+// check validates an event body against the runner it was posted for.
+func (b claimBody) check(runnerID string) error {
+	if b.Type != nil && *b.Type != "wake" {
+		return badRequest("type %q: a claim takes a wake event (type \"wake\")", *b.Type)
 	}
+	if b.SubscriptionID != nil {
+		want := "runner:" + runnerID
+		if *b.SubscriptionID != want && !strings.HasPrefix(*b.SubscriptionID, want+":") {
+			return badRequest("subscription_id %q is not runner %s's (%s)", *b.SubscriptionID, runnerID, want)
+		}
+	}
+	if b.Stream != nil && (len(*b.Stream) > 1024 || !strings.HasPrefix(*b.Stream, streamPrefix)) {
+		return badRequest("stream %q must be a stream path under %s", *b.Stream, streamPrefix)
+	}
+	if b.Generation != nil && *b.Generation < 0 {
+		return badRequest("generation must not be negative, got %d", *b.Generation)
+	}
+	if len(b.TS) > 0 && b.TS[0] != '"' && (b.TS[0] < '0' || b.TS[0] > '9') && string(b.TS) != "null" {
+		return badRequest("ts must be a number or a string")
+	}
+	return nil
+}
+
+// claim hands the runner the oldest queued wake it may take. The body may
+// be a wake event of its wake stream: the answer is the same, the event's
+// wake or, when an older wake is claimable, that one (every queued wake has
+// its own event, so each event read leads to one claim or a 204).
+func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
+	var body claimBody
 	if err := decode(w, r, &body); err != nil {
+		return err
+	}
+	runnerID := r.PathValue("id")
+	if err := body.check(runnerID); err != nil {
 		return err
 	}
 	ttl, err := s.leaseMS(body.LeaseTTLMS, "lease_ttl_ms")
 	if err != nil {
 		return err
 	}
-	runnerID := r.PathValue("id")
 	start := time.Now()
 	c, err := s.q.ClaimNextWake(r.Context(), s.pool, db.ClaimNextWakeParams{
 		RunnerID: runnerID, LeaseTtlMs: ttl, TenantID: s.cfg.Tenant})

@@ -197,6 +197,17 @@ func (s *Server) routes() {
 	h("POST /entities/{type}/{id}", admin(s.sendToEntity))
 	h("DELETE /entities/{type}/{id}", admin(s.stopEntity))
 	h("GET /entities", admin(s.listEntities))
+	// The same entity routes under Electric's prefix; a send there also
+	// takes the sending entity's write token (electricSend).
+	h("PUT /_electric/entities/{type}/{id}", admin(s.spawnEntity))
+	h("GET /_electric/entities/{type}/{id}", admin(s.getEntity))
+	h("POST /_electric/entities/{type}/{id}/send", s.electricSend)
+	h("DELETE /_electric/entities/{type}/{id}", admin(s.stopEntity))
+
+	h("POST /_electric/entity-types", admin(s.upsertEntityType))
+	h("GET /_electric/entity-types", admin(s.listEntityTypes))
+	h("GET /_electric/entity-types/{name}", admin(s.getEntityType))
+	h("DELETE /_electric/entity-types/{name}", admin(s.deleteEntityType))
 
 	h("POST /_electric/runners", admin(s.registerRunner))
 	h("GET /_electric/runners", admin(s.listRunners))
@@ -221,6 +232,9 @@ func (s *Server) routes() {
 	if s.cfg.Streams != nil {
 		mux.Handle("/v1/stream/", s.cfg.Streams)
 	}
+	// Runners' wake streams: read with the runner's token, never written by clients.
+	mux.HandleFunc("/v1/stream/runners/{id}/wake", s.wakeStream)
+	mux.HandleFunc("/runners/{id}/wake", s.wakeStream)
 	h("/", func(w http.ResponseWriter, r *http.Request) error {
 		return errf(http.StatusNotFound, "NOT_FOUND", "no route for %s %s", r.Method, r.URL.Path)
 	})

@@ -74,6 +74,9 @@ func (sw *Sweeper) Start(ctx context.Context) {
 				if _, _, err := sw.Purge(ctx, nil); err != nil && ctx.Err() == nil {
 					sw.cfg.Logger.Warn("retention purge failed", "err", err)
 				}
+				if _, err := sw.PurgeWakeEvents(ctx, nil); err != nil && ctx.Err() == nil {
+					sw.cfg.Logger.Warn("retention purge of wake events failed", "err", err)
+				}
 			}
 		}
 	}()

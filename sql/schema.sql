@@ -299,6 +299,126 @@ END
 $$;
 
 --
+-- Name: purge_wake_events(interval, integer, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.purge_wake_events(p_older_than interval, p_batch integer DEFAULT 1000, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_cutoff timestamptz := coalesce(p_now, now()) - p_older_than;
+    v_n      integer;
+BEGIN
+    IF p_older_than IS NULL OR p_older_than < interval '0' THEN
+        RAISE EXCEPTION 'retention age must be zero or more, got %', p_older_than USING ERRCODE = 'PW008';
+    END IF;
+    IF p_batch IS NULL OR p_batch <= 0 THEN
+        RAISE EXCEPTION 'batch must be positive, got %', p_batch USING ERRCODE = 'PW008';
+    END IF;
+    WITH gone AS (
+        DELETE FROM wake_events v
+         WHERE v.ctid = ANY (ARRAY(
+                   SELECT k.ctid FROM wake_events k
+                     LEFT JOIN wakes w ON w.tenant_id = k.tenant_id AND w.wake_id = k.wake_id
+                     JOIN streams s ON s.tenant_id = k.tenant_id AND s.path = pw_wake_stream(k.runner_id)
+                    WHERE k.tenant_id = p_tenant AND k.created_at < v_cutoff
+                      AND (w.wake_id IS NULL OR w.status IN ('completed', 'expired', 'superseded')
+                                                AND w.finished_at < v_cutoff)
+                      AND k.seq < s.tail_seq
+                    ORDER BY k.created_at
+                    LIMIT p_batch
+                    FOR UPDATE OF k SKIP LOCKED))
+        RETURNING v.tenant_id, v.runner_id, v.seq
+    )
+    DELETE FROM stream_messages m
+     USING gone g
+     WHERE m.tenant_id = g.tenant_id AND m.path = pw_wake_stream(g.runner_id) AND m.seq = g.seq;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    RETURN v_n;
+END
+$$;
+
+--
+-- Name: pw_append_wake_event(text, text, text, text, bigint, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_append_wake_event(p_tenant text, p_wake_id text, p_runner_id text, p_main_stream text, p_generation bigint, p_now timestamp with time zone) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_path text := pw_wake_stream(p_runner_id);
+    v_seq  bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM streams s WHERE s.tenant_id = p_tenant AND s.path = v_path) THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM wake_events v
+                WHERE v.tenant_id = p_tenant AND v.wake_id = p_wake_id
+                  AND v.runner_id = p_runner_id AND v.generation = p_generation) THEN
+        RETURN;
+    END IF;
+    v_seq := pw_stream_append(p_tenant, v_path, ARRAY[convert_to(jsonb_build_object(
+                 'type', 'wake',
+                 'subscription_id', 'runner:' || p_runner_id,
+                 'stream', p_main_stream,
+                 'generation', p_generation,
+                 'ts', (extract(epoch FROM p_now) * 1000)::bigint)::text, 'UTF8')], p_now);
+    INSERT INTO wake_events (tenant_id, wake_id, runner_id, generation, seq, created_at)
+    VALUES (p_tenant, p_wake_id, p_runner_id, p_generation, v_seq, p_now);
+    PERFORM pw_notify_stream(p_tenant, v_path);
+END
+$$;
+
+--
+-- Name: pw_backfill_wake_events(text, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_backfill_wake_events(p_tenant text, p_runner_id text, p_now timestamp with time zone) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_r record;
+    v_n integer := 0;
+BEGIN
+    PERFORM pw_lock_wake_events(p_tenant);
+    FOR v_r IN
+        SELECT w.wake_id, e.main_stream, d.epoch + 1 AS generation
+          FROM wakes w
+          JOIN entities e ON e.tenant_id = w.tenant_id AND e.url = w.entity_url
+          JOIN entity_dispatch_state d ON d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url
+         WHERE w.tenant_id = p_tenant AND w.status = 'queued'
+           AND (w.runner_id = p_runner_id
+                OR w.runner_id IS NULL AND EXISTS (SELECT 1 FROM runners r
+                                                    WHERE r.tenant_id = p_tenant AND r.id = p_runner_id
+                                                      AND r.admin_status = 'enabled'))
+           AND NOT EXISTS (SELECT 1 FROM wake_events v
+                            WHERE v.tenant_id = p_tenant AND v.wake_id = w.wake_id
+                              AND v.runner_id = p_runner_id AND v.generation = d.epoch + 1)
+         ORDER BY w.created_at, w.wake_id
+    LOOP
+        PERFORM pw_append_wake_event(p_tenant, v_r.wake_id, p_runner_id, v_r.main_stream, v_r.generation, p_now);
+        v_n := v_n + 1;
+    END LOOP;
+    RETURN v_n;
+END
+$$;
+
+--
+-- Name: pw_check_entity_url(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_check_entity_url(p_url text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    AS $_$
+BEGIN
+    IF p_url IS NULL OR p_url !~ '^/[a-z][a-z0-9_-]{0,63}/[A-Za-z0-9._~-]{1,128}$' THEN
+        RAISE EXCEPTION 'entity url % must be /{type}/{id}: type [a-z][a-z0-9_-]{0,63}, id [A-Za-z0-9._~-]{1,128}',
+            coalesce(quote_literal(p_url), 'NULL') USING ERRCODE = 'PW008';
+    END IF;
+END
+$_$;
+
+--
 -- Name: pw_clear_slot(text, text, text, text, bigint, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -337,6 +457,16 @@ BEGIN
         queued_wake_id := pw_queue_wake(p_tenant, p_entity_url, p_now);
     END IF;
 END
+$$;
+
+--
+-- Name: pw_lock_wake_events(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_lock_wake_events(p_tenant text) RETURNS void
+    LANGUAGE sql
+    AS $$
+    SELECT pg_advisory_xact_lock(hashtextextended('pullwake.wake_events.' || p_tenant, 0))
 $$;
 
 --
@@ -764,6 +894,45 @@ END
 $$;
 
 --
+-- Name: pw_wake_event_trigger(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_wake_event_trigger() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_runner_id text;
+    v_stream    text;
+    v_gen       bigint;
+    v_now       timestamptz;
+    v_runner    text;
+BEGIN
+    PERFORM pw_lock_wake_events(NEW.tenant_id);
+    SELECT w.runner_id, e.main_stream, d.epoch + 1, w.updated_at
+      INTO v_runner_id, v_stream, v_gen, v_now
+      FROM wakes w
+      JOIN entities e ON e.tenant_id = w.tenant_id AND e.url = w.entity_url
+      JOIN entity_dispatch_state d ON d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url
+     WHERE w.tenant_id = NEW.tenant_id AND w.wake_id = NEW.wake_id AND w.status = 'queued';
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF v_runner_id IS NOT NULL THEN
+        PERFORM pw_append_wake_event(NEW.tenant_id, NEW.wake_id, v_runner_id, v_stream, v_gen, v_now);
+    ELSE
+        FOR v_runner IN
+            SELECT r.id FROM runners r
+             WHERE r.tenant_id = NEW.tenant_id AND r.admin_status = 'enabled'
+             ORDER BY r.id
+        LOOP
+            PERFORM pw_append_wake_event(NEW.tenant_id, NEW.wake_id, v_runner, v_stream, v_gen, v_now);
+        END LOOP;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+--
 -- Name: pw_wake_queue_sync(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -782,6 +951,79 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+--
+-- Name: pw_wake_stream(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_wake_stream(p_runner_id text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    SELECT '/v1/stream/runners/' || p_runner_id || '/wake'
+$$;
+
+--
+-- Name: pw_wake_stream_offset(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_wake_stream_offset(p_tenant text, p_runner_id text) RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT pw_offset(coalesce(
+        (SELECT min(v.seq) - 1 FROM wake_events v
+           JOIN wakes w ON w.tenant_id = v.tenant_id AND w.wake_id = v.wake_id
+          WHERE v.tenant_id = p_tenant AND v.runner_id = p_runner_id AND w.status = 'queued'),
+        (SELECT s.tail_seq FROM streams s
+          WHERE s.tenant_id = p_tenant AND s.path = pw_wake_stream(p_runner_id)),
+        0))
+$$;
+
+--
+-- Name: register_runner(text, text, text, bytea, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.register_runner(p_id text, p_label text, p_kind text, p_token_hash bytea, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(created boolean, id text, label text, kind text, admin_status text, last_seen_at timestamp with time zone, liveness_lease_expires_at timestamp with time zone, diagnostics jsonb, created_at timestamp with time zone, updated_at timestamp with time zone, wake_stream text, wake_stream_offset text)
+    LANGUAGE plpgsql
+    AS $_$
+#variable_conflict use_column
+DECLARE
+    v_now     timestamptz := coalesce(p_now, now());
+    v_path    text := pw_wake_stream(p_id);
+    v_created boolean;
+    v_ct      text;
+    v_r       runners%ROWTYPE;
+BEGIN
+    IF p_id IS NULL OR p_id !~ '^[A-Za-z0-9._~-]{1,128}$' THEN
+        RAISE EXCEPTION 'runner id % must match [A-Za-z0-9._~-]{1,128}', coalesce(quote_literal(p_id), 'NULL')
+            USING ERRCODE = 'PW008';
+    END IF;
+    IF p_token_hash IS NULL THEN
+        RAISE EXCEPTION 'token hash is required' USING ERRCODE = 'PW008';
+    END IF;
+    INSERT INTO runners AS r (tenant_id, id, label, kind, token_hash, created_at, updated_at)
+    VALUES (p_tenant, p_id, coalesce(p_label, ''), coalesce(p_kind, ''), p_token_hash, v_now, v_now)
+    ON CONFLICT (tenant_id, id) DO UPDATE
+       SET token_hash = EXCLUDED.token_hash,
+           label = coalesce(p_label, r.label), kind = coalesce(p_kind, r.kind),
+           updated_at = v_now
+    RETURNING (r.xmax = 0) INTO v_created;
+    SELECT r.* INTO v_r FROM runners r WHERE r.tenant_id = p_tenant AND r.id = p_id;
+
+    SELECT s.content_type INTO v_ct FROM streams s WHERE s.tenant_id = p_tenant AND s.path = v_path;
+    IF NOT FOUND THEN
+        INSERT INTO streams (tenant_id, path, content_type, accessed_at, created_at, updated_at)
+        VALUES (p_tenant, v_path, 'application/json', v_now, v_now, v_now);
+    ELSIF pw_media_type(v_ct) <> 'application/json' THEN
+        RAISE EXCEPTION 'stream % exists with content type %, not a wake stream', v_path, v_ct
+            USING ERRCODE = 'PW011';
+    END IF;
+    PERFORM pw_backfill_wake_events(p_tenant, p_id, v_now);
+
+    RETURN QUERY SELECT v_created, v_r.id, v_r.label, v_r.kind, v_r.admin_status, v_r.last_seen_at,
+                        v_r.liveness_lease_expires_at, v_r.diagnostics, v_r.created_at, v_r.updated_at,
+                        v_path, pw_wake_stream_offset(p_tenant, p_id);
+END
+$_$;
 
 --
 -- Name: release_and_claim_next(text, bigint, jsonb, text, integer, timestamp with time zone, text, bytea, boolean); Type: FUNCTION; Schema: public; Owner: -
@@ -1004,7 +1246,8 @@ BEGIN
     END IF;
     v_event := jsonb_build_object(
         'type', 'inbox',
-        'key', 'inbox-' || replace(gen_random_uuid()::text, '-', ''),
+        'key', 'msg-in-' || (extract(epoch FROM v_now) * 1000)::bigint || '-'
+               || substr(replace(gen_random_uuid()::text, '-', ''), 1, 12),
         'value', jsonb_build_object(
             'from', coalesce(p_from, 'admin'),
             'payload', p_payload,
@@ -1019,6 +1262,51 @@ BEGIN
         v_wake := pw_queue_wake(p_tenant, p_url, v_now);
     END IF;
     RETURN QUERY SELECT pw_offset(v_seq), v_wake;
+END
+$$;
+
+--
+-- Name: runners; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.runners (
+    tenant_id text DEFAULT 'default'::text NOT NULL,
+    id text NOT NULL,
+    label text DEFAULT ''::text NOT NULL,
+    kind text DEFAULT ''::text NOT NULL,
+    admin_status text DEFAULT 'enabled'::text NOT NULL,
+    token_hash bytea NOT NULL,
+    last_seen_at timestamp with time zone,
+    liveness_lease_expires_at timestamp with time zone,
+    diagnostics jsonb,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT runners_admin_status_check CHECK ((admin_status = ANY (ARRAY['enabled'::text, 'disabled'::text])))
+);
+
+--
+-- Name: set_runner_admin_status(text, text, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.set_runner_admin_status(p_id text, p_admin_status text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS SETOF public.runners
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_now timestamptz := coalesce(p_now, now());
+BEGIN
+    IF p_admin_status IS NULL OR p_admin_status NOT IN ('enabled', 'disabled') THEN
+        RAISE EXCEPTION 'admin status must be enabled or disabled, got %', coalesce(p_admin_status, 'NULL')
+            USING ERRCODE = 'PW008';
+    END IF;
+    UPDATE runners r SET admin_status = p_admin_status, updated_at = v_now
+     WHERE r.tenant_id = p_tenant AND r.id = p_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'runner % not found', p_id USING ERRCODE = 'PW004';
+    END IF;
+    IF p_admin_status = 'enabled' THEN
+        PERFORM pw_backfill_wake_events(p_tenant, p_id, v_now);
+    END IF;
+    RETURN QUERY SELECT * FROM runners r WHERE r.tenant_id = p_tenant AND r.id = p_id;
 END
 $$;
 
@@ -1048,13 +1336,27 @@ CREATE FUNCTION public.spawn_entity(p_url text, p_runner_id text DEFAULT NULL::t
 DECLARE
     v_now    timestamptz := coalesce(p_now, now());
     v_stream text := '/v1/stream' || p_url || '/main';
+    v_runner text := p_runner_id;
 BEGIN
+    PERFORM pw_check_entity_url(p_url);
+    IF v_runner IS NULL THEN
+        SELECT coalesce(t.value ->> 'runnerId', t.value ->> 'runner_id') INTO v_runner
+          FROM entity_types et,
+               jsonb_array_elements(CASE WHEN jsonb_typeof(et.default_dispatch_policy -> 'targets') = 'array'
+                                         THEN et.default_dispatch_policy -> 'targets' ELSE '[]' END)
+                 WITH ORDINALITY AS t(value, i)
+         WHERE et.tenant_id = p_tenant AND et.name = split_part(p_url, '/', 2)
+           AND jsonb_typeof(t.value) = 'object' AND t.value ->> 'type' = 'runner'
+           AND coalesce(t.value ->> 'runnerId', t.value ->> 'runner_id') IS NOT NULL
+         ORDER BY t.i
+         LIMIT 1;
+    END IF;
     IF EXISTS (SELECT 1 FROM streams s WHERE s.tenant_id = p_tenant AND s.path = v_stream) THEN
         RAISE EXCEPTION 'stream % exists already', v_stream USING ERRCODE = 'PW002';
     END IF;
     BEGIN
         INSERT INTO entities (tenant_id, url, status, main_stream, runner_id, created_at, updated_at)
-        VALUES (p_tenant, p_url, 'idle', v_stream, p_runner_id, v_now, v_now);
+        VALUES (p_tenant, p_url, 'idle', v_stream, v_runner, v_now, v_now);
     EXCEPTION WHEN unique_violation THEN
         RAISE EXCEPTION 'entity % exists already', p_url USING ERRCODE = 'PW002';
     END;
@@ -1162,22 +1464,20 @@ CREATE TABLE public.entity_dispatch_state (
 WITH (fillfactor='80');
 
 --
--- Name: runners; Type: TABLE; Schema: public; Owner: -
+-- Name: entity_types; Type: TABLE; Schema: public; Owner: -
 --
 
-CREATE TABLE public.runners (
+CREATE TABLE public.entity_types (
     tenant_id text DEFAULT 'default'::text NOT NULL,
-    id text NOT NULL,
-    label text DEFAULT ''::text NOT NULL,
-    kind text DEFAULT ''::text NOT NULL,
-    admin_status text DEFAULT 'enabled'::text NOT NULL,
-    token_hash bytea NOT NULL,
-    last_seen_at timestamp with time zone,
-    liveness_lease_expires_at timestamp with time zone,
-    diagnostics jsonb,
+    name text NOT NULL,
+    description text DEFAULT ''::text NOT NULL,
+    creation_schema jsonb,
+    inbox_schemas jsonb,
+    state_schemas jsonb,
+    default_dispatch_policy jsonb,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT runners_admin_status_check CHECK ((admin_status = ANY (ARRAY['enabled'::text, 'disabled'::text])))
+    CONSTRAINT entity_types_name_check CHECK ((name ~ '^[a-z][a-z0-9_-]{0,63}$'::text))
 );
 
 --
@@ -1205,6 +1505,19 @@ CREATE TABLE public.stream_producers (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT stream_producers_epoch_check CHECK ((epoch >= 0)),
     CONSTRAINT stream_producers_last_seq_check CHECK ((last_seq >= 0))
+);
+
+--
+-- Name: wake_events; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.wake_events (
+    tenant_id text DEFAULT 'default'::text NOT NULL,
+    wake_id text NOT NULL,
+    runner_id text NOT NULL,
+    generation bigint NOT NULL,
+    seq bigint NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 --
@@ -1273,6 +1586,13 @@ ALTER TABLE ONLY public.entity_dispatch_state
     ADD CONSTRAINT entity_dispatch_state_pkey PRIMARY KEY (tenant_id, entity_url);
 
 --
+-- Name: entity_types entity_types_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.entity_types
+    ADD CONSTRAINT entity_types_pkey PRIMARY KEY (tenant_id, name);
+
+--
 -- Name: runners runners_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1299,6 +1619,13 @@ ALTER TABLE ONLY public.stream_producers
 
 ALTER TABLE ONLY public.streams
     ADD CONSTRAINT streams_pkey PRIMARY KEY (tenant_id, path);
+
+--
+-- Name: wake_events wake_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.wake_events
+    ADD CONSTRAINT wake_events_pkey PRIMARY KEY (tenant_id, wake_id, runner_id, generation);
 
 --
 -- Name: wake_queue wake_queue_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -1333,6 +1660,12 @@ CREATE INDEX consumer_claims_active_runner_idx ON public.consumer_claims USING b
 CREATE INDEX consumer_claims_finished_idx ON public.consumer_claims USING btree (tenant_id, updated_at) WHERE (status <> 'active'::text);
 
 --
+-- Name: wake_events_runner_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX wake_events_runner_idx ON public.wake_events USING btree (tenant_id, runner_id, seq);
+
+--
 -- Name: wakes_finished_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -1343,6 +1676,18 @@ CREATE INDEX wakes_finished_idx ON public.wakes USING btree (tenant_id, finished
 --
 
 CREATE UNIQUE INDEX wakes_one_queued_idx ON public.wakes USING btree (tenant_id, entity_url) WHERE (status = 'queued'::text);
+
+--
+-- Name: wakes wakes_event_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE CONSTRAINT TRIGGER wakes_event_insert AFTER INSERT ON public.wakes DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN ((new.status = 'queued'::text)) EXECUTE FUNCTION public.pw_wake_event_trigger();
+
+--
+-- Name: wakes wakes_event_requeue; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE CONSTRAINT TRIGGER wakes_event_requeue AFTER UPDATE ON public.wakes DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (((old.status IS DISTINCT FROM 'queued'::text) AND (new.status = 'queued'::text))) EXECUTE FUNCTION public.pw_wake_event_trigger();
 
 --
 -- Name: wakes wakes_queue_delete; Type: TRIGGER; Schema: public; Owner: -
