@@ -209,7 +209,10 @@ func TestSlowHandlerKeepsClaim(t *testing.T) {
 	cfg.LeaseTTL = 2 * time.Second
 	e.run(cfg, runner.HandlerFunc(func(ctx context.Context, w *runner.Wake) error {
 		close(started)
-		<-proceed
+		select {
+		case <-proceed:
+		case <-ctx.Done():
+		}
 		if err := ctx.Err(); err != nil {
 			handlerErr.Store(err)
 			return err
@@ -458,4 +461,85 @@ func text(t *testing.T, payload json.RawMessage) string {
 		t.Fatalf("payload %s: %v", payload, err)
 	}
 	return p.Text
+}
+
+// Wakes arrive on the runner's wake stream: with polling disabled, a
+// message sent while the runner waits is claimed with its wake event as the
+// claim's body.
+func TestWakeStreamDeliversWakes(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testserver.Options{LongPoll: 30 * time.Second})
+	cfg := e.config("r1")
+	cfg.PollInterval = time.Hour
+	e.run(cfg, runner.HandlerFunc(echo))
+	// The start-up probe found no work; from now on only a wake event (or a
+	// long-poll timeout, 30 s away) leads to a claim.
+	eventually(t, 10*time.Second, "the start-up probe answered 204", func() bool {
+		return len(e.rec.exchanges(func(x exchange) bool { return strings.HasSuffix(x.Path, "/claim") && x.Status == 204 })) == 1
+	})
+	e.spawn("/chat/1")
+	sent := e.send("/chat/1", "x")
+	e.settled("/chat/1", sent)
+	claims := e.rec.exchanges(func(x exchange) bool { return strings.HasSuffix(x.Path, "/claim") && x.Status == 200 })
+	if len(claims) != 1 || !strings.Contains(claims[0].Body, `"type":"wake"`) || !strings.Contains(claims[0].Body, `"/v1/stream/chat/1/main"`) {
+		t.Fatalf("claims %+v, want one whose body is the wake event of /chat/1", claims)
+	}
+}
+
+// The wake stream reader reconnects after failed reads (with back-off) and
+// goes on delivering wakes.
+func TestWakeStreamReconnects(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testserver.Options{})
+	var failures atomic.Int32
+	e.rec.setFault(func(r *http.Request) (*http.Response, error) {
+		if strings.HasSuffix(r.URL.Path, "/wake") && r.URL.Query().Get("live") == "long-poll" && failures.Add(1) <= 3 {
+			return nil, errors.New("connection reset by the test")
+		}
+		return nil, nil
+	})
+	cfg := e.config("r1")
+	cfg.PollInterval = time.Hour
+	e.run(cfg, runner.HandlerFunc(echo))
+	eventually(t, 10*time.Second, "a long-poll after three failed ones", func() bool { return failures.Load() >= 4 })
+	e.spawn("/chat/1")
+	sent := e.send("/chat/1", "x")
+	e.settled("/chat/1", sent)
+}
+
+// Registering an existing runner id is a restart of that runner: the
+// second Run gets a new token (200) and works; a refused token ends Run
+// with ErrRunnerTokenRefused.
+func TestRestartOfTheSameRunner(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testserver.Options{})
+	e.spawn("/chat/1")
+	first := e.run(e.config("r1"), runner.HandlerFunc(echo))
+	sent := e.send("/chat/1", "one")
+	e.settled("/chat/1", sent)
+	if err := first.stop(); err != nil {
+		t.Fatalf("first Run: %v", err)
+	}
+	e.run(e.config("r1"), runner.HandlerFunc(echo))
+	sent = e.send("/chat/1", "two")
+	e.settled("/chat/1", sent)
+	var statuses []int
+	for _, x := range e.rec.exchanges(func(x exchange) bool { return x.Path == "/_electric/runners" }) {
+		statuses = append(statuses, x.Status)
+	}
+	if len(statuses) != 2 || statuses[0] != 201 || statuses[1] != 200 {
+		t.Fatalf("registrations answered %v, want [201 200]", statuses)
+	}
+
+	cfg := e.config("r1")
+	cfg.RunnerToken = "not-the-runner-token"
+	r, err := runner.New(cfg, runner.HandlerFunc(echo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := r.Run(ctx); !errors.Is(err, runner.ErrRunnerTokenRefused) {
+		t.Fatalf("Run with a wrong token: %v, want ErrRunnerTokenRefused", err)
+	}
 }
