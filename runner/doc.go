@@ -64,7 +64,9 @@
 //     producer headers (Producer-Id: "entity-" + entity URL, Producer-Epoch:
 //     the claim epoch, Producer-Seq: 0, 1, ... within the claim). A request
 //     whose answer was lost is retried with the same Producer-Seq, and the
-//     server stores it once. A 401 (a server restart emptied the server's
+//     server stores it once; an append given up with its outcome unknown
+//     (its context ended) makes the Wake refuse further appends rather than
+//     reuse that Producer-Seq. A 401 (a server restart emptied the server's
 //     token store) re-mints the write token with a claim request to the
 //     wake-callback ({"epoch", "wake_id"}) and retries once.
 //   - Graceful stop: when Run's context ends, Run claims nothing more,

@@ -543,3 +543,78 @@ func TestRestartOfTheSameRunner(t *testing.T) {
 		t.Fatalf("Run with a wrong token: %v, want ErrRunnerTokenRefused", err)
 	}
 }
+
+// An append whose answer is lost is retried with the same Producer-Seq:
+// the server recognizes the retry and the message is stored once.
+func TestAppendRetryAfterLostAnswerStoresOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testserver.Options{})
+	e.spawn("/chat/1")
+	sent := e.send("/chat/1", "x")
+	var lost atomic.Int32
+	e.rec.setFault(func(r *http.Request) (*http.Response, error) {
+		if r.Method == "POST" && r.URL.Path == "/v1/stream/chat/1/main" && lost.Add(1) == 1 {
+			res, err := e.rec.next.RoundTrip(r)
+			if err != nil {
+				return nil, err
+			}
+			res.Body.Close()
+			return nil, errors.New("connection reset after the server answered")
+		}
+		return nil, nil
+	})
+	e.run(e.config("r1"), runner.HandlerFunc(echo))
+	e.settled("/chat/1", sent)
+	if n := len(eventsOfType(e.events("/chat/1"), "echo")); n != 1 {
+		t.Fatalf("%d echoes, want 1", n)
+	}
+	appends := e.rec.exchanges(func(x exchange) bool { return x.Method == "POST" && x.Path == "/v1/stream/chat/1/main" })
+	if len(appends) != 2 || appends[0].Status != 0 || appends[1].Status != 204 {
+		t.Fatalf("appends %+v, want a lost answer, then a 204 (recognized retry)", appends)
+	}
+}
+
+// An append given up with its outcome unknown (its context ended while the
+// answers were lost) makes the claim's later appends fail: the same
+// Producer-Seq with other messages would be taken for a retry and dropped.
+func TestAppendAfterUnknownOutcomeRefused(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testserver.Options{})
+	e.spawn("/chat/1")
+	sent := e.send("/chat/1", "x")
+	e.rec.setFault(func(r *http.Request) (*http.Response, error) {
+		if r.Method == "POST" && r.URL.Path == "/v1/stream/chat/1/main" {
+			return nil, errors.New("network down")
+		}
+		return nil, nil
+	})
+	var calls atomic.Int32
+	second := make(chan error, 1)
+	e.run(e.config("r1"), runner.HandlerFunc(func(ctx context.Context, w *runner.Wake) error {
+		if calls.Add(1) > 1 {
+			return echo(ctx, w)
+		}
+		actx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer cancel()
+		if _, err := w.Append(actx, map[string]any{"type": "first"}); err == nil {
+			return errors.New("the first append succeeded through a network that is down")
+		}
+		e.rec.setFault(nil)
+		_, err := w.Append(ctx, map[string]any{"type": "second"})
+		second <- err
+		return err
+	}))
+	select {
+	case err := <-second:
+		if err == nil || !strings.Contains(err.Error(), "may or may not have been stored") {
+			t.Fatalf("second append: %v, want a refusal", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the handler did not try a second append")
+	}
+	// The failed handler released without acks: a new claim answers.
+	e.settled("/chat/1", sent)
+	if n := len(eventsOfType(e.events("/chat/1"), "second")); n != 0 {
+		t.Fatalf("the refused append was stored")
+	}
+}

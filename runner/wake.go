@@ -107,6 +107,7 @@ type Wake struct {
 	mu         sync.Mutex // serializes appends: Producer-Seq must not skip
 	writeToken string
 	seq        int64
+	unsure     error // an append given up with its outcome unknown
 }
 
 func newWake(rn *Runner, n *notification, lost context.CancelCauseFunc, log *slog.Logger) *Wake {
@@ -189,6 +190,12 @@ func decodeInbox(ev json.RawMessage) (InboxMessage, bool) {
 // retried until ctx ends; a 401 (the server restarted and forgot the write
 // token) re-mints the token through the wake-callback once and retries.
 // When the claim has ended it returns ErrClaimLost.
+//
+// An append given up before its outcome was known (ctx ended while
+// retrying) may have been stored; every later Append of this Wake then
+// fails, since the same Producer-Seq with other messages would be taken for
+// a retry and dropped. Return an error from the Handler: the messages are
+// offered to a new claim, with a new epoch.
 func (w *Wake) Append(ctx context.Context, msgs ...any) (string, error) {
 	if len(msgs) == 0 {
 		return "", errors.New("append: no messages")
@@ -201,6 +208,10 @@ func (w *Wake) Append(ctx context.Context, msgs ...any) (string, error) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.unsure != nil {
+		return "", fmt.Errorf("append to %s: an earlier append may or may not have been stored (%w); "+
+			"return an error so the messages are offered to a new claim", w.StreamPath, w.unsure)
+	}
 	bo := w.rn.newBackoff()
 	reminted := false
 	for {
@@ -226,7 +237,16 @@ func (w *Wake) Append(ctx context.Context, msgs ...any) (string, error) {
 			w.log.Warn("append failed; retrying with the same Producer-Seq", "err", err, "producer_seq", w.seq)
 			continue
 		}
-		return "", err
+		// A refusal (4xx) stored nothing: the next append may reuse the
+		// seq. Any other end (the context ended during a retry, a 5xx) may
+		// have stored the messages, and a later append with this seq but
+		// other messages would be taken for a retry and dropped: refuse
+		// further appends of this claim instead.
+		var ae *APIError
+		if !errors.As(err, &ae) || ae.Status >= 500 {
+			w.unsure = err
+		}
+		return "", fmt.Errorf("append to %s: %w", w.StreamPath, err)
 	}
 }
 
