@@ -5,39 +5,56 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
+	"github.com/pullwake/pullwake/internal/testbin"
 	"github.com/pullwake/pullwake/internal/testserver"
 	"github.com/pullwake/pullwake/runner"
 )
 
 // No goroutine of a runner (dispatcher, heartbeats, wake stream reader)
 // may outlive its Run.
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testbin.Cleanup()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 const adminToken = "test-admin-token-0123456789abcdef"
 
 // env is one test's server and the HTTP traffic of its runners.
 type env struct {
-	t   *testing.T
-	srv *testserver.Server
-	rec *recorder
-	hc  *http.Client // the runners' client: recorded
-	adm *http.Client // the test's own requests: not recorded
+	t    *testing.T
+	srv  *testserver.Server // nil when the server is a child process
+	base string             // the server's URL
+	pool *pgxpool.Pool      // the server's database
+	rec  *recorder
+	hc   *http.Client // the runners' client: recorded
+	adm  *http.Client // the test's own requests: not recorded
 }
 
 func newEnv(t *testing.T, opts testserver.Options) *env {
 	t.Helper()
 	opts.AdminToken = adminToken
-	e := &env{t: t, srv: testserver.Start(t, opts)}
+	srv := testserver.Start(t, opts)
+	e := &env{t: t, srv: srv, base: srv.URL, pool: srv.DB.Pool}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	e.rec = &recorder{next: tr}
 	e.hc = &http.Client{Transport: e.rec}
@@ -49,7 +66,7 @@ func newEnv(t *testing.T, opts testserver.Options) *env {
 // config is a runner configuration for this server, with short back-offs.
 func (e *env) config(id string) runner.Config {
 	return runner.Config{
-		ServerURL: e.srv.URL, RunnerID: id, AdminToken: adminToken,
+		ServerURL: e.base, RunnerID: id, AdminToken: adminToken,
 		HTTPClient: e.hc, Logger: testLogger(e.t),
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
 	}
@@ -120,7 +137,7 @@ func (e *env) do(method, path string, body any) (int, []byte) {
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequest(method, e.srv.URL+path, rd)
+	req, err := http.NewRequest(method, e.base+path, rd)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -206,7 +223,7 @@ type claimRow struct {
 // claims reads the entity's claims from the database, oldest first.
 func (e *env) claims(url string) []claimRow {
 	e.t.Helper()
-	rows, err := e.srv.DB.Pool.Query(context.Background(),
+	rows, err := e.pool.Query(context.Background(),
 		`SELECT consumer_id, epoch, status, lease_expires_at FROM consumer_claims WHERE entity_url = $1 ORDER BY epoch`, url)
 	if err != nil {
 		e.t.Fatal(err)
@@ -230,7 +247,7 @@ func (e *env) claims(url string) []claimRow {
 func (e *env) activeClaims() int {
 	e.t.Helper()
 	var n int
-	if err := e.srv.DB.Pool.QueryRow(context.Background(),
+	if err := e.pool.QueryRow(context.Background(),
 		`SELECT count(*) FROM consumer_claims WHERE status = 'active'`).Scan(&n); err != nil {
 		e.t.Fatal(err)
 	}
