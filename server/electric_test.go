@@ -1,0 +1,305 @@
+package server_test
+
+// Electric compatibility over HTTP (SPEC §7): runner restart, wake stream
+// routes and their auth, claim from an event, camelCase notification
+// fields, entity types, the /_electric/entities routes.
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+const electricAdmin = "admin-secret"
+
+func withElectricAdmin(o *options) { o.adminToken = electricAdmin }
+
+func TestRunnerRestartRotatesToken(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withElectricAdmin)
+	r := b.must(201, b.do("POST", "/_electric/runners", electricAdmin, map[string]any{"id": "r1", "label": "one", "kind": "local"}))
+	first := r.json(t)
+	if first["wake_stream"] != "/v1/stream/runners/r1/wake" || first["wake_stream_offset"] != "0000000000000000" {
+		t.Fatalf("registration: %s", r.body)
+	}
+	tok1 := first["runner_token"].(string)
+	b.spawn("/chat/1")
+	b.send("/chat/1", "x")
+	w := b.mustClaim("r1", tok1, 0)
+	b.must(401, b.do("POST", "/_electric/runners/r1/disable", tok1, nil)) // runner token is not admin
+	b.must(200, b.do("POST", "/_electric/runners/r1/heartbeat", tok1, map[string]any{}))
+
+	r = b.must(200, b.do("POST", "/_electric/runners", electricAdmin, map[string]any{"id": "r1"}))
+	second := r.json(t)
+	tok2, _ := second["runner_token"].(string)
+	if tok2 == "" || tok2 == tok1 || second["label"] != "one" || second["kind"] != "local" || second["wake_stream"] != "/v1/stream/runners/r1/wake" {
+		t.Fatalf("restart: %s", r.body)
+	}
+	if c := b.do("POST", "/_electric/runners/r1/heartbeat", tok1, map[string]any{}); c.status != 401 {
+		t.Fatalf("old token after restart: %d %s", c.status, c.body)
+	}
+	b.must(200, b.do("POST", "/_electric/runners/r1/heartbeat", tok2, map[string]any{}))
+	if s := b.claimStatus(w.ConsumerID, w.Epoch); s != "active" {
+		t.Fatalf("claim after restart: %s", s)
+	}
+	// GET answers the wake stream and its offset too (the claimed wake's
+	// event is behind it: the offset is the tail).
+	g := b.must(200, b.do("GET", "/_electric/runners/r1", electricAdmin, nil)).json(t)
+	if g["wake_stream"] != "/v1/stream/runners/r1/wake" || g["wake_stream_offset"] != "0000000000000001" || g["runner_token"] != nil {
+		t.Fatalf("runner GET: %v", g)
+	}
+}
+
+func TestWakeStreamRoutes(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withElectricAdmin)
+	tok := b.registerRunner("r1")
+	tok2 := b.registerRunner("r2")
+	b.must(201, b.do("PUT", "/entities/chat/1", electricAdmin, map[string]any{"runner_id": "r1"}))
+	b.send("/chat/1", "x")
+
+	for _, path := range []string{"/runners/r1/wake", "/v1/stream/runners/r1/wake"} {
+		for _, c := range []struct {
+			token string
+			want  int
+		}{{"", 401}, {"nope", 401}, {tok2, 401}, {tok, 200}, {electricAdmin, 200}} {
+			r := b.do("GET", path+"?offset=-1", c.token, nil)
+			if r.status != c.want {
+				t.Fatalf("GET %s with %q: %d %s, want %d", path, c.token, r.status, r.body, c.want)
+			}
+			if c.want == 200 {
+				var evs []map[string]any
+				if err := json.Unmarshal(r.body, &evs); err != nil || len(evs) != 1 || evs[0]["type"] != "wake" ||
+					evs[0]["subscription_id"] != "runner:r1" || evs[0]["stream"] != "/v1/stream/chat/1/main" ||
+					evs[0]["generation"] != float64(1) || r.header.Get("Stream-Next-Offset") != "0000000000000001" {
+					t.Fatalf("GET %s: %s %v", path, r.body, r.header)
+				}
+			}
+		}
+		if r := b.do("HEAD", path, tok, nil); r.status != 200 {
+			t.Fatalf("HEAD %s: %d", path, r.status)
+		}
+		for _, m := range []string{"PUT", "POST", "DELETE"} {
+			if r := b.do(m, path, electricAdmin, `[{"type":"wake"}]`); r.status != 403 || r.errorCode(t) != "FORBIDDEN" {
+				t.Fatalf("%s %s: %d %s, want 403", m, path, r.status, r.body)
+			}
+		}
+	}
+	if r := b.do("GET", "/runners/nobody/wake?offset=-1", tok, nil); r.status != 404 {
+		t.Fatalf("unknown runner: %d %s", r.status, r.body)
+	}
+	if r := b.do("GET", "/runners/a%20b/wake?offset=-1", tok, nil); r.status != 400 {
+		t.Fatalf("bad runner id: %d %s", r.status, r.body)
+	}
+	// Still one event: refused writes changed nothing.
+	r := b.must(200, b.do("GET", "/runners/r1/wake?offset=-1", tok, nil))
+	if evs := decodeEvents(t, r.body); len(evs) != 1 || evs[0]["type"] != "wake" {
+		t.Fatalf("wake stream after refused writes: %s", r.body)
+	}
+}
+
+// A long-poll of the wake stream wakes on a send through the API.
+func TestWakeStreamLongPoll(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withElectricAdmin, func(o *options) { o.listen = true })
+	tok := b.registerRunner("r1")
+	b.spawn("/chat/1")
+	got := make(chan resp, 1)
+	go func() {
+		got <- b.do("GET", "/runners/r1/wake?offset=0000000000000000&live=long-poll", tok, nil)
+	}()
+	b.send("/chat/1", "x")
+	select {
+	case r := <-got:
+		if r.status != 200 || len(decodeEvents(t, r.body)) != 1 || decodeEvents(t, r.body)[0]["stream"] != "/v1/stream/chat/1/main" {
+			t.Fatalf("long-poll: %d %s", r.status, r.body)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("long-poll did not return the event within 5s")
+	}
+}
+
+func TestClaimFromEventAndNotificationShape(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withElectricAdmin)
+	tok := b.registerRunner("r1")
+	b.spawn("/chat/1")
+	b.send("/chat/1", "x")
+	ev := b.must(200, b.do("GET", "/runners/r1/wake?offset=-1", tok, nil)).body
+	event := strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(string(ev)), "["), "]")
+
+	for _, bad := range []string{
+		`{"type":"wake","subscription_id":"runner:r2","stream":"/v1/stream/chat/1/main","generation":1,"ts":1}`,
+		`{"type":"other","subscription_id":"runner:r1"}`,
+		`{"type":"wake","stream":"chat/1"}`,
+		`{"type":"wake","generation":-1}`,
+		`{"type":"wake","ts":{}}`,
+		`{"type":"wake","generation":"one"}`,
+	} {
+		if r := b.do("POST", "/_electric/runners/r1/claim", tok, bad); r.status != 400 || r.errorCode(t) != "INVALID_REQUEST" {
+			t.Fatalf("claim with %s: %d %s, want 400", bad, r.status, r.body)
+		}
+	}
+	r := b.must(200, b.do("POST", "/_electric/runners/r1/claim", tok, event))
+	n := r.json(t)
+	for snake, camel := range map[string]string{"wake_id": "wakeId", "consumer_id": "consumerId", "stream_path": "streamPath",
+		"claim_token": "claimToken", "write_token": "writeToken", "lease_expires_at": "leaseExpiresAt"} {
+		if n[snake] == nil || n[snake] == "" || n[camel] != n[snake] {
+			t.Fatalf("%s %v / %s %v: %s", snake, n[snake], camel, n[camel], r.body)
+		}
+	}
+	ent, _ := n["entity"].(map[string]any)
+	streams, _ := ent["streams"].(map[string]any)
+	if ent["type"] != "chat" || ent["url"] != "/chat/1" || ent["status"] != "running" || streams["main"] != "/v1/stream/chat/1/main" {
+		t.Fatalf("entity: %v", n["entity"])
+	}
+	// The same event again: its wake is claimed, nothing else queued: 204.
+	if r := b.do("POST", "/_electric/runners/r1/claim", tok, event); r.status != 204 {
+		t.Fatalf("second claim of the event: %d %s", r.status, r.body)
+	}
+	// The callback's claim request answers writeToken too.
+	cb := b.do("POST", "/_electric/wake-callbacks/"+n["wakeId"].(string), n["claimToken"].(string),
+		map[string]any{"epoch": n["epoch"], "wakeId": n["wakeId"]})
+	ans := b.must(200, cb).json(t)
+	if ans["writeToken"] == nil || ans["writeToken"] != ans["write_token"] {
+		t.Fatalf("claim request answer: %s", cb.body)
+	}
+}
+
+func TestEntityTypes(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withElectricAdmin)
+	body := map[string]any{"name": "chat", "description": "a chat", "creation_schema": map[string]any{"type": "object"},
+		"inbox_schemas": map[string]any{"msg": map[string]any{"type": "string"}}, "state_schemas": map[string]any{"reply": map[string]any{}},
+		"default_dispatch_policy": map[string]any{"targets": []any{map[string]any{"type": "runner", "runnerId": "r-7"}}}}
+	if r := b.do("POST", "/_electric/entity-types", "", body); r.status != 401 {
+		t.Fatalf("without admin token: %d", r.status)
+	}
+	r := b.must(201, b.do("POST", "/_electric/entity-types", electricAdmin, body))
+	got := r.json(t)
+	if got["name"] != "chat" || got["description"] != "a chat" || got["inbox_schemas"].(map[string]any)["msg"] == nil {
+		t.Fatalf("created: %s", r.body)
+	}
+	body["description"] = "changed"
+	b.must(200, b.do("POST", "/_electric/entity-types", electricAdmin, body))
+	one := b.must(200, b.do("GET", "/_electric/entity-types/chat", electricAdmin, nil)).json(t)
+	if one["description"] != "changed" || one["default_dispatch_policy"] == nil {
+		t.Fatalf("get: %v", one)
+	}
+	b.must(201, b.do("POST", "/_electric/entity-types", electricAdmin, map[string]any{"name": "mail"}))
+	var list []map[string]any
+	if err := json.Unmarshal(b.must(200, b.do("GET", "/_electric/entity-types", electricAdmin, nil)).body, &list); err != nil ||
+		len(list) != 2 || list[0]["name"] != "chat" || list[1]["name"] != "mail" || list[1]["creation_schema"] != nil {
+		t.Fatalf("list: %v %v", list, err)
+	}
+
+	// Spawn without runner_id takes the type's runner target, under both prefixes.
+	e := b.must(201, b.do("PUT", "/_electric/entities/chat/1", electricAdmin, map[string]any{})).json(t)
+	if e["runner_id"] != "r-7" || e["type"] != "chat" || e["streams"].(map[string]any)["main"] != "/v1/stream/chat/1/main" {
+		t.Fatalf("spawn: %v", e)
+	}
+	if e := b.must(201, b.do("PUT", "/entities/chat/2", electricAdmin, map[string]any{"runner_id": "mine"})).json(t); e["runner_id"] != "mine" {
+		t.Fatalf("spawn naming a runner: %v", e)
+	}
+
+	for _, bad := range []any{
+		map[string]any{"description": "no name"},
+		map[string]any{"name": "Chat"},
+		map[string]any{"name": "chat", "description": 5},
+		map[string]any{"name": "chat", "inbox_schemas": []any{1}},
+		map[string]any{"name": "chat", "default_dispatch_policy": map[string]any{"targets": []any{map[string]any{"type": "runner"}}}},
+		map[string]any{"name": "chat", "default_dispatch_policy": map[string]any{"targets": []any{map[string]any{"type": "runner", "runnerId": "a b"}}}},
+		map[string]any{"name": "chat", "default_dispatch_policy": map[string]any{"targets": "x"}},
+		map[string]any{"name": "chat", "default_dispatch_policy": map[string]any{"targets": []any{7}}},
+	} {
+		if r := b.do("POST", "/_electric/entity-types", electricAdmin, bad); r.status != 400 || r.errorCode(t) != "INVALID_REQUEST" {
+			t.Fatalf("bad type %v: %d %s", bad, r.status, r.body)
+		}
+	}
+	if one := b.must(200, b.do("GET", "/_electric/entity-types/chat", electricAdmin, nil)).json(t); one["description"] != "changed" {
+		t.Fatalf("bad input changed the type: %v", one)
+	}
+	b.must(200, b.do("DELETE", "/_electric/entity-types/chat", electricAdmin, nil))
+	if r := b.do("DELETE", "/_electric/entity-types/chat", electricAdmin, nil); r.status != 404 || r.errorCode(t) != "ENTITY_TYPE_NOT_FOUND" {
+		t.Fatalf("second delete: %d %s", r.status, r.body)
+	}
+	if r := b.do("GET", "/_electric/entity-types/chat", electricAdmin, nil); r.status != 404 {
+		t.Fatalf("get deleted: %d", r.status)
+	}
+	if r := b.do("GET", "/_electric/entity-types/Bad", electricAdmin, nil); r.status != 400 {
+		t.Fatalf("bad name: %d", r.status)
+	}
+}
+
+func TestElectricEntityRoutes(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withElectricAdmin)
+	tok := b.registerRunner("r1")
+	b.must(201, b.do("PUT", "/_electric/entities/chat/1", electricAdmin, map[string]any{"runner_id": "r1"}))
+	b.must(201, b.do("PUT", "/_electric/entities/chat/2", electricAdmin, map[string]any{"runner_id": "r1"}))
+	if r := b.do("PUT", "/_electric/entities/chat/1", electricAdmin, map[string]any{}); r.status != 409 || r.errorCode(t) != "ENTITY_EXISTS" {
+		t.Fatalf("spawn twice: %d %s", r.status, r.body)
+	}
+	for _, c := range []struct {
+		method, path string
+		status       int
+		code         string
+	}{
+		{"GET", "/_electric/entities/chat/404", 404, "ENTITY_NOT_FOUND"},
+		{"POST", "/_electric/entities/chat/404/send", 404, "ENTITY_NOT_FOUND"},
+		{"DELETE", "/_electric/entities/chat/404", 404, "ENTITY_NOT_FOUND"},
+		{"PUT", "/_electric/entities/Chat/1", 400, "INVALID_REQUEST"},
+	} {
+		if r := b.do(c.method, c.path, electricAdmin, map[string]any{"payload": 1}); r.status != c.status || r.errorCode(t) != c.code {
+			t.Fatalf("%s %s: %d %s", c.method, c.path, r.status, r.body)
+		}
+	}
+	// Send, as the admin: 202 with the offset; from_agent names the sender.
+	r := b.must(202, b.do("POST", "/_electric/entities/chat/1/send", electricAdmin, map[string]any{"payload": "hi", "from_agent": "/chat/9"}))
+	if r.json(t)["offset"] != "0000000000000001" {
+		t.Fatalf("send: %s", r.body)
+	}
+	w := b.mustClaim("r1", tok, 0)
+	msgs := b.must(200, b.do("GET", "/v1/stream/chat/1/main?offset=-1", "", nil))
+	inbox := decodeEvents(t, msgs.body)
+	if len(inbox) != 1 || inbox[0]["value"].(map[string]any)["from"] != "/chat/9" || !strings.HasPrefix(inbox[0]["key"].(string), "msg-in-") {
+		t.Fatalf("inbox event: %s", msgs.body)
+	}
+	// A handler's send to another entity: its own write token, from_agent itself.
+	if r := b.do("POST", "/_electric/entities/chat/2/send", w.WriteToken, map[string]any{"payload": "x", "from_agent": "/chat/2"}); r.status != 401 {
+		t.Fatalf("write token of another entity: %d %s", r.status, r.body)
+	}
+	if r := b.do("POST", "/_electric/entities/chat/2/send", "nope", map[string]any{"payload": "x", "from_agent": "/chat/1"}); r.status != 401 {
+		t.Fatalf("wrong token: %d %s", r.status, r.body)
+	}
+	b.must(202, b.do("POST", "/_electric/entities/chat/2/send", w.WriteToken, map[string]any{"payload": "x", "from_agent": "/chat/1"}))
+	b.must(202, b.do("POST", "/_electric/entities/chat/2/send", "", map[string]any{"payload": "y", "from_agent": "/chat/1"},
+		"electric-claim-token", w.WriteToken))
+	// Once the claim ends its write token no longer sends.
+	b.must(200, b.done(w, map[string]any{"path": w.StreamPath, "offset": "0000000000000001"}))
+	if r := b.do("POST", "/_electric/entities/chat/2/send", w.WriteToken, map[string]any{"payload": "x", "from_agent": "/chat/1"}); r.status != 401 {
+		t.Fatalf("ended claim's write token: %d %s", r.status, r.body)
+	}
+	g := b.must(200, b.do("GET", "/_electric/entities/chat/2", electricAdmin, nil)).json(t)
+	if g["dispatch"].(map[string]any)["last_sent_offset"] != "0000000000000002" || g["type"] != "chat" {
+		t.Fatalf("get: %v", g)
+	}
+	k := b.must(200, b.do("DELETE", "/_electric/entities/chat/2", electricAdmin, nil)).json(t)
+	if k["status"] != "stopped" {
+		t.Fatalf("kill: %v", k)
+	}
+	if r := b.do("POST", "/_electric/entities/chat/2/send", electricAdmin, map[string]any{"payload": 1}); r.status != 409 || r.errorCode(t) != "ENTITY_STOPPED" {
+		t.Fatalf("send to stopped: %d %s", r.status, r.body)
+	}
+}
+
+// decodeEvents decodes a JSON stream read.
+func decodeEvents(t *testing.T, body []byte) []map[string]any {
+	t.Helper()
+	var evs []map[string]any
+	if err := json.Unmarshal(body, &evs); err != nil {
+		t.Fatalf("stream read %q: %v", body, err)
+	}
+	return evs
+}
