@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // maxBody caps how much of one answer the library reads (a stream read
@@ -74,6 +75,11 @@ func (a answer) apiError(op string) *APIError {
 	return e
 }
 
+// requestTimeout bounds one request whose context has no deadline of its
+// own, so a server that stopped answering (without closing the
+// connection) costs a retry, not a hang.
+const requestTimeout = 30 * time.Second
+
 // client speaks HTTP to one pullwake server.
 type client struct {
 	base string // no trailing slash
@@ -102,6 +108,11 @@ func (c *client) do(ctx context.Context, method, path, token string, body any, h
 			return answer{}, fmt.Errorf("encode %s %s body: %w", method, path, err)
 		}
 		rd = bytes.NewReader(buf)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, requestTimeout)
+		defer cancel()
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.url(path), rd)
 	if err != nil {

@@ -10,6 +10,9 @@ import (
 	"time"
 )
 
+// maxLongPoll bounds one read of the wake stream.
+const maxLongPoll = 3 * time.Minute
+
 // errNoWakeStream means the server has no wake stream for this runner (a
 // server that predates it): the runner polls the claim route instead.
 var errNoWakeStream = errors.New("no wake stream")
@@ -124,6 +127,10 @@ func (r *Runner) readWakes(ctx context.Context, path, offset, cursor string, liv
 			q.Set("cursor", cursor)
 		}
 	}
+	// A live read waits up to the server's long-poll timeout (30 s by
+	// default); past maxLongPoll the connection is taken for dead.
+	ctx, cancel := context.WithTimeout(ctx, maxLongPoll)
+	defer cancel()
 	a, err := r.c.do(ctx, http.MethodGet, path+"?"+q.Encode(), r.token, nil)
 	if err != nil {
 		return wakeRead{}, fmt.Errorf("read wake stream: %w", err)
