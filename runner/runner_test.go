@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -616,5 +617,36 @@ func TestAppendAfterUnknownOutcomeRefused(t *testing.T) {
 	e.settled("/chat/1", sent)
 	if n := len(eventsOfType(e.events("/chat/1"), "second")); n != 0 {
 		t.Fatalf("the refused append was stored")
+	}
+}
+
+// An inbox longer than one read chunk (1000 messages) is read whole, page
+// by page, and acked up to its end.
+func TestLongInboxReadWhole(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, testserver.Options{})
+	e.spawn("/chat/1")
+	var last string
+	if err := e.pool.QueryRow(context.Background(),
+		`SELECT max(s.msg_offset) FROM generate_series(1, 1500) g, send_to_entity('/chat/1', to_jsonb(g)) s`).Scan(&last); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []runner.InboxMessage, 1)
+	e.run(e.config("r1"), runner.HandlerFunc(func(ctx context.Context, w *runner.Wake) error {
+		select {
+		case got <- w.Inbox:
+		default:
+		}
+		return nil
+	}))
+	e.settled("/chat/1", last)
+	inbox := <-got
+	if len(inbox) != 1500 {
+		t.Fatalf("the handler saw %d messages, want 1500", len(inbox))
+	}
+	for i, m := range inbox {
+		if string(m.Payload) != fmt.Sprint(i+1) {
+			t.Fatalf("message %d is %s, want %d", i, m.Payload, i+1)
+		}
 	}
 }
