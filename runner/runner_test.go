@@ -476,7 +476,7 @@ func TestWakeStreamDeliversWakes(t *testing.T) {
 	// The start-up probe found no work; from now on only a wake event (or a
 	// long-poll timeout, 30 s away) leads to a claim.
 	eventually(t, 10*time.Second, "the start-up probe answered 204", func() bool {
-		return len(e.rec.exchanges(func(x exchange) bool { return strings.HasSuffix(x.Path, "/claim") && x.Status == 204 })) == 1
+		return len(e.rec.exchanges(func(x exchange) bool { return strings.HasSuffix(x.Path, "/claim") && x.Status == 204 })) >= 1
 	})
 	e.spawn("/chat/1")
 	sent := e.send("/chat/1", "x")
