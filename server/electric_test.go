@@ -88,8 +88,13 @@ func TestWakeStreamRoutes(t *testing.T) {
 			}
 		}
 	}
-	if r := b.do("GET", "/runners/nobody/wake?offset=-1", tok, nil); r.status != 404 {
-		t.Fatalf("unknown runner: %d %s", r.status, r.body)
+	// Another runner's token learns nothing of an unknown runner: 401, as on
+	// every runner route; the admin token is told it does not exist.
+	if r := b.do("GET", "/runners/nobody/wake?offset=-1", tok, nil); r.status != 401 {
+		t.Fatalf("unknown runner, another runner's token: %d %s", r.status, r.body)
+	}
+	if r := b.do("GET", "/runners/nobody/wake?offset=-1", electricAdmin, nil); r.status != 404 {
+		t.Fatalf("unknown runner, admin token: %d %s", r.status, r.body)
 	}
 	if r := b.do("GET", "/runners/a%20b/wake?offset=-1", tok, nil); r.status != 400 {
 		t.Fatalf("bad runner id: %d %s", r.status, r.body)

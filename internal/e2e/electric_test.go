@@ -24,7 +24,7 @@ import (
 	"github.com/pullwake/pullwake/internal/testdb"
 )
 
-const e2eAdmin = "admin-electric"
+const e2eAdmin = "admin-electric-e2e-0123456789abcdef"
 
 // runtimeSim is one start of Electric's runtime for one runner id.
 type runtimeSim struct {
