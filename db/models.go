@@ -100,6 +100,12 @@ type Stream struct {
 	ClosedByProducer *string
 	ClosedByEpoch    *int64
 	ClosedBySeq      *int64
+	DeletedAt        *time.Time
+	ForkedFrom       *string
+	ForkOffset       *int64
+	ForkSubOffset    *int64
+	ForkPaths        []string
+	ForkUpto         []int64
 }
 
 type StreamMessage struct {

@@ -369,7 +369,7 @@ func (h *Handler) serveAppend(w http.ResponseWriter, r *http.Request, path strin
 	}
 	ctx, cancel := h.dbContext(r)
 	defer cancel()
-	row, err := h.q.StreamWriteAs(ctx, h.cfg.Pool, arg)
+	row, err := h.write(ctx, arg)
 	if err != nil {
 		h.internalError(w, r, "append", path, err)
 		return
