@@ -83,8 +83,11 @@ func TestCallbackSupersededEpochIs409(t *testing.T) {
 			wantError(t, c.kind, r, http.StatusConflict, "CLAIM_SUPERSEDED",
 				fmt.Sprintf("claim %s/1 is superseded: the newest claim of /chat/1 has epoch 2", w2.ConsumerID))
 		}
+		// An operator's release (no claim token) is told the same.
+		r := b.do("POST", fmt.Sprintf("/_electric/claims/%s/1/release", w2.ConsumerID), b.admin, nil)
+		wantError(t, "force release", r, http.StatusConflict, "CLAIM_SUPERSEDED", "has epoch 2")
 		// The token must be one of that consumer's claims.
-		r := b.callback(old, w1.ClaimToken, map[string]any{"epoch": 1, "done": true})
+		r = b.callback(old, w1.ClaimToken, map[string]any{"epoch": 1, "done": true})
 		wantError(t, "superseded epoch, another claim's token", r, http.StatusUnauthorized, "UNAUTHORIZED", "wrong claim token")
 		if r.header.Get("WWW-Authenticate") != "Bearer" {
 			t.Fatalf("401 without WWW-Authenticate: %v", r.header)
