@@ -26,12 +26,13 @@ var sqlStateCodes = map[string]string{
 	"PW011": "STREAM_CONFLICT",
 	"PW012": "STREAM_CLOSED",
 	"PW013": "UNAUTHORIZED",
+	"PW014": "CLAIM_SUPERSEDED",
 }
 
 // Error is a domain error raised by a lifecycle function.
 type Error struct {
 	Code    string // e.g. CLAIM_NOT_ACTIVE
-	Message string // the function's message, e.g. "claim wake-3/2 is not active"
+	Message string // the function's message without its SQLSTATE, e.g. "claim wake-3/2 is not active"
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
@@ -39,12 +40,15 @@ func (e *Error) Error() string { return e.Code + ": " + e.Message }
 // ErrNotFound is returned for "no rows" (zero rows is an answer, not a failure).
 var ErrNotFound = pgx.ErrNoRows
 
-// DomainError returns the domain error err carries, or nil.
+// DomainError returns the domain error err carries, or nil. The mapping
+// reads the SQLSTATE only. The functions start their messages with that
+// SQLSTATE for psql users ("PW006: claim wake-3/2 not found"); Message
+// drops it, since Code already says it in the API's spelling.
 func DomainError(err error) *Error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		if code, ok := sqlStateCodes[pgErr.Code]; ok {
-			return &Error{Code: code, Message: pgErr.Message}
+			return &Error{Code: code, Message: strings.TrimPrefix(pgErr.Message, pgErr.Code+": ")}
 		}
 	}
 	return nil

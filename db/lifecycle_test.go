@@ -152,8 +152,8 @@ func TestLateReleaseAfterTakeover(t *testing.T) {
 }
 
 // SPEC §3.4 acks: acked_offset follows the main-stream ack, never goes back,
-// is clamped to the tail, and a sent message past it is never left without
-// a wake.
+// and a sent message past it is never left without a wake. An ack of
+// another stream, of -1 or past the tail is refused before anything changes.
 func TestReleaseAcks(t *testing.T) {
 	t.Parallel()
 
@@ -222,26 +222,55 @@ func TestReleaseAcks(t *testing.T) {
 		}
 	})
 
-	t.Run("ack of another stream is ignored", func(t *testing.T) {
+	t.Run("ack of another stream is refused", func(t *testing.T) {
 		t.Parallel()
 		f, c := newClaim(t, 2)
-		r := f.release(c.ConsumerID, c.Epoch, []ack{{Stream: "/v1/stream/other", Offset: off(2)}}, at(2*sec))
-		if r.AckedOffset != off(0) || r.QueuedWakeID == nil {
-			t.Fatalf("release: %+v", r)
+		f.spawn("/chat/2")
+		before := f.dump()
+		for _, s := range []string{"/v1/stream/other", "/v1/stream/chat/2/main", "/chat/2/main", "chat/1/main"} {
+			// The main stream's ack first: one foreign ack refuses the whole done.
+			_, err := f.releaseErr(c.ConsumerID, c.Epoch, []ack{{Stream: c.StreamPath, Offset: off(1)}, {Stream: s, Offset: off(1)}}, at(2*sec))
+			f.wantCode(err, "PW008", "ack of "+s)
+			f.wantMessage(err, "PW008: claim "+c.ConsumerID+"/1 owns stream /v1/stream/chat/1/main, not '"+s+"' (acks[1])")
+			f.wantUnchanged(before, "a done acking "+s)
 		}
 	})
 
-	t.Run("ack past the tail is clamped", func(t *testing.T) {
+	t.Run("ack past the tail is refused", func(t *testing.T) {
 		t.Parallel()
 		f, c := newClaim(t, 3)
-		r := f.release(c.ConsumerID, c.Epoch, []ack{{Stream: c.StreamPath, Offset: off(99)}}, at(2*sec))
-		if r.AckedOffset != off(3) || r.QueuedWakeID != nil {
-			t.Fatalf("release: %+v", r)
+		before := f.dump()
+		_, err := f.releaseErr(c.ConsumerID, c.Epoch, []ack{{Stream: c.StreamPath, Offset: off(4)}}, at(2*sec))
+		f.wantCode(err, "PW008", "ack past the tail")
+		f.wantMessage(err, "PW008: offset 0000000000000004 is beyond the tail 0000000000000003 of /v1/stream/chat/1/main (acks[0])")
+		f.wantUnchanged(before, "a done acking past the tail")
+		// The tail itself is fine, and a retry with the same acks, after
+		// the stream grew, answers released = false.
+		acks := []ack{{Stream: c.StreamPath, Offset: off(3)}}
+		if r := f.release(c.ConsumerID, c.Epoch, acks, at(3*sec)); !r.Released || r.AckedOffset != off(3) || r.QueuedWakeID != nil {
+			t.Fatalf("ack of the tail: %+v", r)
 		}
-		// A later message is past the clamped ack and gets a wake.
-		if _, w := f.send("/chat/1", at(3*sec)); w == "" {
-			t.Fatal("message after a clamped ack queued no wake")
+		f.send("/chat/1", at(4*sec))
+		if r := f.release(c.ConsumerID, c.Epoch, acks, at(5*sec)); r.Released || r.ClaimStatus != "released" || r.AckedOffset != off(3) {
+			t.Fatalf("retried done: %+v", r)
 		}
+	})
+
+	t.Run("retried done is idempotent", func(t *testing.T) {
+		t.Parallel()
+		f, c := newClaim(t, 2)
+		acks := []map[string]string{{"path": "/chat/1/main", "offset": off(2)}}
+		if r := f.release(c.ConsumerID, c.Epoch, acks, at(2*sec)); !r.Released || !r.EntityCleared || r.AckedOffset != off(2) {
+			t.Fatalf("done: %+v", r)
+		}
+		before := f.dump()
+		for i := range 3 {
+			r := f.release(c.ConsumerID, c.Epoch, acks, at(time.Duration(3+i)*sec))
+			if r.Released || r.EntityCleared || r.ClaimStatus != "released" || r.AckedOffset != off(2) {
+				t.Fatalf("retry %d: %+v", i, r)
+			}
+		}
+		f.wantUnchanged(before, "retried dones")
 	})
 
 	t.Run("invalid offset changes nothing", func(t *testing.T) {
@@ -252,15 +281,25 @@ func TestReleaseAcks(t *testing.T) {
 			[]ack{{Stream: c.StreamPath, Offset: "abc"}},
 			[]ack{{Stream: c.StreamPath, Offset: "12"}},
 			[]ack{{Stream: "/v1/stream/other", Offset: "x"}},
+			[]ack{{Stream: c.StreamPath, Offset: "-1"}},
+			[]ack{{Stream: c.StreamPath, Offset: "-0000000000000001"}},
 			[]map[string]any{{"stream": c.StreamPath, "offset": nil}},
+			[]map[string]any{{"stream": c.StreamPath, "offset": 1}},
+			[]map[string]any{{"stream": c.StreamPath}},
+			[]map[string]any{{"stream": 7, "offset": off(1)}},
+			[]map[string]any{{"offset": off(1)}},
+			[]any{"x"},
+			[]any{[]string{c.StreamPath, off(1)}},
 			map[string]string{"stream": c.StreamPath},
 		} {
 			_, err := f.releaseErr(c.ConsumerID, c.Epoch, acks, at(2*sec))
 			f.wantCode(err, "PW008", "release with acks "+mustJSON(acks))
 			f.wantUnchanged(before, "a rejected release")
 		}
+		_, err := f.releaseErr(c.ConsumerID, c.Epoch, []ack{{Stream: c.StreamPath, Offset: "-1"}}, at(2*sec))
+		f.wantMessage(err, "PW008: offset -1 acks nothing: ack the offset read up to, or send no ack (acks[0])")
 		// The claim is intact and a valid done still works.
-		if r := f.release(c.ConsumerID, c.Epoch, []ack{{Stream: c.StreamPath, Offset: "-1"}}, at(3*sec)); !r.Released || !r.EntityCleared || r.AckedOffset != off(0) {
+		if r := f.release(c.ConsumerID, c.Epoch, []ack{{Stream: c.StreamPath, Offset: off(0)}}, at(3*sec)); !r.Released || !r.EntityCleared || r.AckedOffset != off(0) {
 			t.Fatalf("valid release after rejections: %+v", r)
 		}
 	})

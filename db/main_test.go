@@ -70,6 +70,16 @@ func (f *fixture) wantCode(err error, code, what string) {
 	}
 }
 
+// wantMessage checks the PostgreSQL message of err, which starts with its
+// SQLSTATE.
+func (f *fixture) wantMessage(err error, msg string) {
+	f.t.Helper()
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Message != msg {
+		f.t.Fatalf("want message %q, got err %v", msg, err)
+	}
+}
+
 func (f *fixture) spawn(url string) {
 	f.t.Helper()
 	f.exec(`SELECT * FROM spawn_entity($1, NULL, $2)`, url, t0)

@@ -87,6 +87,12 @@ func (s *Server) wakeCallback(w http.ResponseWriter, r *http.Request) error {
 	if tok == "" {
 		return unauthorized("claim token required (Authorization: Bearer <claim_token>)")
 	}
+	// Acks belong to a done: a heartbeat or claim request that carries
+	// some is refused rather than silently dropping what the runner
+	// thinks it acknowledged.
+	if !body.Done && len(body.Acks) > 0 {
+		return badRequest("acks are accepted only with done: true")
+	}
 	// Every kind hands the token's hash to its SQL function, which checks
 	// it in the same round trip.
 	hash := secret.Hash(tok)

@@ -48,6 +48,7 @@ var statusOf = map[string]int{
 	"RUNNER_DISABLED":  http.StatusConflict,
 	"CLAIM_NOT_FOUND":  http.StatusNotFound,
 	"CLAIM_NOT_ACTIVE": http.StatusConflict,
+	"CLAIM_SUPERSEDED": http.StatusConflict,
 	"INVALID_REQUEST":  http.StatusBadRequest,
 	"STREAM_NOT_FOUND": http.StatusNotFound,
 	"RUNNER_EXISTS":    http.StatusConflict,

@@ -34,15 +34,15 @@ DECLARE
     v_token   text;
 BEGIN
     IF p_lease_ttl_ms IS NULL OR p_lease_ttl_ms <= 0 THEN
-        RAISE EXCEPTION 'lease ttl must be positive, got %', p_lease_ttl_ms USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: lease ttl must be positive, got %', p_lease_ttl_ms USING ERRCODE = 'PW008';
     END IF;
     SELECT r.admin_status INTO v_admin FROM runners r
      WHERE r.tenant_id = p_tenant AND r.id = p_runner_id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'runner % not found', p_runner_id USING ERRCODE = 'PW004';
+        RAISE EXCEPTION 'PW004: runner % not found', p_runner_id USING ERRCODE = 'PW004';
     END IF;
     IF v_admin <> 'enabled' THEN
-        RAISE EXCEPTION 'runner % is disabled', p_runner_id USING ERRCODE = 'PW005';
+        RAISE EXCEPTION 'PW005: runner % is disabled', p_runner_id USING ERRCODE = 'PW005';
     END IF;
 
     -- The pick walks the queue's index in claim order, each probe starting
@@ -91,8 +91,8 @@ BEGIN
             -- through the one path that ends claims.
             SELECT * INTO v_end FROM pw_end_claim(p_tenant, v_active, v_aepoch, 'expired', NULL, v_now, true);
             IF NOT v_end.entity_cleared THEN
-                RAISE EXCEPTION 'claim_next_wake: the lapsed claim %/% in the slot of % did not end',
-                    v_active, v_aepoch, v_url;
+                RAISE EXCEPTION 'P0004: claim_next_wake: the lapsed claim %/% in the slot of % did not end',
+                    v_active, v_aepoch, v_url USING ERRCODE = 'P0004';
             END IF;
         END IF;
 
@@ -114,7 +114,8 @@ BEGIN
          WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
            AND d.active_consumer_id IS NULL AND d.epoch = v_depoch;
         IF NOT FOUND THEN
-            RAISE EXCEPTION 'claim_next_wake: the dispatch slot of % changed under its lock', v_url;
+            RAISE EXCEPTION 'P0004: claim_next_wake: the dispatch slot of % changed under its lock', v_url
+                USING ERRCODE = 'P0004';
         END IF;
         INSERT INTO consumer_claims (tenant_id, consumer_id, epoch, wake_id, entity_url, stream_path,
                                      runner_id, status, claim_token_hash, lease_ttl_ms, claimed_at,
@@ -125,14 +126,16 @@ BEGIN
         UPDATE entities e SET status = 'running', updated_at = v_now
          WHERE e.tenant_id = p_tenant AND e.url = v_url AND e.status IN ('idle', 'running');
         IF NOT FOUND THEN
-            RAISE EXCEPTION 'claim_next_wake: entity % stopped under its dispatch lock', v_url;
+            RAISE EXCEPTION 'P0004: claim_next_wake: entity % stopped under its dispatch lock', v_url
+                USING ERRCODE = 'P0004';
         END IF;
         UPDATE wakes w
            SET status = 'claimed', claimed_at = v_now, consumer_id = v_wake,
                epoch = v_epoch, updated_at = v_now
          WHERE w.tenant_id = p_tenant AND w.wake_id = v_wake AND w.status = 'queued';
         IF NOT FOUND THEN
-            RAISE EXCEPTION 'claim_next_wake: wake % is no longer queued', v_wake;
+            RAISE EXCEPTION 'P0004: claim_next_wake: wake % is no longer queued', v_wake
+                USING ERRCODE = 'P0004';
         END IF;
 
         wake_id := v_wake;
@@ -174,7 +177,7 @@ DECLARE
     o_ttl    integer[] := '{}';
 BEGIN
     IF coalesce(cardinality(p_lease_ttl_ms), 0) <> v_n THEN
-        RAISE EXCEPTION 'claim_next_wakes: the arrays differ in length' USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: claim_next_wakes: the arrays differ in length' USING ERRCODE = 'PW008';
     END IF;
     FOR v_it IN
         SELECT u.i::integer AS i, u.r, u.t
@@ -223,10 +226,10 @@ BEGIN
     SELECT c.* INTO v_c FROM consumer_claims c
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+        PERFORM pw_claim_missing(p_tenant, p_consumer_id, p_epoch, p_claim_token_hash);
     END IF;
     IF p_claim_token_hash IS NOT NULL AND p_claim_token_hash IS DISTINCT FROM v_c.claim_token_hash THEN
-        RAISE EXCEPTION 'wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
+        RAISE EXCEPTION 'PW013: wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
     END IF;
     SELECT coalesce(d.active_consumer_id = v_c.consumer_id AND d.active_epoch = v_c.epoch, false)
       INTO v_slot FROM entity_dispatch_state d
@@ -295,10 +298,10 @@ BEGIN
     SELECT c.entity_url, c.claim_token_hash INTO v_url, v_hash FROM consumer_claims c
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+        PERFORM pw_claim_missing(p_tenant, p_consumer_id, p_epoch, p_claim_token_hash);
     END IF;
     IF p_claim_token_hash IS NOT NULL AND p_claim_token_hash IS DISTINCT FROM v_hash THEN
-        RAISE EXCEPTION 'wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
+        RAISE EXCEPTION 'PW013: wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
     END IF;
     PERFORM 1 FROM entity_dispatch_state d
       WHERE d.tenant_id = p_tenant AND d.entity_url = v_url FOR UPDATE;
@@ -309,7 +312,7 @@ BEGIN
        AND c.status = 'active' AND c.lease_expires_at > v_now
     RETURNING c.lease_expires_at, c.stream_path INTO v_lease, v_path;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'claim %/% is not active', p_consumer_id, p_epoch USING ERRCODE = 'PW007';
+        RAISE EXCEPTION 'PW007: claim %/% is not active', p_consumer_id, p_epoch USING ERRCODE = 'PW007';
     END IF;
     UPDATE entity_dispatch_state d SET active_lease_expires_at = v_lease, updated_at = v_now
      WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
@@ -332,10 +335,10 @@ DECLARE
     v_wakes  integer;
 BEGIN
     IF p_older_than IS NULL OR p_older_than < interval '0' THEN
-        RAISE EXCEPTION 'retention age must be zero or more, got %', p_older_than USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: retention age must be zero or more, got %', p_older_than USING ERRCODE = 'PW008';
     END IF;
     IF p_batch IS NULL OR p_batch <= 0 THEN
-        RAISE EXCEPTION 'batch must be positive, got %', p_batch USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: batch must be positive, got %', p_batch USING ERRCODE = 'PW008';
     END IF;
 
     -- The batch is picked through the partial index and locked, then
@@ -380,10 +383,10 @@ DECLARE
     v_n      integer;
 BEGIN
     IF p_older_than IS NULL OR p_older_than < interval '0' THEN
-        RAISE EXCEPTION 'retention age must be zero or more, got %', p_older_than USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: retention age must be zero or more, got %', p_older_than USING ERRCODE = 'PW008';
     END IF;
     IF p_batch IS NULL OR p_batch <= 0 THEN
-        RAISE EXCEPTION 'batch must be positive, got %', p_batch USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: batch must be positive, got %', p_batch USING ERRCODE = 'PW008';
     END IF;
     WITH gone AS (
         DELETE FROM wake_events v
@@ -438,11 +441,42 @@ CREATE FUNCTION public.pw_check_entity_url(p_url text) RETURNS void
     AS $_$
 BEGIN
     IF p_url IS NULL OR p_url !~ '^/[a-z][a-z0-9_-]{0,63}/[A-Za-z0-9._~-]{1,128}$' THEN
-        RAISE EXCEPTION 'entity url % must be /{type}/{id}: type [a-z][a-z0-9_-]{0,63}, id [A-Za-z0-9._~-]{1,128}',
+        RAISE EXCEPTION 'PW008: entity url % must be /{type}/{id}: type [a-z][a-z0-9_-]{0,63}, id [A-Za-z0-9._~-]{1,128}',
             coalesce(quote_literal(p_url), 'NULL') USING ERRCODE = 'PW008';
     END IF;
 END
 $_$;
+
+--
+-- Name: pw_claim_missing(text, text, bigint, bytea); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_claim_missing(p_tenant text, p_consumer_id text, p_epoch bigint, p_claim_token_hash bytea DEFAULT NULL::bytea) RETURNS void
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+    v_url    text;
+    v_newest bigint;
+BEGIN
+    SELECT c.entity_url, greatest(c.epoch, d.epoch) INTO v_url, v_newest
+      FROM consumer_claims c
+      LEFT JOIN entity_dispatch_state d ON d.tenant_id = c.tenant_id AND d.entity_url = c.entity_url
+     WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id
+     ORDER BY c.epoch DESC
+     LIMIT 1;
+    IF FOUND AND p_epoch < v_newest THEN
+        IF p_claim_token_hash IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM consumer_claims c
+             WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id
+               AND c.claim_token_hash = p_claim_token_hash) THEN
+            RAISE EXCEPTION 'PW013: wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
+        END IF;
+        RAISE EXCEPTION 'PW014: claim %/% is superseded: the newest claim of % has epoch %',
+            p_consumer_id, p_epoch, v_url, v_newest USING ERRCODE = 'PW014';
+    END IF;
+    RAISE EXCEPTION 'PW006: claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+END
+$$;
 
 --
 -- Name: pw_end_claim(text, text, bigint, text, jsonb, timestamp with time zone, boolean); Type: FUNCTION; Schema: public; Owner: -
@@ -466,11 +500,11 @@ DECLARE
     v_acks     jsonb := coalesce(p_acks, '[]'::jsonb);
 BEGIN
     IF p_status IS NULL OR p_status NOT IN ('released', 'expired') THEN
-        RAISE EXCEPTION 'a claim ends as released or expired, not %', coalesce(p_status, 'NULL')
+        RAISE EXCEPTION 'PW008: a claim ends as released or expired, not %', coalesce(p_status, 'NULL')
             USING ERRCODE = 'PW008';
     END IF;
     IF jsonb_typeof(v_acks) <> 'array' THEN
-        RAISE EXCEPTION 'acks must be an array' USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: acks must be an array' USING ERRCODE = 'PW008';
     END IF;
     -- 1. The dispatch row of the claim's entity, found through the claim
     -- (read, not locked: a claim's entity never changes).
@@ -486,7 +520,7 @@ BEGIN
         SELECT c.entity_url INTO v_url FROM consumer_claims c
          WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
         IF NOT FOUND THEN
-            RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+            RAISE EXCEPTION 'PW006: claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
         END IF;
     END IF;
     entity_url := v_url;
@@ -747,7 +781,7 @@ BEGIN
         RETURN 0;
     END IF;
     IF p_offset IS NULL OR p_offset !~ '^[0-9]{16}$' THEN
-        RAISE EXCEPTION 'invalid offset %', coalesce(quote_literal(p_offset), 'NULL')
+        RAISE EXCEPTION 'PW008: invalid offset %', coalesce(quote_literal(p_offset), 'NULL')
             USING ERRCODE = 'PW008';
     END IF;
     RETURN p_offset::bigint;
@@ -809,7 +843,7 @@ BEGIN
      WHERE s.tenant_id = p_tenant AND s.path = p_path
     RETURNING s.tail_seq INTO v_tail;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'stream % not found', p_path USING ERRCODE = 'PW009';
+        RAISE EXCEPTION 'PW009: stream % not found', p_path USING ERRCODE = 'PW009';
     END IF;
     INSERT INTO stream_messages (tenant_id, path, seq, data, created_at)
     SELECT p_tenant, p_path, v_tail - v_n + u.i, u.d, p_now
@@ -869,7 +903,7 @@ BEGIN
         END IF;
         -- A concurrent PUT created it first: compare against that one.
     END LOOP;
-    RAISE EXCEPTION 'stream % changed concurrently', p_path USING ERRCODE = '40001';
+    RAISE EXCEPTION '40001: stream % changed concurrently', p_path USING ERRCODE = '40001';
 END
 $$;
 
@@ -1092,7 +1126,7 @@ BEGIN
         END IF;
         -- A concurrent PUT created the path first: compare against it.
     END LOOP;
-    RAISE EXCEPTION 'stream % changed concurrently', p_path USING ERRCODE = '40001';
+    RAISE EXCEPTION '40001: stream % changed concurrently', p_path USING ERRCODE = '40001';
 END
 $$;
 
@@ -1449,17 +1483,17 @@ DECLARE
 BEGIN
     IF coalesce(cardinality(p_content_types), 0) <> v_n OR coalesce(cardinality(p_counts), 0) <> v_n
        OR coalesce(cardinality(p_entity_writers), 0) <> v_n THEN
-        RAISE EXCEPTION 'pw_stream_writes: the arrays differ in length' USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: pw_stream_writes: the arrays differ in length' USING ERRCODE = 'PW008';
     END IF;
     FOR i IN 1..v_n LOOP
         IF p_counts[i] IS NULL OR p_counts[i] < 0 THEN
-            RAISE EXCEPTION 'pw_stream_writes: item % has no message count', i USING ERRCODE = 'PW008';
+            RAISE EXCEPTION 'PW008: pw_stream_writes: item % has no message count', i USING ERRCODE = 'PW008';
         END IF;
         v_first[i] := v_acc + 1;
         v_acc := v_acc + p_counts[i];
     END LOOP;
     IF v_acc <> coalesce(cardinality(p_data), 0) THEN
-        RAISE EXCEPTION 'pw_stream_writes: the counts add up to %, the data has % messages',
+        RAISE EXCEPTION 'PW008: pw_stream_writes: the counts add up to %, the data has % messages',
             v_acc, coalesce(cardinality(p_data), 0) USING ERRCODE = 'PW008';
     END IF;
     FOR v_it IN
@@ -1581,11 +1615,11 @@ DECLARE
     v_r       runners%ROWTYPE;
 BEGIN
     IF p_id IS NULL OR p_id !~ '^[A-Za-z0-9._~-]{1,128}$' THEN
-        RAISE EXCEPTION 'runner id % must match [A-Za-z0-9._~-]{1,128}', coalesce(quote_literal(p_id), 'NULL')
+        RAISE EXCEPTION 'PW008: runner id % must match [A-Za-z0-9._~-]{1,128}', coalesce(quote_literal(p_id), 'NULL')
             USING ERRCODE = 'PW008';
     END IF;
     IF p_token_hash IS NULL THEN
-        RAISE EXCEPTION 'token hash is required' USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: token hash is required' USING ERRCODE = 'PW008';
     END IF;
     INSERT INTO runners AS r (tenant_id, id, label, kind, token_hash, created_at, updated_at)
     VALUES (p_tenant, p_id, coalesce(p_label, ''), coalesce(p_kind, ''), p_token_hash, v_now, v_now)
@@ -1601,7 +1635,7 @@ BEGIN
         INSERT INTO streams (tenant_id, path, content_type, accessed_at, created_at, updated_at)
         VALUES (p_tenant, v_path, 'application/json', v_now, v_now, v_now);
     ELSIF pw_media_type(v_ct) <> 'application/json' THEN
-        RAISE EXCEPTION 'stream % exists with content type %, not a wake stream', v_path, v_ct
+        RAISE EXCEPTION 'PW011: stream % exists with content type %, not a wake stream', v_path, v_ct
             USING ERRCODE = 'PW011';
     END IF;
     PERFORM pw_backfill_wake_events(p_tenant, p_id, v_now);
@@ -1636,7 +1670,7 @@ DECLARE
     n_ttl    integer;
 BEGIN
     IF p_lease_ttl_ms IS NULL OR p_lease_ttl_ms <= 0 THEN
-        RAISE EXCEPTION 'lease ttl must be positive, got %', p_lease_ttl_ms USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: lease ttl must be positive, got %', p_lease_ttl_ms USING ERRCODE = 'PW008';
     END IF;
     SELECT * INTO v_r FROM release_claim(p_consumer_id, p_epoch, p_acks, v_now, p_tenant,
                                           p_claim_token_hash, p_notify);
@@ -1667,30 +1701,73 @@ $$;
 
 CREATE FUNCTION public.release_claim(p_consumer_id text, p_epoch bigint, p_acks jsonb DEFAULT '[]'::jsonb, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_claim_token_hash bytea DEFAULT NULL::bytea, p_notify boolean DEFAULT true) RETURNS TABLE(released boolean, entity_cleared boolean, claim_status text, entity_url text, stream_path text, entity_status text, acked_offset text, queued_wake_id text)
     LANGUAGE plpgsql
-    AS $$
+    AS $_$
 #variable_conflict use_column
 DECLARE
     v_now  timestamptz := coalesce(p_now, now());
     v_acks jsonb := coalesce(p_acks, '[]'::jsonb);
     v_hash bytea;
+    v_path text;
+    v_tail bigint;
+    v_a    jsonb;
+    v_i    bigint;
+    v_s    jsonb;
+    v_o    jsonb;
     v_r    record;
 BEGIN
     IF jsonb_typeof(v_acks) <> 'array' THEN
-        RAISE EXCEPTION 'acks must be an array' USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: acks must be an array' USING ERRCODE = 'PW008';
     END IF;
-    SELECT c.claim_token_hash INTO v_hash FROM consumer_claims c
+    SELECT c.claim_token_hash, c.stream_path INTO v_hash, v_path FROM consumer_claims c
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+        PERFORM pw_claim_missing(p_tenant, p_consumer_id, p_epoch, p_claim_token_hash);
     END IF;
     IF p_claim_token_hash IS NOT NULL AND p_claim_token_hash IS DISTINCT FROM v_hash THEN
-        RAISE EXCEPTION 'wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
+        RAISE EXCEPTION 'PW013: wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
+    END IF;
+    -- The acks, before anything changes. The tail is read without a lock:
+    -- it only grows (pw_end_claim still clamps to the tail it reads).
+    IF jsonb_array_length(v_acks) > 0 THEN
+        v_tail := coalesce((SELECT s.tail_seq FROM streams s
+                             WHERE s.tenant_id = p_tenant AND s.path = v_path), 0);
+        FOR v_a, v_i IN SELECT a.value, a.ord - 1
+                          FROM jsonb_array_elements(v_acks) WITH ORDINALITY AS a(value, ord) LOOP
+            IF jsonb_typeof(v_a) <> 'object' THEN
+                RAISE EXCEPTION 'PW008: an ack is an object {"stream", "offset"}, not % (acks[%])',
+                    jsonb_typeof(v_a), v_i USING ERRCODE = 'PW008';
+            END IF;
+            v_s := coalesce(nullif(v_a->'stream', 'null'), v_a->'path');
+            IF v_s IS NULL OR jsonb_typeof(v_s) <> 'string' THEN
+                RAISE EXCEPTION 'PW008: an ack names its stream (or path) as a string (acks[%])', v_i
+                    USING ERRCODE = 'PW008';
+            END IF;
+            IF v_s #>> '{}' NOT IN (v_path, substr(v_path, 11)) THEN
+                RAISE EXCEPTION 'PW008: claim %/% owns stream %, not % (acks[%])',
+                    p_consumer_id, p_epoch, v_path, quote_literal(v_s #>> '{}'), v_i USING ERRCODE = 'PW008';
+            END IF;
+            v_o := v_a->'offset';
+            IF v_o IS NULL OR jsonb_typeof(v_o) <> 'string' OR v_o #>> '{}' !~ '^(-1|[0-9]{16})$' THEN
+                RAISE EXCEPTION 'PW008: invalid offset % (acks[%])',
+                    CASE jsonb_typeof(v_o) WHEN 'string' THEN quote_literal(v_o #>> '{}')
+                                           ELSE coalesce(v_o::text, 'NULL') END,
+                    v_i USING ERRCODE = 'PW008';
+            END IF;
+            IF v_o #>> '{}' = '-1' THEN
+                RAISE EXCEPTION 'PW008: offset -1 acks nothing: ack the offset read up to, or send no ack (acks[%])',
+                    v_i USING ERRCODE = 'PW008';
+            END IF;
+            IF (v_o #>> '{}')::bigint > v_tail THEN
+                RAISE EXCEPTION 'PW008: offset % is beyond the tail % of % (acks[%])',
+                    v_o #>> '{}', pw_offset(v_tail), v_path, v_i USING ERRCODE = 'PW008';
+            END IF;
+        END LOOP;
     END IF;
     SELECT * INTO v_r FROM pw_end_claim(p_tenant, p_consumer_id, p_epoch, 'released', v_acks, v_now, p_notify);
     RETURN QUERY SELECT v_r.ended, v_r.entity_cleared, v_r.claim_status, v_r.entity_url, v_r.stream_path,
                         v_r.entity_status, pw_offset(v_r.acked_offset), v_r.queued_wake_id;
 END
-$$;
+$_$;
 
 --
 -- Name: release_claims(text[], bigint[], jsonb[], timestamp with time zone, text, bytea[], boolean); Type: FUNCTION; Schema: public; Owner: -
@@ -1717,7 +1794,7 @@ DECLARE
 BEGIN
     IF coalesce(cardinality(p_epochs), 0) <> v_n OR coalesce(cardinality(p_acks), 0) <> v_n
        OR (p_claim_token_hashes IS NOT NULL AND cardinality(p_claim_token_hashes) <> v_n) THEN
-        RAISE EXCEPTION 'release_claims: the arrays differ in length' USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: release_claims: the arrays differ in length' USING ERRCODE = 'PW008';
     END IF;
     FOR v_it IN
         SELECT u.i::integer AS i, u.c, u.e, u.a, p_claim_token_hashes[u.i] AS h
@@ -1769,12 +1846,12 @@ BEGIN
     SELECT d.* INTO v_d FROM entity_dispatch_state d
      WHERE d.tenant_id = p_tenant AND d.entity_url = p_url FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'entity % not found', p_url USING ERRCODE = 'PW001';
+        RAISE EXCEPTION 'PW001: entity % not found', p_url USING ERRCODE = 'PW001';
     END IF;
     SELECT e.status, e.main_stream INTO v_status, v_stream FROM entities e
      WHERE e.tenant_id = p_tenant AND e.url = p_url;
     IF v_status IN ('stopping', 'stopped') THEN
-        RAISE EXCEPTION 'entity % is %', p_url, v_status USING ERRCODE = 'PW003';
+        RAISE EXCEPTION 'PW003: entity % is %', p_url, v_status USING ERRCODE = 'PW003';
     END IF;
     v_event := jsonb_build_object(
         'type', 'inbox',
@@ -1827,13 +1904,13 @@ DECLARE
     v_now timestamptz := coalesce(p_now, now());
 BEGIN
     IF p_admin_status IS NULL OR p_admin_status NOT IN ('enabled', 'disabled') THEN
-        RAISE EXCEPTION 'admin status must be enabled or disabled, got %', coalesce(p_admin_status, 'NULL')
+        RAISE EXCEPTION 'PW008: admin status must be enabled or disabled, got %', coalesce(p_admin_status, 'NULL')
             USING ERRCODE = 'PW008';
     END IF;
     UPDATE runners r SET admin_status = p_admin_status, updated_at = v_now
      WHERE r.tenant_id = p_tenant AND r.id = p_id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'runner % not found', p_id USING ERRCODE = 'PW004';
+        RAISE EXCEPTION 'PW004: runner % not found', p_id USING ERRCODE = 'PW004';
     END IF;
     IF p_admin_status = 'enabled' THEN
         PERFORM pw_backfill_wake_events(p_tenant, p_id, v_now);
@@ -1884,13 +1961,13 @@ BEGIN
          LIMIT 1;
     END IF;
     IF EXISTS (SELECT 1 FROM streams s WHERE s.tenant_id = p_tenant AND s.path = v_stream) THEN
-        RAISE EXCEPTION 'stream % exists already', v_stream USING ERRCODE = 'PW002';
+        RAISE EXCEPTION 'PW002: stream % exists already', v_stream USING ERRCODE = 'PW002';
     END IF;
     BEGIN
         INSERT INTO entities (tenant_id, url, status, main_stream, runner_id, created_at, updated_at)
         VALUES (p_tenant, p_url, 'idle', v_stream, v_runner, v_now, v_now);
     EXCEPTION WHEN unique_violation THEN
-        RAISE EXCEPTION 'entity % exists already', p_url USING ERRCODE = 'PW002';
+        RAISE EXCEPTION 'PW002: entity % exists already', p_url USING ERRCODE = 'PW002';
     END;
     INSERT INTO entity_dispatch_state (tenant_id, entity_url, updated_at)
     VALUES (p_tenant, p_url, v_now);
@@ -1913,7 +1990,7 @@ BEGIN
     PERFORM 1 FROM entity_dispatch_state d
       WHERE d.tenant_id = p_tenant AND d.entity_url = p_url FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'entity % not found', p_url USING ERRCODE = 'PW001';
+        RAISE EXCEPTION 'PW001: entity % not found', p_url USING ERRCODE = 'PW001';
     END IF;
     UPDATE entities e
        SET status = CASE WHEN e.status = 'running' THEN 'stopping'

@@ -282,6 +282,28 @@ func TestReleaseBadArguments(t *testing.T) {
 	})
 }
 
+// An epoch older than the entity's newest claim is superseded, and a
+// refused ack is a usage error; both print the message without its SQLSTATE.
+func TestReleaseSupersededAndRefusedAck(t *testing.T) {
+	t.Parallel()
+	tdb, c := setup(t)
+	url := "--database-url=" + tdb.URL
+	// The first claim ends without an ack: its message is queued again and
+	// a second claim (epoch 2) takes it.
+	pullwake(t, nil, "release", c.consumer, fmt.Sprint(c.epoch), url).expect(t, 0, `(?m)^queued_wake_id: wake-\d+$`, `^$`)
+	c2 := claimNext(t, tdb, `SELECT consumer_id, epoch FROM claim_next_wake('r1', 30000)`)
+	if c2.epoch != 2 {
+		t.Fatalf("second claim %+v", c2)
+	}
+	pullwake(t, nil, "release", c2.consumer, "1", url).
+		expect(t, 1, `^$`, `^pullwake release: claim `+c2.consumer+`/1 is superseded: the newest claim of /chat/1 has epoch 2 \(tenant default\)\n$`)
+	pullwake(t, nil, "release", c2.consumer, "2", "--acks", `[{"stream": "/chat/1/main", "offset": "0000000000000002"}]`, url).
+		expect(t, 2, `^$`, `--acks: offset 0000000000000002 is beyond the tail 0000000000000001 of /v1/stream/chat/1/main \(acks\[0\]\)`)
+	if s := claimStatus(t, tdb, c2); s != "active" {
+		t.Errorf("claim status %q after refused releases, want active", s)
+	}
+}
+
 func TestClaims(t *testing.T) {
 	t.Parallel()
 	tdb, c := setup(t)

@@ -3,14 +3,12 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"strconv"
 	"strings"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pullwake/pullwake/db"
@@ -73,13 +71,15 @@ CONSUMER is the wake id, like wake-12.`)
 		Notify: true,
 	})
 	if err != nil {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) {
-			switch pgErr.Code {
-			case "PW006": // CLAIM_NOT_FOUND
+		// By code; the message is the function's without its SQLSTATE.
+		if de := db.DomainError(err); de != nil {
+			switch de.Code {
+			case "CLAIM_NOT_FOUND":
 				return fmt.Errorf("claim %s/%d not found (tenant %s)", consumer, epoch, d.tenant)
-			case "PW008": // INVALID_REQUEST: a malformed ack
-				return fmt.Errorf("%w: --acks: %s", errUsage, pgErr.Message)
+			case "CLAIM_SUPERSEDED": // an epoch older than the entity's newest claim
+				return fmt.Errorf("%s (tenant %s)", de.Message, d.tenant)
+			case "INVALID_REQUEST": // an ack the claim refuses
+				return fmt.Errorf("%w: --acks: %s", errUsage, de.Message)
 			}
 		}
 		return fmt.Errorf("release claim %s/%d: %w", consumer, epoch, err)

@@ -322,11 +322,13 @@ type doneAnswer struct {
 	Next          *notification `json:"next"`
 }
 
+// done releases n, acking the main stream up to off ("" acks nothing).
 func (r *httpRunner) done(ctx context.Context, rec *recorder, n *notification, off string, claimNext bool) (*doneAnswer, error) {
-	body, _ := json.Marshal(map[string]any{
-		"epoch": n.Epoch, "done": true, "claim_next": claimNext,
-		"acks": []map[string]string{{"stream": n.StreamPath, "offset": off}},
-	})
+	acks := []map[string]string{}
+	if off != "" {
+		acks = append(acks, map[string]string{"stream": n.StreamPath, "offset": off})
+	}
+	body, _ := json.Marshal(map[string]any{"epoch": n.Epoch, "done": true, "claim_next": claimNext, "acks": acks})
 	var out doneAnswer
 	err := rec.time(2, func() error {
 		req, err := r.post(ctx, "/_electric/wake-callbacks/"+url.PathEscape(n.ConsumerID), n.ClaimToken, body)
@@ -390,7 +392,7 @@ func (r *httpRunner) releaseHeld(ctx context.Context) {
 	r.next = nil
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	_, _ = r.done(ctx, newRecorder(3), n, "-1", false)
+	_, _ = r.done(ctx, newRecorder(3), n, "", false)
 }
 
 // appendOnly is mode 7: one append with the held claim's write token.
