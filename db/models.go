@@ -70,6 +70,24 @@ type EntityType struct {
 	UpdatedAt             time.Time
 }
 
+type PushSubscription struct {
+	TenantID        string
+	ID              string
+	Kind            string
+	Pattern         *string
+	Streams         []string
+	WebhookUrl      string
+	LeaseTtlMs      int32
+	Description     string
+	Failures        int32
+	NextAttemptAt   time.Time
+	LastError       *string
+	LastDeliveredAt *time.Time
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+	PathRegex       *string
+}
+
 type Runner struct {
 	TenantID               string
 	ID                     string
@@ -100,6 +118,12 @@ type Stream struct {
 	ClosedByProducer *string
 	ClosedByEpoch    *int64
 	ClosedBySeq      *int64
+	DeletedAt        *time.Time
+	ForkedFrom       *string
+	ForkOffset       *int64
+	ForkSubOffset    *int64
+	ForkPaths        []string
+	ForkUpto         []int64
 }
 
 type StreamMessage struct {
