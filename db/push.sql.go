@@ -118,7 +118,7 @@ func (q *Queries) GetPushSubscription(ctx context.Context, db DBTX, arg GetPushS
 
 const pushDelivered = `-- name: PushDelivered :exec
 UPDATE push_subscriptions
-   SET failures = 0, next_attempt_at = '-infinity', last_error = NULL, last_delivered_at = now()
+   SET failures = 0, next_attempt_at = '1970-01-01 00:00:00+00', last_error = NULL, last_delivered_at = now()
  WHERE tenant_id = $1 AND id = $2
 `
 

@@ -27,7 +27,7 @@ CREATE TABLE push_subscriptions (
     -- Delivery health, shared by every server: consecutive failed
     -- deliveries and when the next attempt may start (exponential back-off).
     failures        integer     NOT NULL DEFAULT 0,
-    next_attempt_at timestamptz NOT NULL DEFAULT '-infinity',
+    next_attempt_at timestamptz NOT NULL DEFAULT '1970-01-01 00:00:00+00',
     last_error      text,
     last_delivered_at timestamptz,
     created_at      timestamptz NOT NULL DEFAULT now(),

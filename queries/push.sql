@@ -28,7 +28,7 @@ SELECT r.wake_id::text AS wake_id, r.consumer_id::text AS consumer_id, r.epoch::
 -- name: PushDelivered :exec
 -- A delivery answered 2xx: the target's back-off starts over.
 UPDATE push_subscriptions
-   SET failures = 0, next_attempt_at = '-infinity', last_error = NULL, last_delivered_at = now()
+   SET failures = 0, next_attempt_at = '1970-01-01 00:00:00+00', last_error = NULL, last_delivered_at = now()
  WHERE tenant_id = @tenant_id AND id = @id;
 
 -- name: PushFailed :one

@@ -1952,7 +1952,7 @@ CREATE TABLE public.push_subscriptions (
     lease_ttl_ms integer DEFAULT 30000 NOT NULL,
     description text DEFAULT ''::text NOT NULL,
     failures integer DEFAULT 0 NOT NULL,
-    next_attempt_at timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    next_attempt_at timestamp with time zone DEFAULT '1970-01-01 00:00:00+00'::timestamp with time zone NOT NULL,
     last_error text,
     last_delivered_at timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
