@@ -43,6 +43,7 @@ type serveConfig struct {
 	streamWriteAuth string
 	streamReadAuth  string
 	maxLiveReaders  int
+	push            pushFlags // push delivery (cmd/pullwake/push.go)
 }
 
 // httpLimits are the HTTP server's deadlines and connection cap.
@@ -91,6 +92,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	fs.StringVar(&c.streamWriteAuth, "stream-write-auth", cmp.Or(getenv("PULLWAKE_STREAM_WRITE_AUTH"), streams.WriteAuthAdmin), "who appends to and closes plain streams when an admin token is set: admin or none (env PULLWAKE_STREAM_WRITE_AUTH)")
 	fs.StringVar(&c.streamReadAuth, "stream-read-auth", cmp.Or(getenv("PULLWAKE_STREAM_READ_AUTH"), streams.ReadAuthNone), "who reads streams when an admin token is set: none, entity (entity streams need the admin or write token) or admin (env PULLWAKE_STREAM_READ_AUTH)")
 	fs.IntVar(&c.maxLiveReaders, "max-live-readers", env.int("max-live-readers", "PULLWAKE_MAX_LIVE_READERS", 1000), "most concurrent long-poll and SSE stream readers; more get 503 (env PULLWAKE_MAX_LIVE_READERS)")
+	c.push.register(fs, getenv, env)
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return c, err
@@ -130,6 +132,9 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	}
 	if err := streams.CheckAuthModes(c.streamWriteAuth, c.streamReadAuth); err != nil {
 		return c, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if err := c.push.check(); err != nil {
+		return c, err
 	}
 	if c.maxLiveReaders < 1 {
 		return c, fmt.Errorf("%w: --max-live-readers (PULLWAKE_MAX_LIVE_READERS) %d must be at least 1", errUsage, c.maxLiveReaders)
@@ -224,11 +229,12 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 		AdminToken: c.adminToken, DefaultLeaseTTL: c.defaultLease, SweepInterval: c.sweepInterval,
 		Retention: c.retention,
 		Tokens:    store, Streams: sh, StreamChannel: streams.NotifyChannel, Metrics: met, Publisher: pub,
-		Logger: log,
+		Logger: log, WebhookSigner: c.push.signerFor(log),
 	})
 	if err != nil {
 		return err
 	}
+	pushWorker := c.push.worker(pool, c.db.tenant, srv, log)
 
 	ln, err := net.Listen("tcp", c.addr)
 	if errors.Is(err, syscall.EADDRINUSE) {
@@ -241,6 +247,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	defer stopBG()
 	pub.Start(bg)
 	srv.Start(bg)
+	pushWorker.Start(bg)
 	hs := &http.Server{
 		Handler:           srv.Handler(),
 		ReadHeaderTimeout: min(10*time.Second, c.http.readTimeout),
@@ -263,6 +270,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 
 	select {
 	case err := <-errc:
+		pushWorker.Stop()
 		srv.Stop()
 		pub.Stop()
 		return fmt.Errorf("http server: %w", err)
@@ -275,6 +283,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	if err := hs.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		log.Warn("http shutdown", "err", err)
 	}
+	pushWorker.Stop()
 	srv.Stop()
 	pub.Stop() // sends what the last requests queued
 	log.Info("stopped")
