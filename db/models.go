@@ -70,6 +70,13 @@ type EntityType struct {
 	UpdatedAt             time.Time
 }
 
+type PushQueue struct {
+	TenantID  string
+	WakeID    string
+	TargetID  string
+	CreatedAt time.Time
+}
+
 type PushSubscription struct {
 	TenantID        string
 	ID              string

@@ -48,12 +48,16 @@ func (f *fixture) pending(now time.Time) []string {
 func TestClaimWakeForPush(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	f.exec(`SELECT upsert_push_subscription('all-chat', 'chat/**', '{}', 'https://hooks.example/a', 30000, '')`)
-	f.exec(`SELECT upsert_push_subscription('later', '**', '{}', 'https://hooks.example/b', 30000, '')`)
 	f.spawn("/chat/1")
 	f.exec(`SELECT spawn_entity('/chat/2', 'r1')`)
 	_, wake := f.send("/chat/1", at(0))
 	f.send("/chat/2", at(0)) // a runner's entity: never pushed
+	if p := f.pending(at(0)); len(p) != 0 {
+		t.Fatalf("pending without subscriptions: %v", p)
+	}
+	// Subscriptions made after the wake was queued take it.
+	f.exec(`SELECT upsert_push_subscription('all-chat', 'chat/**', '{}', 'https://hooks.example/a', 30000, '', $1)`, at(-2*sec))
+	f.exec(`SELECT upsert_push_subscription('later', '**', '{}', 'https://hooks.example/b', 30000, '', $1)`, at(-1*sec))
 
 	if p := f.pending(at(0)); len(p) != 1 || p[0] != "all-chat/"+wake {
 		t.Fatalf("pending %v", p)
@@ -94,6 +98,9 @@ func TestClaimWakeForPush(t *testing.T) {
 	// Deleted, the subscription claims nothing; the wake is left to the
 	// next target (here the later subscription) or to runners.
 	f.exec(`DELETE FROM push_subscriptions WHERE id = 'all-chat'`)
+	if p := f.pending(at(11 * sec)); len(p) != 1 || p[0] != "later/"+*r.QueuedWakeID {
+		t.Fatalf("pending after the delete: %v", p)
+	}
 	if _, _, _, ok := f.pushClaim("all-chat", *r.QueuedWakeID, at(11*sec)); ok {
 		t.Fatal("a deleted subscription claimed")
 	}

@@ -266,24 +266,88 @@ END
 $$;
 -- +goose StatementEnd
 
+-- push_queue: the queued wakes a push target matches, with that target.
+-- Matching a wake's entity against every subscription's pattern is done
+-- once, when the wake is queued (a trigger on wake_queue) or when the
+-- targets change (a statement trigger on push_subscriptions recomputes the
+-- queued wakes), never by the delivery worker's polls: a poll is one walk
+-- of this table's order index. Kept only for wakes without runner.
+CREATE TABLE push_queue (
+    tenant_id  text        NOT NULL,
+    wake_id    text        NOT NULL,
+    target_id  text        NOT NULL,
+    created_at timestamptz NOT NULL,
+    PRIMARY KEY (tenant_id, wake_id)
+);
+CREATE INDEX push_queue_order_idx ON push_queue (tenant_id, created_at, wake_id);
+
 -- +goose StatementBegin
--- push_pending lists queued wakes a push target may take now: the wake
--- targets no runner, its entity's push target exists and is not backing
--- off after failed deliveries. Oldest first, at most p_limit. It locks and
--- changes nothing; claim_wake_for_push decides.
+CREATE FUNCTION pw_push_queue_sync() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_target text;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM push_queue p WHERE p.tenant_id = OLD.tenant_id AND p.wake_id = OLD.wake_id;
+        RETURN NULL;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM push_subscriptions s WHERE s.tenant_id = NEW.tenant_id) THEN
+        RETURN NULL;
+    END IF;
+    SELECT pw_push_target(NEW.tenant_id, e.main_stream) INTO v_target
+      FROM entities e WHERE e.tenant_id = NEW.tenant_id AND e.url = NEW.entity_url;
+    IF v_target IS NOT NULL THEN
+        INSERT INTO push_queue (tenant_id, wake_id, target_id, created_at)
+        VALUES (NEW.tenant_id, NEW.wake_id, v_target, NEW.created_at)
+        ON CONFLICT (tenant_id, wake_id) DO UPDATE SET target_id = EXCLUDED.target_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+-- +goose StatementEnd
+
+CREATE TRIGGER wake_queue_push_insert AFTER INSERT ON wake_queue
+    FOR EACH ROW WHEN (NEW.runner_id IS NULL) EXECUTE FUNCTION pw_push_queue_sync();
+CREATE TRIGGER wake_queue_push_delete AFTER DELETE ON wake_queue
+    FOR EACH ROW WHEN (OLD.runner_id IS NULL) EXECUTE FUNCTION pw_push_queue_sync();
+
+-- +goose StatementBegin
+-- pw_push_queue_rebuild recomputes push_queue from the queued wakes without
+-- runner, after a push target was added, removed or re-configured.
+CREATE FUNCTION pw_push_queue_rebuild() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM push_queue;
+    INSERT INTO push_queue (tenant_id, wake_id, target_id, created_at)
+    SELECT q.tenant_id, q.wake_id, t.id, q.created_at
+      FROM wake_queue q
+      JOIN entities e ON e.tenant_id = q.tenant_id AND e.url = q.entity_url
+     CROSS JOIN LATERAL (SELECT pw_push_target(q.tenant_id, e.main_stream) AS id) t
+     WHERE q.runner_id IS NULL AND t.id IS NOT NULL;
+    RETURN NULL;
+END
+$$;
+-- +goose StatementEnd
+
+CREATE TRIGGER push_subscriptions_changed
+    AFTER INSERT OR DELETE OR UPDATE OF pattern, streams, kind, created_at ON push_subscriptions
+    FOR EACH STATEMENT EXECUTE FUNCTION pw_push_queue_rebuild();
+
+-- +goose StatementBegin
+-- push_pending lists queued wakes a push target may take now (push_queue,
+-- whose targets are not backing off after failed deliveries), oldest
+-- first, at most p_limit. It locks and changes nothing;
+-- claim_wake_for_push decides.
 CREATE FUNCTION push_pending(p_limit integer DEFAULT 16, p_now timestamptz DEFAULT NULL,
                              p_tenant text DEFAULT 'default')
 RETURNS TABLE (target_id text, wake_id text)
 LANGUAGE sql STABLE AS $$
-    SELECT t.id, q.wake_id
-      FROM wake_queue q
-      JOIN entities e ON e.tenant_id = q.tenant_id AND e.url = q.entity_url
-      CROSS JOIN LATERAL (SELECT pw_push_target(q.tenant_id, e.main_stream) AS id) t
-      JOIN push_subscriptions s ON s.tenant_id = q.tenant_id AND s.id = t.id
-     WHERE q.tenant_id = p_tenant AND q.runner_id IS NULL
-       AND EXISTS (SELECT 1 FROM push_subscriptions x WHERE x.tenant_id = p_tenant)
+    SELECT p.target_id, p.wake_id
+      FROM push_queue p
+      JOIN push_subscriptions s ON s.tenant_id = p.tenant_id AND s.id = p.target_id
+     WHERE p.tenant_id = p_tenant
        AND s.next_attempt_at <= coalesce(p_now, now())
-     ORDER BY q.created_at, q.wake_id
+     ORDER BY p.created_at, p.wake_id
      LIMIT p_limit
 $$;
 -- +goose StatementEnd
@@ -592,6 +656,12 @@ DROP FUNCTION pw_entity_type_push_sync();
 DROP FUNCTION upsert_push_subscription(text, text, text[], text, integer, text, timestamptz, text);
 DROP FUNCTION claim_wake_for_push(text, text, integer, timestamptz, text);
 DROP FUNCTION push_pending(integer, timestamptz, text);
+DROP TRIGGER push_subscriptions_changed ON push_subscriptions;
+DROP FUNCTION pw_push_queue_rebuild();
+DROP TRIGGER wake_queue_push_delete ON wake_queue;
+DROP TRIGGER wake_queue_push_insert ON wake_queue;
+DROP FUNCTION pw_push_queue_sync();
+DROP TABLE push_queue;
 DROP TABLE push_subscriptions;
 DROP FUNCTION pw_push_target(text, text);
 DROP FUNCTION pw_stream_rel(text);

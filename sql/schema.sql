@@ -329,15 +329,12 @@ $$;
 CREATE FUNCTION public.push_pending(p_limit integer DEFAULT 16, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(target_id text, wake_id text)
     LANGUAGE sql STABLE
     AS $$
-    SELECT t.id, q.wake_id
-      FROM wake_queue q
-      JOIN entities e ON e.tenant_id = q.tenant_id AND e.url = q.entity_url
-      CROSS JOIN LATERAL (SELECT pw_push_target(q.tenant_id, e.main_stream) AS id) t
-      JOIN push_subscriptions s ON s.tenant_id = q.tenant_id AND s.id = t.id
-     WHERE q.tenant_id = p_tenant AND q.runner_id IS NULL
-       AND EXISTS (SELECT 1 FROM push_subscriptions x WHERE x.tenant_id = p_tenant)
+    SELECT p.target_id, p.wake_id
+      FROM push_queue p
+      JOIN push_subscriptions s ON s.tenant_id = p.tenant_id AND s.id = p.target_id
+     WHERE p.tenant_id = p_tenant
        AND s.next_attempt_at <= coalesce(p_now, now())
-     ORDER BY q.created_at, q.wake_id
+     ORDER BY p.created_at, p.wake_id
      LIMIT p_limit
 $$;
 
@@ -844,6 +841,53 @@ BEGIN
     RETURN p_offset::bigint;
 END
 $_$;
+
+--
+-- Name: pw_push_queue_rebuild(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_push_queue_rebuild() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    DELETE FROM push_queue;
+    INSERT INTO push_queue (tenant_id, wake_id, target_id, created_at)
+    SELECT q.tenant_id, q.wake_id, t.id, q.created_at
+      FROM wake_queue q
+      JOIN entities e ON e.tenant_id = q.tenant_id AND e.url = q.entity_url
+     CROSS JOIN LATERAL (SELECT pw_push_target(q.tenant_id, e.main_stream) AS id) t
+     WHERE q.runner_id IS NULL AND t.id IS NOT NULL;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: pw_push_queue_sync(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_push_queue_sync() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_target text;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM push_queue p WHERE p.tenant_id = OLD.tenant_id AND p.wake_id = OLD.wake_id;
+        RETURN NULL;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM push_subscriptions s WHERE s.tenant_id = NEW.tenant_id) THEN
+        RETURN NULL;
+    END IF;
+    SELECT pw_push_target(NEW.tenant_id, e.main_stream) INTO v_target
+      FROM entities e WHERE e.tenant_id = NEW.tenant_id AND e.url = NEW.entity_url;
+    IF v_target IS NOT NULL THEN
+        INSERT INTO push_queue (tenant_id, wake_id, target_id, created_at)
+        VALUES (NEW.tenant_id, NEW.wake_id, v_target, NEW.created_at)
+        ON CONFLICT (tenant_id, wake_id) DO UPDATE SET target_id = EXCLUDED.target_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
 
 --
 -- Name: pw_push_target(text, text); Type: FUNCTION; Schema: public; Owner: -
@@ -2065,6 +2109,17 @@ CREATE TABLE public.entity_types (
 );
 
 --
+-- Name: push_queue; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.push_queue (
+    tenant_id text NOT NULL,
+    wake_id text NOT NULL,
+    target_id text NOT NULL,
+    created_at timestamp with time zone NOT NULL
+);
+
+--
 -- Name: stream_messages; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -2187,6 +2242,13 @@ ALTER TABLE ONLY public.entity_types
     ADD CONSTRAINT entity_types_pkey PRIMARY KEY (tenant_id, name);
 
 --
+-- Name: push_queue push_queue_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.push_queue
+    ADD CONSTRAINT push_queue_pkey PRIMARY KEY (tenant_id, wake_id);
+
+--
 -- Name: push_subscriptions push_subscriptions_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -2261,6 +2323,12 @@ CREATE INDEX consumer_claims_active_runner_idx ON public.consumer_claims USING b
 CREATE INDEX consumer_claims_finished_idx ON public.consumer_claims USING btree (tenant_id, updated_at) WHERE (status <> 'active'::text);
 
 --
+-- Name: push_queue_order_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX push_queue_order_idx ON public.push_queue USING btree (tenant_id, created_at, wake_id);
+
+--
 -- Name: streams_forked_from_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -2303,6 +2371,12 @@ CREATE UNIQUE INDEX wakes_one_queued_idx ON public.wakes USING btree (tenant_id,
 CREATE TRIGGER entity_types_push_sync AFTER INSERT OR DELETE OR UPDATE ON public.entity_types FOR EACH ROW EXECUTE FUNCTION public.pw_entity_type_push_sync();
 
 --
+-- Name: push_subscriptions push_subscriptions_changed; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER push_subscriptions_changed AFTER INSERT OR DELETE OR UPDATE OF pattern, streams, kind, created_at ON public.push_subscriptions FOR EACH STATEMENT EXECUTE FUNCTION public.pw_push_queue_rebuild();
+
+--
 -- Name: runners runners_deleted; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -2325,6 +2399,18 @@ CREATE TRIGGER runners_wake_stream_delete AFTER DELETE ON public.runners FOR EAC
 --
 
 CREATE CONSTRAINT TRIGGER wake_event_pending_flush AFTER INSERT ON public.wake_event_pending DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.pw_wake_flush_trigger();
+
+--
+-- Name: wake_queue wake_queue_push_delete; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER wake_queue_push_delete AFTER DELETE ON public.wake_queue FOR EACH ROW WHEN ((old.runner_id IS NULL)) EXECUTE FUNCTION public.pw_push_queue_sync();
+
+--
+-- Name: wake_queue wake_queue_push_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER wake_queue_push_insert AFTER INSERT ON public.wake_queue FOR EACH ROW WHEN ((new.runner_id IS NULL)) EXECUTE FUNCTION public.pw_push_queue_sync();
 
 --
 -- Name: wakes wakes_event_insert; Type: TRIGGER; Schema: public; Owner: -
