@@ -120,6 +120,7 @@ const pushDelivered = `-- name: PushDelivered :exec
 UPDATE push_subscriptions
    SET failures = 0, next_attempt_at = '1970-01-01 00:00:00+00', last_error = NULL, last_delivered_at = now()
  WHERE tenant_id = $1 AND id = $2
+   AND (failures > 0 OR last_delivered_at IS NULL OR last_delivered_at < now() - interval '1 second')
 `
 
 type PushDeliveredParams struct {
@@ -127,7 +128,9 @@ type PushDeliveredParams struct {
 	ID       string
 }
 
-// A delivery answered 2xx: the target's back-off starts over.
+// A delivery answered 2xx: the target's back-off starts over. The row is
+// written only when that changes something or last_delivered_at is a
+// second old, so busy targets' deliveries do not queue on its lock.
 func (q *Queries) PushDelivered(ctx context.Context, db DBTX, arg PushDeliveredParams) error {
 	_, err := db.Exec(ctx, pushDelivered, arg.TenantID, arg.ID)
 	return err

@@ -26,10 +26,13 @@ SELECT r.wake_id::text AS wake_id, r.consumer_id::text AS consumer_id, r.epoch::
                            sqlc.narg('now')::timestamptz, @tenant_id::text) AS r;
 
 -- name: PushDelivered :exec
--- A delivery answered 2xx: the target's back-off starts over.
+-- A delivery answered 2xx: the target's back-off starts over. The row is
+-- written only when that changes something or last_delivered_at is a
+-- second old, so busy targets' deliveries do not queue on its lock.
 UPDATE push_subscriptions
    SET failures = 0, next_attempt_at = '1970-01-01 00:00:00+00', last_error = NULL, last_delivered_at = now()
- WHERE tenant_id = @tenant_id AND id = @id;
+ WHERE tenant_id = @tenant_id AND id = @id
+   AND (failures > 0 OR last_delivered_at IS NULL OR last_delivered_at < now() - interval '1 second');
 
 -- name: PushFailed :one
 -- A delivery failed: the target waits base * 2^failures (at most max_ms),
