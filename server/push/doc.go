@@ -3,10 +3,12 @@
 // webhook target).
 //
 // Each pass asks PostgreSQL which queued wakes a push target may take now
-// (push_pending), claims each on the target's behalf (claim_wake_for_push,
-// the same claim rule as a runner's claim) and POSTs the wake notification
-// to the target's URL, signed (Webhook-Signature, Ed25519, see package
-// internal/webhooksig), with a per-request timeout.
+// (push_pending), one per free delivery slot, claims each on the target's
+// behalf (claim_wake_for_push, the same claim rule as a runner's claim)
+// and POSTs the wake notification to the target's URL, signed
+// (Webhook-Signature, Ed25519, see package internal/webhooksig), with a
+// per-request timeout. A pass does not wait for its deliveries: an
+// endpoint that hangs holds one slot until its timeout, not the others.
 //
 // What it guarantees:
 //   - One delivery at a time per wake, across every server: the claim is

@@ -53,10 +53,12 @@ type Config struct {
 
 // Worker delivers pushable wakes until stopped.
 type Worker struct {
-	cfg    Config
-	q      *db.Queries
-	cancel context.CancelFunc
-	done   chan struct{}
+	cfg      Config
+	q        *db.Queries
+	slots    chan struct{} // one per delivery in flight, Concurrency at most
+	inflight sync.WaitGroup
+	cancel   context.CancelFunc
+	done     chan struct{}
 }
 
 // maxAnswer bounds how much of an endpoint's answer is read.
@@ -78,22 +80,24 @@ func New(cfg Config) *Worker {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Worker{cfg: cfg, q: db.New()}
+	return &Worker{cfg: cfg, q: db.New(), slots: make(chan struct{}, cfg.Concurrency)}
 }
 
-// Start runs the delivery loop until Stop or ctx ends.
+// Start runs the delivery loop until Stop or ctx ends. A pass starts as
+// many deliveries as there are free slots and does not wait for them: an
+// endpoint that hangs until the timeout holds one slot, not the loop.
 func (w *Worker) Start(ctx context.Context) {
 	ctx, w.cancel = context.WithCancel(ctx)
 	w.done = make(chan struct{})
 	go func() {
 		defer close(w.done)
 		for {
-			n, err := w.runOnce(ctx)
+			n, free, err := w.pass(ctx)
 			if err != nil && ctx.Err() == nil {
 				w.cfg.Logger.Warn("push pass failed", "err", err)
 			}
-			if n == w.cfg.Concurrency && err == nil {
-				continue // a full batch: there may be more
+			if err == nil && n > 0 && n == free {
+				continue // every free slot found work: there may be more
 			}
 			select {
 			case <-ctx.Done():
@@ -104,33 +108,46 @@ func (w *Worker) Start(ctx context.Context) {
 	}()
 }
 
-// Stop ends the loop and waits for the deliveries in flight.
+// Stop ends the loop, cancels the deliveries in flight (each ends as a
+// failed delivery: its claim is released) and waits for them.
 func (w *Worker) Stop() {
 	if w.cancel == nil {
 		return
 	}
 	w.cancel()
 	<-w.done
+	w.inflight.Wait()
 }
 
-// runOnce delivers up to Concurrency pushable wakes, concurrently, and
-// returns how many it found.
-func (w *Worker) runOnce(ctx context.Context) (int, error) {
-	rows, err := w.q.PushPending(ctx, w.cfg.Pool, db.PushPendingParams{
-		MaxWakes: int32(w.cfg.Concurrency), TenantID: w.cfg.Tenant})
-	if err != nil {
-		return 0, fmt.Errorf("list pushable wakes: %w", err)
+// pass lists up to one pushable wake per free slot and starts their
+// deliveries; it returns how many it started and how many slots were free.
+func (w *Worker) pass(ctx context.Context) (started, free int, err error) {
+	free = cap(w.slots) - len(w.slots)
+	if free == 0 {
+		return 0, 0, nil
 	}
-	var wg sync.WaitGroup
+	rows, err := w.q.PushPending(ctx, w.cfg.Pool, db.PushPendingParams{
+		MaxWakes: int32(free), TenantID: w.cfg.Tenant})
+	if err != nil {
+		return 0, free, fmt.Errorf("list pushable wakes: %w", err)
+	}
 	for _, r := range rows {
-		wg.Add(1)
+		w.slots <- struct{}{} // only this goroutine fills slots: never blocks
+		w.inflight.Add(1)
 		go func() {
-			defer wg.Done()
+			defer func() { <-w.slots; w.inflight.Done() }()
 			w.deliver(ctx, r.TargetID, r.WakeID)
 		}()
 	}
-	wg.Wait()
-	return len(rows), nil
+	return len(rows), free, nil
+}
+
+// runOnce is one pass that waits for its deliveries (tests drive the
+// worker with it).
+func (w *Worker) runOnce(ctx context.Context) (int, error) {
+	n, _, err := w.pass(ctx)
+	w.inflight.Wait()
+	return n, err
 }
 
 // deliver claims one wake for target and POSTs its notification.

@@ -392,3 +392,43 @@ func TestOnlyRegisteredEndpointsAreCalled(t *testing.T) {
 		t.Fatalf("unsubscribed entity %s", s)
 	}
 }
+
+// An endpoint that hangs holds one delivery slot until its timeout, not
+// the worker: another subscription's wakes are delivered meanwhile.
+func TestHangingEndpointDoesNotDelayOthers(t *testing.T) {
+	t.Parallel()
+	e := setup(t, time.Minute)
+	release := make(chan struct{})
+	hung := newEndpoint(t, func(n int64, w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	t.Cleanup(func() { close(release) })
+	fine := newEndpoint(t, func(n int64, w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(`{"done":true}`)) })
+	e.subscribe("slow", "slow/**", hung.URL)
+	e.subscribe("fast", "fast/**", fine.URL)
+	e.w.cfg.PollInterval = 10 * time.Millisecond
+	e.w.Start(context.Background())
+	t.Cleanup(e.w.Stop)
+
+	e.spawnAndSend("/slow/1", "hangs")
+	deadline := time.Now().Add(15 * time.Second)
+	for hung.calls.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the hanging endpoint was never called")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for i := range 3 {
+		u := "/fast/" + string(rune('1'+i))
+		e.spawnAndSend(u, "quick")
+		for e.query(`SELECT status FROM entities WHERE url = $1`, u) != "idle" || fine.calls.Load() != int64(i+1) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not delivered while another endpoint hangs (%d calls)", u, fine.calls.Load())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
