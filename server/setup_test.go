@@ -46,6 +46,10 @@ type options struct {
 	metrics    bool
 	empty      bool // database without migrations
 	publish    bool // announce releases and appends after commit (pgnotify)
+	// singleCalls turns group commit off. The server tests run with it on,
+	// so every HTTP test also covers the batched path; the tests of the
+	// binary (internal/e2e, cmd/pullwake) run pullwake serve's default, off.
+	singleCalls bool
 }
 
 // setup starts a server on a fresh database.
@@ -100,11 +104,16 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 	if met != nil {
 		scfg.Metrics = met
 	}
+	var bw *streams.BatchWriter
+	if !o.singleCalls {
+		bw = streams.NewBatchWriter(pool, "default", 0, nil)
+		scfg.Writer = bw
+	}
 	sh := streams.New(scfg)
 	cfg := server.Config{
 		Pool: pool, Tenant: "default", AdminToken: o.adminToken, SweepInterval: o.sweep,
 		Tokens: store, Streams: sh, StreamChannel: streams.NotifyChannel, Logger: log,
-		ReconcileInterval: o.reconcile,
+		ReconcileInterval: o.reconcile, GroupCommit: !o.singleCalls,
 	}
 	if o.listen {
 		cfg.ConnString = cmp.Or(o.listenURL, d.URL)
@@ -125,6 +134,9 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 	hs.Config.Handler = srv.Handler()
 	ctx, cancel := context.WithCancel(context.Background())
 	srv.Start(ctx)
+	if bw != nil {
+		bw.Start(ctx)
+	}
 	if pub != nil {
 		pub.Start(ctx)
 		t.Cleanup(pub.Stop)
@@ -140,6 +152,9 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 		hs.Close()
 		cancel()
 		srv.Stop()
+		if bw != nil {
+			bw.Stop()
+		}
 	})
 	return &bundle{t: t, db: d, pool: pool, acquires: &acquires, srv: srv, url: hs.URL, admin: o.adminToken}
 }
