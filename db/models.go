@@ -70,6 +70,31 @@ type EntityType struct {
 	UpdatedAt             time.Time
 }
 
+type PushQueue struct {
+	TenantID  string
+	WakeID    string
+	TargetID  string
+	CreatedAt time.Time
+}
+
+type PushSubscription struct {
+	TenantID        string
+	ID              string
+	Kind            string
+	Pattern         *string
+	Streams         []string
+	WebhookUrl      string
+	LeaseTtlMs      int32
+	Description     string
+	Failures        int32
+	NextAttemptAt   time.Time
+	LastError       *string
+	LastDeliveredAt *time.Time
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+	PathRegex       *string
+}
+
 type Runner struct {
 	TenantID               string
 	ID                     string

@@ -18,6 +18,7 @@ import (
 	"github.com/pullwake/pullwake/internal/migrate"
 	"github.com/pullwake/pullwake/internal/pglisten"
 	"github.com/pullwake/pullwake/internal/secret"
+	"github.com/pullwake/pullwake/internal/webhooksig"
 	"github.com/pullwake/pullwake/server/tokens"
 )
 
@@ -82,6 +83,9 @@ type Config struct {
 	// at once (default 1).
 	GroupCommitInFlight int
 	BatchObserver       func(transition string, size int)
+	// WebhookSigner signs push deliveries; its public key is served at
+	// /__ds/jwks.json. nil = a fresh key (every instance must share one).
+	WebhookSigner *webhooksig.Signer
 }
 
 // Publisher sends a NOTIFY after the fact (package pgnotify implements it).
@@ -135,6 +139,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = nopMetrics{}
+	}
+	if cfg.WebhookSigner == nil {
+		cfg.WebhookSigner = webhooksig.Generate()
 	}
 	m, err := migrate.New(cfg.Pool)
 	if err != nil {
@@ -287,6 +294,12 @@ func (s *Server) routes() {
 	h("GET /_electric/runners/{id}/health", runner(s.runnerHealth))
 
 	h("POST /_electric/wake-callbacks/{consumer_id}", s.wakeCallback)
+
+	// Webhook subscriptions (push delivery, server/subscriptions.go).
+	h("PUT /__ds/subscriptions/{id}", admin(s.putSubscription))
+	h("GET /__ds/subscriptions/{id}", admin(s.getSubscription))
+	h("DELETE /__ds/subscriptions/{id}", admin(s.deleteSubscription))
+	h("GET /__ds/jwks.json", s.jwks)
 
 	h("GET /_electric/claims", admin(s.listClaims))
 	h("POST /_electric/claims/{consumer_id}/{epoch}/release", admin(s.forceRelease))

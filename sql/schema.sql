@@ -21,17 +21,7 @@ DECLARE
     v_created timestamptz;
     v_wake    text;
     v_url     text;
-    v_depoch  bigint;
-    v_acked   bigint;
-    v_active  text;
-    v_aepoch  bigint;
-    v_alease  timestamptz;
-    v_status  text;
-    v_stream  text;
-    v_end     record;
-    v_epoch   bigint;
-    v_lease   timestamptz;
-    v_token   text;
+    v_found   boolean;
 BEGIN
     IF p_lease_ttl_ms IS NULL OR p_lease_ttl_ms <= 0 THEN
         RAISE EXCEPTION 'PW008: lease ttl must be positive, got %', p_lease_ttl_ms USING ERRCODE = 'PW008';
@@ -49,8 +39,8 @@ BEGIN
     -- just past the previous candidate, until a wake can be claimed or the
     -- queue is exhausted: a claimable wake is found however many wakes
     -- ahead of it are locked by other claims (SKIP LOCKED passes them) or
-    -- cannot be taken (their entity's dispatch row is busy, or a live
-    -- claim holds it). Every probe is one descent of wake_queue_pkey.
+    -- cannot be taken (pw_claim_wake answers nothing for them). Every
+    -- probe is one descent of wake_queue_pkey.
     LOOP
         SELECT q.wake_id, q.entity_url, q.created_at INTO v_wake, v_url, v_created FROM wake_queue q
          WHERE q.tenant_id = p_tenant
@@ -65,90 +55,17 @@ BEGIN
         v_after_t := v_created;
         v_after_w := v_wake;
 
-        -- Lock the dispatch row (reading the entity with it), then re-check
-        -- what the pick assumed. A claim never waits for a dispatch lock
-        -- (someone is releasing, sending to or sweeping that entity): it
-        -- moves on. Holding the queue entry while waiting for the dispatch
-        -- lock would invert the fixed order and could deadlock with
-        -- stop_entity or a sweep.
-        SELECT d.epoch, d.acked_offset, d.active_consumer_id, d.active_epoch, d.active_lease_expires_at,
-               e.status, e.main_stream
-          INTO v_depoch, v_acked, v_active, v_aepoch, v_alease, v_status, v_stream
-          FROM entity_dispatch_state d
-          JOIN entities e ON e.tenant_id = d.tenant_id AND e.url = d.entity_url
-         WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
-           FOR UPDATE OF d SKIP LOCKED;
-        CONTINUE WHEN NOT FOUND;
-        IF v_status IN ('stopping', 'stopped') THEN
-            UPDATE wakes w SET status = 'superseded', finished_at = v_now, updated_at = v_now
-             WHERE w.tenant_id = p_tenant AND w.wake_id = v_wake AND w.status = 'queued';
-            CONTINUE;
+        v_found := false;
+        FOR wake_id, consumer_id, epoch, entity_url, stream_path, acked_offset, claim_token,
+            lease_expires_at, lease_ttl_ms IN
+            SELECT * FROM pw_claim_wake(p_tenant, v_wake, v_url, p_runner_id, p_lease_ttl_ms, v_now)
+        LOOP
+            v_found := true;
+            RETURN NEXT;
+        END LOOP;
+        IF v_found THEN
+            RETURN;
         END IF;
-        CONTINUE WHEN v_active IS NOT NULL AND v_alease > v_now;
-
-        IF v_active IS NOT NULL THEN
-            -- Takeover: the slot's claim lapsed; it ends here as expired,
-            -- through the one path that ends claims.
-            SELECT * INTO v_end FROM pw_end_claim(p_tenant, v_active, v_aepoch, 'expired', NULL, v_now, true);
-            IF NOT v_end.entity_cleared THEN
-                RAISE EXCEPTION 'P0004: claim_next_wake: the lapsed claim %/% in the slot of % did not end',
-                    v_active, v_aepoch, v_url USING ERRCODE = 'P0004';
-            END IF;
-        END IF;
-
-        v_epoch := v_depoch + 1;
-        v_lease := v_now + p_lease_ttl_ms * interval '1 millisecond';
-        v_token := replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '');
-
-        -- The claim's writes, one statement each in the fixed lock order
-        -- (dispatch state, claim, entity, wake), each under its guard. We
-        -- hold the dispatch row and the wake's queue entry (every change of
-        -- a queued wake's status deletes that entry, and only holders of
-        -- the dispatch lock change it), so no guard can fail; if one did,
-        -- the whole claim rolls back.
-        UPDATE entity_dispatch_state d
-           SET epoch = v_epoch, active_consumer_id = v_wake, active_epoch = v_epoch,
-               active_runner_id = p_runner_id, active_claimed_at = v_now,
-               active_lease_expires_at = v_lease, outstanding_wake_id = v_wake,
-               updated_at = v_now
-         WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
-           AND d.active_consumer_id IS NULL AND d.epoch = v_depoch;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'P0004: claim_next_wake: the dispatch slot of % changed under its lock', v_url
-                USING ERRCODE = 'P0004';
-        END IF;
-        INSERT INTO consumer_claims (tenant_id, consumer_id, epoch, wake_id, entity_url, stream_path,
-                                     runner_id, status, claim_token_hash, lease_ttl_ms, claimed_at,
-                                     last_heartbeat_at, lease_expires_at, updated_at)
-        VALUES (p_tenant, v_wake, v_epoch, v_wake, v_url, v_stream,
-                p_runner_id, 'active', sha256(convert_to(v_token, 'UTF8')), p_lease_ttl_ms, v_now,
-                v_now, v_lease, v_now);
-        UPDATE entities e SET status = 'running', updated_at = v_now
-         WHERE e.tenant_id = p_tenant AND e.url = v_url AND e.status IN ('idle', 'running');
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'P0004: claim_next_wake: entity % stopped under its dispatch lock', v_url
-                USING ERRCODE = 'P0004';
-        END IF;
-        UPDATE wakes w
-           SET status = 'claimed', claimed_at = v_now, consumer_id = v_wake,
-               epoch = v_epoch, updated_at = v_now
-         WHERE w.tenant_id = p_tenant AND w.wake_id = v_wake AND w.status = 'queued';
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'P0004: claim_next_wake: wake % is no longer queued', v_wake
-                USING ERRCODE = 'P0004';
-        END IF;
-
-        wake_id := v_wake;
-        consumer_id := v_wake;
-        epoch := v_epoch;
-        entity_url := v_url;
-        stream_path := v_stream;
-        acked_offset := pw_offset(v_acked);
-        claim_token := v_token;
-        lease_expires_at := v_lease;
-        lease_ttl_ms := p_lease_ttl_ms;
-        RETURN NEXT;
-        RETURN;
     END LOOP;
 END
 $$;
@@ -242,6 +159,56 @@ BEGIN
     END;
     RETURN QUERY SELECT v_reason IS NULL, v_reason, v_c.entity_url, v_c.stream_path, v_c.runner_id,
                         v_c.lease_expires_at;
+END
+$$;
+
+--
+-- Name: claim_wake_for_push(text, text, integer, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.claim_wake_for_push(p_target text, p_wake_id text, p_lease_ttl_ms integer DEFAULT NULL::integer, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(wake_id text, consumer_id text, epoch bigint, entity_url text, stream_path text, acked_offset text, claim_token text, lease_expires_at timestamp with time zone, lease_ttl_ms integer, webhook_url text, tail_offset text)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_now  timestamptz := coalesce(p_now, now());
+    v_sub  push_subscriptions;
+    v_url  text;
+    v_main text;
+    v_c    record;
+BEGIN
+    SELECT * INTO v_sub FROM push_subscriptions s WHERE s.tenant_id = p_tenant AND s.id = p_target;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT q.entity_url INTO v_url FROM wake_queue q
+     WHERE q.tenant_id = p_tenant AND q.wake_id = p_wake_id AND q.runner_id IS NULL
+       FOR UPDATE OF q SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT e.main_stream INTO v_main FROM entities e WHERE e.tenant_id = p_tenant AND e.url = v_url;
+    IF v_main IS NULL OR pw_push_target(p_tenant, v_main) IS DISTINCT FROM p_target THEN
+        RETURN;
+    END IF;
+    SELECT * INTO v_c FROM pw_claim_wake(p_tenant, p_wake_id, v_url, 'push:' || p_target,
+                                         coalesce(p_lease_ttl_ms, v_sub.lease_ttl_ms), v_now);
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    wake_id := v_c.wake_id;
+    consumer_id := v_c.consumer_id;
+    epoch := v_c.epoch;
+    entity_url := v_c.entity_url;
+    stream_path := v_c.stream_path;
+    acked_offset := v_c.acked_offset;
+    claim_token := v_c.claim_token;
+    lease_expires_at := v_c.lease_expires_at;
+    lease_ttl_ms := v_c.lease_ttl_ms;
+    webhook_url := v_sub.webhook_url;
+    tail_offset := pw_offset(coalesce((SELECT s.tail_seq FROM streams s
+                                        WHERE s.tenant_id = p_tenant AND s.path = v_c.stream_path), 0));
+    RETURN NEXT;
 END
 $$;
 
@@ -412,6 +379,22 @@ END
 $$;
 
 --
+-- Name: push_pending(integer, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.push_pending(p_limit integer DEFAULT 16, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(target_id text, wake_id text)
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT p.target_id, p.wake_id
+      FROM push_queue p
+      JOIN push_subscriptions s ON s.tenant_id = p.tenant_id AND s.id = p.target_id
+     WHERE p.tenant_id = p_tenant
+       AND s.next_attempt_at <= coalesce(p_now, now())
+     ORDER BY p.created_at, p.wake_id
+     LIMIT p_limit
+$$;
+
+--
 -- Name: pw_backfill_wake_events(text, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -475,6 +458,114 @@ BEGIN
             p_consumer_id, p_epoch, v_url, v_newest USING ERRCODE = 'PW014';
     END IF;
     RAISE EXCEPTION 'PW006: claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+END
+$$;
+
+--
+-- Name: pw_claim_wake(text, text, text, text, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_claim_wake(p_tenant text, p_wake text, p_url text, p_runner_id text, p_lease_ttl_ms integer, p_now timestamp with time zone) RETURNS TABLE(wake_id text, consumer_id text, epoch bigint, entity_url text, stream_path text, acked_offset text, claim_token text, lease_expires_at timestamp with time zone, lease_ttl_ms integer)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_depoch  bigint;
+    v_acked   bigint;
+    v_active  text;
+    v_aepoch  bigint;
+    v_alease  timestamptz;
+    v_status  text;
+    v_stream  text;
+    v_end     record;
+    v_epoch   bigint;
+    v_lease   timestamptz;
+    v_token   text;
+BEGIN
+    -- Lock the dispatch row (reading the entity with it), then re-check
+    -- what the pick assumed. A claim never waits for a dispatch lock
+    -- (someone is releasing, sending to or sweeping that entity): it
+    -- moves on. Holding the queue entry while waiting for the dispatch
+    -- lock would invert the fixed order and could deadlock with
+    -- stop_entity or a sweep.
+    SELECT d.epoch, d.acked_offset, d.active_consumer_id, d.active_epoch, d.active_lease_expires_at,
+           e.status, e.main_stream
+      INTO v_depoch, v_acked, v_active, v_aepoch, v_alease, v_status, v_stream
+      FROM entity_dispatch_state d
+      JOIN entities e ON e.tenant_id = d.tenant_id AND e.url = d.entity_url
+     WHERE d.tenant_id = p_tenant AND d.entity_url = p_url
+       FOR UPDATE OF d SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF v_status IN ('stopping', 'stopped') THEN
+        UPDATE wakes w SET status = 'superseded', finished_at = p_now, updated_at = p_now
+         WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake AND w.status = 'queued';
+        RETURN;
+    END IF;
+    IF v_active IS NOT NULL AND v_alease > p_now THEN
+        RETURN;
+    END IF;
+
+    IF v_active IS NOT NULL THEN
+        -- Takeover: the slot's claim lapsed; it ends here as expired,
+        -- through the one path that ends claims.
+        SELECT * INTO v_end FROM pw_end_claim(p_tenant, v_active, v_aepoch, 'expired', NULL, p_now, true);
+        IF NOT v_end.entity_cleared THEN
+            RAISE EXCEPTION 'PW008: claim: the lapsed claim %/% in the slot of % did not end',
+                v_active, v_aepoch, p_url USING ERRCODE = 'PW008';
+        END IF;
+    END IF;
+
+    v_epoch := v_depoch + 1;
+    v_lease := p_now + p_lease_ttl_ms * interval '1 millisecond';
+    v_token := replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '');
+
+    -- The claim's writes, one statement each in the fixed lock order
+    -- (dispatch state, claim, entity, wake), each under its guard. We
+    -- hold the dispatch row and the wake's queue entry (every change of
+    -- a queued wake's status deletes that entry, and only holders of
+    -- the dispatch lock change it), so no guard can fail; if one did,
+    -- the whole claim rolls back.
+    UPDATE entity_dispatch_state d
+       SET epoch = v_epoch, active_consumer_id = p_wake, active_epoch = v_epoch,
+           active_runner_id = p_runner_id, active_claimed_at = p_now,
+           active_lease_expires_at = v_lease, outstanding_wake_id = p_wake,
+           updated_at = p_now
+     WHERE d.tenant_id = p_tenant AND d.entity_url = p_url
+       AND d.active_consumer_id IS NULL AND d.epoch = v_depoch;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'PW008: claim: the dispatch slot of % changed under its lock', p_url USING ERRCODE = 'PW008';
+    END IF;
+    INSERT INTO consumer_claims (tenant_id, consumer_id, epoch, wake_id, entity_url, stream_path,
+                                 runner_id, status, claim_token_hash, lease_ttl_ms, claimed_at,
+                                 last_heartbeat_at, lease_expires_at, updated_at)
+    VALUES (p_tenant, p_wake, v_epoch, p_wake, p_url, v_stream,
+            p_runner_id, 'active', sha256(convert_to(v_token, 'UTF8')), p_lease_ttl_ms, p_now,
+            p_now, v_lease, p_now);
+    UPDATE entities e SET status = 'running', updated_at = p_now
+     WHERE e.tenant_id = p_tenant AND e.url = p_url AND e.status IN ('idle', 'running');
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'PW008: claim: entity % stopped under its dispatch lock', p_url USING ERRCODE = 'PW008';
+    END IF;
+    UPDATE wakes w
+       SET status = 'claimed', claimed_at = p_now, consumer_id = p_wake,
+           epoch = v_epoch, updated_at = p_now
+     WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake AND w.status = 'queued';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'PW008: claim: wake % is no longer queued', p_wake USING ERRCODE = 'PW008';
+    END IF;
+
+    wake_id := p_wake;
+    consumer_id := p_wake;
+    epoch := v_epoch;
+    entity_url := p_url;
+    stream_path := v_stream;
+    acked_offset := pw_offset(v_acked);
+    claim_token := v_token;
+    lease_expires_at := v_lease;
+    lease_ttl_ms := p_lease_ttl_ms;
+    RETURN NEXT;
 END
 $$;
 
@@ -617,6 +708,40 @@ END
 $$;
 
 --
+-- Name: pw_entity_type_push_sync(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_entity_type_push_sync() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $_$
+DECLARE
+    v_url text;
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        DELETE FROM push_subscriptions s
+         WHERE s.tenant_id = OLD.tenant_id AND s.id = 'entity-type:' || OLD.name
+           AND (TG_OP = 'DELETE' OR OLD.default_dispatch_policy IS DISTINCT FROM NEW.default_dispatch_policy);
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        SELECT t.value ->> 'url' INTO v_url
+          FROM jsonb_array_elements(CASE WHEN jsonb_typeof(NEW.default_dispatch_policy -> 'targets') = 'array'
+                                         THEN NEW.default_dispatch_policy -> 'targets' ELSE '[]' END)
+               WITH ORDINALITY AS t(value, n)
+         WHERE jsonb_typeof(t.value) = 'object' AND t.value ->> 'type' = 'webhook'
+           AND t.value ->> 'url' ~ '^https?://[^\s]+$'
+         ORDER BY t.n LIMIT 1;
+        IF v_url IS NOT NULL THEN
+            INSERT INTO push_subscriptions (tenant_id, id, kind, pattern, webhook_url, description)
+            VALUES (NEW.tenant_id, 'entity-type:' || NEW.name, 'entity_type', NEW.name || '/**', v_url,
+                    'webhook target of entity type ' || NEW.name)
+            ON CONFLICT (tenant_id, id) DO NOTHING;
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$_$;
+
+--
 -- Name: pw_flush_wake_events(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -696,6 +821,22 @@ $$;
 CREATE FUNCTION public.pw_fork_max_segments() RETURNS integer
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$ SELECT 32 $$;
+
+--
+-- Name: pw_glob_regex(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_glob_regex(p_pattern text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $_$
+    SELECT CASE WHEN p_pattern IS NULL THEN NULL ELSE
+        '^' || coalesce(string_agg(
+            CASE WHEN seg = '**' THEN '(/[^/]+)*'
+                 ELSE '/' || replace(regexp_replace(seg, '([.+?^${}()|\[\]\\])', '\\\1', 'g'), '*', '[^/]*')
+            END, '' ORDER BY n), '') || '$'
+    END
+      FROM unnest(string_to_array(trim(both '/' from p_pattern), '/')) WITH ORDINALITY AS s(seg, n)
+$_$;
 
 --
 -- Name: pw_lock_wake_targets(text, boolean); Type: FUNCTION; Schema: public; Owner: -
@@ -787,6 +928,68 @@ BEGIN
     RETURN p_offset::bigint;
 END
 $_$;
+
+--
+-- Name: pw_push_queue_rebuild(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_push_queue_rebuild() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    DELETE FROM push_queue;
+    INSERT INTO push_queue (tenant_id, wake_id, target_id, created_at)
+    SELECT q.tenant_id, q.wake_id, t.id, q.created_at
+      FROM wake_queue q
+      JOIN entities e ON e.tenant_id = q.tenant_id AND e.url = q.entity_url
+     CROSS JOIN LATERAL (SELECT pw_push_target(q.tenant_id, e.main_stream) AS id) t
+     WHERE q.runner_id IS NULL AND t.id IS NOT NULL;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: pw_push_queue_sync(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_push_queue_sync() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_target text;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM push_queue p WHERE p.tenant_id = OLD.tenant_id AND p.wake_id = OLD.wake_id;
+        RETURN NULL;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM push_subscriptions s WHERE s.tenant_id = NEW.tenant_id) THEN
+        RETURN NULL;
+    END IF;
+    SELECT pw_push_target(NEW.tenant_id, e.main_stream) INTO v_target
+      FROM entities e WHERE e.tenant_id = NEW.tenant_id AND e.url = NEW.entity_url;
+    IF v_target IS NOT NULL THEN
+        INSERT INTO push_queue (tenant_id, wake_id, target_id, created_at)
+        VALUES (NEW.tenant_id, NEW.wake_id, v_target, NEW.created_at)
+        ON CONFLICT (tenant_id, wake_id) DO UPDATE SET target_id = EXCLUDED.target_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: pw_push_target(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_push_target(p_tenant text, p_main_stream text) RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT s.id FROM push_subscriptions s
+     WHERE s.tenant_id = p_tenant
+       AND (('/' || pw_stream_rel(p_main_stream)) ~ s.path_regex
+            OR pw_stream_rel(p_main_stream) = ANY (s.streams))
+     ORDER BY s.kind = 'entity_type', s.created_at, s.id
+     LIMIT 1
+$$;
 
 --
 -- Name: pw_queue_wake(text, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
@@ -1227,6 +1430,16 @@ CREATE FUNCTION public.pw_stream_referenced(p_tenant text, p_path text, p_now ti
            AND (c.deleted_at IS NOT NULL OR NOT pw_stream_expired(c, p_now)
                 OR EXISTS (SELECT 1 FROM streams g
                             WHERE g.tenant_id = p_tenant AND g.forked_from = c.path)))
+$$;
+
+--
+-- Name: pw_stream_rel(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_stream_rel(p_path text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT regexp_replace(regexp_replace(p_path, '^/+', ''), '^v1/stream/', '')
 $$;
 
 --
@@ -2021,6 +2234,63 @@ END
 $$;
 
 --
+-- Name: push_subscriptions; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.push_subscriptions (
+    tenant_id text DEFAULT 'default'::text NOT NULL,
+    id text NOT NULL,
+    kind text DEFAULT 'subscription'::text NOT NULL,
+    pattern text,
+    streams text[] DEFAULT '{}'::text[] NOT NULL,
+    webhook_url text NOT NULL,
+    lease_ttl_ms integer DEFAULT 30000 NOT NULL,
+    description text DEFAULT ''::text NOT NULL,
+    failures integer DEFAULT 0 NOT NULL,
+    next_attempt_at timestamp with time zone DEFAULT '1970-01-01 00:00:00+00'::timestamp with time zone NOT NULL,
+    last_error text,
+    last_delivered_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    path_regex text GENERATED ALWAYS AS (public.pw_glob_regex(pattern)) STORED,
+    CONSTRAINT push_subscriptions_check CHECK (((pattern IS NOT NULL) OR (cardinality(streams) > 0))),
+    CONSTRAINT push_subscriptions_kind_check CHECK ((kind = ANY (ARRAY['subscription'::text, 'entity_type'::text]))),
+    CONSTRAINT push_subscriptions_lease_ttl_ms_check CHECK (((lease_ttl_ms >= 1000) AND (lease_ttl_ms <= 600000))),
+    CONSTRAINT push_subscriptions_webhook_url_check CHECK ((webhook_url ~ '^https?://'::text))
+);
+
+--
+-- Name: upsert_push_subscription(text, text, text[], text, integer, text, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.upsert_push_subscription(p_id text, p_pattern text, p_streams text[], p_webhook_url text, p_lease_ttl_ms integer, p_description text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(outcome text, subscription public.push_subscriptions)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_row push_subscriptions;
+BEGIN
+    INSERT INTO push_subscriptions (tenant_id, id, kind, pattern, streams, webhook_url, lease_ttl_ms,
+                                    description, created_at, updated_at)
+    VALUES (p_tenant, p_id, 'subscription', p_pattern, coalesce(p_streams, '{}'), p_webhook_url,
+            p_lease_ttl_ms, coalesce(p_description, ''), coalesce(p_now, now()), coalesce(p_now, now()))
+    ON CONFLICT (tenant_id, id) DO NOTHING
+    RETURNING * INTO v_row;
+    IF FOUND THEN
+        RETURN QUERY SELECT 'created'::text, v_row;
+        RETURN;
+    END IF;
+    SELECT * INTO v_row FROM push_subscriptions s WHERE s.tenant_id = p_tenant AND s.id = p_id;
+    IF v_row.kind = 'subscription' AND v_row.pattern IS NOT DISTINCT FROM p_pattern
+       AND v_row.streams = coalesce(p_streams, '{}') AND v_row.webhook_url = p_webhook_url
+       AND v_row.lease_ttl_ms = p_lease_ttl_ms AND v_row.description = coalesce(p_description, '') THEN
+        RETURN QUERY SELECT 'unchanged'::text, v_row;
+    ELSE
+        RETURN QUERY SELECT 'conflict'::text, v_row;
+    END IF;
+END
+$$;
+
+--
 -- Name: consumer_claims; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -2087,6 +2357,17 @@ CREATE TABLE public.entity_types (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT entity_types_name_check CHECK ((name ~ '^[a-z][a-z0-9_-]{0,63}$'::text))
+);
+
+--
+-- Name: push_queue; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.push_queue (
+    tenant_id text NOT NULL,
+    wake_id text NOT NULL,
+    target_id text NOT NULL,
+    created_at timestamp with time zone NOT NULL
 );
 
 --
@@ -2212,6 +2493,20 @@ ALTER TABLE ONLY public.entity_types
     ADD CONSTRAINT entity_types_pkey PRIMARY KEY (tenant_id, name);
 
 --
+-- Name: push_queue push_queue_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.push_queue
+    ADD CONSTRAINT push_queue_pkey PRIMARY KEY (tenant_id, wake_id);
+
+--
+-- Name: push_subscriptions push_subscriptions_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.push_subscriptions
+    ADD CONSTRAINT push_subscriptions_pkey PRIMARY KEY (tenant_id, id);
+
+--
 -- Name: runners runners_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -2279,6 +2574,12 @@ CREATE INDEX consumer_claims_active_runner_idx ON public.consumer_claims USING b
 CREATE INDEX consumer_claims_finished_idx ON public.consumer_claims USING btree (tenant_id, updated_at) WHERE (status <> 'active'::text);
 
 --
+-- Name: push_queue_order_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX push_queue_order_idx ON public.push_queue USING btree (tenant_id, created_at, wake_id);
+
+--
 -- Name: streams_forked_from_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -2315,6 +2616,18 @@ CREATE INDEX wakes_finished_idx ON public.wakes USING btree (tenant_id, finished
 CREATE UNIQUE INDEX wakes_one_queued_idx ON public.wakes USING btree (tenant_id, entity_url) WHERE (status = 'queued'::text);
 
 --
+-- Name: entity_types entity_types_push_sync; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER entity_types_push_sync AFTER INSERT OR DELETE OR UPDATE ON public.entity_types FOR EACH ROW EXECUTE FUNCTION public.pw_entity_type_push_sync();
+
+--
+-- Name: push_subscriptions push_subscriptions_changed; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER push_subscriptions_changed AFTER INSERT OR DELETE OR UPDATE OF pattern, streams, kind, created_at ON public.push_subscriptions FOR EACH STATEMENT EXECUTE FUNCTION public.pw_push_queue_rebuild();
+
+--
 -- Name: runners runners_deleted; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -2337,6 +2650,18 @@ CREATE TRIGGER runners_wake_stream_delete AFTER DELETE ON public.runners FOR EAC
 --
 
 CREATE CONSTRAINT TRIGGER wake_event_pending_flush AFTER INSERT ON public.wake_event_pending DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.pw_wake_flush_trigger();
+
+--
+-- Name: wake_queue wake_queue_push_delete; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER wake_queue_push_delete AFTER DELETE ON public.wake_queue FOR EACH ROW WHEN ((old.runner_id IS NULL)) EXECUTE FUNCTION public.pw_push_queue_sync();
+
+--
+-- Name: wake_queue wake_queue_push_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER wake_queue_push_insert AFTER INSERT ON public.wake_queue FOR EACH ROW WHEN ((new.runner_id IS NULL)) EXECUTE FUNCTION public.pw_push_queue_sync();
 
 --
 -- Name: wakes wakes_event_insert; Type: TRIGGER; Schema: public; Owner: -

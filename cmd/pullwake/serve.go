@@ -48,6 +48,7 @@ type serveConfig struct {
 	groupCommit bool
 	gcInFlight  int
 	pprofAddr   string
+	push        pushFlags // push delivery (cmd/pullwake/push.go)
 }
 
 // httpLimits are the HTTP server's deadlines and connection cap.
@@ -99,6 +100,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	fs.BoolVar(&c.groupCommit, "group-commit", env.bool("group-commit", "PULLWAKE_GROUP_COMMIT", false), "run concurrent claims, dones and plain appends as shared transactions (env PULLWAKE_GROUP_COMMIT)")
 	fs.IntVar(&c.gcInFlight, "group-commit-in-flight", env.int("group-commit-in-flight", "PULLWAKE_GROUP_COMMIT_IN_FLIGHT", 1), "group commit: batches of one kind that may run at once, 1 to 32 (env PULLWAKE_GROUP_COMMIT_IN_FLIGHT)")
 	fs.StringVar(&c.pprofAddr, "pprof-addr", getenv("PULLWAKE_PPROF_ADDR"), "serve net/http/pprof on this host:port, a listener of its own; empty = off (env PULLWAKE_PPROF_ADDR)")
+	c.push.register(fs, getenv, env)
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return c, err
@@ -138,6 +140,9 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	}
 	if err := streams.CheckAuthModes(c.streamWriteAuth, c.streamReadAuth); err != nil {
 		return c, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if err := c.push.check(); err != nil {
+		return c, err
 	}
 	if c.maxLiveReaders < 1 {
 		return c, fmt.Errorf("%w: --max-live-readers (PULLWAKE_MAX_LIVE_READERS) %d must be at least 1", errUsage, c.maxLiveReaders)
@@ -247,10 +252,12 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 		Retention: c.retention,
 		Tokens:    store, Streams: sh, StreamChannel: streams.NotifyChannel, Metrics: met, Publisher: pub,
 		Logger: log, GroupCommit: c.groupCommit, GroupCommitInFlight: c.gcInFlight, BatchObserver: met.BatchSize,
+		WebhookSigner: c.push.signerFor(log),
 	})
 	if err != nil {
 		return err
 	}
+	pushWorker := c.push.worker(pool, c.db.tenant, srv, log)
 
 	ln, err := net.Listen("tcp", c.addr)
 	if errors.Is(err, syscall.EADDRINUSE) {
@@ -276,6 +283,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 		}
 		defer stopPprof()
 	}
+	pushWorker.Start(bg)
 	hs := &http.Server{
 		Handler:           srv.Handler(),
 		ReadHeaderTimeout: min(10*time.Second, c.http.readTimeout),
@@ -299,6 +307,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 
 	select {
 	case err := <-errc:
+		pushWorker.Stop()
 		srv.Stop()
 		pub.Stop()
 		return fmt.Errorf("http server: %w", err)
@@ -311,6 +320,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	if err := hs.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		log.Warn("http shutdown", "err", err)
 	}
+	pushWorker.Stop()
 	srv.Stop()
 	pub.Stop() // sends what the last requests queued
 	log.Info("stopped")

@@ -1,0 +1,249 @@
+package push
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/internal/webhooksig"
+)
+
+// Host is what the worker needs from the HTTP server's memory: the server
+// mints write tokens and runs the memory step after a release.
+type Host interface {
+	// PushNotification mints the claim's write token and returns the wake
+	// notification to POST.
+	PushNotification(c db.ClaimWakeForPushRow, took time.Duration) any
+	// PushRelease releases the claim (release_claim) and drops its token.
+	PushRelease(ctx context.Context, consumer string, epoch int64, acks []byte) error
+}
+
+// Config configures the worker; zero values get defaults.
+type Config struct {
+	Pool   *pgxpool.Pool
+	Tenant string // "default"
+	Host   Host
+	Signer *webhooksig.Signer
+	// PollInterval (250ms) is how often an idle worker looks for pushable
+	// wakes; a pass that found a full batch starts the next one at once.
+	PollInterval time.Duration
+	// Timeout (10s) bounds one POST, answer included.
+	Timeout time.Duration
+	// BackoffBase (1s) and BackoffMax (60s): after n consecutive failed
+	// deliveries a target waits min(max, base*2^(n-1)) +-20% before the next.
+	BackoffBase time.Duration
+	BackoffMax  time.Duration
+	// Concurrency (8) is the most deliveries in flight per pass.
+	Concurrency int
+	// Client sends the POSTs; nil = a client that follows no redirects.
+	Client *http.Client
+	Logger *slog.Logger
+}
+
+// Worker delivers pushable wakes until stopped.
+type Worker struct {
+	cfg      Config
+	q        *db.Queries
+	slots    chan struct{} // one per delivery in flight, Concurrency at most
+	inflight sync.WaitGroup
+	cancel   context.CancelFunc
+	done     chan struct{}
+}
+
+// maxAnswer bounds how much of an endpoint's answer is read.
+const maxAnswer = 64 << 10
+
+// New returns a worker; Start runs it.
+func New(cfg Config) *Worker {
+	cfg.Tenant = cmp.Or(cfg.Tenant, "default")
+	cfg.PollInterval = cmp.Or(cfg.PollInterval, 250*time.Millisecond)
+	cfg.Timeout = cmp.Or(cfg.Timeout, 10*time.Second)
+	cfg.BackoffBase = cmp.Or(cfg.BackoffBase, time.Second)
+	cfg.BackoffMax = cmp.Or(cfg.BackoffMax, time.Minute)
+	cfg.Concurrency = cmp.Or(cfg.Concurrency, 8)
+	if cfg.Client == nil {
+		cfg.Client = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		}}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Worker{cfg: cfg, q: db.New(), slots: make(chan struct{}, cfg.Concurrency)}
+}
+
+// Start runs the delivery loop until Stop or ctx ends. A pass starts as
+// many deliveries as there are free slots and does not wait for them: an
+// endpoint that hangs until the timeout holds one slot, not the loop.
+func (w *Worker) Start(ctx context.Context) {
+	ctx, w.cancel = context.WithCancel(ctx)
+	w.done = make(chan struct{})
+	go func() {
+		defer close(w.done)
+		for {
+			n, free, err := w.pass(ctx)
+			if err != nil && ctx.Err() == nil {
+				w.cfg.Logger.Warn("push pass failed", "err", err)
+			}
+			if err == nil && n > 0 && n == free {
+				continue // every free slot found work: there may be more
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(w.cfg.PollInterval):
+			}
+		}
+	}()
+}
+
+// Stop ends the loop, cancels the deliveries in flight (each ends as a
+// failed delivery: its claim is released) and waits for them.
+func (w *Worker) Stop() {
+	if w.cancel == nil {
+		return
+	}
+	w.cancel()
+	<-w.done
+	w.inflight.Wait()
+}
+
+// pass lists up to one pushable wake per free slot and starts their
+// deliveries; it returns how many it started and how many slots were free.
+func (w *Worker) pass(ctx context.Context) (started, free int, err error) {
+	free = cap(w.slots) - len(w.slots)
+	if free == 0 {
+		return 0, 0, nil
+	}
+	rows, err := w.q.PushPending(ctx, w.cfg.Pool, db.PushPendingParams{
+		MaxWakes: int32(free), TenantID: w.cfg.Tenant})
+	if err != nil {
+		return 0, free, fmt.Errorf("list pushable wakes: %w", err)
+	}
+	for _, r := range rows {
+		w.slots <- struct{}{} // only this goroutine fills slots: never blocks
+		w.inflight.Add(1)
+		go func() {
+			defer func() { <-w.slots; w.inflight.Done() }()
+			w.deliver(ctx, r.TargetID, r.WakeID)
+		}()
+	}
+	return len(rows), free, nil
+}
+
+// runOnce is one pass that waits for its deliveries (tests drive the
+// worker with it).
+func (w *Worker) runOnce(ctx context.Context) (int, error) {
+	n, _, err := w.pass(ctx)
+	w.inflight.Wait()
+	return n, err
+}
+
+// deliver claims one wake for target and POSTs its notification.
+func (w *Worker) deliver(ctx context.Context, target, wakeID string) {
+	log := w.cfg.Logger.With("subscription_id", target, "wake_id", wakeID)
+	start := time.Now()
+	c, err := w.q.ClaimWakeForPush(ctx, w.cfg.Pool, db.ClaimWakeForPushParams{
+		TargetID: target, WakeID: wakeID, TenantID: w.cfg.Tenant})
+	if errors.Is(err, db.ErrNotFound) {
+		return // taken by another server, or no longer this target's
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("push claim failed", "err", err)
+		}
+		return
+	}
+	log = log.With("consumer_id", c.ConsumerID, "epoch", c.Epoch, "entity_url", c.EntityUrl)
+	body, err := json.Marshal(w.cfg.Host.PushNotification(c, time.Since(start)))
+	if err == nil {
+		var done bool
+		done, err = w.post(ctx, c.WebhookUrl, body)
+		if err == nil {
+			w.succeeded(ctx, log, target, c, done)
+			return
+		}
+	}
+	w.failed(ctx, log, target, c, err)
+}
+
+// post sends body to url, signed, and reports whether the endpoint
+// answered {"done": true}. Anything but a 2xx answer is an error.
+func (w *Worker) post(ctx context.Context, url string, body []byte) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return false, fmt.Errorf("build request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "pullwake-push")
+	req.Header.Set(webhooksig.Header, w.cfg.Signer.Sign(body, time.Now()))
+	resp, err := w.cfg.Client.Do(req)
+	if err != nil {
+		return false, fmt.Errorf("post: %w", err)
+	}
+	defer resp.Body.Close()
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return false, fmt.Errorf("endpoint answered %d", resp.StatusCode)
+	}
+	if err != nil {
+		return false, fmt.Errorf("read answer: %w", err)
+	}
+	var a struct {
+		Done bool `json:"done"`
+	}
+	_ = json.Unmarshal(answer, &a) // any 2xx is delivered; only {"done": true} means more
+	return a.Done, nil
+}
+
+// cleanup is a context for the writes after a delivery, which must happen
+// even when the worker is stopping.
+func cleanup(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+}
+
+func (w *Worker) succeeded(ctx context.Context, log *slog.Logger, target string, c db.ClaimWakeForPushRow, done bool) {
+	cctx, cancel := cleanup(ctx)
+	defer cancel()
+	if err := w.q.PushDelivered(cctx, w.cfg.Pool, db.PushDeliveredParams{TenantID: w.cfg.Tenant, ID: target}); err != nil {
+		log.Warn("push: recording delivery failed", "err", err)
+	}
+	log.Info("wake pushed", "done", done)
+	if !done {
+		return
+	}
+	acks, _ := json.Marshal([]map[string]string{{"stream": c.StreamPath, "offset": c.TailOffset}})
+	if err := w.cfg.Host.PushRelease(cctx, c.ConsumerID, c.Epoch, acks); err != nil {
+		// The claim stays active until its lease passes; the sweeper ends it.
+		log.Warn("push: release after done failed; the lease will end the claim", "err", err)
+	}
+}
+
+func (w *Worker) failed(ctx context.Context, log *slog.Logger, target string, c db.ClaimWakeForPushRow, cause error) {
+	cctx, cancel := cleanup(ctx)
+	defer cancel()
+	if err := w.cfg.Host.PushRelease(cctx, c.ConsumerID, c.Epoch, []byte("[]")); err != nil {
+		log.Warn("push: release after a failed delivery failed; the lease will end the claim", "err", err)
+	}
+	r, err := w.q.PushFailed(cctx, w.cfg.Pool, db.PushFailedParams{
+		TenantID: w.cfg.Tenant, ID: target, LastError: cause.Error(),
+		BaseMs: float64(w.cfg.BackoffBase.Milliseconds()), MaxMs: float64(w.cfg.BackoffMax.Milliseconds())})
+	if err != nil {
+		log.Warn("push: recording the failure failed", "err", err, "cause", cause)
+		return
+	}
+	log.Warn("push delivery failed", "err", cause, "failures", r.Failures, "next_attempt_at", r.NextAttemptAt)
+}
