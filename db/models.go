@@ -38,6 +38,10 @@ type Entity struct {
 	RunnerID   *string
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
+	Tags       json.RawMessage
+	Parent     *string
+	StopSignal *string
+	StopReason *string
 }
 
 type EntityDispatchState struct {
@@ -100,6 +104,12 @@ type Stream struct {
 	ClosedByProducer *string
 	ClosedByEpoch    *int64
 	ClosedBySeq      *int64
+	DeletedAt        *time.Time
+	ForkedFrom       *string
+	ForkOffset       *int64
+	ForkSubOffset    *int64
+	ForkPaths        []string
+	ForkUpto         []int64
 }
 
 type StreamMessage struct {
