@@ -139,19 +139,29 @@ func (electricEncoding) agentTokens() bool         { return true }
 func (electricEncoding) stopSignal() string        { return "SIGKILL" }
 
 // sender: the entity named by from_agent (a handler's send, or the admin
-// naming one), else the principal: the Electric-Principal header
-// ("kind:id" or "/principal/..."), else the admin principal. A "from" or
-// "from_principal" must name that principal.
+// naming one), else the principal: the Electric-Principal header ("kind:id"
+// or "/principal/..."), else the body's from_principal or from (a
+// principal the admin names), else the admin principal. With the header, a
+// from or from_principal must name the same principal.
 func (electricEncoding) sender(r *http.Request, b sendBody) (*string, error) {
-	p := electricPrincipal
+	var p string
 	if h := r.Header.Get("electric-principal"); h != "" {
 		var err error
 		if p, err = principalURL(h); err != nil {
 			return nil, badRequest("electric-principal: %v", err)
 		}
 	}
-	for _, f := range []*string{b.From, b.FromPrincipal} {
-		if f != nil && *f != p {
+	for _, f := range []*string{b.FromPrincipal, b.From} {
+		if f == nil {
+			continue
+		}
+		named, err := principalURL(*f)
+		switch {
+		case err != nil:
+			return nil, badRequest("from: %v", err)
+		case p == "":
+			p = named
+		case named != p:
 			return nil, badRequest("from %q must be the sending principal %s", *f, p)
 		}
 	}
@@ -160,6 +170,9 @@ func (electricEncoding) sender(r *http.Request, b sendBody) (*string, error) {
 			return nil, badRequest("from_agent: %v", err)
 		}
 		return b.FromAgent, nil
+	}
+	if p == "" {
+		p = electricPrincipal
 	}
 	return &p, nil
 }

@@ -75,7 +75,10 @@ func TestElectricDialectShapesAndErrors(t *testing.T) {
 	b.must(200, b.do("POST", "/_electric/entities/chat/1/send", a, map[string]any{"payload": map[string]any{"task": "hello"}}))
 	b.must(200, b.do("POST", "/_electric/entities/chat/1/send", a, map[string]any{"payload": 2, "from": "/principal/user%3Aalice"},
 		"Electric-Principal", "user:alice"))
+	b.must(200, b.do("POST", "/_electric/entities/chat/1/send", a, map[string]any{"payload": 3, "from_principal": "service:bot"}))
 	wantErr(t, b.do("POST", "/_electric/entities/chat/1/send", a, map[string]any{"payload": 3, "from": "someone"}), 400, "INVALID_REQUEST")
+	wantErr(t, b.do("POST", "/_electric/entities/chat/1/send", a, map[string]any{"payload": 3, "from_principal": "user:bob"},
+		"Electric-Principal", "user:alice"), 400, "INVALID_REQUEST")
 	wantErr(t, b.do("POST", "/_electric/entities/chat/1/send", a, map[string]any{"payload": 3}, "Electric-Principal", "root"), 400, "INVALID_REQUEST")
 
 	// The main stream at the root, from Electric's start offset.
@@ -83,9 +86,10 @@ func TestElectricDialectShapesAndErrors(t *testing.T) {
 		t.Fatalf("HEAD at the root: %d", r.status)
 	}
 	evs := decodeEvents(t, b.must(200, b.do("GET", "/chat/1/main?offset=0000000000000000_0000000000000000", "", nil)).body)
-	if len(evs) != 3 || evs[0]["type"] != "tag" || evs[1]["type"] != "inbox" ||
+	if len(evs) != 4 || evs[0]["type"] != "tag" || evs[1]["type"] != "inbox" ||
 		evs[1]["value"].(map[string]any)["from"] != "/principal/system%3Aadmin" ||
-		evs[2]["value"].(map[string]any)["from"] != "/principal/user%3Aalice" {
+		evs[2]["value"].(map[string]any)["from"] != "/principal/user%3Aalice" ||
+		evs[3]["value"].(map[string]any)["from"] != "/principal/service%3Abot" {
 		t.Fatalf("root read: %v", evs)
 	}
 	if same := b.must(200, b.do("GET", "/v1/stream/chat/1/main?offset=-1", "", nil)); string(same.body) != string(b.do("GET", "/chat/1/main?offset=-1", "", nil).body) {

@@ -92,11 +92,12 @@ func (s *Server) entityRoute(enc entityEncoding, fn func(entityEncoding, http.Re
 // spawnBody is a spawn: {"runner_id"?} in pullwake's encoding; Electric's
 // adds {"args"?, "tags"?, "parent"?, "initialMessage"?}.
 type spawnBody struct {
-	RunnerID       *string         `json:"runner_id"`
-	Args           json.RawMessage `json:"args"`
-	Tags           json.RawMessage `json:"tags"`
-	Parent         *string         `json:"parent"`
-	InitialMessage json.RawMessage `json:"initialMessage"`
+	RunnerID           *string         `json:"runner_id"`
+	InitialMessageType *string         `json:"initialMessageType"`
+	Args               json.RawMessage `json:"args"`
+	Tags               json.RawMessage `json:"tags"`
+	Parent             *string         `json:"parent"`
+	InitialMessage     json.RawMessage `json:"initialMessage"`
 }
 
 func (s *Server) spawnEntity(enc entityEncoding, w http.ResponseWriter, r *http.Request) error {
@@ -131,6 +132,13 @@ func (s *Server) spawnEntity(enc entityEncoding, w http.ResponseWriter, r *http.
 				return err
 			}
 			p.FromName = from
+			msgType := ""
+			if body.InitialMessageType != nil {
+				msgType = *body.InitialMessageType
+			}
+			if err := s.validator.ValidateSend(r.Context(), entityType(url), msgType, v); err != nil {
+				return err
+			}
 		}
 	}
 	args := body.Args
