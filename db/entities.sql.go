@@ -7,6 +7,7 @@ package db
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 )
 
@@ -14,7 +15,8 @@ const getEntity = `-- name: GetEntity :one
 SELECT e.url, e.status, e.main_stream, e.runner_id, e.created_at, e.updated_at,
        d.active_consumer_id, d.active_epoch, d.active_runner_id, d.active_lease_expires_at,
        d.outstanding_wake_id, pw_offset(d.acked_offset)::text AS acked_offset,
-       pw_offset(d.last_sent_offset)::text AS last_sent_offset, d.last_released_at
+       pw_offset(d.last_sent_offset)::text AS last_sent_offset, d.last_released_at,
+       e.tags, e.parent, e.stop_signal
   FROM entities e
   JOIN entity_dispatch_state d ON d.tenant_id = e.tenant_id AND d.entity_url = e.url
  WHERE e.tenant_id = $1 AND e.url = $2
@@ -40,6 +42,9 @@ type GetEntityRow struct {
 	AckedOffset          string
 	LastSentOffset       string
 	LastReleasedAt       *time.Time
+	Tags                 json.RawMessage
+	Parent               *string
+	StopSignal           *string
 }
 
 func (q *Queries) GetEntity(ctx context.Context, db DBTX, arg GetEntityParams) (GetEntityRow, error) {
@@ -60,6 +65,9 @@ func (q *Queries) GetEntity(ctx context.Context, db DBTX, arg GetEntityParams) (
 		&i.AckedOffset,
 		&i.LastSentOffset,
 		&i.LastReleasedAt,
+		&i.Tags,
+		&i.Parent,
+		&i.StopSignal,
 	)
 	return i, err
 }
@@ -68,20 +76,25 @@ const listEntities = `-- name: ListEntities :many
 SELECT e.url, e.status, e.main_stream, e.runner_id, e.created_at, e.updated_at,
        d.active_consumer_id, d.active_epoch, d.active_runner_id, d.active_lease_expires_at,
        d.outstanding_wake_id, pw_offset(d.acked_offset)::text AS acked_offset,
-       pw_offset(d.last_sent_offset)::text AS last_sent_offset, d.last_released_at
+       pw_offset(d.last_sent_offset)::text AS last_sent_offset, d.last_released_at,
+       e.tags, e.parent, e.stop_signal
   FROM entities e
   JOIN entity_dispatch_state d ON d.tenant_id = e.tenant_id AND d.entity_url = e.url
  WHERE e.tenant_id = $1
    AND ($2::text IS NULL OR e.status = $2::text)
    AND ($3::text IS NULL OR e.runner_id = $3::text)
+   AND ($4::text IS NULL OR e.url LIKE '/' || $4::text || '/%')
+   AND ($5::text IS NULL OR e.parent = $5::text)
  ORDER BY e.url
- LIMIT $4
+ LIMIT $6
 `
 
 type ListEntitiesParams struct {
 	TenantID string
 	Status   *string
 	RunnerID *string
+	Type     *string
+	Parent   *string
 	MaxRows  int32
 }
 
@@ -100,6 +113,9 @@ type ListEntitiesRow struct {
 	AckedOffset          string
 	LastSentOffset       string
 	LastReleasedAt       *time.Time
+	Tags                 json.RawMessage
+	Parent               *string
+	StopSignal           *string
 }
 
 func (q *Queries) ListEntities(ctx context.Context, db DBTX, arg ListEntitiesParams) ([]ListEntitiesRow, error) {
@@ -107,6 +123,8 @@ func (q *Queries) ListEntities(ctx context.Context, db DBTX, arg ListEntitiesPar
 		arg.TenantID,
 		arg.Status,
 		arg.RunnerID,
+		arg.Type,
+		arg.Parent,
 		arg.MaxRows,
 	)
 	if err != nil {
@@ -131,6 +149,9 @@ func (q *Queries) ListEntities(ctx context.Context, db DBTX, arg ListEntitiesPar
 			&i.AckedOffset,
 			&i.LastSentOffset,
 			&i.LastReleasedAt,
+			&i.Tags,
+			&i.Parent,
+			&i.StopSignal,
 		); err != nil {
 			return nil, err
 		}

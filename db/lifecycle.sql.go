@@ -280,7 +280,7 @@ func (q *Queries) SendToEntity(ctx context.Context, db DBTX, arg SendToEntityPar
 
 const spawnEntity = `-- name: SpawnEntity :one
 
-SELECT tenant_id, url, status, main_stream, runner_id, created_at, updated_at FROM spawn_entity($1::text, $2::text, $3::timestamptz, $4::text)
+SELECT tenant_id, url, status, main_stream, runner_id, created_at, updated_at, tags, parent, stop_signal, stop_reason FROM spawn_entity($1::text, $2::text, $3::timestamptz, $4::text)
 `
 
 type SpawnEntityParams struct {
@@ -308,12 +308,16 @@ func (q *Queries) SpawnEntity(ctx context.Context, db DBTX, arg SpawnEntityParam
 		&i.RunnerID,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Tags,
+		&i.Parent,
+		&i.StopSignal,
+		&i.StopReason,
 	)
 	return i, err
 }
 
 const stopEntity = `-- name: StopEntity :one
-SELECT tenant_id, url, status, main_stream, runner_id, created_at, updated_at FROM stop_entity($1::text, $2::timestamptz, $3::text)
+SELECT tenant_id, url, status, main_stream, runner_id, created_at, updated_at, tags, parent, stop_signal, stop_reason FROM stop_entity($1::text, $2::timestamptz, $3::text)
 `
 
 type StopEntityParams struct {
@@ -333,6 +337,10 @@ func (q *Queries) StopEntity(ctx context.Context, db DBTX, arg StopEntityParams)
 		&i.RunnerID,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Tags,
+		&i.Parent,
+		&i.StopSignal,
+		&i.StopReason,
 	)
 	return i, err
 }

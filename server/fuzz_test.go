@@ -115,6 +115,16 @@ var fuzzSeeds = []fuzzInput{
 	{"PATCH", "/v1/stream/plain", "", ""},
 	{"DELETE", "/v1/stream/absent", "Authorization: Bearer {admin}", ""},
 	{"GET", "/nope", "", ""},
+	{"PUT", "/_electric/entities/chat/3", "Authorization: Bearer {admin}", `{"tags": {"a": "b"}, "parent": "/chat/1", "initialMessage": {"x": 1}}`},
+	{"PUT", "/_electric/entities/chat/4", "Authorization: Bearer {admin}", `{"tags": {"a": 1}, "parent": "/chat/404"}`},
+	{"GET", "/_electric/entities?type=chat&status=killed&parent=/chat/1", "Authorization: Bearer {admin}", ""},
+	{"POST", "/_electric/entities/chat/1/send", "Authorization: Bearer {admin}\nElectric-Principal: user:a", `{"payload": 1, "from_principal": "user:b"}`},
+	{"POST", "/_electric/entities/chat/1/tags/k", "Authorization: Bearer {write}", `{"value": "v"}`},
+	{"DELETE", "/_electric/entities/chat/1/tags/k", "Authorization: Bearer {admin}", ""},
+	{"POST", "/_electric/entities/chat/1/signal", "Authorization: Bearer {admin}", `{"signal": "SIGSTOP"}`},
+	{"POST", "/_electric/entities/chat/1/signal", "Authorization: Bearer {admin}", `{"signal": "SIGKILL", "reason": "r"}`},
+	{"GET", "/chat/1/main?offset=0000000000000000_0000000000000000", "", ""},
+	{"POST", "/chat/1/main", "Content-Type: application/json", `{"anon": 1}`},
 	{"POST", "/entities/chat/1", "Authorization: Bearer {admin}", `{"payload": ` + strings.Repeat("[", 600) + strings.Repeat("]", 600) + `}`},
 }
 

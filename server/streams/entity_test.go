@@ -3,6 +3,7 @@ package streams
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,7 +59,9 @@ func TestEntityStreamWriteGate(t *testing.T) {
 	if !contains(r.body, `"ENTITY_STOPPED"`) {
 		t.Fatalf("stopped body %q", r.body)
 	}
-	if r := b.must(t, 200, "GET", p, ""); r.body != `[{"a":1},{"a":2},{"p":1}]` {
+	// The refused write left nothing; the stop's signal event ends the stream.
+	if r := b.must(t, 200, "GET", p, ""); !strings.HasPrefix(r.body, `[{"a":1},{"a":2},{"p":1},{`) ||
+		strings.Count(r.body, `"type": "signal"`) != 1 || !strings.HasSuffix(r.body, "}}]") {
 		t.Fatalf("main stream %s", r.body)
 	}
 	// Any path of the entity shape is reserved, entity or not.
