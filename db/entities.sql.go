@@ -11,7 +11,7 @@ import (
 )
 
 const getEntity = `-- name: GetEntity :one
-SELECT e.url, e.status, e.main_stream, e.runner_id, e.created_at, e.updated_at,
+SELECT e.url, e.status, e.main_stream, e.runner_id, e.parent, e.created_at, e.updated_at,
        d.active_consumer_id, d.active_epoch, d.active_runner_id, d.active_lease_expires_at,
        d.outstanding_wake_id, pw_offset(d.acked_offset)::text AS acked_offset,
        pw_offset(d.last_sent_offset)::text AS last_sent_offset, d.last_released_at
@@ -30,6 +30,7 @@ type GetEntityRow struct {
 	Status               string
 	MainStream           string
 	RunnerID             *string
+	Parent               *string
 	CreatedAt            time.Time
 	UpdatedAt            time.Time
 	ActiveConsumerID     *string
@@ -50,6 +51,7 @@ func (q *Queries) GetEntity(ctx context.Context, db DBTX, arg GetEntityParams) (
 		&i.Status,
 		&i.MainStream,
 		&i.RunnerID,
+		&i.Parent,
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.ActiveConsumerID,
@@ -65,7 +67,7 @@ func (q *Queries) GetEntity(ctx context.Context, db DBTX, arg GetEntityParams) (
 }
 
 const listEntities = `-- name: ListEntities :many
-SELECT e.url, e.status, e.main_stream, e.runner_id, e.created_at, e.updated_at,
+SELECT e.url, e.status, e.main_stream, e.runner_id, e.parent, e.created_at, e.updated_at,
        d.active_consumer_id, d.active_epoch, d.active_runner_id, d.active_lease_expires_at,
        d.outstanding_wake_id, pw_offset(d.acked_offset)::text AS acked_offset,
        pw_offset(d.last_sent_offset)::text AS last_sent_offset, d.last_released_at
@@ -90,6 +92,7 @@ type ListEntitiesRow struct {
 	Status               string
 	MainStream           string
 	RunnerID             *string
+	Parent               *string
 	CreatedAt            time.Time
 	UpdatedAt            time.Time
 	ActiveConsumerID     *string
@@ -121,6 +124,7 @@ func (q *Queries) ListEntities(ctx context.Context, db DBTX, arg ListEntitiesPar
 			&i.Status,
 			&i.MainStream,
 			&i.RunnerID,
+			&i.Parent,
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.ActiveConsumerID,

@@ -38,6 +38,7 @@ type Entity struct {
 	RunnerID   *string
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
+	Parent     *string
 }
 
 type EntityDispatchState struct {
@@ -68,6 +69,7 @@ type EntityType struct {
 	DefaultDispatchPolicy json.RawMessage
 	CreatedAt             time.Time
 	UpdatedAt             time.Time
+	Revision              int64
 }
 
 type Runner struct {
@@ -100,6 +102,12 @@ type Stream struct {
 	ClosedByProducer *string
 	ClosedByEpoch    *int64
 	ClosedBySeq      *int64
+	DeletedAt        *time.Time
+	ForkedFrom       *string
+	ForkOffset       *int64
+	ForkSubOffset    *int64
+	ForkPaths        []string
+	ForkUpto         []int64
 }
 
 type StreamMessage struct {

@@ -1,5 +1,5 @@
 -- name: GetEntity :one
-SELECT e.url, e.status, e.main_stream, e.runner_id, e.created_at, e.updated_at,
+SELECT e.url, e.status, e.main_stream, e.runner_id, e.parent, e.created_at, e.updated_at,
        d.active_consumer_id, d.active_epoch, d.active_runner_id, d.active_lease_expires_at,
        d.outstanding_wake_id, pw_offset(d.acked_offset)::text AS acked_offset,
        pw_offset(d.last_sent_offset)::text AS last_sent_offset, d.last_released_at
@@ -8,7 +8,7 @@ SELECT e.url, e.status, e.main_stream, e.runner_id, e.created_at, e.updated_at,
  WHERE e.tenant_id = @tenant_id AND e.url = @url;
 
 -- name: ListEntities :many
-SELECT e.url, e.status, e.main_stream, e.runner_id, e.created_at, e.updated_at,
+SELECT e.url, e.status, e.main_stream, e.runner_id, e.parent, e.created_at, e.updated_at,
        d.active_consumer_id, d.active_epoch, d.active_runner_id, d.active_lease_expires_at,
        d.outstanding_wake_id, pw_offset(d.acked_offset)::text AS acked_offset,
        pw_offset(d.last_sent_offset)::text AS last_sent_offset, d.last_released_at

@@ -29,6 +29,7 @@ type entityJSON struct {
 	// Streams is main_stream as Electric's runtime reads it: {"main": path}.
 	Streams   map[string]string `json:"streams"`
 	RunnerID  *string           `json:"runner_id"`
+	Parent    *string           `json:"parent"` // the entity that spawned this one, or null
 	CreatedAt time.Time         `json:"created_at"`
 	UpdatedAt time.Time         `json:"updated_at"`
 	Dispatch  dispatchJSON      `json:"dispatch"`
@@ -43,7 +44,7 @@ func entityType(url string) string {
 func entityFromRow(e db.GetEntityRow) entityJSON {
 	return entityJSON{
 		URL: e.Url, Type: entityType(e.Url), Status: e.Status, MainStream: e.MainStream,
-		Streams: map[string]string{"main": e.MainStream}, RunnerID: e.RunnerID,
+		Streams: map[string]string{"main": e.MainStream}, RunnerID: e.RunnerID, Parent: e.Parent,
 		CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt,
 		Dispatch: dispatchJSON{
 			ActiveConsumerID: e.ActiveConsumerID, ActiveEpoch: e.ActiveEpoch, ActiveRunnerID: e.ActiveRunnerID,
@@ -70,7 +71,9 @@ func (s *Server) spawnEntity(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var body struct {
-		RunnerID *string `json:"runner_id"`
+		RunnerID *string        `json:"runner_id"`
+		Args     json.RawMessage `json:"args"`   // checked against the type's creation_schema
+		Parent   *string         `json:"parent"` // an existing entity's URL (spawn_entity checks)
 	}
 	if err := decode(w, r, &body); err != nil {
 		return err
@@ -78,14 +81,23 @@ func (s *Server) spawnEntity(w http.ResponseWriter, r *http.Request) error {
 	if body.RunnerID != nil && !idRE.MatchString(*body.RunnerID) {
 		return badRequest("runner_id %q must match %s", *body.RunnerID, idRE)
 	}
-	e, err := s.q.SpawnEntity(r.Context(), s.pool, db.SpawnEntityParams{Url: url, RunnerID: body.RunnerID, TenantID: s.cfg.Tenant})
+	if body.Parent != nil && !isEntityURL(*body.Parent) {
+		return badRequest("parent %q must be an entity URL /{type}/{id}", *body.Parent)
+	}
+	if args, err := jsonObject(body.Args, "args"); err != nil {
+		return err
+	} else if err := s.checkSpawn(r, url, args); err != nil {
+		return err
+	}
+	e, err := s.q.SpawnEntity(r.Context(), s.pool, db.SpawnEntityParams{Url: url, RunnerID: body.RunnerID,
+		Parent: body.Parent, TenantID: s.cfg.Tenant})
 	if err != nil {
 		return err
 	}
 	s.log.Info("entity spawned", "entity_url", url)
 	writeJSON(w, http.StatusCreated, entityJSON{
 		URL: e.Url, Type: entityType(e.Url), Status: e.Status, MainStream: e.MainStream,
-		Streams: map[string]string{"main": e.MainStream}, RunnerID: e.RunnerID,
+		Streams: map[string]string{"main": e.MainStream}, RunnerID: e.RunnerID, Parent: e.Parent,
 		CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt,
 		Dispatch: dispatchJSON{AckedOffset: zeroOffset, LastSentOffset: zeroOffset},
 	})
@@ -135,10 +147,13 @@ func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// sendBody is a send: {"payload", "from"?}. Electric's runtime names the
-// sender from_agent (an entity URL) or from_principal; "from" wins.
+// sendBody is a send: {"payload", "from"?, "type"?}. Electric's runtime
+// names the sender from_agent (an entity URL) or from_principal; "from"
+// wins. "type" is the message type, checked against the inbox schema of
+// that name of the entity's type.
 type sendBody struct {
 	Payload       json.RawMessage `json:"payload"`
+	Type          *string         `json:"type"`
 	From          *string         `json:"from"`
 	FromAgent     *string         `json:"from_agent"`
 	FromPrincipal *string         `json:"from_principal"`
@@ -195,6 +210,11 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, body sendBody) err
 	}
 	if body.Payload == nil {
 		return badRequest("payload is required")
+	}
+	if body.Type != nil {
+		if err := s.checkSend(r, url, *body.Type, body.Payload); err != nil {
+			return err
+		}
 	}
 	res, err := s.q.SendToEntity(r.Context(), s.pool, db.SendToEntityParams{
 		Url: url, Payload: body.Payload, FromName: body.from(), TenantID: s.cfg.Tenant})

@@ -17,6 +17,7 @@ import (
 	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/internal/migrate"
 	"github.com/pullwake/pullwake/internal/pglisten"
+	"github.com/pullwake/pullwake/internal/schemas"
 	"github.com/pullwake/pullwake/internal/secret"
 	"github.com/pullwake/pullwake/server/tokens"
 )
@@ -74,6 +75,9 @@ type Config struct {
 	// notifies inside its transaction.
 	Publisher Publisher
 	Logger    *slog.Logger
+	// RequireEntityTypes refuses a spawn under /entities whose type is not
+	// registered (/_electric/entities always refuses one).
+	RequireEntityTypes bool
 }
 
 // Publisher sends a NOTIFY after the fact (package pgnotify implements it).
@@ -94,6 +98,7 @@ type Server struct {
 	listener *pglisten.Listener
 	recon    *reconciler
 	wakes    *wakeWatcher // wakes live readers of wake streams
+	schemas  *schemas.Validator
 	mux      *http.ServeMux
 	patterns []string // the mux's patterns, in registration order (Routes)
 	// adminHash is the SHA-256 of the admin token: requests are compared
@@ -161,6 +166,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.wakes = newWakeWatcher(cfg.Pool, cfg.Tenant, s.wakeLocalReaders, cfg.Logger)
+	s.schemas = schemas.New(s.schemaSource)
 	s.routes()
 	return s, nil
 }
@@ -258,6 +264,7 @@ func (s *Server) routes() {
 	h("GET /_electric/entity-types", admin(s.listEntityTypes))
 	h("GET /_electric/entity-types/{name}", admin(s.getEntityType))
 	h("DELETE /_electric/entity-types/{name}", admin(s.deleteEntityType))
+	h("PATCH /_electric/entity-types/{name}/schemas", admin(s.amendEntityTypeSchemas))
 
 	h("POST /_electric/runners", admin(s.registerRunner))
 	h("GET /_electric/runners", admin(s.listRunners))

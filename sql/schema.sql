@@ -1677,15 +1677,16 @@ CREATE TABLE public.entities (
     runner_id text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    parent text,
     CONSTRAINT entities_status_check CHECK ((status = ANY (ARRAY['idle'::text, 'running'::text, 'stopping'::text, 'stopped'::text])))
 )
 WITH (fillfactor='80');
 
 --
--- Name: spawn_entity(text, text, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: spawn_entity(text, text, timestamp with time zone, text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.spawn_entity(p_url text, p_runner_id text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS SETOF public.entities
+CREATE FUNCTION public.spawn_entity(p_url text, p_runner_id text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_parent text DEFAULT NULL::text) RETURNS SETOF public.entities
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -1694,6 +1695,12 @@ DECLARE
     v_runner text := p_runner_id;
 BEGIN
     PERFORM pw_check_entity_url(p_url);
+    IF p_parent IS NOT NULL THEN
+        PERFORM 1 FROM entities e WHERE e.tenant_id = p_tenant AND e.url = p_parent FOR KEY SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'PW015: parent entity % not found', p_parent USING ERRCODE = 'PW015';
+        END IF;
+    END IF;
     IF v_runner IS NULL THEN
         SELECT coalesce(t.value ->> 'runnerId', t.value ->> 'runner_id') INTO v_runner
           FROM entity_types et,
@@ -1707,13 +1714,13 @@ BEGIN
          LIMIT 1;
     END IF;
     IF EXISTS (SELECT 1 FROM streams s WHERE s.tenant_id = p_tenant AND s.path = v_stream) THEN
-        RAISE EXCEPTION 'stream % exists already', v_stream USING ERRCODE = 'PW002';
+        RAISE EXCEPTION 'PW002: stream % exists already', v_stream USING ERRCODE = 'PW002';
     END IF;
     BEGIN
-        INSERT INTO entities (tenant_id, url, status, main_stream, runner_id, created_at, updated_at)
-        VALUES (p_tenant, p_url, 'idle', v_stream, v_runner, v_now, v_now);
+        INSERT INTO entities (tenant_id, url, status, main_stream, runner_id, parent, created_at, updated_at)
+        VALUES (p_tenant, p_url, 'idle', v_stream, v_runner, p_parent, v_now, v_now);
     EXCEPTION WHEN unique_violation THEN
-        RAISE EXCEPTION 'entity % exists already', p_url USING ERRCODE = 'PW002';
+        RAISE EXCEPTION 'PW002: entity % exists already', p_url USING ERRCODE = 'PW002';
     END;
     INSERT INTO entity_dispatch_state (tenant_id, entity_url, updated_at)
     VALUES (p_tenant, p_url, v_now);
@@ -1832,6 +1839,7 @@ CREATE TABLE public.entity_types (
     default_dispatch_policy jsonb,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    revision bigint DEFAULT 1 NOT NULL,
     CONSTRAINT entity_types_name_check CHECK ((name ~ '^[a-z][a-z0-9_-]{0,63}$'::text))
 );
 
@@ -2025,6 +2033,12 @@ CREATE INDEX consumer_claims_active_runner_idx ON public.consumer_claims USING b
 CREATE INDEX consumer_claims_finished_idx ON public.consumer_claims USING btree (tenant_id, updated_at) WHERE (status <> 'active'::text);
 
 --
+-- Name: entities_parent_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX entities_parent_idx ON public.entities USING btree (tenant_id, parent) WHERE (parent IS NOT NULL);
+
+--
 -- Name: streams_forked_from_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -2113,6 +2127,13 @@ CREATE TRIGGER wakes_queue_insert AFTER INSERT ON public.wakes FOR EACH ROW WHEN
 --
 
 CREATE TRIGGER wakes_queue_update AFTER UPDATE ON public.wakes FOR EACH ROW WHEN ((((old.status = 'queued'::text) OR (new.status = 'queued'::text)) AND ((old.status IS DISTINCT FROM new.status) OR (old.wake_id IS DISTINCT FROM new.wake_id) OR (old.entity_url IS DISTINCT FROM new.entity_url) OR (old.runner_id IS DISTINCT FROM new.runner_id) OR (old.created_at IS DISTINCT FROM new.created_at)))) EXECUTE FUNCTION public.pw_wake_queue_sync();
+
+--
+-- Name: entities entities_parent_fk; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.entities
+    ADD CONSTRAINT entities_parent_fk FOREIGN KEY (tenant_id, parent) REFERENCES public.entities(tenant_id, url);
 
 --
 -- Name: entity_dispatch_state entity_dispatch_state_tenant_id_entity_url_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -

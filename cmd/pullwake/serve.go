@@ -43,6 +43,9 @@ type serveConfig struct {
 	streamWriteAuth string
 	streamReadAuth  string
 	maxLiveReaders  int
+	// requireTypes refuses spawns of unregistered entity types on /entities
+	// too (Electric's prefix always does).
+	requireTypes bool
 }
 
 // httpLimits are the HTTP server's deadlines and connection cap.
@@ -91,6 +94,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	fs.StringVar(&c.streamWriteAuth, "stream-write-auth", cmp.Or(getenv("PULLWAKE_STREAM_WRITE_AUTH"), streams.WriteAuthAdmin), "who appends to and closes plain streams when an admin token is set: admin or none (env PULLWAKE_STREAM_WRITE_AUTH)")
 	fs.StringVar(&c.streamReadAuth, "stream-read-auth", cmp.Or(getenv("PULLWAKE_STREAM_READ_AUTH"), streams.ReadAuthNone), "who reads streams when an admin token is set: none, entity (entity streams need the admin or write token) or admin (env PULLWAKE_STREAM_READ_AUTH)")
 	fs.IntVar(&c.maxLiveReaders, "max-live-readers", env.int("max-live-readers", "PULLWAKE_MAX_LIVE_READERS", 1000), "most concurrent long-poll and SSE stream readers; more get 503 (env PULLWAKE_MAX_LIVE_READERS)")
+	fs.BoolVar(&c.requireTypes, "require-entity-types", env.bool("require-entity-types", "PULLWAKE_REQUIRE_ENTITY_TYPES", false), "refuse spawns of unregistered entity types on /entities too; /_electric/entities always does (env PULLWAKE_REQUIRE_ENTITY_TYPES)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return c, err
@@ -222,8 +226,9 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	srv, err := server.New(server.Config{
 		Pool: pool, ConnString: c.db.url, Tenant: c.db.tenant, PublicURL: publicURL,
 		AdminToken: c.adminToken, DefaultLeaseTTL: c.defaultLease, SweepInterval: c.sweepInterval,
-		Retention: c.retention,
-		Tokens:    store, Streams: sh, StreamChannel: streams.NotifyChannel, Metrics: met, Publisher: pub,
+		Retention:          c.retention,
+		RequireEntityTypes: c.requireTypes,
+		Tokens:             store, Streams: sh, StreamChannel: streams.NotifyChannel, Metrics: met, Publisher: pub,
 		Logger: log,
 	})
 	if err != nil {

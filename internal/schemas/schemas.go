@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 )
@@ -19,6 +20,9 @@ import (
 type Type struct {
 	Name     string
 	Revision int64
+	// CreatedAt tells a type deleted and registered again (its revision
+	// starts over at 1) from the one cached.
+	CreatedAt time.Time
 	// CreationSchema checks spawn arguments; nil = any arguments.
 	CreationSchema json.RawMessage
 	// InboxSchemas maps message type -> schema; nil = sends are not
@@ -93,6 +97,7 @@ func (e *SchemaError) Unwrap() error { return e.Err }
 // compiled is one revision of a type, compiled.
 type compiled struct {
 	revision int64
+	created  time.Time
 	creation *jsonschema.Schema            // nil = none
 	inbox    map[string]*jsonschema.Schema // nil = sends not checked
 }
@@ -130,7 +135,7 @@ func (v *Validator) load(ctx context.Context, name string) (*compiled, error) {
 	if !ok {
 		return nil, nil
 	}
-	if c != nil && c.revision == t.Revision {
+	if c != nil && c.revision == t.Revision && c.created.Equal(t.CreatedAt) {
 		return c, nil
 	}
 	c, err = compileType(t)
@@ -141,7 +146,7 @@ func (v *Validator) load(ctx context.Context, name string) (*compiled, error) {
 	}
 	v.compilations.Add(1)
 	v.mu.Lock()
-	if old := v.cache[name]; old == nil || old.revision < c.revision {
+	if old := v.cache[name]; old == nil || !old.created.Equal(c.created) || old.revision < c.revision {
 		v.cache[name] = c
 	}
 	v.mu.Unlock()
@@ -311,7 +316,7 @@ func CheckSchemas(creation, inbox, state json.RawMessage) error {
 }
 
 func compileType(t Type) (*compiled, error) {
-	c := &compiled{revision: t.Revision}
+	c := &compiled{revision: t.Revision, created: t.CreatedAt}
 	if tr := bytes.TrimSpace(t.CreationSchema); len(tr) > 0 && string(tr) != "null" {
 		sch, err := Compile("creation_schema", "", tr)
 		if err != nil {

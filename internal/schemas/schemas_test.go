@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // fakeSource is a registry in memory; reads counts the lookups.
@@ -45,7 +46,7 @@ func newFake(types ...Type) (*fakeSource, *Validator) {
 }
 
 var chat = Type{
-	Name: "chat", Revision: 1,
+	Name: "chat", Revision: 1, CreatedAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
 	CreationSchema: json.RawMessage(`{"type":"object","properties":{"topic":{"type":"string"}},"required":["topic"]}`),
 	InboxSchemas:   json.RawMessage(`{"query":{"type":"object","properties":{"text":{"type":"string"}},"required":["text"]}}`),
 }
@@ -144,6 +145,16 @@ func TestCompiledOncePerRevision(t *testing.T) {
 	}
 	if got := v.Compilations(); got != first+1 {
 		t.Fatalf("compilations after revision 2: %d, want %d", got, first+1)
+	}
+	if f.reads == 0 {
+		t.Fatal("the source was never read")
+	}
+	// Deleted and registered again: revision 1 again, another schema.
+	again := Type{Name: "chat", Revision: 1, CreatedAt: chat.CreatedAt.Add(time.Second),
+		CreationSchema: json.RawMessage(`{"type":"object","required":["other"]}`)}
+	f.set(again)
+	if err := v.ValidateSpawn(ctx, "chat", json.RawMessage(`{"topic":"x"}`)); !errors.As(err, &ie) {
+		t.Fatalf("a type registered again at revision 1 is validated with the old schema: %v", err)
 	}
 	f.del("chat")
 	var ut *UnknownTypeError
