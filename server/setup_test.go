@@ -37,15 +37,16 @@ type bundle struct {
 }
 
 type options struct {
-	adminToken string
-	sweep      time.Duration
-	listen     bool
-	listenURL  string        // connection string of the LISTEN connection ("" = the database's)
-	noWait     bool          // do not wait for the listener to connect
-	reconcile  time.Duration // token reconcile interval (0 = the server's default)
-	metrics    bool
-	empty      bool // database without migrations
-	publish    bool // announce releases and appends after commit (pgnotify)
+	adminToken   string
+	sweep        time.Duration
+	listen       bool
+	listenURL    string        // connection string of the LISTEN connection ("" = the database's)
+	noWait       bool          // do not wait for the listener to connect
+	reconcile    time.Duration // token reconcile interval (0 = the server's default)
+	metrics      bool
+	empty        bool // database without migrations
+	publish      bool // announce releases and appends after commit (pgnotify)
+	requireTypes bool // Config.RequireEntityTypes
 }
 
 // setup starts a server on a fresh database.
@@ -104,7 +105,7 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 	cfg := server.Config{
 		Pool: pool, Tenant: "default", AdminToken: o.adminToken, SweepInterval: o.sweep,
 		Tokens: store, Streams: sh, StreamChannel: streams.NotifyChannel, Logger: log,
-		ReconcileInterval: o.reconcile,
+		ReconcileInterval: o.reconcile, RequireEntityTypes: o.requireTypes,
 	}
 	if o.listen {
 		cfg.ConnString = cmp.Or(o.listenURL, d.URL)
