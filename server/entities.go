@@ -71,7 +71,7 @@ func (s *Server) spawnEntity(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var body struct {
-		RunnerID *string        `json:"runner_id"`
+		RunnerID *string         `json:"runner_id"`
 		Args     json.RawMessage `json:"args"`   // checked against the type's creation_schema
 		Parent   *string         `json:"parent"` // an existing entity's URL (spawn_entity checks)
 	}

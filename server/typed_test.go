@@ -13,7 +13,7 @@ type obj = map[string]any
 var taskType = obj{
 	"name": "task", "description": "typed",
 	"creation_schema": obj{"type": "object", "properties": obj{"topic": obj{"type": "string"}}, "required": []any{"topic"}},
-	"inbox_schemas": obj{"query": obj{"type": "object", "properties": obj{"text": obj{"type": "string"}}, "required": []any{"text"}}},
+	"inbox_schemas":   obj{"query": obj{"type": "object", "properties": obj{"text": obj{"type": "string"}}, "required": []any{"text"}}},
 }
 
 // wantRefused checks r's status and code; details, when asked for, must
