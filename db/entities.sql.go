@@ -7,14 +7,16 @@ package db
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 )
 
 const getEntity = `-- name: GetEntity :one
-SELECT e.url, e.status, e.main_stream, e.runner_id, e.parent, e.created_at, e.updated_at,
+SELECT e.url, e.status, e.main_stream, e.runner_id, e.created_at, e.updated_at,
        d.active_consumer_id, d.active_epoch, d.active_runner_id, d.active_lease_expires_at,
        d.outstanding_wake_id, pw_offset(d.acked_offset)::text AS acked_offset,
-       pw_offset(d.last_sent_offset)::text AS last_sent_offset, d.last_released_at
+       pw_offset(d.last_sent_offset)::text AS last_sent_offset, d.last_released_at,
+       e.tags, e.parent, e.stop_signal
   FROM entities e
   JOIN entity_dispatch_state d ON d.tenant_id = e.tenant_id AND d.entity_url = e.url
  WHERE e.tenant_id = $1 AND e.url = $2
@@ -30,7 +32,6 @@ type GetEntityRow struct {
 	Status               string
 	MainStream           string
 	RunnerID             *string
-	Parent               *string
 	CreatedAt            time.Time
 	UpdatedAt            time.Time
 	ActiveConsumerID     *string
@@ -41,6 +42,9 @@ type GetEntityRow struct {
 	AckedOffset          string
 	LastSentOffset       string
 	LastReleasedAt       *time.Time
+	Tags                 json.RawMessage
+	Parent               *string
+	StopSignal           *string
 }
 
 func (q *Queries) GetEntity(ctx context.Context, db DBTX, arg GetEntityParams) (GetEntityRow, error) {
@@ -51,7 +55,6 @@ func (q *Queries) GetEntity(ctx context.Context, db DBTX, arg GetEntityParams) (
 		&i.Status,
 		&i.MainStream,
 		&i.RunnerID,
-		&i.Parent,
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.ActiveConsumerID,
@@ -62,28 +65,36 @@ func (q *Queries) GetEntity(ctx context.Context, db DBTX, arg GetEntityParams) (
 		&i.AckedOffset,
 		&i.LastSentOffset,
 		&i.LastReleasedAt,
+		&i.Tags,
+		&i.Parent,
+		&i.StopSignal,
 	)
 	return i, err
 }
 
 const listEntities = `-- name: ListEntities :many
-SELECT e.url, e.status, e.main_stream, e.runner_id, e.parent, e.created_at, e.updated_at,
+SELECT e.url, e.status, e.main_stream, e.runner_id, e.created_at, e.updated_at,
        d.active_consumer_id, d.active_epoch, d.active_runner_id, d.active_lease_expires_at,
        d.outstanding_wake_id, pw_offset(d.acked_offset)::text AS acked_offset,
-       pw_offset(d.last_sent_offset)::text AS last_sent_offset, d.last_released_at
+       pw_offset(d.last_sent_offset)::text AS last_sent_offset, d.last_released_at,
+       e.tags, e.parent, e.stop_signal
   FROM entities e
   JOIN entity_dispatch_state d ON d.tenant_id = e.tenant_id AND d.entity_url = e.url
  WHERE e.tenant_id = $1
    AND ($2::text IS NULL OR e.status = $2::text)
    AND ($3::text IS NULL OR e.runner_id = $3::text)
+   AND ($4::text IS NULL OR e.url LIKE '/' || $4::text || '/%')
+   AND ($5::text IS NULL OR e.parent = $5::text)
  ORDER BY e.url
- LIMIT $4
+ LIMIT $6
 `
 
 type ListEntitiesParams struct {
 	TenantID string
 	Status   *string
 	RunnerID *string
+	Type     *string
+	Parent   *string
 	MaxRows  int32
 }
 
@@ -92,7 +103,6 @@ type ListEntitiesRow struct {
 	Status               string
 	MainStream           string
 	RunnerID             *string
-	Parent               *string
 	CreatedAt            time.Time
 	UpdatedAt            time.Time
 	ActiveConsumerID     *string
@@ -103,6 +113,9 @@ type ListEntitiesRow struct {
 	AckedOffset          string
 	LastSentOffset       string
 	LastReleasedAt       *time.Time
+	Tags                 json.RawMessage
+	Parent               *string
+	StopSignal           *string
 }
 
 func (q *Queries) ListEntities(ctx context.Context, db DBTX, arg ListEntitiesParams) ([]ListEntitiesRow, error) {
@@ -110,6 +123,8 @@ func (q *Queries) ListEntities(ctx context.Context, db DBTX, arg ListEntitiesPar
 		arg.TenantID,
 		arg.Status,
 		arg.RunnerID,
+		arg.Type,
+		arg.Parent,
 		arg.MaxRows,
 	)
 	if err != nil {
@@ -124,7 +139,6 @@ func (q *Queries) ListEntities(ctx context.Context, db DBTX, arg ListEntitiesPar
 			&i.Status,
 			&i.MainStream,
 			&i.RunnerID,
-			&i.Parent,
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.ActiveConsumerID,
@@ -135,6 +149,9 @@ func (q *Queries) ListEntities(ctx context.Context, db DBTX, arg ListEntitiesPar
 			&i.AckedOffset,
 			&i.LastSentOffset,
 			&i.LastReleasedAt,
+			&i.Tags,
+			&i.Parent,
+			&i.StopSignal,
 		); err != nil {
 			return nil, err
 		}

@@ -280,8 +280,7 @@ func (q *Queries) SendToEntity(ctx context.Context, db DBTX, arg SendToEntityPar
 
 const spawnEntity = `-- name: SpawnEntity :one
 
-SELECT tenant_id, url, status, main_stream, runner_id, created_at, updated_at, parent FROM spawn_entity($1::text, $2::text, $3::timestamptz, $4::text,
-                           $5::text)
+SELECT tenant_id, url, status, main_stream, runner_id, created_at, updated_at, tags, parent, stop_signal, stop_reason FROM spawn_entity($1::text, $2::text, $3::timestamptz, $4::text)
 `
 
 type SpawnEntityParams struct {
@@ -289,7 +288,6 @@ type SpawnEntityParams struct {
 	RunnerID *string
 	Now      *time.Time
 	TenantID string
-	Parent   *string
 }
 
 // Lifecycle transitions: each is one plpgsql function, one round trip.
@@ -300,7 +298,6 @@ func (q *Queries) SpawnEntity(ctx context.Context, db DBTX, arg SpawnEntityParam
 		arg.RunnerID,
 		arg.Now,
 		arg.TenantID,
-		arg.Parent,
 	)
 	var i Entity
 	err := row.Scan(
@@ -311,13 +308,16 @@ func (q *Queries) SpawnEntity(ctx context.Context, db DBTX, arg SpawnEntityParam
 		&i.RunnerID,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Tags,
 		&i.Parent,
+		&i.StopSignal,
+		&i.StopReason,
 	)
 	return i, err
 }
 
 const stopEntity = `-- name: StopEntity :one
-SELECT tenant_id, url, status, main_stream, runner_id, created_at, updated_at, parent FROM stop_entity($1::text, $2::timestamptz, $3::text)
+SELECT tenant_id, url, status, main_stream, runner_id, created_at, updated_at, tags, parent, stop_signal, stop_reason FROM stop_entity($1::text, $2::timestamptz, $3::text)
 `
 
 type StopEntityParams struct {
@@ -337,7 +337,10 @@ func (q *Queries) StopEntity(ctx context.Context, db DBTX, arg StopEntityParams)
 		&i.RunnerID,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Tags,
 		&i.Parent,
+		&i.StopSignal,
+		&i.StopReason,
 	)
 	return i, err
 }

@@ -38,7 +38,10 @@ type Entity struct {
 	RunnerID   *string
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
+	Tags       json.RawMessage
 	Parent     *string
+	StopSignal *string
+	StopReason *string
 }
 
 type EntityDispatchState struct {

@@ -2,8 +2,7 @@
 -- Columns are cast so sqlc knows their types; NULLs become '' or 0.
 
 -- name: SpawnEntity :one
-SELECT * FROM spawn_entity(@url::text, sqlc.narg('runner_id')::text, sqlc.narg('now')::timestamptz, @tenant_id::text,
-                           sqlc.narg('parent')::text);
+SELECT * FROM spawn_entity(@url::text, sqlc.narg('runner_id')::text, sqlc.narg('now')::timestamptz, @tenant_id::text);
 
 -- name: SendToEntity :one
 SELECT r.msg_offset::text AS msg_offset, coalesce(r.wake_id, '')::text AS wake_id

@@ -205,7 +205,7 @@ func TestEntityTypes(t *testing.T) {
 
 	// Spawn without runner_id takes the type's runner target, under both prefixes.
 	e := b.must(201, b.do("PUT", "/_electric/entities/chat/1", electricAdmin, map[string]any{})).json(t)
-	if e["runner_id"] != "r-7" || e["type"] != "chat" || e["streams"].(map[string]any)["main"] != "/v1/stream/chat/1/main" {
+	if e["runner_id"] != "r-7" || e["type"] != "chat" || e["streams"].(map[string]any)["main"] != "/chat/1/main" || e["main_stream"] != "/v1/stream/chat/1/main" {
 		t.Fatalf("spawn: %v", e)
 	}
 	if e := b.must(201, b.do("PUT", "/entities/chat/2", electricAdmin, map[string]any{"runner_id": "mine"})).json(t); e["runner_id"] != "mine" {
@@ -249,7 +249,7 @@ func TestElectricEntityRoutes(t *testing.T) {
 	b.must(201, b.do("POST", "/_electric/entity-types", electricAdmin, map[string]any{"name": "chat"}))
 	b.must(201, b.do("PUT", "/_electric/entities/chat/1", electricAdmin, map[string]any{"runner_id": "r1"}))
 	b.must(201, b.do("PUT", "/_electric/entities/chat/2", electricAdmin, map[string]any{"runner_id": "r1"}))
-	if r := b.do("PUT", "/_electric/entities/chat/1", electricAdmin, map[string]any{}); r.status != 409 || r.errorCode(t) != "ENTITY_EXISTS" {
+	if r := b.do("PUT", "/_electric/entities/chat/1", electricAdmin, map[string]any{}); r.status != 409 || r.errorCode(t) != "DUPLICATE_URL" {
 		t.Fatalf("spawn twice: %d %s", r.status, r.body)
 	}
 	for _, c := range []struct {
@@ -257,17 +257,18 @@ func TestElectricEntityRoutes(t *testing.T) {
 		status       int
 		code         string
 	}{
-		{"GET", "/_electric/entities/chat/404", 404, "ENTITY_NOT_FOUND"},
-		{"POST", "/_electric/entities/chat/404/send", 404, "ENTITY_NOT_FOUND"},
-		{"DELETE", "/_electric/entities/chat/404", 404, "ENTITY_NOT_FOUND"},
+		{"GET", "/_electric/entities/chat/404", 404, "NOT_FOUND"},
+		{"POST", "/_electric/entities/chat/404/send", 404, "NOT_FOUND"},
+		{"DELETE", "/_electric/entities/chat/404", 404, "NOT_FOUND"},
+		{"GET", "/_electric/entities/ghost/404", 404, "UNKNOWN_ENTITY_TYPE"},
 		{"PUT", "/_electric/entities/Chat/1", 400, "INVALID_REQUEST"},
 	} {
 		if r := b.do(c.method, c.path, electricAdmin, map[string]any{"payload": 1}); r.status != c.status || r.errorCode(t) != c.code {
 			t.Fatalf("%s %s: %d %s", c.method, c.path, r.status, r.body)
 		}
 	}
-	// Send, as the admin: 202 with the offset; from_agent names the sender.
-	r := b.must(202, b.do("POST", "/_electric/entities/chat/1/send", electricAdmin, map[string]any{"payload": "hi", "from_agent": "/chat/9"}))
+	// Send, as the admin: 200 with the offset; from_agent names the sender.
+	r := b.must(200, b.do("POST", "/_electric/entities/chat/1/send", electricAdmin, map[string]any{"payload": "hi", "from_agent": "/chat/9"}))
 	if r.json(t)["offset"] != "0000000000000001" {
 		t.Fatalf("send: %s", r.body)
 	}
@@ -284,8 +285,8 @@ func TestElectricEntityRoutes(t *testing.T) {
 	if r := b.do("POST", "/_electric/entities/chat/2/send", "nope", map[string]any{"payload": "x", "from_agent": "/chat/1"}); r.status != 401 {
 		t.Fatalf("wrong token: %d %s", r.status, r.body)
 	}
-	b.must(202, b.do("POST", "/_electric/entities/chat/2/send", w.WriteToken, map[string]any{"payload": "x", "from_agent": "/chat/1"}))
-	b.must(202, b.do("POST", "/_electric/entities/chat/2/send", "", map[string]any{"payload": "y", "from_agent": "/chat/1"},
+	b.must(200, b.do("POST", "/_electric/entities/chat/2/send", w.WriteToken, map[string]any{"payload": "x", "from_agent": "/chat/1"}))
+	b.must(200, b.do("POST", "/_electric/entities/chat/2/send", "", map[string]any{"payload": "y", "from_agent": "/chat/1"},
 		"electric-claim-token", w.WriteToken))
 	// Once the claim ends its write token no longer sends.
 	b.must(200, b.done(w, map[string]any{"path": w.StreamPath, "offset": "0000000000000001"}))
@@ -297,10 +298,10 @@ func TestElectricEntityRoutes(t *testing.T) {
 		t.Fatalf("get: %v", g)
 	}
 	k := b.must(200, b.do("DELETE", "/_electric/entities/chat/2", electricAdmin, nil)).json(t)
-	if k["status"] != "stopped" {
+	if k["status"] != "killed" {
 		t.Fatalf("kill: %v", k)
 	}
-	if r := b.do("POST", "/_electric/entities/chat/2/send", electricAdmin, map[string]any{"payload": 1}); r.status != 409 || r.errorCode(t) != "ENTITY_STOPPED" {
+	if r := b.do("POST", "/_electric/entities/chat/2/send", electricAdmin, map[string]any{"payload": 1}); r.status != 409 || r.errorCode(t) != "NOT_RUNNING" {
 		t.Fatalf("send to stopped: %d %s", r.status, r.body)
 	}
 }

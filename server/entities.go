@@ -10,6 +10,11 @@ import (
 	"github.com/pullwake/pullwake/db"
 )
 
+// Entity routes are served twice: under /entities in pullwake's own
+// encoding (SPEC §4) and under /_electric/entities in Electric's
+// (dialect.go). The handlers below are the one implementation; an
+// entityEncoding decides the answers' shapes, status codes and error codes.
+
 type dispatchJSON struct {
 	ActiveConsumerID     *string    `json:"active_consumer_id"`
 	ActiveEpoch          *int64     `json:"active_epoch"`
@@ -29,7 +34,6 @@ type entityJSON struct {
 	// Streams is main_stream as Electric's runtime reads it: {"main": path}.
 	Streams   map[string]string `json:"streams"`
 	RunnerID  *string           `json:"runner_id"`
-	Parent    *string           `json:"parent"` // the entity that spawned this one, or null
 	CreatedAt time.Time         `json:"created_at"`
 	UpdatedAt time.Time         `json:"updated_at"`
 	Dispatch  dispatchJSON      `json:"dispatch"`
@@ -41,72 +45,126 @@ func entityType(url string) string {
 	return typ
 }
 
+func dispatchFromRow(e db.GetEntityRow) dispatchJSON {
+	return dispatchJSON{
+		ActiveConsumerID: e.ActiveConsumerID, ActiveEpoch: e.ActiveEpoch, ActiveRunnerID: e.ActiveRunnerID,
+		ActiveLeaseExpiresAt: e.ActiveLeaseExpiresAt, OutstandingWakeID: e.OutstandingWakeID,
+		AckedOffset: e.AckedOffset, LastSentOffset: e.LastSentOffset, LastReleasedAt: e.LastReleasedAt,
+	}
+}
+
 func entityFromRow(e db.GetEntityRow) entityJSON {
 	return entityJSON{
 		URL: e.Url, Type: entityType(e.Url), Status: e.Status, MainStream: e.MainStream,
-		Streams: map[string]string{"main": e.MainStream}, RunnerID: e.RunnerID, Parent: e.Parent,
-		CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt,
-		Dispatch: dispatchJSON{
-			ActiveConsumerID: e.ActiveConsumerID, ActiveEpoch: e.ActiveEpoch, ActiveRunnerID: e.ActiveRunnerID,
-			ActiveLeaseExpiresAt: e.ActiveLeaseExpiresAt, OutstandingWakeID: e.OutstandingWakeID,
-			AckedOffset: e.AckedOffset, LastSentOffset: e.LastSentOffset, LastReleasedAt: e.LastReleasedAt,
-		},
+		Streams: map[string]string{"main": e.MainStream}, RunnerID: e.RunnerID,
+		CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt, Dispatch: dispatchFromRow(e),
 	}
 }
 
-func (s *Server) loadEntity(r *http.Request, url string) (entityJSON, error) {
+// rowOfEntity is a freshly written entity row as GetEntity reads it, with
+// the dispatch state of an entity nothing was sent to (spawn, tags).
+func rowOfEntity(e db.Entity) db.GetEntityRow {
+	return db.GetEntityRow{
+		Url: e.Url, Status: e.Status, MainStream: e.MainStream, RunnerID: e.RunnerID,
+		CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt, AckedOffset: zeroOffset, LastSentOffset: zeroOffset,
+		Tags: e.Tags, Parent: e.Parent, StopSignal: e.StopSignal,
+	}
+}
+
+func (s *Server) loadEntity(r *http.Request, url string) (db.GetEntityRow, error) {
 	e, err := s.q.GetEntity(r.Context(), s.pool, db.GetEntityParams{TenantID: s.cfg.Tenant, Url: url})
 	if errors.Is(err, db.ErrNotFound) {
-		return entityJSON{}, errf(http.StatusNotFound, "ENTITY_NOT_FOUND", "entity %s not found", url)
+		return db.GetEntityRow{}, errf(http.StatusNotFound, "ENTITY_NOT_FOUND", "entity %s not found", url)
 	}
-	if err != nil {
-		return entityJSON{}, err
-	}
-	return entityFromRow(e), nil
+	return e, err
 }
 
-func (s *Server) spawnEntity(w http.ResponseWriter, r *http.Request) error {
+// entityRoute serves fn in encoding enc: enc translates fn's errors.
+func (s *Server) entityRoute(enc entityEncoding, fn func(entityEncoding, http.ResponseWriter, *http.Request) error) func(http.ResponseWriter, *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if err := fn(enc, w, r); err != nil {
+			return enc.mapError(s, r, err)
+		}
+		return nil
+	}
+}
+
+// spawnBody is a spawn: {"runner_id"?} in pullwake's encoding; Electric's
+// adds {"args"?, "tags"?, "parent"?, "initialMessage"?}.
+type spawnBody struct {
+	RunnerID       *string         `json:"runner_id"`
+	Args           json.RawMessage `json:"args"`
+	Tags           json.RawMessage `json:"tags"`
+	Parent         *string         `json:"parent"`
+	InitialMessage json.RawMessage `json:"initialMessage"`
+}
+
+func (s *Server) spawnEntity(enc entityEncoding, w http.ResponseWriter, r *http.Request) error {
 	url, err := entityURL(r)
 	if err != nil {
 		return err
 	}
-	var body struct {
-		RunnerID *string         `json:"runner_id"`
-		Args     json.RawMessage `json:"args"`   // checked against the type's creation_schema
-		Parent   *string         `json:"parent"` // an existing entity's URL (spawn_entity checks)
-	}
+	var body spawnBody
 	if err := decode(w, r, &body); err != nil {
 		return err
 	}
 	if body.RunnerID != nil && !idRE.MatchString(*body.RunnerID) {
 		return badRequest("runner_id %q must match %s", *body.RunnerID, idRE)
 	}
-	if body.Parent != nil && !isEntityURL(*body.Parent) {
-		return badRequest("parent %q must be an entity URL /{type}/{id}", *body.Parent)
+	p := db.SpawnEntityAsParams{Url: url, RunnerID: body.RunnerID, TenantID: s.cfg.Tenant}
+	if enc.spawnExtras() {
+		if p.Tags, err = checkTags(body.Tags); err != nil {
+			return err
+		}
+		if body.Parent != nil {
+			if _, _, err := splitEntityURL(*body.Parent); err != nil {
+				return badRequest("parent: %v", err)
+			}
+			p.Parent = body.Parent
+		}
+		if v, err := jsonValue(body.InitialMessage); err != nil {
+			return badRequest("initialMessage: %v", err)
+		} else if v != nil {
+			p.InitialMessage = v
+			from, err := enc.sender(r, sendBody{})
+			if err != nil {
+				return err
+			}
+			p.FromName = from
+		}
 	}
-	if args, err := jsonObject(body.Args, "args"); err != nil {
-		return err
-	} else if err := s.checkSpawn(r, url, args); err != nil {
-		return err
-	}
-	e, err := s.q.SpawnEntity(r.Context(), s.pool, db.SpawnEntityParams{Url: url, RunnerID: body.RunnerID,
-		Parent: body.Parent, TenantID: s.cfg.Tenant})
+	// args are checked against the type's creation_schema under both
+	// prefixes; Electric's always requires a registered type, /entities
+	// only with RequireEntityTypes.
+	args, err := jsonObject(body.Args, "args")
 	if err != nil {
 		return err
 	}
+	_, electric := enc.(electricEncoding)
+	if err := s.validator.ValidateSpawn(r.Context(), entityType(url), args, electric || s.cfg.RequireEntityTypes); err != nil {
+		return schemaRefusal(electric, err)
+	}
+	e, err := s.q.SpawnEntityAs(r.Context(), s.pool, p)
+	if err != nil {
+		return err
+	}
+	if p.InitialMessage != nil {
+		s.afterSend(url)
+	}
 	s.log.Info("entity spawned", "entity_url", url)
-	writeJSON(w, http.StatusCreated, entityJSON{
-		URL: e.Url, Type: entityType(e.Url), Status: e.Status, MainStream: e.MainStream,
-		Streams: map[string]string{"main": e.MainStream}, RunnerID: e.RunnerID, Parent: e.Parent,
-		CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt,
-		Dispatch: dispatchJSON{AckedOffset: zeroOffset, LastSentOffset: zeroOffset},
-	})
+	row := rowOfEntity(e)
+	if p.InitialMessage != nil {
+		if row, err = s.loadEntity(r, url); err != nil {
+			return err
+		}
+	}
+	writeJSON(w, http.StatusCreated, enc.entity(row))
 	return nil
 }
 
 const zeroOffset = "0000000000000000"
 
-func (s *Server) getEntity(w http.ResponseWriter, r *http.Request) error {
+func (s *Server) getEntity(enc entityEncoding, w http.ResponseWriter, r *http.Request) error {
 	url, err := entityURL(r)
 	if err != nil {
 		return err
@@ -115,42 +173,63 @@ func (s *Server) getEntity(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, e)
+	writeJSON(w, http.StatusOK, enc.entity(e))
 	return nil
 }
 
 var entityStatuses = map[string]bool{"idle": true, "running": true, "stopping": true, "stopped": true}
 
-func (s *Server) listEntities(w http.ResponseWriter, r *http.Request) error {
+// listEntities serves GET /entities (?status, ?runner_id) and GET
+// /_electric/entities (also ?type, ?parent; ?status in Electric's names).
+func (s *Server) listEntities(enc entityEncoding, w http.ResponseWriter, r *http.Request) error {
 	p := db.ListEntitiesParams{TenantID: s.cfg.Tenant, MaxRows: 1000}
-	if v := r.URL.Query().Get("status"); v != "" {
-		if !entityStatuses[v] {
-			return badRequest("status %q must be one of idle, running, stopping, stopped", v)
-		}
-		p.Status = &v
+	q := r.URL.Query()
+	status := q.Get("status")
+	if status != "" && !enc.knowsStatus(status) {
+		return badRequest("status %q must be one of %s", status, strings.Join(enc.statuses(), ", "))
 	}
-	if v := r.URL.Query().Get("runner_id"); v != "" {
+	if status != "" && enc.spawnExtras() {
+		status = "" // Electric's names: filtered below, on the encoded answers
+	} else if status != "" {
+		p.Status = &status
+	}
+	if v := q.Get("runner_id"); v != "" {
 		if !idRE.MatchString(v) {
 			return badRequest("runner_id %q must match %s", v, idRE)
 		}
 		p.RunnerID = &v
 	}
+	if enc.spawnExtras() {
+		if v := q.Get("type"); v != "" {
+			if !entityTypeRE.MatchString(v) {
+				return badRequest("type %q must match %s", v, entityTypeRE)
+			}
+			p.Type = &v
+		}
+		if v := q.Get("parent"); v != "" {
+			p.Parent = &v
+		}
+	}
 	rows, err := s.q.ListEntities(r.Context(), s.pool, p)
 	if err != nil {
 		return err
 	}
-	out := make([]entityJSON, 0, len(rows))
+	want := q.Get("status")
+	out := make([]any, 0, len(rows))
 	for _, e := range rows {
-		out = append(out, entityFromRow(db.GetEntityRow(e)))
+		row := db.GetEntityRow(e)
+		if enc.spawnExtras() && want != "" && enc.status(row) != want {
+			continue
+		}
+		out = append(out, enc.entity(row))
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 
-// sendBody is a send: {"payload", "from"?, "type"?}. Electric's runtime
-// names the sender from_agent (an entity URL) or from_principal; "from"
-// wins. "type" is the message type, checked against the inbox schema of
-// that name of the entity's type.
+// sendBody is a send: {"payload", "from"?}. Electric's runtime names the
+// sender from_agent (an entity URL) or from_principal, and may give the
+// message a type.
 type sendBody struct {
 	Payload       json.RawMessage `json:"payload"`
 	Type          *string         `json:"type"`
@@ -159,51 +238,20 @@ type sendBody struct {
 	FromPrincipal *string         `json:"from_principal"`
 }
 
-func (b sendBody) from() *string {
-	switch {
-	case b.From != nil:
-		return b.From
-	case b.FromAgent != nil:
-		return b.FromAgent
-	}
-	return b.FromPrincipal
-}
-
-// sendToEntity serves POST /entities/{type}/{id} (admin).
-func (s *Server) sendToEntity(w http.ResponseWriter, r *http.Request) error {
-	var body sendBody
-	if err := decode(w, r, &body); err != nil {
-		return err
-	}
-	return s.send(w, r, body)
-}
-
-// electricSend serves POST /_electric/entities/{type}/{id}/send: the admin
-// token, or the live write token of the sending entity (from_agent), which
-// is what a handler of Electric's runtime sends when it messages another
-// entity.
-func (s *Server) electricSend(w http.ResponseWriter, r *http.Request) error {
+// sendToEntity serves POST /entities/{type}/{id} (admin) and POST
+// /_electric/entities/{type}/{id}/send: the admin token, or there the live
+// write token of the sending entity (from_agent), which is what a handler
+// of Electric's runtime sends when it messages another entity.
+func (s *Server) sendToEntity(enc entityEncoding, w http.ResponseWriter, r *http.Request) error {
 	var body sendBody
 	if err := decode(w, r, &body); err != nil {
 		return err
 	}
 	if err := s.requireAdmin(r); err != nil {
-		tok := bearer(r)
-		if tok == "" {
-			tok = r.Header.Get("electric-claim-token")
-		}
-		if body.FromAgent == nil || tok == "" {
-			return err
-		}
-		if _, ok := s.tokens.Valid("/v1/stream"+*body.FromAgent+"/main", tok); !ok {
+		if !enc.agentTokens() || body.FromAgent == nil || !s.holdsWriteToken(r, *body.FromAgent) {
 			return err
 		}
 	}
-	return s.send(w, r, body)
-}
-
-// send appends the message and queues a wake (send_to_entity).
-func (s *Server) send(w http.ResponseWriter, r *http.Request, body sendBody) error {
 	url, err := entityURL(r)
 	if err != nil {
 		return err
@@ -211,40 +259,71 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, body sendBody) err
 	if body.Payload == nil {
 		return badRequest("payload is required")
 	}
-	if body.Type != nil {
-		if err := s.checkSend(r, url, *body.Type, body.Payload); err != nil {
-			return err
-		}
-	}
-	res, err := s.q.SendToEntity(r.Context(), s.pool, db.SendToEntityParams{
-		Url: url, Payload: body.Payload, FromName: body.from(), TenantID: s.cfg.Tenant})
+	from, err := enc.sender(r, body)
 	if err != nil {
 		return err
 	}
-	if s.cfg.Streams != nil {
-		s.cfg.Streams.Notify("/v1/stream" + url + "/main")
+	msgType := ""
+	if body.Type != nil {
+		msgType = *body.Type
 	}
+	if err := s.validator.ValidateSend(r.Context(), entityType(url), msgType, body.Payload); err != nil {
+		_, electric := enc.(electricEncoding)
+		return schemaRefusal(electric, err)
+	}
+	res, err := s.q.SendToEntity(r.Context(), s.pool, db.SendToEntityParams{
+		Url: url, Payload: body.Payload, FromName: from, TenantID: s.cfg.Tenant})
+	if err != nil {
+		return err
+	}
+	s.afterSend(url)
 	if res.WakeID != "" {
 		s.wakes.kick() // the wake's events are in: wake this server's wake-stream readers now
 	}
 	s.log.Info("message sent", "entity_url", url, "offset", res.MsgOffset, "wake_id", res.WakeID)
-	writeJSON(w, http.StatusAccepted, map[string]any{"offset": res.MsgOffset})
+	writeJSON(w, enc.sentStatus(), map[string]any{"offset": res.MsgOffset})
 	return nil
 }
 
-func (s *Server) stopEntity(w http.ResponseWriter, r *http.Request) error {
+// afterSend wakes this server's live readers of the entity's main stream.
+func (s *Server) afterSend(url string) {
+	if s.cfg.Streams != nil {
+		s.cfg.Streams.Notify("/v1/stream" + url + "/main")
+	}
+}
+
+// holdsWriteToken reports whether r carries the live write token of the
+// entity at url (Authorization: Bearer or electric-claim-token).
+func (s *Server) holdsWriteToken(r *http.Request, url string) bool {
+	tok := bearer(r)
+	if tok == "" {
+		tok = r.Header.Get("electric-claim-token")
+	}
+	if tok == "" {
+		return false
+	}
+	_, ok := s.tokens.Valid("/v1/stream"+url+"/main", tok)
+	return ok
+}
+
+// stopEntity serves DELETE: a stop (pullwake) or a SIGKILL (Electric),
+// both kill_entity; an idle entity is stopped at once, a running one is
+// stopping until its claim ends.
+func (s *Server) stopEntity(enc entityEncoding, w http.ResponseWriter, r *http.Request) error {
 	url, err := entityURL(r)
 	if err != nil {
 		return err
 	}
-	if _, err := s.q.StopEntity(r.Context(), s.pool, db.StopEntityParams{Url: url, TenantID: s.cfg.Tenant}); err != nil {
+	if _, err := s.q.KillEntity(r.Context(), s.pool, db.KillEntityParams{
+		Url: url, Signal: enc.stopSignal(), TenantID: s.cfg.Tenant}); err != nil {
 		return err
 	}
+	s.afterSend(url)
 	e, err := s.loadEntity(r, url)
 	if err != nil {
 		return err
 	}
 	s.log.Info("entity stop requested", "entity_url", url, "entity_status", e.Status)
-	writeJSON(w, http.StatusOK, e)
+	writeJSON(w, http.StatusOK, enc.entity(e))
 	return nil
 }

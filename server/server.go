@@ -98,9 +98,11 @@ type Server struct {
 	listener *pglisten.Listener
 	recon    *reconciler
 	wakes    *wakeWatcher // wakes live readers of wake streams
-	schemas  *schemas.Validator
-	mux      *http.ServeMux
-	patterns []string // the mux's patterns, in registration order (Routes)
+	// validator checks spawns and sends against entity types (dialect.go,
+	// typed.go).
+	validator entityValidator
+	mux       *http.ServeMux
+	patterns  []string // the mux's patterns, in registration order (Routes)
 	// adminHash is the SHA-256 of the admin token: requests are compared
 	// hash to hash, in time independent of what they carry.
 	adminHash []byte
@@ -137,13 +139,14 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:      cfg,
-		pool:     cfg.Pool,
-		q:        db.New(),
-		tokens:   cfg.Tokens,
-		log:      cfg.Logger,
-		metrics:  cfg.Metrics,
-		migrator: m,
+		validator: acceptAll{},
+		cfg:       cfg,
+		pool:      cfg.Pool,
+		q:         db.New(),
+		tokens:    cfg.Tokens,
+		log:       cfg.Logger,
+		metrics:   cfg.Metrics,
+		migrator:  m,
 	}
 	if cfg.AdminToken != "" {
 		s.adminHash = secret.Hash(cfg.AdminToken)
@@ -166,7 +169,7 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.wakes = newWakeWatcher(cfg.Pool, cfg.Tenant, s.wakeLocalReaders, cfg.Logger)
-	s.schemas = schemas.New(s.schemaSource)
+	s.validator = typedValidator{schemas.New(s.schemaSource)}
 	s.routes()
 	return s, nil
 }
@@ -217,8 +220,8 @@ func (s *Server) routes() {
 		s.patterns = append(s.patterns, pattern)
 		mux.Handle(pattern, h)
 	}
-	h := func(pattern string, fn func(http.ResponseWriter, *http.Request) error) {
-		handle(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	wrap := func(fn func(http.ResponseWriter, *http.Request) error) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 			defer cancel()
 			r = r.WithContext(ctx)
@@ -229,8 +232,9 @@ func (s *Server) routes() {
 			if err != nil {
 				s.fail(w, r, err)
 			}
-		}))
+		})
 	}
+	h := func(pattern string, fn func(http.ResponseWriter, *http.Request) error) { handle(pattern, wrap(fn)) }
 	admin := func(fn func(http.ResponseWriter, *http.Request) error) func(http.ResponseWriter, *http.Request) error {
 		return func(w http.ResponseWriter, r *http.Request) error {
 			if err := s.requireAdmin(r); err != nil {
@@ -248,17 +252,22 @@ func (s *Server) routes() {
 		}
 	}
 
-	h("PUT /entities/{type}/{id}", admin(s.spawnEntity))
-	h("GET /entities/{type}/{id}", admin(s.getEntity))
-	h("POST /entities/{type}/{id}", admin(s.sendToEntity))
-	h("DELETE /entities/{type}/{id}", admin(s.stopEntity))
-	h("GET /entities", admin(s.listEntities))
-	// The same entity routes under Electric's prefix; a send there also
-	// takes the sending entity's write token (electricSend).
-	h("PUT /_electric/entities/{type}/{id}", admin(s.spawnEntity))
-	h("GET /_electric/entities/{type}/{id}", admin(s.getEntity))
-	h("POST /_electric/entities/{type}/{id}/send", s.electricSend)
-	h("DELETE /_electric/entities/{type}/{id}", admin(s.stopEntity))
+	pw, el := pullwakeEncoding{}, electricEncoding{}
+	h("PUT /entities/{type}/{id}", admin(s.entityRoute(pw, s.spawnEntity)))
+	h("GET /entities/{type}/{id}", admin(s.entityRoute(pw, s.getEntity)))
+	h("POST /entities/{type}/{id}", admin(s.entityRoute(pw, s.sendToEntity)))
+	h("DELETE /entities/{type}/{id}", admin(s.entityRoute(pw, s.stopEntity)))
+	h("GET /entities", admin(s.entityRoute(pw, s.listEntities)))
+	// The same handlers in Electric's dialect (dialect.go); a send, a tag
+	// change also take the entity's write token.
+	h("PUT /_electric/entities/{type}/{id}", admin(s.entityRoute(el, s.spawnEntity)))
+	h("GET /_electric/entities/{type}/{id}", admin(s.entityRoute(el, s.getEntity)))
+	h("GET /_electric/entities", admin(s.entityRoute(el, s.listEntities)))
+	h("POST /_electric/entities/{type}/{id}/send", s.entityRoute(el, s.sendToEntity))
+	h("DELETE /_electric/entities/{type}/{id}", admin(s.entityRoute(el, s.stopEntity)))
+	h("POST /_electric/entities/{type}/{id}/signal", admin(s.entityRoute(el, s.signalEntity)))
+	h("POST /_electric/entities/{type}/{id}/tags/{key}", s.entityRoute(el, s.setTag))
+	h("DELETE /_electric/entities/{type}/{id}/tags/{key}", s.entityRoute(el, s.setTag))
 
 	h("POST /_electric/entity-types", admin(s.upsertEntityType))
 	h("GET /_electric/entity-types", admin(s.listEntityTypes))
@@ -295,7 +304,10 @@ func (s *Server) routes() {
 	// The catch-all takes every request no other pattern matches, including
 	// a known path with a method it does not serve (the mux would answer
 	// those 405 by itself, but "/" matches first): answer 405 with Allow then.
-	h("/", func(w http.ResponseWriter, r *http.Request) error {
+	// Entity main streams are also served at /{type}/{id}/main, where
+	// Electric serves them (rootEntityStream), with the stream routes' own
+	// deadlines.
+	notFound := wrap(func(w http.ResponseWriter, r *http.Request) error {
 		if allow := allowedMethods(mux, r); len(allow) > 0 {
 			w.Header().Set("Allow", strings.Join(allow, ", "))
 			return errf(http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", "method %s is not allowed on %s; allowed: %s",
@@ -303,6 +315,11 @@ func (s *Server) routes() {
 		}
 		return errf(http.StatusNotFound, "NOT_FOUND", "no route for %s %s", r.Method, r.URL.Path)
 	})
+	handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.rootEntityStream(w, r) {
+			notFound.ServeHTTP(w, r)
+		}
+	}))
 	s.mux = mux
 }
 

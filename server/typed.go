@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"strings"
 
 	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/internal/schemas"
@@ -13,11 +12,12 @@ import (
 
 // Typed entities: a registered type's creation_schema checks spawn
 // arguments and its inbox_schemas check typed sends (internal/schemas,
-// compiled once per type revision). Under /_electric/entities a spawn of
-// an unregistered type is always refused, as Electric's server does; under
-// /entities only with Config.RequireEntityTypes. Refusals are encoded per
-// prefix: Electric's codes and 404/422 under /_electric/, the SPEC's
-// 400 INVALID_REQUEST under /entities.
+// compiled once per type revision), through the entity handlers'
+// validator hook. Under /_electric/entities a spawn of an unregistered
+// type is always refused, as Electric's server does; under /entities only
+// with Config.RequireEntityTypes. Refusals are encoded per prefix by the
+// encodings' mapError: Electric's codes and 404/422 under /_electric/,
+// the SPEC's 400 INVALID_REQUEST under /entities.
 
 // schemaSource reads a type for the validator.
 func (s *Server) schemaSource(ctx context.Context, name string) (schemas.Type, bool, error) {
@@ -32,34 +32,33 @@ func (s *Server) schemaSource(ctx context.Context, name string) (schemas.Type, b
 		CreationSchema: t.CreationSchema, InboxSchemas: t.InboxSchemas}, true, nil
 }
 
-// electricRoute reports whether r came in under Electric's prefix.
-func electricRoute(r *http.Request) bool {
-	return strings.HasPrefix(r.URL.Path, "/_electric/")
-}
+// typedValidator is the server's entityValidator: internal/schemas over
+// the entity_types table.
+type typedValidator struct{ v *schemas.Validator }
 
-// checkSpawn validates a spawn's arguments against its type. An
-// unregistered type passes unless types are required on this route.
-func (s *Server) checkSpawn(r *http.Request, url string, args json.RawMessage) error {
-	err := s.schemas.ValidateSpawn(r.Context(), entityType(url), args)
+// ValidateSpawn checks args against the type's creation_schema; an
+// unregistered type passes unless requireType.
+func (t typedValidator) ValidateSpawn(ctx context.Context, typ string, args json.RawMessage, requireType bool) error {
+	err := t.v.ValidateSpawn(ctx, typ, args)
 	var ut *schemas.UnknownTypeError
-	if errors.As(err, &ut) && !electricRoute(r) && !s.cfg.RequireEntityTypes {
+	if errors.As(err, &ut) && !requireType {
 		return nil
 	}
-	return s.schemaRefusal(r, err)
+	return err
 }
 
-// checkSend validates a typed send's payload against its inbox schema.
-func (s *Server) checkSend(r *http.Request, url, msgType string, payload json.RawMessage) error {
-	return s.schemaRefusal(r, s.schemas.ValidateSend(r.Context(), entityType(url), msgType, payload))
+// ValidateSend checks a typed send's payload against its inbox schema.
+func (t typedValidator) ValidateSend(ctx context.Context, typ, msgType string, payload json.RawMessage) error {
+	return t.v.ValidateSend(ctx, typ, msgType, payload)
 }
 
-// schemaRefusal encodes a validation error for r's prefix; other errors
-// pass as they are.
-func (s *Server) schemaRefusal(r *http.Request, err error) error {
+// schemaRefusal encodes a validation error of typedValidator in Electric's
+// dialect or pullwake's (SPEC §4: 400 INVALID_REQUEST); any other error is
+// returned as it is.
+func schemaRefusal(electric bool, err error) error {
 	if err == nil {
 		return nil
 	}
-	electric := electricRoute(r)
 	var (
 		ut *schemas.UnknownTypeError
 		um *schemas.UnknownMessageTypeError
@@ -82,10 +81,4 @@ func (s *Server) schemaRefusal(r *http.Request, err error) error {
 		return badRequest("%s", err.Error())
 	}
 	return err
-}
-
-// isEntityURL reports whether u is /{type}/{id} under the identifier rules.
-func isEntityURL(u string) bool {
-	typ, id, ok := strings.Cut(strings.TrimPrefix(u, "/"), "/")
-	return ok && strings.HasPrefix(u, "/") && entityTypeRE.MatchString(typ) && idRE.MatchString(id)
 }

@@ -263,6 +263,35 @@ END
 $$;
 
 --
+-- Name: kill_entity(text, text, text, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.kill_entity(p_url text, p_signal text, p_reason text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(previous_status text, status text)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_now  timestamptz := coalesce(p_now, now());
+    v_prev text;
+BEGIN
+    IF p_signal IS NULL OR p_signal NOT IN ('SIGKILL', 'SIGTERM') THEN
+        RAISE EXCEPTION 'PW008: signal % is not SIGKILL or SIGTERM', p_signal USING ERRCODE = 'PW008';
+    END IF;
+    PERFORM 1 FROM entity_dispatch_state d
+      WHERE d.tenant_id = p_tenant AND d.entity_url = p_url FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'PW001: entity % not found', p_url USING ERRCODE = 'PW001';
+    END IF;
+    SELECT e.status INTO v_prev FROM entities e WHERE e.tenant_id = p_tenant AND e.url = p_url FOR UPDATE;
+    IF v_prev <> 'stopped' THEN
+        UPDATE entities e SET stop_signal = p_signal, stop_reason = p_reason
+         WHERE e.tenant_id = p_tenant AND e.url = p_url;
+    END IF;
+    RETURN QUERY SELECT v_prev, s.status FROM stop_entity(p_url, v_now, p_tenant) s;
+END
+$$;
+
+--
 -- Name: purge_history(interval, integer, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -527,6 +556,36 @@ END
 $$;
 
 --
+-- Name: pw_entity_stopped_signal(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_entity_stopped_signal() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_now timestamptz := now();
+    v_ev  jsonb;
+BEGIN
+    v_ev := jsonb_build_object(
+        'type', 'signal',
+        'key', pw_ms_key('sig', v_now, 8),
+        'value', jsonb_strip_nulls(jsonb_build_object(
+            'signal', coalesce(NEW.stop_signal, 'SIGTERM'),
+            'status', 'handled',
+            'sender', '/_electric/server',
+            'timestamp', pw_iso_ms(v_now),
+            'reason', NEW.stop_reason,
+            'previous_state', OLD.status,
+            'new_state', 'stopped')),
+        'headers', jsonb_build_object('operation', 'insert', 'timestamp', pw_iso_ms(v_now),
+                                      'txid', txid_current()::text));
+    PERFORM pw_stream_append(NEW.tenant_id, NEW.main_stream, ARRAY[convert_to(v_ev::text, 'UTF8')], v_now);
+    PERFORM pw_notify_stream(NEW.tenant_id, NEW.main_stream);
+    RETURN NULL;
+END
+$$;
+
+--
 -- Name: pw_flush_wake_events(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -608,6 +667,16 @@ CREATE FUNCTION public.pw_fork_max_segments() RETURNS integer
     AS $$ SELECT 32 $$;
 
 --
+-- Name: pw_iso_ms(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_iso_ms(p_ts timestamp with time zone) RETURNS text
+    LANGUAGE sql
+    AS $$
+    SELECT to_char(p_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+$$;
+
+--
 -- Name: pw_lock_wake_targets(text, boolean); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -631,6 +700,17 @@ CREATE FUNCTION public.pw_media_type(p_ct text) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     AS $$
     SELECT lower(btrim(split_part(p_ct, ';', 1)))
+$$;
+
+--
+-- Name: pw_ms_key(text, timestamp with time zone, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_ms_key(p_prefix text, p_now timestamp with time zone, p_hex integer) RETURNS text
+    LANGUAGE sql
+    AS $$
+    SELECT p_prefix || '-' || (extract(epoch FROM p_now) * 1000)::bigint || '-'
+           || substr(replace(gen_random_uuid()::text, '-', ''), 1, p_hex)
 $$;
 
 --
@@ -1370,6 +1450,18 @@ END
 $$;
 
 --
+-- Name: pw_tag_event(text, text, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_tag_event(p_key text, p_value text, p_operation text, p_now timestamp with time zone) RETURNS bytea
+    LANGUAGE sql
+    AS $$
+    SELECT convert_to(jsonb_strip_nulls(jsonb_build_object(
+               'type', 'tag', 'key', p_key, 'value', p_value,
+               'headers', jsonb_build_object('operation', p_operation, 'timestamp', pw_iso_ms(p_now))))::text, 'UTF8')
+$$;
+
+--
 -- Name: pw_wake_flush_trigger(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1621,6 +1713,73 @@ END
 $$;
 
 --
+-- Name: entities; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.entities (
+    tenant_id text DEFAULT 'default'::text NOT NULL,
+    url text NOT NULL,
+    status text DEFAULT 'idle'::text NOT NULL,
+    main_stream text NOT NULL,
+    runner_id text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    tags jsonb DEFAULT '{}'::jsonb NOT NULL,
+    parent text,
+    stop_signal text,
+    stop_reason text,
+    CONSTRAINT entities_status_check CHECK ((status = ANY (ARRAY['idle'::text, 'running'::text, 'stopping'::text, 'stopped'::text])))
+)
+WITH (fillfactor='80');
+
+--
+-- Name: set_entity_tag(text, text, text, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.set_entity_tag(p_url text, p_key text, p_value text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS SETOF public.entities
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_now timestamptz := coalesce(p_now, now());
+    v_e   entities%ROWTYPE;
+    v_op  text;
+BEGIN
+    IF p_key IS NULL OR p_key = '' THEN
+        RAISE EXCEPTION 'PW008: a tag key must not be empty' USING ERRCODE = 'PW008';
+    END IF;
+    -- The dispatch row first, as every lifecycle function locks it.
+    PERFORM 1 FROM entity_dispatch_state d
+      WHERE d.tenant_id = p_tenant AND d.entity_url = p_url FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'PW001: entity % not found', p_url USING ERRCODE = 'PW001';
+    END IF;
+    SELECT e.* INTO v_e FROM entities e WHERE e.tenant_id = p_tenant AND e.url = p_url FOR UPDATE;
+    IF v_e.status IN ('stopping', 'stopped') THEN
+        RAISE EXCEPTION 'PW003: entity % is %: its tags are final', p_url, v_e.status USING ERRCODE = 'PW003';
+    END IF;
+    IF p_value IS NULL THEN
+        IF v_e.tags ? p_key THEN
+            v_op := 'delete';
+        END IF;
+    ELSIF NOT v_e.tags ? p_key THEN
+        v_op := 'insert';
+    ELSIF v_e.tags ->> p_key IS DISTINCT FROM p_value THEN
+        v_op := 'update';
+    END IF;
+    IF v_op IS NOT NULL THEN
+        UPDATE entities e
+           SET tags = CASE WHEN p_value IS NULL THEN e.tags - p_key
+                           ELSE e.tags || jsonb_build_object(p_key, p_value) END,
+               updated_at = v_now
+         WHERE e.tenant_id = p_tenant AND e.url = p_url;
+        PERFORM pw_stream_append(p_tenant, v_e.main_stream, ARRAY[pw_tag_event(p_key, p_value, v_op, v_now)], v_now);
+        PERFORM pw_notify_stream(p_tenant, v_e.main_stream);
+    END IF;
+    RETURN QUERY SELECT * FROM entities e WHERE e.tenant_id = p_tenant AND e.url = p_url;
+END
+$$;
+
+--
 -- Name: runners; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1666,27 +1825,10 @@ END
 $$;
 
 --
--- Name: entities; Type: TABLE; Schema: public; Owner: -
+-- Name: spawn_entity(text, text, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE TABLE public.entities (
-    tenant_id text DEFAULT 'default'::text NOT NULL,
-    url text NOT NULL,
-    status text DEFAULT 'idle'::text NOT NULL,
-    main_stream text NOT NULL,
-    runner_id text,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    parent text,
-    CONSTRAINT entities_status_check CHECK ((status = ANY (ARRAY['idle'::text, 'running'::text, 'stopping'::text, 'stopped'::text])))
-)
-WITH (fillfactor='80');
-
---
--- Name: spawn_entity(text, text, timestamp with time zone, text, text); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.spawn_entity(p_url text, p_runner_id text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_parent text DEFAULT NULL::text) RETURNS SETOF public.entities
+CREATE FUNCTION public.spawn_entity(p_url text, p_runner_id text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS SETOF public.entities
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -1695,12 +1837,6 @@ DECLARE
     v_runner text := p_runner_id;
 BEGIN
     PERFORM pw_check_entity_url(p_url);
-    IF p_parent IS NOT NULL THEN
-        PERFORM 1 FROM entities e WHERE e.tenant_id = p_tenant AND e.url = p_parent FOR KEY SHARE;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'PW015: parent entity % not found', p_parent USING ERRCODE = 'PW015';
-        END IF;
-    END IF;
     IF v_runner IS NULL THEN
         SELECT coalesce(t.value ->> 'runnerId', t.value ->> 'runner_id') INTO v_runner
           FROM entity_types et,
@@ -1714,18 +1850,54 @@ BEGIN
          LIMIT 1;
     END IF;
     IF EXISTS (SELECT 1 FROM streams s WHERE s.tenant_id = p_tenant AND s.path = v_stream) THEN
-        RAISE EXCEPTION 'PW002: stream % exists already', v_stream USING ERRCODE = 'PW002';
+        RAISE EXCEPTION 'stream % exists already', v_stream USING ERRCODE = 'PW002';
     END IF;
     BEGIN
-        INSERT INTO entities (tenant_id, url, status, main_stream, runner_id, parent, created_at, updated_at)
-        VALUES (p_tenant, p_url, 'idle', v_stream, v_runner, p_parent, v_now, v_now);
+        INSERT INTO entities (tenant_id, url, status, main_stream, runner_id, created_at, updated_at)
+        VALUES (p_tenant, p_url, 'idle', v_stream, v_runner, v_now, v_now);
     EXCEPTION WHEN unique_violation THEN
-        RAISE EXCEPTION 'PW002: entity % exists already', p_url USING ERRCODE = 'PW002';
+        RAISE EXCEPTION 'entity % exists already', p_url USING ERRCODE = 'PW002';
     END;
     INSERT INTO entity_dispatch_state (tenant_id, entity_url, updated_at)
     VALUES (p_tenant, p_url, v_now);
     INSERT INTO streams (tenant_id, path, content_type, entity_url, created_at, updated_at)
     VALUES (p_tenant, v_stream, 'application/json', p_url, v_now, v_now);
+    RETURN QUERY SELECT * FROM entities e WHERE e.tenant_id = p_tenant AND e.url = p_url;
+END
+$$;
+
+--
+-- Name: spawn_entity_as(text, text, jsonb, text, jsonb, text, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.spawn_entity_as(p_url text, p_runner_id text, p_tags jsonb, p_parent text, p_initial_message jsonb, p_from text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS SETOF public.entities
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_now    timestamptz := coalesce(p_now, now());
+    v_tags   jsonb := coalesce(p_tags, '{}'::jsonb);
+    v_stream text;
+    v_events bytea[];
+BEGIN
+    IF jsonb_typeof(v_tags) <> 'object'
+       OR EXISTS (SELECT 1 FROM jsonb_each(v_tags) t WHERE jsonb_typeof(t.value) <> 'string' OR t.key = '') THEN
+        RAISE EXCEPTION 'PW008: tags must be an object of non-empty keys and string values' USING ERRCODE = 'PW008';
+    END IF;
+    IF p_parent IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM entities e WHERE e.tenant_id = p_tenant AND e.url = p_parent) THEN
+        RAISE EXCEPTION 'PW001: parent entity % not found', p_parent USING ERRCODE = 'PW001';
+    END IF;
+    SELECT s.main_stream INTO v_stream FROM spawn_entity(p_url, p_runner_id, v_now, p_tenant) s;
+    UPDATE entities e SET tags = v_tags, parent = p_parent
+     WHERE e.tenant_id = p_tenant AND e.url = p_url;
+    SELECT array_agg(pw_tag_event(t.key, t.value #>> '{}', 'insert', v_now) ORDER BY t.key)
+      INTO v_events FROM jsonb_each(v_tags) t;
+    IF v_events IS NOT NULL THEN
+        PERFORM pw_stream_append(p_tenant, v_stream, v_events, v_now);
+    END IF;
+    IF p_initial_message IS NOT NULL THEN
+        PERFORM send_to_entity(p_url, p_initial_message, p_from, v_now, p_tenant);
+    END IF;
     RETURN QUERY SELECT * FROM entities e WHERE e.tenant_id = p_tenant AND e.url = p_url;
 END
 $$;
@@ -2073,6 +2245,12 @@ CREATE INDEX wakes_finished_idx ON public.wakes USING btree (tenant_id, finished
 --
 
 CREATE UNIQUE INDEX wakes_one_queued_idx ON public.wakes USING btree (tenant_id, entity_url) WHERE (status = 'queued'::text);
+
+--
+-- Name: entities entities_stopped_signal; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER entities_stopped_signal AFTER UPDATE OF status ON public.entities FOR EACH ROW WHEN (((new.status = 'stopped'::text) AND (old.status IS DISTINCT FROM 'stopped'::text))) EXECUTE FUNCTION public.pw_entity_stopped_signal();
 
 --
 -- Name: runners runners_deleted; Type: TRIGGER; Schema: public; Owner: -
