@@ -26,7 +26,6 @@ var sqlStateCodes = map[string]string{
 	"PW011": "STREAM_CONFLICT",
 	"PW012": "STREAM_CLOSED",
 	"PW013": "UNAUTHORIZED",
-	"PW015": "PARENT_NOT_FOUND",
 }
 
 // Error is a domain error raised by a lifecycle function.

@@ -53,7 +53,6 @@ var statusOf = map[string]int{
 	"STREAM_NOT_FOUND": http.StatusNotFound,
 	"RUNNER_EXISTS":    http.StatusConflict,
 	"UNAUTHORIZED":     http.StatusUnauthorized,
-	"PARENT_NOT_FOUND": http.StatusNotFound,
 }
 
 // writeJSON writes v with status.
