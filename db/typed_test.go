@@ -31,3 +31,29 @@ func TestEntityParentMustExist(t *testing.T) {
 		t.Fatalf("parent: %s %v", str(parent), err)
 	}
 }
+
+// send_to_entity records a typed send's message type in its inbox event;
+// an untyped send's event has none.
+func TestSendRecordsMessageType(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	f.exec(`SELECT * FROM spawn_entity('/chat/1')`)
+	f.exec(`SELECT * FROM send_to_entity('/chat/1', '{"text": "hi"}', p_message_type => 'query')`)
+	f.exec(`SELECT * FROM send_to_entity('/chat/1', '"plain"')`)
+	rows, err := f.pool.Query(f.ctx, `SELECT convert_from(m.data, 'UTF8')::jsonb -> 'value' ->> 'message_type'
+		FROM stream_messages m WHERE m.path = '/v1/stream/chat/1/main' ORDER BY m.seq`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var mt *string
+		if err := rows.Scan(&mt); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, str(mt))
+	}
+	if rows.Err() != nil || len(got) != 2 || got[0] != "query" || got[1] != "<nil>" {
+		t.Fatalf("message types on the stream: %v %v", got, rows.Err())
+	}
+}

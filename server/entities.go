@@ -271,8 +271,11 @@ func (s *Server) sendToEntity(enc entityEncoding, w http.ResponseWriter, r *http
 		_, electric := enc.(electricEncoding)
 		return schemaRefusal(electric, err)
 	}
-	res, err := s.q.SendToEntity(r.Context(), s.pool, db.SendToEntityParams{
-		Url: url, Payload: body.Payload, FromName: from, TenantID: s.cfg.Tenant})
+	p := db.SendToEntityParams{Url: url, Payload: body.Payload, FromName: from, TenantID: s.cfg.Tenant}
+	if msgType != "" {
+		p.MessageType = &msgType // the inbox event's value.message_type
+	}
+	res, err := s.q.SendToEntity(r.Context(), s.pool, p)
 	if err != nil {
 		return err
 	}

@@ -127,6 +127,12 @@ func TestTypedSend(t *testing.T) {
 	if len(evs) != 3 {
 		t.Fatalf("stream holds %d messages, want the 3 accepted", len(evs))
 	}
+	// A typed send's inbox event names its message type; an untyped one none.
+	for i, want := range []any{"query", "query", nil} {
+		if got := evs[i]["value"].(obj)["message_type"]; got != want {
+			t.Fatalf("event %d: message_type %v, want %v", i, got, want)
+		}
+	}
 	got := b.must(200, b.do("GET", "/entities/task/1", electricAdmin, nil)).json(t)
 	if got["dispatch"].(obj)["last_sent_offset"] != "0000000000000003" {
 		t.Fatalf("refused sends moved last_sent_offset: %v", got["dispatch"])

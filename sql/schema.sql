@@ -1665,10 +1665,10 @@ END
 $$;
 
 --
--- Name: send_to_entity(text, jsonb, text, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: send_to_entity(text, jsonb, text, timestamp with time zone, text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.send_to_entity(p_url text, p_payload jsonb, p_from text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(msg_offset text, wake_id text)
+CREATE FUNCTION public.send_to_entity(p_url text, p_payload jsonb, p_from text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_message_type text DEFAULT NULL::text) RETURNS TABLE(msg_offset text, wake_id text)
     LANGUAGE plpgsql
     AS $$
 #variable_conflict use_column
@@ -1684,12 +1684,12 @@ BEGIN
     SELECT d.* INTO v_d FROM entity_dispatch_state d
      WHERE d.tenant_id = p_tenant AND d.entity_url = p_url FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'entity % not found', p_url USING ERRCODE = 'PW001';
+        RAISE EXCEPTION 'PW001: entity % not found', p_url USING ERRCODE = 'PW001';
     END IF;
     SELECT e.status, e.main_stream INTO v_status, v_stream FROM entities e
      WHERE e.tenant_id = p_tenant AND e.url = p_url;
     IF v_status IN ('stopping', 'stopped') THEN
-        RAISE EXCEPTION 'entity % is %', p_url, v_status USING ERRCODE = 'PW003';
+        RAISE EXCEPTION 'PW003: entity % is %', p_url, v_status USING ERRCODE = 'PW003';
     END IF;
     v_event := jsonb_build_object(
         'type', 'inbox',
@@ -1700,7 +1700,9 @@ BEGIN
             'payload', p_payload,
             'timestamp', to_char(v_now AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
             'mode', 'immediate',
-            'status', 'processed'),
+            'status', 'processed')
+            || CASE WHEN p_message_type IS NULL THEN '{}'::jsonb
+                    ELSE jsonb_build_object('message_type', p_message_type) END,
         'headers', jsonb_build_object('operation', 'insert'));
     v_seq := pw_stream_append(p_tenant, v_stream, ARRAY[convert_to(v_event::text, 'UTF8')], v_now);
     UPDATE entity_dispatch_state d SET last_sent_offset = v_seq, updated_at = v_now
