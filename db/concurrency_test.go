@@ -19,7 +19,17 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pullwake/pullwake/db"
 )
+
+// itemErr is a batch item's outcome as the error its function raised.
+func itemErr(code, message string) error {
+	if code == "" {
+		return nil
+	}
+	return &pgconn.PgError{Code: code, Message: message}
+}
 
 const (
 	concurrencyDuration = 10 * time.Second // the issue asks for 10 s
@@ -256,6 +266,20 @@ func (c *opCounts) String() string {
 
 func TestConcurrentLifecycle(t *testing.T) {
 	t.Parallel()
+	runConcurrentLifecycle(t, false)
+}
+
+// TestConcurrentLifecycleBatched is the same load with claims and
+// releases made the way the server's group commit makes them: several at
+// once through claim_next_wakes and release_claims (00012), the items in
+// random order. An item that lost a deadlock (40P01, caught in its own
+// subtransaction) is run again alone, as the server's batcher does.
+func TestConcurrentLifecycleBatched(t *testing.T) {
+	t.Parallel()
+	runConcurrentLifecycle(t, true)
+}
+
+func runConcurrentLifecycle(t *testing.T, batched bool) {
 	f := setup(t)
 	ctx := f.ctx
 
@@ -375,6 +399,70 @@ func TestConcurrentLifecycle(t *testing.T) {
 						counts.add("send")
 					}
 					step = "send to " + u
+				case p < 42 && batched: // claims for 1-4 runners in one batch
+					k := 1 + rng.IntN(4)
+					runners, ttls := make([]string, k), make([]int32, k)
+					for j := range k {
+						runners[j] = concurrencyRunners[rng.IntN(len(concurrencyRunners))]
+						ttls[j] = int32(500 + rng.IntN(4500))
+					}
+					rows, err := db.New().ClaimNextWakes(ctx, conn, db.ClaimNextWakesParams{
+						RunnerIds: runners, LeaseTtlMs: ttls, Now: &now, TenantID: "default"})
+					if checkErr("claim batch", err) {
+						for _, r := range rows {
+							if !checkErr("claim", itemErr(r.ErrCode, r.ErrMessage)) {
+								continue
+							}
+							if !r.HasClaim {
+								counts.add("claim: no work")
+								continue
+							}
+							h := held{consumer: r.ConsumerID, epoch: r.Epoch, url: r.EntityUrl, path: r.StreamPath}
+							fmt.Sscan(r.AckedOffset, &h.from) //nolint:errcheck
+							mine = append(mine, h)
+							counts.add("claim (batched)")
+						}
+					}
+					step = fmt.Sprintf("claim batch %v", runners)
+				case p < 60 && batched: // releases of 1-4 claims (sometimes late repeats) in one batch
+					k := 1 + rng.IntN(4)
+					arg := db.ReleaseClaimsParams{TenantID: "default", Now: &now}
+					for range k {
+						h, ok := takeMine()
+						if !ok {
+							break
+						}
+						arg.ConsumerIds = append(arg.ConsumerIds, h.consumer)
+						arg.Epochs = append(arg.Epochs, h.epoch)
+						arg.Acks = append(arg.Acks, ackFor(rng, h))
+					}
+					if len(arg.ConsumerIds) == 0 {
+						continue
+					}
+					rows, err := db.New().ReleaseClaims(ctx, conn, arg)
+					if checkErr("release batch", err) {
+						for i, r := range rows {
+							if r.ErrCode == "40P01" {
+								counts.add("release item: deadlock, run again alone")
+								err := conn.QueryRow(ctx, `SELECT released, entity_cleared FROM release_claim($1, $2, $3, $4)`,
+									arg.ConsumerIds[i], arg.Epochs[i], arg.Acks[i], now).Scan(&r.Released, &r.EntityCleared)
+								if !checkErr("release (again)", err) {
+									continue
+								}
+							} else if !checkErr("release", itemErr(r.ErrCode, r.ErrMessage)) {
+								continue
+							}
+							switch {
+							case r.Released && r.EntityCleared:
+								counts.add("release: cleared")
+							case r.Released:
+								counts.add("release: not the slot")
+							default:
+								counts.add("release: no-op")
+							}
+						}
+					}
+					step = fmt.Sprintf("release batch %v", arg.ConsumerIds)
 				case p < 42: // claim
 					runner := concurrencyRunners[rng.IntN(len(concurrencyRunners))]
 					ttl := 500 + rng.IntN(4500)
@@ -606,8 +694,8 @@ func TestConcurrentLifecycle(t *testing.T) {
 	                               (SELECT status, count(*) n FROM consumer_claims GROUP BY status) s`).Scan(&byStatus); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d workers, %d entities at a time (%d spawned), %s: %d invariant checks, %d final releases, %d drained wakes, claims %s\n%s",
-		concurrencyWorkers, concurrencyEntities, spawned.Load(), concurrencyDuration, checks, len(active), drained, byStatus, counts)
+	t.Logf("batched=%t, %d workers, %d entities at a time (%d spawned), %s: %d invariant checks, %d final releases, %d drained wakes, claims %s\n%s",
+		batched, concurrencyWorkers, concurrencyEntities, spawned.Load(), concurrencyDuration, checks, len(active), drained, byStatus, counts)
 }
 
 // Two sweeps that see the lapsed claims in different orders must not

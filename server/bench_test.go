@@ -62,7 +62,7 @@ func serve(b *testing.B, h http.Handler, method, path, token string, body []byte
 // BenchmarkAppendHandler: one 1 KiB JSON append to an entity's main stream
 // with its write token (token check in memory, then pw_stream_write).
 func BenchmarkAppendHandler(b *testing.B) {
-	bb := setup(b)
+	bb := setup(b, func(o *options) { o.singleCalls = true }) // serve's default
 	c := benchClaims(b, bb, 1)[0]
 	tok := bb.srv.Tokens().Mint(c.stream, tokensOwner(c.consumer, c.epoch))
 	msg, _ := json.Marshal(map[string]string{"text": strings.Repeat("x", 1000)})
@@ -77,7 +77,7 @@ func BenchmarkAppendHandler(b *testing.B) {
 // BenchmarkDoneHandler: a done with an ack (release_claim with the claim
 // token's hash, then the token-store step).
 func BenchmarkDoneHandler(b *testing.B) {
-	bb := setup(b)
+	bb := setup(b, func(o *options) { o.singleCalls = true }) // serve's default
 	claims := benchClaims(b, bb, b.N)
 	h := bb.srv.Handler()
 	bodies := make([][]byte, len(claims))

@@ -1,8 +1,10 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"time"
 
@@ -183,9 +185,7 @@ func (s *Server) done(w http.ResponseWriter, r *http.Request, consumer string, e
 // tokenHash nil means an operator's release (no claim token).
 func (s *Server) release(r *http.Request, consumer string, epoch int64, acks []byte, tokenHash []byte) (db.ReleaseClaimRow, error) {
 	start := time.Now()
-	res, err := s.q.ReleaseClaim(r.Context(), s.pool, db.ReleaseClaimParams{
-		ConsumerID: consumer, Epoch: epoch, Acks: acks, TenantID: s.cfg.Tenant, ClaimTokenHash: tokenHash,
-		Notify: s.cfg.Publisher == nil})
+	res, err := s.releaseClaim(r.Context(), consumer, epoch, acks, tokenHash)
 	if err != nil {
 		return res, err
 	}
@@ -204,16 +204,37 @@ func (s *Server) afterRelease(consumer string, epoch int64, res db.ReleaseClaimR
 	}
 	outcome := metrics.Outcome(res.Released, res.EntityCleared, res.ClaimStatus)
 	s.metrics.Released(outcome, took)
-	s.log.Info("claim release", "consumer_id", consumer, "epoch", epoch, "entity_url", res.EntityUrl,
-		"outcome", outcome, "released", res.Released, "entity_cleared", res.EntityCleared,
-		"claim_status", res.ClaimStatus, "entity_status", res.EntityStatus, "acked_offset", res.AckedOffset,
-		"claim_next", claimNext)
+	// A routine release (the claim ended and freed its entity) is logged at
+	// debug: at thousands a second the line costs more than the release's
+	// own work in this process. Stale and repeated releases, which an
+	// operator looks for, stay at info. The claim row keeps the record.
+	level := slog.LevelInfo
+	if outcome == metrics.OutcomeReleased {
+		level = slog.LevelDebug
+	}
+	if s.log.Enabled(context.Background(), level) {
+		s.log.Log(context.Background(), level, "claim release", "consumer_id", consumer, "epoch", epoch, "entity_url", res.EntityUrl,
+			"outcome", outcome, "released", res.Released, "entity_cleared", res.EntityCleared,
+			"claim_status", res.ClaimStatus, "entity_status", res.EntityStatus, "acked_offset", res.AckedOffset,
+			"claim_next", claimNext)
+	}
 }
 
-func releaseJSON(res db.ReleaseClaimRow) map[string]any {
-	return map[string]any{
-		"ok": true, "released": res.Released, "entity_cleared": res.EntityCleared,
-		"claim_status": res.ClaimStatus, "entity_status": res.EntityStatus,
-		"entity_url": res.EntityUrl, "acked_offset": res.AckedOffset,
+// releaseAnswer is a done's answer (and a forced release's).
+type releaseAnswer struct {
+	OK            bool   `json:"ok"`
+	Released      bool   `json:"released"`
+	EntityCleared bool   `json:"entity_cleared"`
+	ClaimStatus   string `json:"claim_status"`
+	EntityStatus  string `json:"entity_status"`
+	EntityURL     string `json:"entity_url"`
+	AckedOffset   string `json:"acked_offset"`
+}
+
+func releaseJSON(res db.ReleaseClaimRow) releaseAnswer {
+	return releaseAnswer{
+		OK: true, Released: res.Released, EntityCleared: res.EntityCleared,
+		ClaimStatus: res.ClaimStatus, EntityStatus: res.EntityStatus,
+		EntityURL: res.EntityUrl, AckedOffset: res.AckedOffset,
 	}
 }

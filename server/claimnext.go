@@ -29,18 +29,26 @@ func (s *Server) doneAndClaimNext(w http.ResponseWriter, r *http.Request, consum
 		AckedOffset: res.AckedOffset, QueuedWakeID: res.QueuedWakeID,
 	}
 	s.afterRelease(consumer, epoch, rel, time.Since(start), true)
-	out := releaseJSON(rel)
-	out["next"] = nil
+	out := doneNextAnswer{releaseAnswer: releaseJSON(rel)}
 	if res.HasNext {
 		next := db.ClaimNextWakeRow{
 			WakeID: res.NextWakeID, ConsumerID: res.NextConsumerID, Epoch: res.NextEpoch,
 			EntityUrl: res.NextEntityUrl, StreamPath: res.NextStreamPath, AckedOffset: res.NextAckedOffset,
 			ClaimToken: res.NextClaimToken, LeaseExpiresAt: res.NextLeaseExpiresAt, LeaseTtlMs: res.NextLeaseTtlMs,
 		}
-		out["next"] = s.notify(next, "", time.Since(start), true)
+		n := s.notify(next, "", time.Since(start), true)
+		out.Next = &n
 	} else if res.NextError != "" {
-		out["next_error"] = res.NextError
+		out.NextError = res.NextError
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
+}
+
+// doneNextAnswer is a done's answer plus "next": the next claim's wake
+// notification, or null.
+type doneNextAnswer struct {
+	releaseAnswer
+	Next      *wakeNotification `json:"next"`
+	NextError string            `json:"next_error,omitempty"`
 }

@@ -2,9 +2,11 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -298,12 +300,16 @@ type streamOffset struct {
 func (s *Server) notify(c db.ClaimNextWakeRow, runnerID string, took time.Duration, claimNext bool) wakeNotification {
 	wt := s.tokens.Mint(c.StreamPath, tokens.Owner{ConsumerID: c.ConsumerID, Epoch: c.Epoch})
 	s.metrics.ClaimStarted(took)
-	attrs := []any{"consumer_id", c.ConsumerID, "epoch", c.Epoch, "entity_url", c.EntityUrl,
-		"stream_path", c.StreamPath, "claim_next", claimNext}
-	if runnerID != "" {
-		attrs = append(attrs, "runner_id", runnerID)
+	// At debug: one line per claim at thousands a second costs more than
+	// the claim's own work in this process; the claim row keeps the record.
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		attrs := []any{"consumer_id", c.ConsumerID, "epoch", c.Epoch, "entity_url", c.EntityUrl,
+			"stream_path", c.StreamPath, "claim_next", claimNext}
+		if runnerID != "" {
+			attrs = append(attrs, "runner_id", runnerID)
+		}
+		s.log.Debug("wake claimed", attrs...)
 	}
-	s.log.Info("wake claimed", attrs...)
 	typ, _, _ := strings.Cut(strings.TrimPrefix(c.EntityUrl, "/"), "/")
 	return wakeNotification{
 		WakeID: c.WakeID, ConsumerID: c.ConsumerID, Epoch: c.Epoch, EntityURL: c.EntityUrl,
@@ -373,15 +379,14 @@ func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	start := time.Now()
-	c, err := s.q.ClaimNextWake(r.Context(), s.pool, db.ClaimNextWakeParams{
-		RunnerID: runnerID, LeaseTtlMs: ttl, TenantID: s.cfg.Tenant})
-	if errors.Is(err, db.ErrNotFound) {
+	c, found, err := s.claimNextWake(r.Context(), runnerID, ttl)
+	if err != nil {
+		return err
+	}
+	if !found {
 		s.metrics.ClaimNone(time.Since(start))
 		w.WriteHeader(http.StatusNoContent)
 		return nil
-	}
-	if err != nil {
-		return err
 	}
 	writeJSON(w, http.StatusOK, s.notify(c, runnerID, time.Since(start), false))
 	return nil

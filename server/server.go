@@ -75,6 +75,14 @@ type Config struct {
 	// notifies inside its transaction.
 	Publisher Publisher
 	Logger    *slog.Logger
+	// GroupCommit runs concurrent releases and claims as shared
+	// transactions (server/groupcommit.go); BatchObserver, when set, is
+	// told each batch's transition and size.
+	GroupCommit bool
+	// GroupCommitInFlight is how many batches of one transition may run
+	// at once (default 1).
+	GroupCommitInFlight int
+	BatchObserver       func(transition string, size int)
 	// RequireEntityTypes refuses a spawn under /entities whose type is not
 	// registered (/_electric/entities always refuses one).
 	RequireEntityTypes bool
@@ -106,6 +114,7 @@ type Server struct {
 	// adminHash is the SHA-256 of the admin token: requests are compared
 	// hash to hash, in time independent of what they carry.
 	adminHash []byte
+	batch     *batchers // nil unless cfg.GroupCommit
 
 	// runnerHashes caches runner id -> token hash (a string). A rotation or
 	// deletion drops the entry at once through the runners' NOTIFY (or
@@ -169,6 +178,9 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.wakes = newWakeWatcher(cfg.Pool, cfg.Tenant, s.wakeLocalReaders, cfg.Logger)
+	if cfg.GroupCommit {
+		s.batch = newBatchers(cfg.Pool, s.q, cfg.Tenant, cfg.Publisher == nil, cfg.GroupCommitInFlight, cfg.BatchObserver)
+	}
 	s.validator = typedValidator{schemas.New(s.schemaSource)}
 	s.routes()
 	return s, nil
@@ -188,6 +200,9 @@ func (s *Server) Sweeper() *Sweeper { return s.sweeper }
 
 // Start runs the sweeper, the token reconciler and the listener until Stop.
 func (s *Server) Start(ctx context.Context) {
+	if s.batch != nil {
+		s.batch.start(ctx)
+	}
 	if s.listener != nil {
 		s.listener.Start(ctx)
 	}
@@ -199,6 +214,9 @@ func (s *Server) Start(ctx context.Context) {
 // Stop ends the background services and waits for them.
 func (s *Server) Stop() {
 	s.wakes.Stop()
+	if s.batch != nil {
+		s.batch.stop() // answers every queued release and claim
+	}
 	s.sweeper.Stop()
 	s.recon.Stop()
 	if s.listener != nil {

@@ -37,15 +37,19 @@ type bundle struct {
 }
 
 type options struct {
-	adminToken   string
-	sweep        time.Duration
-	listen       bool
-	listenURL    string        // connection string of the LISTEN connection ("" = the database's)
-	noWait       bool          // do not wait for the listener to connect
-	reconcile    time.Duration // token reconcile interval (0 = the server's default)
-	metrics      bool
-	empty        bool // database without migrations
-	publish      bool // announce releases and appends after commit (pgnotify)
+	adminToken string
+	sweep      time.Duration
+	listen     bool
+	listenURL  string        // connection string of the LISTEN connection ("" = the database's)
+	noWait     bool          // do not wait for the listener to connect
+	reconcile  time.Duration // token reconcile interval (0 = the server's default)
+	metrics    bool
+	empty      bool // database without migrations
+	publish    bool // announce releases and appends after commit (pgnotify)
+	// singleCalls turns group commit off. The server tests run with it on,
+	// so every HTTP test also covers the batched path; the tests of the
+	// binary (internal/e2e, cmd/pullwake) run pullwake serve's default, off.
+	singleCalls  bool
 	requireTypes bool // Config.RequireEntityTypes
 }
 
@@ -101,11 +105,16 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 	if met != nil {
 		scfg.Metrics = met
 	}
+	var bw *streams.BatchWriter
+	if !o.singleCalls {
+		bw = streams.NewBatchWriter(pool, "default", 0, nil)
+		scfg.Writer = bw
+	}
 	sh := streams.New(scfg)
 	cfg := server.Config{
 		Pool: pool, Tenant: "default", AdminToken: o.adminToken, SweepInterval: o.sweep,
 		Tokens: store, Streams: sh, StreamChannel: streams.NotifyChannel, Logger: log,
-		ReconcileInterval: o.reconcile, RequireEntityTypes: o.requireTypes,
+		ReconcileInterval: o.reconcile, GroupCommit: !o.singleCalls, RequireEntityTypes: o.requireTypes,
 	}
 	if o.listen {
 		cfg.ConnString = cmp.Or(o.listenURL, d.URL)
@@ -126,6 +135,9 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 	hs.Config.Handler = srv.Handler()
 	ctx, cancel := context.WithCancel(context.Background())
 	srv.Start(ctx)
+	if bw != nil {
+		bw.Start(ctx)
+	}
 	if pub != nil {
 		pub.Start(ctx)
 		t.Cleanup(pub.Stop)
@@ -141,6 +153,9 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 		hs.Close()
 		cancel()
 		srv.Stop()
+		if bw != nil {
+			bw.Stop()
+		}
 	})
 	return &bundle{t: t, db: d, pool: pool, acquires: &acquires, srv: srv, url: hs.URL, admin: o.adminToken}
 }

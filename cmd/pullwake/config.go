@@ -48,42 +48,31 @@ func newEnvDefaults(getenv func(string) string) *envDefaults {
 }
 
 func (e *envDefaults) duration(flagName, name string, def time.Duration) time.Duration {
-	v := e.getenv(name)
-	if v == "" {
-		return def
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		e.bad[flagName] = fmt.Errorf("%s=%q is not a duration (like 30s or 1m30s)", name, v)
-		return def
-	}
-	return d
+	return envValue(e, flagName, name, def, time.ParseDuration, "a duration (like 30s or 1m30s)")
 }
 
 func (e *envDefaults) bool(flagName, name string, def bool) bool {
-	v := e.getenv(name)
-	if v == "" {
-		return def
-	}
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		e.bad[flagName] = fmt.Errorf("%s=%q is not a boolean (true or false)", name, v)
-		return def
-	}
-	return b
+	return envValue(e, flagName, name, def, strconv.ParseBool, "a boolean (true or false)")
 }
 
 func (e *envDefaults) int(flagName, name string, def int) int {
+	return envValue(e, flagName, name, def, strconv.Atoi, "an integer")
+}
+
+// envValue reads variable name with parse, or def when it is unset; a
+// malformed value is recorded against flagName (reported by check) and
+// def is used meanwhile.
+func envValue[T any](e *envDefaults, flagName, name string, def T, parse func(string) (T, error), want string) T {
 	v := e.getenv(name)
 	if v == "" {
 		return def
 	}
-	n, err := strconv.Atoi(v)
+	x, err := parse(v)
 	if err != nil {
-		e.bad[flagName] = fmt.Errorf("%s=%q is not an integer", name, v)
+		e.bad[flagName] = fmt.Errorf("%s=%q is not %s", name, v, want)
 		return def
 	}
-	return n
+	return x
 }
 
 // check reports the malformed variables whose flag was not given.

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"syscall"
@@ -43,6 +44,10 @@ type serveConfig struct {
 	streamWriteAuth string
 	streamReadAuth  string
 	maxLiveReaders  int
+	// Group commit (internal/groupcommit) and profiling.
+	groupCommit bool
+	gcInFlight  int
+	pprofAddr   string
 	// requireTypes refuses spawns of unregistered entity types on /entities
 	// too (Electric's prefix always does).
 	requireTypes bool
@@ -94,6 +99,9 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	fs.StringVar(&c.streamWriteAuth, "stream-write-auth", cmp.Or(getenv("PULLWAKE_STREAM_WRITE_AUTH"), streams.WriteAuthAdmin), "who appends to and closes plain streams when an admin token is set: admin or none (env PULLWAKE_STREAM_WRITE_AUTH)")
 	fs.StringVar(&c.streamReadAuth, "stream-read-auth", cmp.Or(getenv("PULLWAKE_STREAM_READ_AUTH"), streams.ReadAuthNone), "who reads streams when an admin token is set: none, entity (entity streams need the admin or write token) or admin (env PULLWAKE_STREAM_READ_AUTH)")
 	fs.IntVar(&c.maxLiveReaders, "max-live-readers", env.int("max-live-readers", "PULLWAKE_MAX_LIVE_READERS", 1000), "most concurrent long-poll and SSE stream readers; more get 503 (env PULLWAKE_MAX_LIVE_READERS)")
+	fs.BoolVar(&c.groupCommit, "group-commit", env.bool("group-commit", "PULLWAKE_GROUP_COMMIT", false), "run concurrent claims, dones and plain appends as shared transactions (env PULLWAKE_GROUP_COMMIT)")
+	fs.IntVar(&c.gcInFlight, "group-commit-in-flight", env.int("group-commit-in-flight", "PULLWAKE_GROUP_COMMIT_IN_FLIGHT", 1), "group commit: batches of one kind that may run at once, 1 to 32 (env PULLWAKE_GROUP_COMMIT_IN_FLIGHT)")
+	fs.StringVar(&c.pprofAddr, "pprof-addr", getenv("PULLWAKE_PPROF_ADDR"), "serve net/http/pprof on this host:port, a listener of its own; empty = off (env PULLWAKE_PPROF_ADDR)")
 	fs.BoolVar(&c.requireTypes, "require-entity-types", env.bool("require-entity-types", "PULLWAKE_REQUIRE_ENTITY_TYPES", false), "refuse spawns of unregistered entity types on /entities too; /_electric/entities always does (env PULLWAKE_REQUIRE_ENTITY_TYPES)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -137,6 +145,14 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	}
 	if c.maxLiveReaders < 1 {
 		return c, fmt.Errorf("%w: --max-live-readers (PULLWAKE_MAX_LIVE_READERS) %d must be at least 1", errUsage, c.maxLiveReaders)
+	}
+	if c.gcInFlight < 1 || c.gcInFlight > 32 {
+		return c, fmt.Errorf("%w: --group-commit-in-flight %d must be between 1 and 32", errUsage, c.gcInFlight)
+	}
+	if c.pprofAddr != "" {
+		if _, _, err := net.SplitHostPort(c.pprofAddr); err != nil {
+			return c, fmt.Errorf("%w: --pprof-addr %q must be host:port", errUsage, c.pprofAddr)
+		}
 	}
 	if c.http.maxConns < 1 {
 		return c, fmt.Errorf("%w: --max-connections %d must be at least 1", errUsage, c.http.maxConns)
@@ -218,18 +234,24 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 		Source:         metrics.DBSource{Conn: pool, Tenant: c.db.tenant},
 		Logger:         log,
 	})
-	sh := streams.New(streams.Config{
+	scfg := streams.Config{
 		Pool: pool, Tenant: c.db.tenant, Gate: store, AdminToken: c.adminToken,
 		LongPollTimeout: c.longPollTimeout, Logger: log, Metrics: met, Publisher: pub,
 		WriteAuth: c.streamWriteAuth, ReadAuth: c.streamReadAuth, MaxLiveReaders: c.maxLiveReaders,
-	})
+	}
+	var bw *streams.BatchWriter
+	if c.groupCommit {
+		bw = streams.NewBatchWriter(pool, c.db.tenant, c.gcInFlight, func(n int) { met.BatchSize("append", n) })
+		scfg.Writer = bw
+	}
+	sh := streams.New(scfg)
 	srv, err := server.New(server.Config{
 		Pool: pool, ConnString: c.db.url, Tenant: c.db.tenant, PublicURL: publicURL,
 		AdminToken: c.adminToken, DefaultLeaseTTL: c.defaultLease, SweepInterval: c.sweepInterval,
-		Retention:          c.retention,
+		Retention: c.retention,
+		Tokens:    store, Streams: sh, StreamChannel: streams.NotifyChannel, Metrics: met, Publisher: pub,
+		Logger: log, GroupCommit: c.groupCommit, GroupCommitInFlight: c.gcInFlight, BatchObserver: met.BatchSize,
 		RequireEntityTypes: c.requireTypes,
-		Tokens:             store, Streams: sh, StreamChannel: streams.NotifyChannel, Metrics: met, Publisher: pub,
-		Logger: log,
 	})
 	if err != nil {
 		return err
@@ -246,6 +268,19 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	defer stopBG()
 	pub.Start(bg)
 	srv.Start(bg)
+	if bw != nil {
+		bw.Start(bg)
+		defer bw.Stop() // after the HTTP server's requests have finished
+	}
+	if c.pprofAddr != "" {
+		stopPprof, err := servePprof(c.pprofAddr, log)
+		if err != nil {
+			srv.Stop()
+			pub.Stop()
+			return err
+		}
+		defer stopPprof()
+	}
 	hs := &http.Server{
 		Handler:           srv.Handler(),
 		ReadHeaderTimeout: min(10*time.Second, c.http.readTimeout),
@@ -264,7 +299,8 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	log.Info("pullwake serving", "addr", ln.Addr().String(), "public_url", publicURL, "tenant", c.db.tenant,
 		"default_lease_ttl", c.defaultLease.String(), "sweep_interval", c.sweepInterval.String(),
 		"read_timeout", c.http.readTimeout.String(), "write_timeout", c.http.writeTimeout.String(),
-		"idle_timeout", c.http.idleTimeout.String(), "max_connections", c.http.maxConns)
+		"idle_timeout", c.http.idleTimeout.String(), "max_connections", c.http.maxConns,
+		"group_commit", c.groupCommit)
 
 	select {
 	case err := <-errc:
@@ -309,4 +345,24 @@ func openFileLimit() uint64 {
 		return 0
 	}
 	return rl.Cur
+}
+
+// servePprof serves net/http/pprof on a listener of its own (never on the
+// API's): profiles expose internals, so an operator opts in and binds it
+// where only they reach it.
+func servePprof(addr string, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("pprof: listen on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = hs.Serve(ln) }()
+	log.Info("pprof serving", "addr", ln.Addr().String())
+	return func() { _ = hs.Close() }, nil
 }

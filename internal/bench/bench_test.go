@@ -13,13 +13,13 @@ import (
 
 func TestParseModes(t *testing.T) {
 	t.Parallel()
-	for in, want := range map[string]string{"1,2,3,4,5": "[1 2 3 4 5]", "2-4": "[2 3 4]", "3, 3,1": "[3 1]", "6": "[6]"} {
+	for in, want := range map[string]string{"1,2,3,4,5": "[1 2 3 4 5]", "2-4": "[2 3 4]", "3, 3,1": "[3 1]", "6": "[6]", "10": "[10]"} {
 		got, err := ParseModes(in)
 		if err != nil || fmt.Sprint(toInts(got)) != want {
 			t.Errorf("ParseModes(%q) = %v, %v; want %s", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "0", "10", "x", "1-x", "2-12"} {
+	for _, in := range []string{"", "0", "11", "x", "1-x", "2-12"} {
 		if _, err := ParseModes(in); err == nil {
 			t.Errorf("ParseModes(%q) accepted", in)
 		}
@@ -72,15 +72,15 @@ func TestSQLModesSmoke(t *testing.T) {
 	defer cancel()
 	var progress bytes.Buffer
 	rep, err := Run(ctx, Config{
-		DatabaseURL: tdb.URL, Modes: []Mode{ModeSQL, ModeSQLSplit, ModeCommit, ModeSQLNext},
+		DatabaseURL: tdb.URL, Modes: []Mode{ModeSQL, ModeSQLSplit, ModeCommit, ModeSQLNext, ModeSQLBatch},
 		Runners: 4, Duration: time.Second, Entities: 3000, RunID: "smoke",
 		Progress: &progress, NoCheckpoint: true, Keep: true,
 	})
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if len(rep.Results) != 4 {
-		t.Fatalf("got %d results, want 4", len(rep.Results))
+	if len(rep.Results) != 5 {
+		t.Fatalf("got %d results, want 5", len(rep.Results))
 	}
 	for _, r := range rep.Results {
 		if r.Cycles == 0 || r.Errors != 0 {
@@ -97,7 +97,7 @@ func TestSQLModesSmoke(t *testing.T) {
 	}
 	var out bytes.Buffer
 	rep.Print(&out)
-	for _, want := range []string{"2÷3", "2÷4", "6÷2", "sql-split"} {
+	for _, want := range []string{"2÷3", "2÷4", "6÷2", "sql-split", "sql-batch"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, out.String())
 		}
@@ -106,7 +106,7 @@ func TestSQLModesSmoke(t *testing.T) {
 	// The lifecycle modes leave no active claim, no running entity and no
 	// queued wake behind (mode 3's split release leaves wakes 'claimed' by
 	// design, so it is checked for claims and entities only).
-	for _, m := range []Mode{ModeSQL, ModeSQLSplit, ModeSQLNext} {
+	for _, m := range []Mode{ModeSQL, ModeSQLSplit, ModeSQLNext, ModeSQLBatch} {
 		tenant := fmt.Sprintf("bench-smoke-m%d", m)
 		var active, running, queued int
 		err := tdb.Pool.QueryRow(ctx, `
@@ -147,5 +147,32 @@ func TestModeDataRemoved(t *testing.T) {
 	}
 	if n != 0 {
 		t.Errorf("%d rows left behind", n)
+	}
+}
+
+func TestBatchStatsFromMetrics(t *testing.T) {
+	t.Parallel()
+	parse := func(text string) batchStats {
+		out := batchStats{}
+		for _, line := range strings.Split(text, "\n") {
+			scrapeLine(out, line)
+		}
+		return out
+	}
+	before := parse(`pullwake_group_commit_batch_size_bucket{transition="claim",le="1"} 10
+pullwake_group_commit_batch_size_bucket{transition="claim",le="2"} 10
+pullwake_group_commit_batch_size_bucket{transition="claim",le="4"} 10
+pullwake_group_commit_batch_size_bucket{transition="claim",le="+Inf"} 10
+pullwake_group_commit_batch_size_sum{transition="claim"} 10
+pullwake_group_commit_batch_size_count{transition="claim"} 10`)
+	after := parse(`pullwake_group_commit_batch_size_bucket{transition="claim",le="1"} 12
+pullwake_group_commit_batch_size_bucket{transition="claim",le="2"} 13
+pullwake_group_commit_batch_size_bucket{transition="claim",le="4"} 14
+pullwake_group_commit_batch_size_bucket{transition="claim",le="+Inf"} 14
+pullwake_group_commit_batch_size_sum{transition="claim"} 19
+pullwake_group_commit_batch_size_count{transition="claim"} 14`)
+	got := after.minus(before).String()
+	if want := "claim 4 batches, mean 2.2 items [1:50% 2:25% 3-4:25%]"; got != want {
+		t.Errorf("got %q, want %q", got, want)
 	}
 }

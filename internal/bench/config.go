@@ -23,8 +23,9 @@ const (
 	ModeHTTPAppend Mode = 7
 	ModeSQLInsert  Mode = 8
 	ModeLiveClaims Mode = 9
+	ModeSQLBatch   Mode = 10
 	firstMode           = ModeHTTP
-	lastMode            = ModeLiveClaims
+	lastMode            = ModeSQLBatch
 	messageSize         = 1024
 	defaultLeaseMs      = 60000
 )
@@ -49,6 +50,8 @@ func (m Mode) String() string {
 		return "sql-insert"
 	case ModeLiveClaims:
 		return "live-claims"
+	case ModeSQLBatch:
+		return "sql-batch"
 	}
 	return "mode" + strconv.Itoa(int(m))
 }
@@ -74,6 +77,8 @@ func (m Mode) Describe() string {
 		return "SQL single-row INSERT of the same message into stream_messages"
 	case ModeLiveClaims:
 		return "HTTP claims without done up to --live-claims; reports server RSS"
+	case ModeSQLBatch:
+		return "SQL claim_next_wakes + pw_stream_writes + release_claims, all N runners in each call"
 	}
 	return ""
 }

@@ -1,7 +1,7 @@
 // Package bench is the load engine behind `pullwake bench`: it runs the
 // claim → append → done cycle with N concurrent runners in several modes
 // against one database and reports rates, per-step latency percentiles and
-// the ratios between modes that issue 6 sets targets for.
+// the ratios between modes that docs/performance.md sets targets for.
 //
 // Modes (each on fresh data: its own runners and entities with queued work,
 // in a tenant of its own unless pointed at a running server):
@@ -20,6 +20,13 @@
 //	7 http-append  one append through HTTP with a held claim's write token
 //	8 sql-insert   one plain single-row INSERT of the same message
 //	9 live-claims  claims held without done up to a count; the server's RSS
+//	10 sql-batch   every runner's claim, append and release as three
+//	               set-based calls (claim_next_wakes, pw_stream_writes,
+//	               release_claims) on one session: the ceiling of group
+//	               commit on this schema
+//
+// HTTP modes also report the server's CPU per cycle and, when the server
+// runs group commit, its batch sizes per transition (from its /metrics).
 //
 // It must not be used against a production database: it creates runners and
 // entities (under /bench/...) and deletes them when each mode ends (unless

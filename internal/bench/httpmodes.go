@@ -73,6 +73,7 @@ func runHTTPMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (
 			r.leaseMs = 600000
 		}
 	}
+	batches0 := scrapeBatches(ctx, client, srv.URL)
 	cpu0 := procCPU(srv.PID)
 	res, err = drive(ctx, &dcfg, pool, m, cfg.Runners, func(ctx context.Context, i int) (cycleFunc, func(), error) {
 		r := runners[i]
@@ -92,6 +93,7 @@ func runHTTPMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (
 		return r.cycle, func() {}, nil
 	})
 	res.Entities = ds.entities
+	res.Batches = scrapeBatches(ctx, client, srv.URL).minus(batches0)
 	if srv.PID > 0 {
 		res.ServerRSS = rss(srv.PID)
 		res.ServerCPU = procCPU(srv.PID) - cpu0

@@ -41,8 +41,11 @@ type ModeResult struct {
 	ClientCPU time.Duration
 	// WAL is what the cluster wrote to its write-ahead log while the mode
 	// ran (cluster-wide: other work on the cluster counts too).
-	WAL  walDelta
-	Note string
+	WAL walDelta
+	// Batches is the server's group-commit batch sizes during the mode
+	// (HTTP modes; nil when the server reports none).
+	Batches batchStats
+	Note    string
 }
 
 // Rate is cycles (or transactions, for the commit mode) per second.
@@ -161,7 +164,8 @@ func drive(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode, n int,
 					continue
 				}
 				consecutive = 0
-				done.Add(1)
+				done.Add(max(1, recs[i].batch))
+				recs[i].batch = 0
 			}
 			end := int64(time.Since(start))
 			for {

@@ -35,11 +35,15 @@ func runSQLMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (M
 		return ModeResult{}, err
 	}
 	q := db.New()
-	if m == ModeSQL || m == ModeSQLSplit || m == ModeSQLNext {
+	if m == ModeSQL || m == ModeSQLSplit || m == ModeSQLNext || m == ModeSQLBatch {
 		stop := vacuumQueueEvery(ctx, pool, sweepInterval)
 		defer stop()
 	}
-	res, err := drive(ctx, cfg, pool, m, cfg.Runners, func(ctx context.Context, i int) (cycleFunc, func(), error) {
+	workers := cfg.Runners
+	if m == ModeSQLBatch {
+		workers = 1 // one session runs every runner's cycle, batch by batch
+	}
+	res, err := drive(ctx, cfg, pool, m, workers, func(ctx context.Context, i int) (cycleFunc, func(), error) {
 		conn, err := pool.Acquire(ctx)
 		if err != nil {
 			return nil, nil, fmt.Errorf("acquire connection: %w", err)
@@ -59,12 +63,19 @@ func runSQLMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (M
 			w.stream = fmt.Sprintf("/v1/stream/bench/%s-%d/main", prefix, i+1)
 			w.seq = 1000
 			c = w.insert
+		case ModeSQLBatch:
+			b := &batchRunner{sqlRunner: w, runners: runners}
+			c = b.cycle
 		}
 		return c, func() { w.releaseHeld(ctx); conn.Release() }, nil
 	})
 	res.Entities = ds.entities
 	if ferr := ds.finish(ctx, pool, cfg.Keep); ferr != nil && res.FirstErr == "" {
 		res.FirstErr = ferr.Error()
+	}
+	if m == ModeSQLBatch {
+		res.Runners = cfg.Runners
+		res.Note = fmt.Sprintf("one session, batches of %d: each cycle's step latency is its batch's", cfg.Runners)
 	}
 	if m == ModeSQLSplit {
 		res.Note = "release as 4 statements leaves wakes 'claimed', as the modelled system does"
@@ -303,4 +314,82 @@ func (w *sqlRunner) releaseHeld(ctx context.Context) {
 	defer cancel()
 	_, _ = w.q.ReleaseClaim(ctx, w.conn, db.ReleaseClaimParams{
 		ConsumerID: c.consumer, Epoch: c.epoch, Acks: json.RawMessage(`[]`), TenantID: w.tenant})
+}
+
+// batchRunner is mode 10: every runner's claim in one claim_next_wakes
+// call, every append in one pw_stream_writes, every release in one
+// release_claims: three statements, three commits for N cycles. The schema's
+// ceiling for group commit.
+type batchRunner struct {
+	*sqlRunner
+	runners []string
+}
+
+func (b *batchRunner) cycle(ctx context.Context, rec *recorder) error {
+	n := len(b.runners)
+	ttls := make([]int32, n)
+	for i := range ttls {
+		ttls[i] = b.leaseMs
+	}
+	var claims []db.ClaimNextWakesRow
+	err := rec.time(0, func() (err error) {
+		claims, err = b.q.ClaimNextWakes(ctx, b.conn, db.ClaimNextWakesParams{RunnerIds: b.runners, LeaseTtlMs: ttls, TenantID: b.tenant})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("claim batch: %w", err)
+	}
+	var held []db.ClaimNextWakesRow
+	for _, c := range claims {
+		if c.ErrCode != "" {
+			return fmt.Errorf("claim for a runner: %s %s", c.ErrCode, c.ErrMessage)
+		}
+		if c.HasClaim {
+			held = append(held, c)
+		}
+	}
+	if len(held) == 0 {
+		return errNoWork
+	}
+	wr := db.StreamWritesParams{TenantID: b.tenant}
+	for _, c := range held {
+		wr.Paths = append(wr.Paths, c.StreamPath)
+		wr.ContentTypes = append(wr.ContentTypes, jsonType)
+		wr.EntityWriters = append(wr.EntityWriters, true)
+		wr.Counts = append(wr.Counts, 1)
+		wr.Data = append(wr.Data, b.msg)
+	}
+	var writes []db.StreamWritesRow
+	err = rec.time(1, func() (err error) {
+		writes, err = b.q.StreamWrites(ctx, b.conn, wr)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("append batch: %w", err)
+	}
+	rel := db.ReleaseClaimsParams{TenantID: b.tenant}
+	for i, c := range held {
+		if w := writes[i]; w.ErrCode != "" || w.Status != "appended" {
+			return fmt.Errorf("append to %s: %s %s %s", c.StreamPath, w.Status, w.ErrCode, w.ErrMessage)
+		}
+		rel.ConsumerIds = append(rel.ConsumerIds, c.ConsumerID)
+		rel.Epochs = append(rel.Epochs, c.Epoch)
+		rel.Acks = append(rel.Acks, string(acks(c.StreamPath, writes[i].TailSeq)))
+	}
+	var released []db.ReleaseClaimsRow
+	err = rec.time(2, func() (err error) {
+		released, err = b.q.ReleaseClaims(ctx, b.conn, rel)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("release batch: %w", err)
+	}
+	for i, r := range released {
+		if r.ErrCode != "" || !r.Released || !r.EntityCleared {
+			return fmt.Errorf("release %s/%d: %s %s released=%t entity_cleared=%t", rel.ConsumerIds[i], rel.Epochs[i],
+				r.ErrCode, r.ErrMessage, r.Released, r.EntityCleared)
+		}
+	}
+	rec.batch = int64(len(held))
+	return nil
 }

@@ -12,6 +12,9 @@ type samples []time.Duration
 // recorder holds one worker's samples, one slice per step.
 type recorder struct {
 	steps []samples
+	// batch, when set by a cycle, is how many cycles that call made (the
+	// batched mode runs every runner's cycle in one call); 0 counts one.
+	batch int64
 }
 
 func newRecorder(nsteps int) *recorder {

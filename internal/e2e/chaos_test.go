@@ -41,7 +41,10 @@ func TestChaos(t *testing.T) {
 	)
 	began := time.Now()
 	pg := startCluster(t)
-	srv := startServer(t, serverConfig{DatabaseURL: pg.URL, SweepInterval: sweep, DefaultLease: lease})
+	// Group commit on (it is off by default): the chaos also covers batched
+	// claims, dones and appends.
+	srv := startServer(t, serverConfig{DatabaseURL: pg.URL, SweepInterval: sweep, DefaultLease: lease,
+		Env: []string{"PULLWAKE_GROUP_COMMIT=true"}})
 	c := srv.Client()
 
 	ch := &chaos{c: c, lease: lease, sent: map[string][]string{}, appended: map[string][]string{}}

@@ -82,7 +82,21 @@ type Metrics struct {
 	expirations     prometheus.Counter
 	appends         prometheus.Counter
 	appendBytes     prometheus.Counter
+	batchSize       *prometheus.HistogramVec
+
+	// The labelled children the hot paths use, looked up once.
+	claimedObs prometheus.Observer
+	noneObs    prometheus.Observer
+	releaseBy  map[string]prometheus.Counter
+	batchObs   map[string]prometheus.Observer
 }
+
+// BatchTransitions are the values of the transition label of
+// pullwake_group_commit_batch_size.
+var BatchTransitions = []string{"release", "claim", "append"}
+
+// BatchBuckets are the upper bounds of pullwake_group_commit_batch_size.
+var BatchBuckets = []float64{1, 2, 4, 8, 16, 32, 64}
 
 // latencyBuckets span one PostgreSQL round trip (sub-millisecond) to a
 // request stuck behind locks (seconds).
@@ -127,15 +141,24 @@ func New(cfg Config) *Metrics {
 			Name: "pullwake_append_bytes_total",
 			Help: "Bytes appended to streams.",
 		}),
+		batchSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pullwake_group_commit_batch_size",
+			Help:    "Items per group-commit transaction, by transition (release, claim, append).",
+			Buckets: BatchBuckets,
+		}, []string{"transition"}),
+		releaseBy: map[string]prometheus.Counter{},
+		batchObs:  map[string]prometheus.Observer{},
 	}
 	// Every outcome and result shows from the start, at zero.
 	for _, o := range []string{OutcomeReleased, OutcomeStaleEpoch, OutcomeNoop} {
-		m.releases.WithLabelValues(o)
+		m.releaseBy[o] = m.releases.WithLabelValues(o)
 	}
-	for _, r := range []string{claimResultClaimed, claimResultNone} {
-		m.claimDuration.WithLabelValues(r)
+	m.claimedObs = m.claimDuration.WithLabelValues(claimResultClaimed)
+	m.noneObs = m.claimDuration.WithLabelValues(claimResultNone)
+	for _, t := range BatchTransitions {
+		m.batchObs[t] = m.batchSize.WithLabelValues(t)
 	}
-	reg.MustRegister(
+	reg.MustRegister(m.batchSize,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.claimsStarted, m.claimDuration, m.releases, m.releaseDuration,
@@ -171,7 +194,7 @@ func (m *Metrics) ClaimStarted(d time.Duration) {
 		return
 	}
 	m.claimsStarted.Inc()
-	m.claimDuration.WithLabelValues(claimResultClaimed).Observe(d.Seconds())
+	m.claimedObs.Observe(d.Seconds())
 }
 
 // ClaimNone records a claim request that found no work and took d.
@@ -179,7 +202,7 @@ func (m *Metrics) ClaimNone(d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.claimDuration.WithLabelValues(claimResultNone).Observe(d.Seconds())
+	m.noneObs.Observe(d.Seconds())
 }
 
 // Released records a release with its outcome (one of the Outcome*
@@ -188,7 +211,11 @@ func (m *Metrics) Released(outcome string, d time.Duration) {
 	if m == nil {
 		return
 	}
-	m.releases.WithLabelValues(outcome).Inc()
+	if c, ok := m.releaseBy[outcome]; ok {
+		c.Inc()
+	} else {
+		m.releases.WithLabelValues(outcome).Inc()
+	}
 	m.releaseDuration.Observe(d.Seconds())
 }
 
@@ -209,4 +236,17 @@ func (m *Metrics) Appended(n int, bytes int) {
 	if bytes > 0 {
 		m.appendBytes.Add(float64(bytes))
 	}
+}
+
+// BatchSize records one group-commit transaction of n items for a
+// transition (one of BatchTransitions).
+func (m *Metrics) BatchSize(transition string, n int) {
+	if m == nil {
+		return
+	}
+	if o, ok := m.batchObs[transition]; ok {
+		o.Observe(float64(n))
+		return
+	}
+	m.batchSize.WithLabelValues(transition).Observe(float64(n))
 }

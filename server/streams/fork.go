@@ -142,19 +142,10 @@ func (h *Handler) serveFork(w http.ResponseWriter, r *http.Request, path string)
 		h.internalError(w, r, "fork", path, err)
 		return
 	}
+	if h.answerCreate(w, r, path, row.Status, row.ContentType, row.TailSeq, row.Closed) {
+		return
+	}
 	switch row.Status {
-	case "created":
-		w.Header().Set("Location", requestURL(r))
-		w.Header().Set("Content-Type", row.ContentType)
-		setOffsetHeaders(w, row.TailSeq, row.Closed)
-		w.WriteHeader(http.StatusCreated)
-		h.n.notify(path)
-	case "exists":
-		w.Header().Set("Content-Type", row.ContentType)
-		setOffsetHeaders(w, row.TailSeq, row.Closed)
-		w.WriteHeader(http.StatusOK)
-	case "forbidden":
-		writeError(w, r, http.StatusForbidden, "FORBIDDEN", "an entity's main stream cannot be replaced")
 	case "source_not_found":
 		writeError(w, r, http.StatusNotFound, "STREAM_NOT_FOUND", "no source stream at Stream-Forked-From")
 	case "source_gone":

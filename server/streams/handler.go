@@ -109,6 +109,9 @@ type Config struct {
 	// process's readers wake at once; others at their next re-check.
 	Publisher Publisher
 	Logger    *slog.Logger
+	// Writer, when set, runs appends instead of one pw_stream_write call
+	// each (group commit: BatchWriter).
+	Writer Writer
 }
 
 // Publisher sends a NOTIFY after the fact.

@@ -170,22 +170,33 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, path strin
 		h.internalError(w, r, "create", path, err)
 		return
 	}
-	switch row.Status {
+	if !h.answerCreate(w, r, path, row.Status, row.ContentType, row.TailSeq, row.Closed) {
+		writeError(w, r, http.StatusConflict, "STREAM_CONFLICT", "a stream exists at this path with a different configuration")
+	}
+}
+
+// answerCreate writes the answer of a create (plain or fork) whose status is
+// one both share, and reports whether it did: created (201, Location, live
+// readers woken), exists (200: the same stream was created before), or
+// forbidden (an entity's main stream).
+func (h *Handler) answerCreate(w http.ResponseWriter, r *http.Request, path, status, contentType string, tail int64, closed bool) bool {
+	switch status {
 	case "created":
 		w.Header().Set("Location", requestURL(r))
-		w.Header().Set("Content-Type", row.ContentType)
-		setOffsetHeaders(w, row.TailSeq, row.Closed)
+		w.Header().Set("Content-Type", contentType)
+		setOffsetHeaders(w, tail, closed)
 		w.WriteHeader(http.StatusCreated)
 		h.n.notify(path)
 	case "exists":
-		w.Header().Set("Content-Type", row.ContentType)
-		setOffsetHeaders(w, row.TailSeq, row.Closed)
+		w.Header().Set("Content-Type", contentType)
+		setOffsetHeaders(w, tail, closed)
 		w.WriteHeader(http.StatusOK)
 	case "forbidden":
 		writeError(w, r, http.StatusForbidden, "FORBIDDEN", "an entity's main stream cannot be replaced")
 	default:
-		writeError(w, r, http.StatusConflict, "STREAM_CONFLICT", "a stream exists at this path with a different configuration")
+		return false
 	}
+	return true
 }
 
 // parseLifetime reads Stream-TTL and Stream-Expires-At of a PUT; msg
@@ -369,7 +380,7 @@ func (h *Handler) serveAppend(w http.ResponseWriter, r *http.Request, path strin
 	}
 	ctx, cancel := h.dbContext(r)
 	defer cancel()
-	row, err := h.q.StreamWriteAs(ctx, h.cfg.Pool, arg)
+	row, err := h.write(ctx, arg)
 	if err != nil {
 		h.internalError(w, r, "append", path, err)
 		return
