@@ -63,8 +63,14 @@ func schemaRefusal(electric bool, err error) error {
 		ut *schemas.UnknownTypeError
 		um *schemas.UnknownMessageTypeError
 		ie *schemas.InvalidError
+		se *schemas.SchemaError
 	)
 	switch {
+	case errors.As(err, &se):
+		// A stored schema that does not compile: the row was written
+		// before schemas were checked, or by hand.
+		return errf(http.StatusConflict, "ENTITY_TYPE_INVALID",
+			"%s; delete the entity type and register it again", err.Error())
 	case errors.As(err, &ut) && electric:
 		return errf(http.StatusNotFound, "UNKNOWN_ENTITY_TYPE", "%s", ut.Error())
 	case errors.As(err, &um) && electric:

@@ -217,6 +217,28 @@ func TestEntityTypeSchemasMustCompile(t *testing.T) {
 
 // A spawn's parent must exist (Electric's prefix takes parent): a refused
 // spawn creates nothing. Typed validation runs before it.
+// A type whose stored schema does not compile (written by hand, or before
+// schemas were checked) refuses its spawns and typed sends with a 409
+// naming the schema, never a 500.
+func TestStoredSchemaThatDoesNotCompile(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withElectricAdmin)
+	b.must(201, b.do("PUT", "/entities/bad/1", electricAdmin, obj{}))
+	if _, err := b.pool.Exec(t.Context(), `INSERT INTO entity_types (name, creation_schema, inbox_schemas)
+		VALUES ('bad', '{"type": "nonsense"}', '{"q": {"$ref": "file:///etc/passwd"}}')`); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/_electric/entities/bad/2", "/entities/bad/2"} {
+		r := b.do("PUT", path, electricAdmin, obj{})
+		wantRefused(t, "spawn", r, 409, "ENTITY_TYPE_INVALID", false)
+		if !strings.Contains(string(r.body), "creation_schema") {
+			t.Fatalf("409 does not name the schema: %s", r.body)
+		}
+	}
+	wantRefused(t, "typed send", b.do("POST", "/entities/bad/1", electricAdmin, obj{"type": "q", "payload": 1}), 409, "ENTITY_TYPE_INVALID", false)
+	b.must(202, b.do("POST", "/entities/bad/1", electricAdmin, obj{"payload": 1}))
+}
+
 func TestSpawnParent(t *testing.T) {
 	t.Parallel()
 	b := setup(t, withElectricAdmin)
