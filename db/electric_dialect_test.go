@@ -49,7 +49,6 @@ func (f *fixture) setTag(url, key string, value *string) error {
 	return err
 }
 
-
 func tagEvent(ev map[string]any) (key, op string, value any) {
 	h, _ := ev["headers"].(map[string]any)
 	op, _ = h["operation"].(string)
