@@ -142,7 +142,9 @@ func (s *Server) upsertEntityType(w http.ResponseWriter, r *http.Request) error 
 	}
 	// The amend rule is checked against the revision read; the upsert
 	// applies only at that revision, else the type is read again.
+	inbox, state := p.InboxSchemas, p.StateSchemas // as given
 	for attempt := 0; ; attempt++ {
+		p.InboxSchemas, p.StateSchemas = inbox, state
 		old, err := s.q.GetEntityType(r.Context(), s.pool, db.GetEntityTypeParams{TenantID: s.cfg.Tenant, Name: *body.Name})
 		switch {
 		case errors.Is(err, db.ErrNotFound):
@@ -167,7 +169,7 @@ func (s *Server) upsertEntityType(w http.ResponseWriter, r *http.Request) error 
 			p.ExpectedRevision = &old.Revision
 		}
 		row, err := s.q.UpsertEntityType(r.Context(), s.pool, p)
-		if errors.Is(err, db.ErrNotFound) && attempt < 5 {
+		if errors.Is(err, db.ErrNotFound) && attempt < maxTypeWriteAttempts {
 			continue // changed since read: check again
 		}
 		if errors.Is(err, db.ErrNotFound) {
@@ -188,6 +190,11 @@ func (s *Server) upsertEntityType(w http.ResponseWriter, r *http.Request) error 
 		return nil
 	}
 }
+
+// maxTypeWriteAttempts bounds how often a registration or amendment reads
+// the type again after a concurrent change won the race (each round lets
+// at least one writer through).
+const maxTypeWriteAttempts = 32
 
 // schemaError encodes a schema or amend-rule error of internal/schemas.
 func schemaError(err error) error {
@@ -267,7 +274,7 @@ func (s *Server) amendEntityTypeSchemas(w http.ResponseWriter, r *http.Request) 
 			TenantID: s.cfg.Tenant, Name: name, ExpectedRevision: old.Revision,
 			InboxSchemas: mergedInbox, StateSchemas: mergedState,
 		})
-		if errors.Is(err, db.ErrNotFound) && attempt < 5 {
+		if errors.Is(err, db.ErrNotFound) && attempt < maxTypeWriteAttempts {
 			continue // changed or deleted since read: check again
 		}
 		if errors.Is(err, db.ErrNotFound) {

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -195,6 +196,38 @@ func TestAmendEntityTypeSchemas(t *testing.T) {
 	wantRefused(t, "PATCH not an object", b.do("PATCH", "/_electric/entity-types/task/schemas", electricAdmin, obj{"state_schemas": 5}), 400, "INVALID_REQUEST", false)
 	if g := b.must(200, b.do("GET", "/_electric/entity-types/task", electricAdmin, nil)).json(t); g["revision"] != float64(4) {
 		t.Fatalf("refusals changed the type: %v", g)
+	}
+}
+
+// Concurrent amendments adding different keys all land: none overwrites
+// another's key (each applies at the revision it checked, or reads again).
+// (A re-registration giving a whole map would rightly be refused here: the
+// map lacks the keys added meanwhile.)
+func TestConcurrentAmendments(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withElectricAdmin)
+	b.must(201, b.do("POST", "/_electric/entity-types", electricAdmin, taskType))
+	const n = 8
+	errs := make(chan string, n)
+	for i := range n {
+		go func() {
+			key := fmt.Sprintf("k%d", i)
+			r := b.do("PATCH", "/_electric/entity-types/task/schemas", electricAdmin, obj{"inbox_schemas": obj{key: obj{}}})
+			if r.status != 200 {
+				errs <- fmt.Sprintf("%s: %d %s", key, r.status, r.body)
+				return
+			}
+			errs <- ""
+		}()
+	}
+	for range n {
+		if e := <-errs; e != "" {
+			t.Fatal(e)
+		}
+	}
+	got := b.must(200, b.do("GET", "/_electric/entity-types/task", electricAdmin, nil)).json(t)
+	if got["revision"] != float64(1+n) || len(got["inbox_schemas"].(obj)) != 1+n {
+		t.Fatalf("after %d concurrent amendments: revision %v, inbox_schemas %v", n, got["revision"], got["inbox_schemas"])
 	}
 }
 
