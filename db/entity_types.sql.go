@@ -11,6 +11,48 @@ import (
 	"time"
 )
 
+const amendEntityTypeSchemas = `-- name: AmendEntityTypeSchemas :one
+UPDATE entity_types AS t
+   SET inbox_schemas = $1, state_schemas = $2,
+       revision = t.revision + 1, updated_at = now()
+ WHERE t.tenant_id = $3 AND t.name = $4 AND t.revision = $5
+RETURNING t.tenant_id, t.name, t.description, t.creation_schema, t.inbox_schemas, t.state_schemas, t.default_dispatch_policy, t.created_at, t.updated_at, t.revision
+`
+
+type AmendEntityTypeSchemasParams struct {
+	InboxSchemas     json.RawMessage
+	StateSchemas     json.RawMessage
+	TenantID         string
+	Name             string
+	ExpectedRevision int64
+}
+
+// Stores merged schema maps when the type is still at expected_revision;
+// no row when it changed or is gone (the server reads it again).
+func (q *Queries) AmendEntityTypeSchemas(ctx context.Context, db DBTX, arg AmendEntityTypeSchemasParams) (EntityType, error) {
+	row := db.QueryRow(ctx, amendEntityTypeSchemas,
+		arg.InboxSchemas,
+		arg.StateSchemas,
+		arg.TenantID,
+		arg.Name,
+		arg.ExpectedRevision,
+	)
+	var i EntityType
+	err := row.Scan(
+		&i.TenantID,
+		&i.Name,
+		&i.Description,
+		&i.CreationSchema,
+		&i.InboxSchemas,
+		&i.StateSchemas,
+		&i.DefaultDispatchPolicy,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.Revision,
+	)
+	return i, err
+}
+
 const deleteEntityType = `-- name: DeleteEntityType :execrows
 DELETE FROM entity_types WHERE tenant_id = $1 AND name = $2
 `
@@ -29,7 +71,7 @@ func (q *Queries) DeleteEntityType(ctx context.Context, db DBTX, arg DeleteEntit
 }
 
 const getEntityType = `-- name: GetEntityType :one
-SELECT tenant_id, name, description, creation_schema, inbox_schemas, state_schemas, default_dispatch_policy, created_at, updated_at FROM entity_types WHERE tenant_id = $1 AND name = $2
+SELECT tenant_id, name, description, creation_schema, inbox_schemas, state_schemas, default_dispatch_policy, created_at, updated_at, revision FROM entity_types WHERE tenant_id = $1 AND name = $2
 `
 
 type GetEntityTypeParams struct {
@@ -50,12 +92,13 @@ func (q *Queries) GetEntityType(ctx context.Context, db DBTX, arg GetEntityTypeP
 		&i.DefaultDispatchPolicy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Revision,
 	)
 	return i, err
 }
 
 const listEntityTypes = `-- name: ListEntityTypes :many
-SELECT tenant_id, name, description, creation_schema, inbox_schemas, state_schemas, default_dispatch_policy, created_at, updated_at FROM entity_types WHERE tenant_id = $1 ORDER BY name LIMIT $2
+SELECT tenant_id, name, description, creation_schema, inbox_schemas, state_schemas, default_dispatch_policy, created_at, updated_at, revision FROM entity_types WHERE tenant_id = $1 ORDER BY name LIMIT $2
 `
 
 type ListEntityTypesParams struct {
@@ -82,6 +125,7 @@ func (q *Queries) ListEntityTypes(ctx context.Context, db DBTX, arg ListEntityTy
 			&i.DefaultDispatchPolicy,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.Revision,
 		); err != nil {
 			return nil, err
 		}
@@ -102,8 +146,10 @@ VALUES ($1, $2, $3, $4, $5,
 ON CONFLICT (tenant_id, name) DO UPDATE
    SET description = EXCLUDED.description, creation_schema = EXCLUDED.creation_schema,
        inbox_schemas = EXCLUDED.inbox_schemas, state_schemas = EXCLUDED.state_schemas,
-       default_dispatch_policy = EXCLUDED.default_dispatch_policy, updated_at = now()
-RETURNING t.tenant_id, t.name, t.description, t.creation_schema, t.inbox_schemas, t.state_schemas, t.default_dispatch_policy, t.created_at, t.updated_at, (xmax = 0)::boolean AS created
+       default_dispatch_policy = EXCLUDED.default_dispatch_policy, updated_at = now(),
+       revision = t.revision + 1
+ WHERE t.revision = $8::bigint
+RETURNING t.tenant_id, t.name, t.description, t.creation_schema, t.inbox_schemas, t.state_schemas, t.default_dispatch_policy, t.created_at, t.updated_at, t.revision, (xmax = 0)::boolean AS created
 `
 
 type UpsertEntityTypeParams struct {
@@ -114,6 +160,7 @@ type UpsertEntityTypeParams struct {
 	InboxSchemas          json.RawMessage
 	StateSchemas          json.RawMessage
 	DefaultDispatchPolicy json.RawMessage
+	ExpectedRevision      *int64
 }
 
 type UpsertEntityTypeRow struct {
@@ -126,12 +173,18 @@ type UpsertEntityTypeRow struct {
 	DefaultDispatchPolicy json.RawMessage
 	CreatedAt             time.Time
 	UpdatedAt             time.Time
+	Revision              int64
 	Created               bool
 }
 
 // Entity types (00008_electric_runtime): Electric's registry of entity
-// kinds. The schemas are stored and returned as given; a type's
+// kinds. The schemas are stored and returned as given (checked by the
+// server, internal/schemas); revision counts the changes of a row; a type's
 // default_dispatch_policy names the runner a spawn without runner_id targets.
+// Creates the type (revision 1) or replaces it (revision + 1) when its
+// revision is still expected_revision (NULL: the type must not exist):
+// the server checked the amend rule against that revision, so a change
+// in between returns no row and the server checks again.
 func (q *Queries) UpsertEntityType(ctx context.Context, db DBTX, arg UpsertEntityTypeParams) (UpsertEntityTypeRow, error) {
 	row := db.QueryRow(ctx, upsertEntityType,
 		arg.TenantID,
@@ -141,6 +194,7 @@ func (q *Queries) UpsertEntityType(ctx context.Context, db DBTX, arg UpsertEntit
 		arg.InboxSchemas,
 		arg.StateSchemas,
 		arg.DefaultDispatchPolicy,
+		arg.ExpectedRevision,
 	)
 	var i UpsertEntityTypeRow
 	err := row.Scan(
@@ -153,6 +207,7 @@ func (q *Queries) UpsertEntityType(ctx context.Context, db DBTX, arg UpsertEntit
 		&i.DefaultDispatchPolicy,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Revision,
 		&i.Created,
 	)
 	return i, err

@@ -249,15 +249,17 @@ func (q *Queries) ReleaseClaim(ctx context.Context, db DBTX, arg ReleaseClaimPar
 
 const sendToEntity = `-- name: SendToEntity :one
 SELECT r.msg_offset::text AS msg_offset, coalesce(r.wake_id, '')::text AS wake_id
-  FROM send_to_entity($1::text, $2::jsonb, $3::text, $4::timestamptz, $5::text) AS r
+  FROM send_to_entity($1::text, $2::jsonb, $3::text, $4::timestamptz, $5::text,
+                      $6::text) AS r
 `
 
 type SendToEntityParams struct {
-	Url      string
-	Payload  json.RawMessage
-	FromName *string
-	Now      *time.Time
-	TenantID string
+	Url         string
+	Payload     json.RawMessage
+	FromName    *string
+	Now         *time.Time
+	TenantID    string
+	MessageType *string
 }
 
 type SendToEntityRow struct {
@@ -272,6 +274,7 @@ func (q *Queries) SendToEntity(ctx context.Context, db DBTX, arg SendToEntityPar
 		arg.FromName,
 		arg.Now,
 		arg.TenantID,
+		arg.MessageType,
 	)
 	var i SendToEntityRow
 	err := row.Scan(&i.MsgOffset, &i.WakeID)

@@ -72,6 +72,7 @@ type EntityType struct {
 	DefaultDispatchPolicy json.RawMessage
 	CreatedAt             time.Time
 	UpdatedAt             time.Time
+	Revision              int64
 }
 
 type PushQueue struct {

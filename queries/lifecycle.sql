@@ -6,7 +6,8 @@ SELECT * FROM spawn_entity(@url::text, sqlc.narg('runner_id')::text, sqlc.narg('
 
 -- name: SendToEntity :one
 SELECT r.msg_offset::text AS msg_offset, coalesce(r.wake_id, '')::text AS wake_id
-  FROM send_to_entity(@url::text, @payload::jsonb, sqlc.narg('from_name')::text, sqlc.narg('now')::timestamptz, @tenant_id::text) AS r;
+  FROM send_to_entity(@url::text, @payload::jsonb, sqlc.narg('from_name')::text, sqlc.narg('now')::timestamptz, @tenant_id::text,
+                      sqlc.narg('message_type')::text) AS r;
 
 -- name: StopEntity :one
 SELECT * FROM stop_entity(@url::text, sqlc.narg('now')::timestamptz, @tenant_id::text);

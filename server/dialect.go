@@ -39,17 +39,18 @@ type entityEncoding interface {
 
 // entityValidator checks what a spawn or a send carries against the
 // entity type's schemas. ValidateSpawn gets the spawn's args (nil when
-// absent); ValidateSend the message type ("" when absent) and payload.
-// An error is answered as is (an *apiError keeps its status and code).
-// The default accepts everything.
+// absent) and whether the type must be registered; ValidateSend the
+// message type ("" when absent) and payload. The handlers encode its
+// errors for their prefix (schemaRefusal, typed.go). The default accepts
+// everything; the server's is typedValidator (typed.go).
 type entityValidator interface {
-	ValidateSpawn(ctx context.Context, entityType string, args json.RawMessage) error
+	ValidateSpawn(ctx context.Context, entityType string, args json.RawMessage, requireType bool) error
 	ValidateSend(ctx context.Context, entityType, msgType string, payload json.RawMessage) error
 }
 
 type acceptAll struct{}
 
-func (acceptAll) ValidateSpawn(context.Context, string, json.RawMessage) error { return nil }
+func (acceptAll) ValidateSpawn(context.Context, string, json.RawMessage, bool) error { return nil }
 func (acceptAll) ValidateSend(context.Context, string, string, json.RawMessage) error {
 	return nil
 }

@@ -155,6 +155,7 @@ func TestElectricTags(t *testing.T) {
 	b := setup(t, withElectricAdmin)
 	a := electricAdmin
 	tok := b.registerRunner("r1")
+	b.must(201, b.do("POST", "/_electric/entity-types", a, map[string]any{"name": "chat"}))
 	b.must(201, b.do("PUT", "/_electric/entities/chat/1", a, map[string]any{"runner_id": "r1", "tags": map[string]any{"a": "1"}}))
 	tags := func(r resp) map[string]any { return b.must(200, r).json(t)["tags"].(map[string]any) }
 	if got := tags(b.do("POST", "/_electric/entities/chat/1/tags/b", a, map[string]any{"value": "2"})); len(got) != 2 || got["b"] != "2" {
@@ -171,7 +172,7 @@ func TestElectricTags(t *testing.T) {
 	}
 	wantErr(t, b.do("POST", "/_electric/entities/chat/1/tags/b", a, map[string]any{}), 400, "INVALID_REQUEST")
 	wantErr(t, b.do("POST", "/_electric/entities/chat/1/tags/b", a, map[string]any{"value": 1}), 400, "INVALID_REQUEST")
-	wantErr(t, b.do("POST", "/_electric/entities/chat/404/tags/b", a, map[string]any{"value": "1"}), 404, "UNKNOWN_ENTITY_TYPE") // chat is not registered here
+	wantErr(t, b.do("POST", "/_electric/entities/chat/404/tags/b", a, map[string]any{"value": "1"}), 404, "NOT_FOUND")
 
 	// The entity's own write token tags it; another token does not.
 	b.send("/chat/1", "go")

@@ -189,7 +189,9 @@ func TestEntityTypes(t *testing.T) {
 		t.Fatalf("created: %s", r.body)
 	}
 	body["description"] = "changed"
-	b.must(200, b.do("POST", "/_electric/entity-types", electricAdmin, body))
+	if again := b.must(201, b.do("POST", "/_electric/entity-types", electricAdmin, body)).json(t); again["revision"] != float64(2) {
+		t.Fatalf("a second registration is revision 2: %v", again["revision"])
+	}
 	one := b.must(200, b.do("GET", "/_electric/entity-types/chat", electricAdmin, nil)).json(t)
 	if one["description"] != "changed" || one["default_dispatch_policy"] == nil {
 		t.Fatalf("get: %v", one)
@@ -243,6 +245,8 @@ func TestElectricEntityRoutes(t *testing.T) {
 	t.Parallel()
 	b := setup(t, withElectricAdmin)
 	tok := b.registerRunner("r1")
+	// Electric's prefix spawns registered types only.
+	b.must(201, b.do("POST", "/_electric/entity-types", electricAdmin, map[string]any{"name": "chat"}))
 	b.must(201, b.do("PUT", "/_electric/entities/chat/1", electricAdmin, map[string]any{"runner_id": "r1"}))
 	b.must(201, b.do("PUT", "/_electric/entities/chat/2", electricAdmin, map[string]any{"runner_id": "r1"}))
 	if r := b.do("PUT", "/_electric/entities/chat/1", electricAdmin, map[string]any{}); r.status != 409 || r.errorCode(t) != "DUPLICATE_URL" {
@@ -253,9 +257,10 @@ func TestElectricEntityRoutes(t *testing.T) {
 		status       int
 		code         string
 	}{
-		{"GET", "/_electric/entities/chat/404", 404, "UNKNOWN_ENTITY_TYPE"},
-		{"POST", "/_electric/entities/chat/404/send", 404, "UNKNOWN_ENTITY_TYPE"},
-		{"DELETE", "/_electric/entities/chat/404", 404, "UNKNOWN_ENTITY_TYPE"},
+		{"GET", "/_electric/entities/chat/404", 404, "NOT_FOUND"},
+		{"POST", "/_electric/entities/chat/404/send", 404, "NOT_FOUND"},
+		{"DELETE", "/_electric/entities/chat/404", 404, "NOT_FOUND"},
+		{"GET", "/_electric/entities/ghost/404", 404, "UNKNOWN_ENTITY_TYPE"},
 		{"PUT", "/_electric/entities/Chat/1", 400, "INVALID_REQUEST"},
 	} {
 		if r := b.do(c.method, c.path, electricAdmin, map[string]any{"payload": 1}); r.status != c.status || r.errorCode(t) != c.code {

@@ -141,12 +141,16 @@ func (s *Server) spawnEntity(enc entityEncoding, w http.ResponseWriter, r *http.
 			}
 		}
 	}
-	args := body.Args
-	if !enc.spawnExtras() {
-		args = nil // SPEC §4: a spawn body is {"runner_id"?}
-	}
-	if err := s.validator.ValidateSpawn(r.Context(), entityType(url), args); err != nil {
+	// args are checked against the type's creation_schema under both
+	// prefixes; Electric's always requires a registered type, /entities
+	// only with RequireEntityTypes.
+	args, err := jsonObject(body.Args, "args")
+	if err != nil {
 		return err
+	}
+	_, electric := enc.(electricEncoding)
+	if err := s.validator.ValidateSpawn(r.Context(), entityType(url), args, electric || s.cfg.RequireEntityTypes); err != nil {
+		return schemaRefusal(electric, err)
 	}
 	e, err := s.q.SpawnEntityAs(r.Context(), s.pool, p)
 	if err != nil {
@@ -272,10 +276,14 @@ func (s *Server) sendToEntity(enc entityEncoding, w http.ResponseWriter, r *http
 		msgType = *body.Type
 	}
 	if err := s.validator.ValidateSend(r.Context(), entityType(url), msgType, body.Payload); err != nil {
-		return err
+		_, electric := enc.(electricEncoding)
+		return schemaRefusal(electric, err)
 	}
-	res, err := s.q.SendToEntity(r.Context(), s.pool, db.SendToEntityParams{
-		Url: url, Payload: body.Payload, FromName: from, TenantID: s.cfg.Tenant})
+	p := db.SendToEntityParams{Url: url, Payload: body.Payload, FromName: from, TenantID: s.cfg.Tenant}
+	if msgType != "" {
+		p.MessageType = &msgType // the inbox event's value.message_type
+	}
+	res, err := s.q.SendToEntity(r.Context(), s.pool, p)
 	if err != nil {
 		return err
 	}

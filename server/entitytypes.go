@@ -8,13 +8,17 @@ import (
 	"time"
 
 	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/internal/schemas"
 )
 
 // Entity types: Electric's runtime registers the types it handles at
 // start (POST /_electric/entity-types, an upsert by name). pullwake stores
 // the body and returns it; its default_dispatch_policy's first runner
 // target is the runner a spawn of that type without runner_id targets
-// (spawn_entity). The schemas are not enforced.
+// (spawn_entity). Every schema must compile (internal/schemas) and a
+// registered inbox or state schema key never changes: a re-registration
+// and PATCH .../schemas may add keys, never change or drop one (409
+// SCHEMA_KEY_EXISTS). Each change bumps the type's revision.
 
 type entityTypeJSON struct {
 	Name                  string          `json:"name"`
@@ -23,6 +27,7 @@ type entityTypeJSON struct {
 	InboxSchemas          json.RawMessage `json:"inbox_schemas"`
 	StateSchemas          json.RawMessage `json:"state_schemas"`
 	DefaultDispatchPolicy json.RawMessage `json:"default_dispatch_policy"`
+	Revision              int64           `json:"revision"`
 	CreatedAt             time.Time       `json:"created_at"`
 	UpdatedAt             time.Time       `json:"updated_at"`
 }
@@ -38,7 +43,8 @@ func entityTypeFromRow(t db.EntityType) entityTypeJSON {
 	return entityTypeJSON{
 		Name: t.Name, Description: t.Description, CreationSchema: orNull(t.CreationSchema),
 		InboxSchemas: orNull(t.InboxSchemas), StateSchemas: orNull(t.StateSchemas),
-		DefaultDispatchPolicy: orNull(t.DefaultDispatchPolicy), CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt,
+		DefaultDispatchPolicy: orNull(t.DefaultDispatchPolicy), Revision: t.Revision,
+		CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt,
 	}
 }
 
@@ -131,21 +137,156 @@ func (s *Server) upsertEntityType(w http.ResponseWriter, r *http.Request) error 
 	if err := checkDispatchPolicy(p.DefaultDispatchPolicy); err != nil {
 		return err
 	}
-	row, err := s.q.UpsertEntityType(r.Context(), s.pool, p)
+	if err := schemaError(schemas.CheckSchemas(p.CreationSchema, p.InboxSchemas, p.StateSchemas)); err != nil {
+		return err
+	}
+	// The amend rule is checked against the revision read; the upsert
+	// applies only at that revision, else the type is read again.
+	inbox, state := p.InboxSchemas, p.StateSchemas // as given
+	for attempt := 0; ; attempt++ {
+		p.InboxSchemas, p.StateSchemas = inbox, state
+		old, err := s.q.GetEntityType(r.Context(), s.pool, db.GetEntityTypeParams{TenantID: s.cfg.Tenant, Name: *body.Name})
+		switch {
+		case errors.Is(err, db.ErrNotFound):
+			p.ExpectedRevision = nil
+		case err != nil:
+			return err
+		default:
+			// An absent map keeps the registered one: a registration
+			// never drops a schema key.
+			if p.InboxSchemas == nil {
+				p.InboxSchemas = old.InboxSchemas
+			}
+			if p.StateSchemas == nil {
+				p.StateSchemas = old.StateSchemas
+			}
+			if err := schemaError(schemas.CheckReplace("inbox_schemas", old.InboxSchemas, p.InboxSchemas)); err != nil {
+				return err
+			}
+			if err := schemaError(schemas.CheckReplace("state_schemas", old.StateSchemas, p.StateSchemas)); err != nil {
+				return err
+			}
+			p.ExpectedRevision = &old.Revision
+		}
+		row, err := s.q.UpsertEntityType(r.Context(), s.pool, p)
+		if errors.Is(err, db.ErrNotFound) && attempt < maxTypeWriteAttempts {
+			continue // changed since read: check again
+		}
+		if errors.Is(err, db.ErrNotFound) {
+			return errf(http.StatusConflict, "CONFLICT", "entity type %s keeps changing; retry", *body.Name)
+		}
+		if err != nil {
+			return err
+		}
+		// 201 for a new type and a new revision alike, as Electric's
+		// server answers; revision tells them apart.
+		status := http.StatusCreated
+		s.log.Info("entity type registered", "entity_type", row.Name, "created", row.Created, "revision", row.Revision)
+		writeJSON(w, status, entityTypeFromRow(db.EntityType{
+			TenantID: row.TenantID, Name: row.Name, Description: row.Description, CreationSchema: row.CreationSchema,
+			InboxSchemas: row.InboxSchemas, StateSchemas: row.StateSchemas, DefaultDispatchPolicy: row.DefaultDispatchPolicy,
+			Revision: row.Revision, CreatedAt: row.CreatedAt, UpdatedAt: row.UpdatedAt,
+		}))
+		return nil
+	}
+}
+
+// maxTypeWriteAttempts bounds how often a registration or amendment reads
+// the type again after a concurrent change won the race (each round lets
+// at least one writer through).
+const maxTypeWriteAttempts = 32
+
+// schemaError encodes a schema or amend-rule error of internal/schemas.
+func schemaError(err error) error {
+	var (
+		se *schemas.SchemaError
+		ce *schemas.ConflictError
+	)
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &se):
+		return badRequest("%s", se.Error())
+	case errors.As(err, &ce):
+		return errf(http.StatusConflict, "SCHEMA_KEY_EXISTS", "%s", ce.Error())
+	}
+	return err
+}
+
+// amendEntityTypeSchemas serves PATCH /_electric/entity-types/{name}/schemas
+// {"inbox_schemas"?, "state_schemas"?} (input_schemas / output_schemas are
+// Electric's other names for them): the keys are added to the type's maps.
+// A key the type holds with another schema is 409 SCHEMA_KEY_EXISTS; with
+// the same schema it changes nothing. The revision bumps when a key was
+// added.
+func (s *Server) amendEntityTypeSchemas(w http.ResponseWriter, r *http.Request) error {
+	name, err := entityTypeName(r)
 	if err != nil {
 		return err
 	}
-	status := http.StatusOK
-	if row.Created {
-		status = http.StatusCreated
+	var body struct {
+		InboxSchemas  json.RawMessage `json:"inbox_schemas"`
+		StateSchemas  json.RawMessage `json:"state_schemas"`
+		InputSchemas  json.RawMessage `json:"input_schemas"`
+		OutputSchemas json.RawMessage `json:"output_schemas"`
 	}
-	s.log.Info("entity type registered", "entity_type", row.Name, "created", row.Created)
-	writeJSON(w, status, entityTypeFromRow(db.EntityType{
-		TenantID: row.TenantID, Name: row.Name, Description: row.Description, CreationSchema: row.CreationSchema,
-		InboxSchemas: row.InboxSchemas, StateSchemas: row.StateSchemas, DefaultDispatchPolicy: row.DefaultDispatchPolicy,
-		CreatedAt: row.CreatedAt, UpdatedAt: row.UpdatedAt,
-	}))
-	return nil
+	if err := decode(w, r, &body); err != nil {
+		return err
+	}
+	if body.InboxSchemas == nil {
+		body.InboxSchemas = body.InputSchemas
+	}
+	if body.StateSchemas == nil {
+		body.StateSchemas = body.OutputSchemas
+	}
+	inbox, err := jsonObject(body.InboxSchemas, "inbox_schemas")
+	if err != nil {
+		return err
+	}
+	state, err := jsonObject(body.StateSchemas, "state_schemas")
+	if err != nil {
+		return err
+	}
+	if err := schemaError(schemas.CheckSchemas(nil, inbox, state)); err != nil {
+		return err
+	}
+	for attempt := 0; ; attempt++ {
+		old, err := s.q.GetEntityType(r.Context(), s.pool, db.GetEntityTypeParams{TenantID: s.cfg.Tenant, Name: name})
+		if errors.Is(err, db.ErrNotFound) {
+			return errf(http.StatusNotFound, "ENTITY_TYPE_NOT_FOUND", "entity type %s not found", name)
+		}
+		if err != nil {
+			return err
+		}
+		mergedInbox, addInbox, err := schemas.Merge("inbox_schemas", old.InboxSchemas, inbox)
+		if err != nil {
+			return schemaError(err)
+		}
+		mergedState, addState, err := schemas.Merge("state_schemas", old.StateSchemas, state)
+		if err != nil {
+			return schemaError(err)
+		}
+		if !addInbox && !addState {
+			writeJSON(w, http.StatusOK, entityTypeFromRow(old))
+			return nil
+		}
+		t, err := s.q.AmendEntityTypeSchemas(r.Context(), s.pool, db.AmendEntityTypeSchemasParams{
+			TenantID: s.cfg.Tenant, Name: name, ExpectedRevision: old.Revision,
+			InboxSchemas: mergedInbox, StateSchemas: mergedState,
+		})
+		if errors.Is(err, db.ErrNotFound) && attempt < maxTypeWriteAttempts {
+			continue // changed or deleted since read: check again
+		}
+		if errors.Is(err, db.ErrNotFound) {
+			return errf(http.StatusConflict, "CONFLICT", "entity type %s keeps changing; retry", name)
+		}
+		if err != nil {
+			return err
+		}
+		s.log.Info("entity type schemas amended", "entity_type", name, "revision", t.Revision)
+		writeJSON(w, http.StatusOK, entityTypeFromRow(t))
+		return nil
+	}
 }
 
 func (s *Server) listEntityTypes(w http.ResponseWriter, r *http.Request) error {

@@ -27,6 +27,7 @@ type apiError struct {
 	status  int
 	code    string
 	message string
+	details any // optional: "details" next to code and message
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.message }
@@ -86,7 +87,11 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if ae.status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", "Bearer") // RFC 9110 §11.6.1: every 401 names its scheme
 	}
-	writeJSON(w, ae.status, map[string]any{"error": map[string]string{"code": ae.code, "message": ae.message}})
+	body := map[string]any{"code": ae.code, "message": ae.message}
+	if ae.details != nil {
+		body["details"] = ae.details
+	}
+	writeJSON(w, ae.status, map[string]any{"error": body})
 }
 
 // decode reads a JSON object body into v. An empty body leaves v as is.

@@ -17,6 +17,7 @@ import (
 	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/internal/migrate"
 	"github.com/pullwake/pullwake/internal/pglisten"
+	"github.com/pullwake/pullwake/internal/schemas"
 	"github.com/pullwake/pullwake/internal/secret"
 	"github.com/pullwake/pullwake/internal/webhooksig"
 	"github.com/pullwake/pullwake/server/tokens"
@@ -86,6 +87,9 @@ type Config struct {
 	// WebhookSigner signs push deliveries; its public key is served at
 	// /__ds/jwks.json. nil = a fresh key (every instance must share one).
 	WebhookSigner *webhooksig.Signer
+	// RequireEntityTypes refuses a spawn under /entities whose type is not
+	// registered (/_electric/entities always refuses one).
+	RequireEntityTypes bool
 }
 
 // Publisher sends a NOTIFY after the fact (package pgnotify implements it).
@@ -106,7 +110,8 @@ type Server struct {
 	listener *pglisten.Listener
 	recon    *reconciler
 	wakes    *wakeWatcher // wakes live readers of wake streams
-	// validator checks spawns and sends against entity types (dialect.go).
+	// validator checks spawns and sends against entity types (dialect.go,
+	// typed.go).
 	validator entityValidator
 	mux       *http.ServeMux
 	patterns  []string // the mux's patterns, in registration order (Routes)
@@ -183,6 +188,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.GroupCommit {
 		s.batch = newBatchers(cfg.Pool, s.q, cfg.Tenant, cfg.Publisher == nil, cfg.GroupCommitInFlight, cfg.BatchObserver)
 	}
+	s.validator = typedValidator{schemas.New(s.schemaSource)}
 	s.routes()
 	return s, nil
 }
@@ -292,6 +298,7 @@ func (s *Server) routes() {
 	h("GET /_electric/entity-types", admin(s.listEntityTypes))
 	h("GET /_electric/entity-types/{name}", admin(s.getEntityType))
 	h("DELETE /_electric/entity-types/{name}", admin(s.deleteEntityType))
+	h("PATCH /_electric/entity-types/{name}/schemas", admin(s.amendEntityTypeSchemas))
 
 	h("POST /_electric/runners", admin(s.registerRunner))
 	h("GET /_electric/runners", admin(s.listRunners))

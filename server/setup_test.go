@@ -49,7 +49,8 @@ type options struct {
 	// singleCalls turns group commit off. The server tests run with it on,
 	// so every HTTP test also covers the batched path; the tests of the
 	// binary (internal/e2e, cmd/pullwake) run pullwake serve's default, off.
-	singleCalls bool
+	singleCalls  bool
+	requireTypes bool // Config.RequireEntityTypes
 }
 
 // setup starts a server on a fresh database.
@@ -113,7 +114,7 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 	cfg := server.Config{
 		Pool: pool, Tenant: "default", AdminToken: o.adminToken, SweepInterval: o.sweep,
 		Tokens: store, Streams: sh, StreamChannel: streams.NotifyChannel, Logger: log,
-		ReconcileInterval: o.reconcile, GroupCommit: !o.singleCalls,
+		ReconcileInterval: o.reconcile, GroupCommit: !o.singleCalls, RequireEntityTypes: o.requireTypes,
 	}
 	if o.listen {
 		cfg.ConnString = cmp.Or(o.listenURL, d.URL)

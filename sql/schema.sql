@@ -21,36 +21,26 @@ DECLARE
     v_created timestamptz;
     v_wake    text;
     v_url     text;
-    v_depoch  bigint;
-    v_acked   bigint;
-    v_active  text;
-    v_aepoch  bigint;
-    v_alease  timestamptz;
-    v_status  text;
-    v_stream  text;
-    v_end     record;
-    v_epoch   bigint;
-    v_lease   timestamptz;
-    v_token   text;
+    v_found   boolean;
 BEGIN
     IF p_lease_ttl_ms IS NULL OR p_lease_ttl_ms <= 0 THEN
-        RAISE EXCEPTION 'lease ttl must be positive, got %', p_lease_ttl_ms USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: lease ttl must be positive, got %', p_lease_ttl_ms USING ERRCODE = 'PW008';
     END IF;
     SELECT r.admin_status INTO v_admin FROM runners r
      WHERE r.tenant_id = p_tenant AND r.id = p_runner_id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'runner % not found', p_runner_id USING ERRCODE = 'PW004';
+        RAISE EXCEPTION 'PW004: runner % not found', p_runner_id USING ERRCODE = 'PW004';
     END IF;
     IF v_admin <> 'enabled' THEN
-        RAISE EXCEPTION 'runner % is disabled', p_runner_id USING ERRCODE = 'PW005';
+        RAISE EXCEPTION 'PW005: runner % is disabled', p_runner_id USING ERRCODE = 'PW005';
     END IF;
 
     -- The pick walks the queue's index in claim order, each probe starting
     -- just past the previous candidate, until a wake can be claimed or the
     -- queue is exhausted: a claimable wake is found however many wakes
     -- ahead of it are locked by other claims (SKIP LOCKED passes them) or
-    -- cannot be taken (their entity's dispatch row is busy, or a live
-    -- claim holds it). Every probe is one descent of wake_queue_pkey.
+    -- cannot be taken (pw_claim_wake answers nothing for them). Every
+    -- probe is one descent of wake_queue_pkey.
     LOOP
         SELECT q.wake_id, q.entity_url, q.created_at INTO v_wake, v_url, v_created FROM wake_queue q
          WHERE q.tenant_id = p_tenant
@@ -65,88 +55,74 @@ BEGIN
         v_after_t := v_created;
         v_after_w := v_wake;
 
-        -- Lock the dispatch row (reading the entity with it), then re-check
-        -- what the pick assumed. A claim never waits for a dispatch lock
-        -- (someone is releasing, sending to or sweeping that entity): it
-        -- moves on. Holding the queue entry while waiting for the dispatch
-        -- lock would invert the fixed order and could deadlock with
-        -- stop_entity or a sweep.
-        SELECT d.epoch, d.acked_offset, d.active_consumer_id, d.active_epoch, d.active_lease_expires_at,
-               e.status, e.main_stream
-          INTO v_depoch, v_acked, v_active, v_aepoch, v_alease, v_status, v_stream
-          FROM entity_dispatch_state d
-          JOIN entities e ON e.tenant_id = d.tenant_id AND e.url = d.entity_url
-         WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
-           FOR UPDATE OF d SKIP LOCKED;
-        CONTINUE WHEN NOT FOUND;
-        IF v_status IN ('stopping', 'stopped') THEN
-            UPDATE wakes w SET status = 'superseded', finished_at = v_now, updated_at = v_now
-             WHERE w.tenant_id = p_tenant AND w.wake_id = v_wake AND w.status = 'queued';
-            CONTINUE;
+        v_found := false;
+        FOR wake_id, consumer_id, epoch, entity_url, stream_path, acked_offset, claim_token,
+            lease_expires_at, lease_ttl_ms IN
+            SELECT * FROM pw_claim_wake(p_tenant, v_wake, v_url, p_runner_id, p_lease_ttl_ms, v_now)
+        LOOP
+            v_found := true;
+            RETURN NEXT;
+        END LOOP;
+        IF v_found THEN
+            RETURN;
         END IF;
-        CONTINUE WHEN v_active IS NOT NULL AND v_alease > v_now;
-
-        IF v_active IS NOT NULL THEN
-            -- Takeover: the slot's claim lapsed; it ends here as expired,
-            -- through the one path that ends claims.
-            SELECT * INTO v_end FROM pw_end_claim(p_tenant, v_active, v_aepoch, 'expired', NULL, v_now, true);
-            IF NOT v_end.entity_cleared THEN
-                RAISE EXCEPTION 'claim_next_wake: the lapsed claim %/% in the slot of % did not end',
-                    v_active, v_aepoch, v_url;
-            END IF;
-        END IF;
-
-        v_epoch := v_depoch + 1;
-        v_lease := v_now + p_lease_ttl_ms * interval '1 millisecond';
-        v_token := replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '');
-
-        -- The claim's writes, one statement each in the fixed lock order
-        -- (dispatch state, claim, entity, wake), each under its guard. We
-        -- hold the dispatch row and the wake's queue entry (every change of
-        -- a queued wake's status deletes that entry, and only holders of
-        -- the dispatch lock change it), so no guard can fail; if one did,
-        -- the whole claim rolls back.
-        UPDATE entity_dispatch_state d
-           SET epoch = v_epoch, active_consumer_id = v_wake, active_epoch = v_epoch,
-               active_runner_id = p_runner_id, active_claimed_at = v_now,
-               active_lease_expires_at = v_lease, outstanding_wake_id = v_wake,
-               updated_at = v_now
-         WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
-           AND d.active_consumer_id IS NULL AND d.epoch = v_depoch;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'claim_next_wake: the dispatch slot of % changed under its lock', v_url;
-        END IF;
-        INSERT INTO consumer_claims (tenant_id, consumer_id, epoch, wake_id, entity_url, stream_path,
-                                     runner_id, status, claim_token_hash, lease_ttl_ms, claimed_at,
-                                     last_heartbeat_at, lease_expires_at, updated_at)
-        VALUES (p_tenant, v_wake, v_epoch, v_wake, v_url, v_stream,
-                p_runner_id, 'active', sha256(convert_to(v_token, 'UTF8')), p_lease_ttl_ms, v_now,
-                v_now, v_lease, v_now);
-        UPDATE entities e SET status = 'running', updated_at = v_now
-         WHERE e.tenant_id = p_tenant AND e.url = v_url AND e.status IN ('idle', 'running');
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'claim_next_wake: entity % stopped under its dispatch lock', v_url;
-        END IF;
-        UPDATE wakes w
-           SET status = 'claimed', claimed_at = v_now, consumer_id = v_wake,
-               epoch = v_epoch, updated_at = v_now
-         WHERE w.tenant_id = p_tenant AND w.wake_id = v_wake AND w.status = 'queued';
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'claim_next_wake: wake % is no longer queued', v_wake;
-        END IF;
-
-        wake_id := v_wake;
-        consumer_id := v_wake;
-        epoch := v_epoch;
-        entity_url := v_url;
-        stream_path := v_stream;
-        acked_offset := pw_offset(v_acked);
-        claim_token := v_token;
-        lease_expires_at := v_lease;
-        lease_ttl_ms := p_lease_ttl_ms;
-        RETURN NEXT;
-        RETURN;
     END LOOP;
+END
+$$;
+
+--
+-- Name: claim_next_wakes(text[], integer[], timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.claim_next_wakes(p_runner_ids text[], p_lease_ttl_ms integer[], p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(ord integer, err_code text, err_message text, wake_id text, consumer_id text, epoch bigint, entity_url text, stream_path text, acked_offset text, claim_token text, lease_expires_at timestamp with time zone, lease_ttl_ms integer)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_n      integer := coalesce(cardinality(p_runner_ids), 0);
+    v_it     record;
+    v_r      record;
+    o_code   text[] := '{}';
+    o_msg    text[] := '{}';
+    o_wake   text[] := '{}';
+    o_epoch  bigint[] := '{}';
+    o_url    text[] := '{}';
+    o_path   text[] := '{}';
+    o_acked  text[] := '{}';
+    o_token  text[] := '{}';
+    o_lease  timestamptz[] := '{}';
+    o_ttl    integer[] := '{}';
+BEGIN
+    IF coalesce(cardinality(p_lease_ttl_ms), 0) <> v_n THEN
+        RAISE EXCEPTION 'PW008: claim_next_wakes: the arrays differ in length' USING ERRCODE = 'PW008';
+    END IF;
+    FOR v_it IN
+        SELECT u.i::integer AS i, u.r, u.t
+          FROM unnest(p_runner_ids, p_lease_ttl_ms) WITH ORDINALITY AS u(r, t, i)
+         ORDER BY u.r, u.i
+    LOOP
+        BEGIN
+            SELECT * INTO v_r FROM claim_next_wake(v_it.r, v_it.t, p_now, p_tenant);
+            IF FOUND THEN
+                o_wake[v_it.i] := v_r.wake_id;
+                o_epoch[v_it.i] := v_r.epoch;
+                o_url[v_it.i] := v_r.entity_url;
+                o_path[v_it.i] := v_r.stream_path;
+                o_acked[v_it.i] := v_r.acked_offset;
+                o_token[v_it.i] := v_r.claim_token;
+                o_lease[v_it.i] := v_r.lease_expires_at;
+                o_ttl[v_it.i] := v_r.lease_ttl_ms;
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            o_code[v_it.i] := SQLSTATE;
+            o_msg[v_it.i] := SQLERRM;
+        END;
+    END LOOP;
+    RETURN QUERY
+    SELECT g.i, o_code[g.i], o_msg[g.i], o_wake[g.i], o_wake[g.i], o_epoch[g.i], o_url[g.i], o_path[g.i],
+           o_acked[g.i], o_token[g.i], o_lease[g.i], o_ttl[g.i]
+      FROM generate_series(1, v_n) AS g(i)
+     ORDER BY g.i;
 END
 $$;
 
@@ -167,10 +143,10 @@ BEGIN
     SELECT c.* INTO v_c FROM consumer_claims c
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+        PERFORM pw_claim_missing(p_tenant, p_consumer_id, p_epoch, p_claim_token_hash);
     END IF;
     IF p_claim_token_hash IS NOT NULL AND p_claim_token_hash IS DISTINCT FROM v_c.claim_token_hash THEN
-        RAISE EXCEPTION 'wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
+        RAISE EXCEPTION 'PW013: wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
     END IF;
     SELECT coalesce(d.active_consumer_id = v_c.consumer_id AND d.active_epoch = v_c.epoch, false)
       INTO v_slot FROM entity_dispatch_state d
@@ -183,6 +159,56 @@ BEGIN
     END;
     RETURN QUERY SELECT v_reason IS NULL, v_reason, v_c.entity_url, v_c.stream_path, v_c.runner_id,
                         v_c.lease_expires_at;
+END
+$$;
+
+--
+-- Name: claim_wake_for_push(text, text, integer, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.claim_wake_for_push(p_target text, p_wake_id text, p_lease_ttl_ms integer DEFAULT NULL::integer, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(wake_id text, consumer_id text, epoch bigint, entity_url text, stream_path text, acked_offset text, claim_token text, lease_expires_at timestamp with time zone, lease_ttl_ms integer, webhook_url text, tail_offset text)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_now  timestamptz := coalesce(p_now, now());
+    v_sub  push_subscriptions;
+    v_url  text;
+    v_main text;
+    v_c    record;
+BEGIN
+    SELECT * INTO v_sub FROM push_subscriptions s WHERE s.tenant_id = p_tenant AND s.id = p_target;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT q.entity_url INTO v_url FROM wake_queue q
+     WHERE q.tenant_id = p_tenant AND q.wake_id = p_wake_id AND q.runner_id IS NULL
+       FOR UPDATE OF q SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT e.main_stream INTO v_main FROM entities e WHERE e.tenant_id = p_tenant AND e.url = v_url;
+    IF v_main IS NULL OR pw_push_target(p_tenant, v_main) IS DISTINCT FROM p_target THEN
+        RETURN;
+    END IF;
+    SELECT * INTO v_c FROM pw_claim_wake(p_tenant, p_wake_id, v_url, 'push:' || p_target,
+                                         coalesce(p_lease_ttl_ms, v_sub.lease_ttl_ms), v_now);
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    wake_id := v_c.wake_id;
+    consumer_id := v_c.consumer_id;
+    epoch := v_c.epoch;
+    entity_url := v_c.entity_url;
+    stream_path := v_c.stream_path;
+    acked_offset := v_c.acked_offset;
+    claim_token := v_c.claim_token;
+    lease_expires_at := v_c.lease_expires_at;
+    lease_ttl_ms := v_c.lease_ttl_ms;
+    webhook_url := v_sub.webhook_url;
+    tail_offset := pw_offset(coalesce((SELECT s.tail_seq FROM streams s
+                                        WHERE s.tenant_id = p_tenant AND s.path = v_c.stream_path), 0));
+    RETURN NEXT;
 END
 $$;
 
@@ -239,10 +265,10 @@ BEGIN
     SELECT c.entity_url, c.claim_token_hash INTO v_url, v_hash FROM consumer_claims c
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+        PERFORM pw_claim_missing(p_tenant, p_consumer_id, p_epoch, p_claim_token_hash);
     END IF;
     IF p_claim_token_hash IS NOT NULL AND p_claim_token_hash IS DISTINCT FROM v_hash THEN
-        RAISE EXCEPTION 'wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
+        RAISE EXCEPTION 'PW013: wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
     END IF;
     PERFORM 1 FROM entity_dispatch_state d
       WHERE d.tenant_id = p_tenant AND d.entity_url = v_url FOR UPDATE;
@@ -253,7 +279,7 @@ BEGIN
        AND c.status = 'active' AND c.lease_expires_at > v_now
     RETURNING c.lease_expires_at, c.stream_path INTO v_lease, v_path;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'claim %/% is not active', p_consumer_id, p_epoch USING ERRCODE = 'PW007';
+        RAISE EXCEPTION 'PW007: claim %/% is not active', p_consumer_id, p_epoch USING ERRCODE = 'PW007';
     END IF;
     UPDATE entity_dispatch_state d SET active_lease_expires_at = v_lease, updated_at = v_now
      WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
@@ -305,10 +331,10 @@ DECLARE
     v_wakes  integer;
 BEGIN
     IF p_older_than IS NULL OR p_older_than < interval '0' THEN
-        RAISE EXCEPTION 'retention age must be zero or more, got %', p_older_than USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: retention age must be zero or more, got %', p_older_than USING ERRCODE = 'PW008';
     END IF;
     IF p_batch IS NULL OR p_batch <= 0 THEN
-        RAISE EXCEPTION 'batch must be positive, got %', p_batch USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: batch must be positive, got %', p_batch USING ERRCODE = 'PW008';
     END IF;
 
     -- The batch is picked through the partial index and locked, then
@@ -353,10 +379,10 @@ DECLARE
     v_n      integer;
 BEGIN
     IF p_older_than IS NULL OR p_older_than < interval '0' THEN
-        RAISE EXCEPTION 'retention age must be zero or more, got %', p_older_than USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: retention age must be zero or more, got %', p_older_than USING ERRCODE = 'PW008';
     END IF;
     IF p_batch IS NULL OR p_batch <= 0 THEN
-        RAISE EXCEPTION 'batch must be positive, got %', p_batch USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: batch must be positive, got %', p_batch USING ERRCODE = 'PW008';
     END IF;
     WITH gone AS (
         DELETE FROM wake_events v
@@ -379,6 +405,22 @@ BEGIN
     GET DIAGNOSTICS v_n = ROW_COUNT;
     RETURN v_n;
 END
+$$;
+
+--
+-- Name: push_pending(integer, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.push_pending(p_limit integer DEFAULT 16, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(target_id text, wake_id text)
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT p.target_id, p.wake_id
+      FROM push_queue p
+      JOIN push_subscriptions s ON s.tenant_id = p.tenant_id AND s.id = p.target_id
+     WHERE p.tenant_id = p_tenant
+       AND s.next_attempt_at <= coalesce(p_now, now())
+     ORDER BY p.created_at, p.wake_id
+     LIMIT p_limit
 $$;
 
 --
@@ -411,11 +453,150 @@ CREATE FUNCTION public.pw_check_entity_url(p_url text) RETURNS void
     AS $_$
 BEGIN
     IF p_url IS NULL OR p_url !~ '^/[a-z][a-z0-9_-]{0,63}/[A-Za-z0-9._~-]{1,128}$' THEN
-        RAISE EXCEPTION 'entity url % must be /{type}/{id}: type [a-z][a-z0-9_-]{0,63}, id [A-Za-z0-9._~-]{1,128}',
+        RAISE EXCEPTION 'PW008: entity url % must be /{type}/{id}: type [a-z][a-z0-9_-]{0,63}, id [A-Za-z0-9._~-]{1,128}',
             coalesce(quote_literal(p_url), 'NULL') USING ERRCODE = 'PW008';
     END IF;
 END
 $_$;
+
+--
+-- Name: pw_claim_missing(text, text, bigint, bytea); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_claim_missing(p_tenant text, p_consumer_id text, p_epoch bigint, p_claim_token_hash bytea DEFAULT NULL::bytea) RETURNS void
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+    v_url    text;
+    v_newest bigint;
+BEGIN
+    SELECT c.entity_url, greatest(c.epoch, d.epoch) INTO v_url, v_newest
+      FROM consumer_claims c
+      LEFT JOIN entity_dispatch_state d ON d.tenant_id = c.tenant_id AND d.entity_url = c.entity_url
+     WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id
+     ORDER BY c.epoch DESC
+     LIMIT 1;
+    IF FOUND AND p_epoch < v_newest THEN
+        IF p_claim_token_hash IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM consumer_claims c
+             WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id
+               AND c.claim_token_hash = p_claim_token_hash) THEN
+            RAISE EXCEPTION 'PW013: wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
+        END IF;
+        RAISE EXCEPTION 'PW014: claim %/% is superseded: the newest claim of % has epoch %',
+            p_consumer_id, p_epoch, v_url, v_newest USING ERRCODE = 'PW014';
+    END IF;
+    RAISE EXCEPTION 'PW006: claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+END
+$$;
+
+--
+-- Name: pw_claim_wake(text, text, text, text, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_claim_wake(p_tenant text, p_wake text, p_url text, p_runner_id text, p_lease_ttl_ms integer, p_now timestamp with time zone) RETURNS TABLE(wake_id text, consumer_id text, epoch bigint, entity_url text, stream_path text, acked_offset text, claim_token text, lease_expires_at timestamp with time zone, lease_ttl_ms integer)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_depoch  bigint;
+    v_acked   bigint;
+    v_active  text;
+    v_aepoch  bigint;
+    v_alease  timestamptz;
+    v_status  text;
+    v_stream  text;
+    v_end     record;
+    v_epoch   bigint;
+    v_lease   timestamptz;
+    v_token   text;
+BEGIN
+    -- Lock the dispatch row (reading the entity with it), then re-check
+    -- what the pick assumed. A claim never waits for a dispatch lock
+    -- (someone is releasing, sending to or sweeping that entity): it
+    -- moves on. Holding the queue entry while waiting for the dispatch
+    -- lock would invert the fixed order and could deadlock with
+    -- stop_entity or a sweep.
+    SELECT d.epoch, d.acked_offset, d.active_consumer_id, d.active_epoch, d.active_lease_expires_at,
+           e.status, e.main_stream
+      INTO v_depoch, v_acked, v_active, v_aepoch, v_alease, v_status, v_stream
+      FROM entity_dispatch_state d
+      JOIN entities e ON e.tenant_id = d.tenant_id AND e.url = d.entity_url
+     WHERE d.tenant_id = p_tenant AND d.entity_url = p_url
+       FOR UPDATE OF d SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF v_status IN ('stopping', 'stopped') THEN
+        UPDATE wakes w SET status = 'superseded', finished_at = p_now, updated_at = p_now
+         WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake AND w.status = 'queued';
+        RETURN;
+    END IF;
+    IF v_active IS NOT NULL AND v_alease > p_now THEN
+        RETURN;
+    END IF;
+
+    IF v_active IS NOT NULL THEN
+        -- Takeover: the slot's claim lapsed; it ends here as expired,
+        -- through the one path that ends claims.
+        SELECT * INTO v_end FROM pw_end_claim(p_tenant, v_active, v_aepoch, 'expired', NULL, p_now, true);
+        IF NOT v_end.entity_cleared THEN
+            RAISE EXCEPTION 'PW008: claim: the lapsed claim %/% in the slot of % did not end',
+                v_active, v_aepoch, p_url USING ERRCODE = 'PW008';
+        END IF;
+    END IF;
+
+    v_epoch := v_depoch + 1;
+    v_lease := p_now + p_lease_ttl_ms * interval '1 millisecond';
+    v_token := replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '');
+
+    -- The claim's writes, one statement each in the fixed lock order
+    -- (dispatch state, claim, entity, wake), each under its guard. We
+    -- hold the dispatch row and the wake's queue entry (every change of
+    -- a queued wake's status deletes that entry, and only holders of
+    -- the dispatch lock change it), so no guard can fail; if one did,
+    -- the whole claim rolls back.
+    UPDATE entity_dispatch_state d
+       SET epoch = v_epoch, active_consumer_id = p_wake, active_epoch = v_epoch,
+           active_runner_id = p_runner_id, active_claimed_at = p_now,
+           active_lease_expires_at = v_lease, outstanding_wake_id = p_wake,
+           updated_at = p_now
+     WHERE d.tenant_id = p_tenant AND d.entity_url = p_url
+       AND d.active_consumer_id IS NULL AND d.epoch = v_depoch;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'PW008: claim: the dispatch slot of % changed under its lock', p_url USING ERRCODE = 'PW008';
+    END IF;
+    INSERT INTO consumer_claims (tenant_id, consumer_id, epoch, wake_id, entity_url, stream_path,
+                                 runner_id, status, claim_token_hash, lease_ttl_ms, claimed_at,
+                                 last_heartbeat_at, lease_expires_at, updated_at)
+    VALUES (p_tenant, p_wake, v_epoch, p_wake, p_url, v_stream,
+            p_runner_id, 'active', sha256(convert_to(v_token, 'UTF8')), p_lease_ttl_ms, p_now,
+            p_now, v_lease, p_now);
+    UPDATE entities e SET status = 'running', updated_at = p_now
+     WHERE e.tenant_id = p_tenant AND e.url = p_url AND e.status IN ('idle', 'running');
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'PW008: claim: entity % stopped under its dispatch lock', p_url USING ERRCODE = 'PW008';
+    END IF;
+    UPDATE wakes w
+       SET status = 'claimed', claimed_at = p_now, consumer_id = p_wake,
+           epoch = v_epoch, updated_at = p_now
+     WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake AND w.status = 'queued';
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'PW008: claim: wake % is no longer queued', p_wake USING ERRCODE = 'PW008';
+    END IF;
+
+    wake_id := p_wake;
+    consumer_id := p_wake;
+    epoch := v_epoch;
+    entity_url := p_url;
+    stream_path := v_stream;
+    acked_offset := pw_offset(v_acked);
+    claim_token := v_token;
+    lease_expires_at := v_lease;
+    lease_ttl_ms := p_lease_ttl_ms;
+    RETURN NEXT;
+END
+$$;
 
 --
 -- Name: pw_end_claim(text, text, bigint, text, jsonb, timestamp with time zone, boolean); Type: FUNCTION; Schema: public; Owner: -
@@ -439,11 +620,11 @@ DECLARE
     v_acks     jsonb := coalesce(p_acks, '[]'::jsonb);
 BEGIN
     IF p_status IS NULL OR p_status NOT IN ('released', 'expired') THEN
-        RAISE EXCEPTION 'a claim ends as released or expired, not %', coalesce(p_status, 'NULL')
+        RAISE EXCEPTION 'PW008: a claim ends as released or expired, not %', coalesce(p_status, 'NULL')
             USING ERRCODE = 'PW008';
     END IF;
     IF jsonb_typeof(v_acks) <> 'array' THEN
-        RAISE EXCEPTION 'acks must be an array' USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: acks must be an array' USING ERRCODE = 'PW008';
     END IF;
     -- 1. The dispatch row of the claim's entity, found through the claim
     -- (read, not locked: a claim's entity never changes).
@@ -459,7 +640,7 @@ BEGIN
         SELECT c.entity_url INTO v_url FROM consumer_claims c
          WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
         IF NOT FOUND THEN
-            RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+            RAISE EXCEPTION 'PW006: claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
         END IF;
     END IF;
     entity_url := v_url;
@@ -586,6 +767,40 @@ END
 $$;
 
 --
+-- Name: pw_entity_type_push_sync(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_entity_type_push_sync() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $_$
+DECLARE
+    v_url text;
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        DELETE FROM push_subscriptions s
+         WHERE s.tenant_id = OLD.tenant_id AND s.id = 'entity-type:' || OLD.name
+           AND (TG_OP = 'DELETE' OR OLD.default_dispatch_policy IS DISTINCT FROM NEW.default_dispatch_policy);
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        SELECT t.value ->> 'url' INTO v_url
+          FROM jsonb_array_elements(CASE WHEN jsonb_typeof(NEW.default_dispatch_policy -> 'targets') = 'array'
+                                         THEN NEW.default_dispatch_policy -> 'targets' ELSE '[]' END)
+               WITH ORDINALITY AS t(value, n)
+         WHERE jsonb_typeof(t.value) = 'object' AND t.value ->> 'type' = 'webhook'
+           AND t.value ->> 'url' ~ '^https?://[^\s]+$'
+         ORDER BY t.n LIMIT 1;
+        IF v_url IS NOT NULL THEN
+            INSERT INTO push_subscriptions (tenant_id, id, kind, pattern, webhook_url, description)
+            VALUES (NEW.tenant_id, 'entity-type:' || NEW.name, 'entity_type', NEW.name || '/**', v_url,
+                    'webhook target of entity type ' || NEW.name)
+            ON CONFLICT (tenant_id, id) DO NOTHING;
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$_$;
+
+--
 -- Name: pw_flush_wake_events(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -665,6 +880,22 @@ $$;
 CREATE FUNCTION public.pw_fork_max_segments() RETURNS integer
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$ SELECT 32 $$;
+
+--
+-- Name: pw_glob_regex(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_glob_regex(p_pattern text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $_$
+    SELECT CASE WHEN p_pattern IS NULL THEN NULL ELSE
+        '^' || coalesce(string_agg(
+            CASE WHEN seg = '**' THEN '(/[^/]+)*'
+                 ELSE '/' || replace(regexp_replace(seg, '([.+?^${}()|\[\]\\])', '\\\1', 'g'), '*', '[^/]*')
+            END, '' ORDER BY n), '') || '$'
+    END
+      FROM unnest(string_to_array(trim(both '/' from p_pattern), '/')) WITH ORDINALITY AS s(seg, n)
+$_$;
 
 --
 -- Name: pw_iso_ms(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
@@ -771,12 +1002,74 @@ BEGIN
         RETURN 0;
     END IF;
     IF p_offset IS NULL OR p_offset !~ '^[0-9]{16}$' THEN
-        RAISE EXCEPTION 'invalid offset %', coalesce(quote_literal(p_offset), 'NULL')
+        RAISE EXCEPTION 'PW008: invalid offset %', coalesce(quote_literal(p_offset), 'NULL')
             USING ERRCODE = 'PW008';
     END IF;
     RETURN p_offset::bigint;
 END
 $_$;
+
+--
+-- Name: pw_push_queue_rebuild(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_push_queue_rebuild() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    DELETE FROM push_queue;
+    INSERT INTO push_queue (tenant_id, wake_id, target_id, created_at)
+    SELECT q.tenant_id, q.wake_id, t.id, q.created_at
+      FROM wake_queue q
+      JOIN entities e ON e.tenant_id = q.tenant_id AND e.url = q.entity_url
+     CROSS JOIN LATERAL (SELECT pw_push_target(q.tenant_id, e.main_stream) AS id) t
+     WHERE q.runner_id IS NULL AND t.id IS NOT NULL;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: pw_push_queue_sync(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_push_queue_sync() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_target text;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM push_queue p WHERE p.tenant_id = OLD.tenant_id AND p.wake_id = OLD.wake_id;
+        RETURN NULL;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM push_subscriptions s WHERE s.tenant_id = NEW.tenant_id) THEN
+        RETURN NULL;
+    END IF;
+    SELECT pw_push_target(NEW.tenant_id, e.main_stream) INTO v_target
+      FROM entities e WHERE e.tenant_id = NEW.tenant_id AND e.url = NEW.entity_url;
+    IF v_target IS NOT NULL THEN
+        INSERT INTO push_queue (tenant_id, wake_id, target_id, created_at)
+        VALUES (NEW.tenant_id, NEW.wake_id, v_target, NEW.created_at)
+        ON CONFLICT (tenant_id, wake_id) DO UPDATE SET target_id = EXCLUDED.target_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: pw_push_target(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_push_target(p_tenant text, p_main_stream text) RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT s.id FROM push_subscriptions s
+     WHERE s.tenant_id = p_tenant
+       AND (('/' || pw_stream_rel(p_main_stream)) ~ s.path_regex
+            OR pw_stream_rel(p_main_stream) = ANY (s.streams))
+     ORDER BY s.kind = 'entity_type', s.created_at, s.id
+     LIMIT 1
+$$;
 
 --
 -- Name: pw_queue_wake(text, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
@@ -833,7 +1126,7 @@ BEGIN
      WHERE s.tenant_id = p_tenant AND s.path = p_path
     RETURNING s.tail_seq INTO v_tail;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'stream % not found', p_path USING ERRCODE = 'PW009';
+        RAISE EXCEPTION 'PW009: stream % not found', p_path USING ERRCODE = 'PW009';
     END IF;
     INSERT INTO stream_messages (tenant_id, path, seq, data, created_at)
     SELECT p_tenant, p_path, v_tail - v_n + u.i, u.d, p_now
@@ -893,7 +1186,7 @@ BEGIN
         END IF;
         -- A concurrent PUT created it first: compare against that one.
     END LOOP;
-    RAISE EXCEPTION 'stream % changed concurrently', p_path USING ERRCODE = '40001';
+    RAISE EXCEPTION '40001: stream % changed concurrently', p_path USING ERRCODE = '40001';
 END
 $$;
 
@@ -1116,7 +1409,7 @@ BEGIN
         END IF;
         -- A concurrent PUT created the path first: compare against it.
     END LOOP;
-    RAISE EXCEPTION 'stream % changed concurrently', p_path USING ERRCODE = '40001';
+    RAISE EXCEPTION '40001: stream % changed concurrently', p_path USING ERRCODE = '40001';
 END
 $$;
 
@@ -1217,6 +1510,16 @@ CREATE FUNCTION public.pw_stream_referenced(p_tenant text, p_path text, p_now ti
            AND (c.deleted_at IS NOT NULL OR NOT pw_stream_expired(c, p_now)
                 OR EXISTS (SELECT 1 FROM streams g
                             WHERE g.tenant_id = p_tenant AND g.forked_from = c.path)))
+$$;
+
+--
+-- Name: pw_stream_rel(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_stream_rel(p_path text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT regexp_replace(regexp_replace(p_path, '^/+', ''), '^v1/stream/', '')
 $$;
 
 --
@@ -1450,6 +1753,70 @@ END
 $$;
 
 --
+-- Name: pw_stream_writes(text, text[], text[], boolean[], integer[], bytea[], timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_stream_writes(p_tenant text, p_paths text[], p_content_types text[], p_entity_writers boolean[], p_counts integer[], p_data bytea[], p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(ord integer, err_code text, err_message text, status text, tail_seq bigint, closed boolean, producer_epoch bigint, producer_seq bigint)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_n      integer := coalesce(cardinality(p_paths), 0);
+    v_first  integer[] := '{}';
+    v_acc    integer := 0;
+    v_it     record;
+    v_r      record;
+    o_code   text[] := '{}';
+    o_msg    text[] := '{}';
+    o_status text[] := '{}';
+    o_tail   bigint[] := '{}';
+    o_closed boolean[] := '{}';
+    o_pep    bigint[] := '{}';
+    o_pseq   bigint[] := '{}';
+BEGIN
+    IF coalesce(cardinality(p_content_types), 0) <> v_n OR coalesce(cardinality(p_counts), 0) <> v_n
+       OR coalesce(cardinality(p_entity_writers), 0) <> v_n THEN
+        RAISE EXCEPTION 'PW008: pw_stream_writes: the arrays differ in length' USING ERRCODE = 'PW008';
+    END IF;
+    FOR i IN 1..v_n LOOP
+        IF p_counts[i] IS NULL OR p_counts[i] < 0 THEN
+            RAISE EXCEPTION 'PW008: pw_stream_writes: item % has no message count', i USING ERRCODE = 'PW008';
+        END IF;
+        v_first[i] := v_acc + 1;
+        v_acc := v_acc + p_counts[i];
+    END LOOP;
+    IF v_acc <> coalesce(cardinality(p_data), 0) THEN
+        RAISE EXCEPTION 'PW008: pw_stream_writes: the counts add up to %, the data has % messages',
+            v_acc, coalesce(cardinality(p_data), 0) USING ERRCODE = 'PW008';
+    END IF;
+    FOR v_it IN
+        SELECT u.i::integer AS i, u.p, u.ct, coalesce(u.ew, false) AS ew
+          FROM unnest(p_paths, p_content_types, p_entity_writers) WITH ORDINALITY AS u(p, ct, ew, i)
+         ORDER BY u.p, u.i
+    LOOP
+        BEGIN
+            SELECT * INTO STRICT v_r
+              FROM pw_stream_write_as(v_it.ew, p_tenant, v_it.p, v_it.ct,
+                                      coalesce(p_data[v_first[v_it.i]:v_first[v_it.i] + p_counts[v_it.i] - 1], '{}'),
+                                      false, NULL, NULL, NULL, NULL, p_now);
+            o_status[v_it.i] := v_r.status;
+            o_tail[v_it.i] := v_r.tail_seq;
+            o_closed[v_it.i] := v_r.closed;
+            o_pep[v_it.i] := v_r.producer_epoch;
+            o_pseq[v_it.i] := v_r.producer_seq;
+        EXCEPTION WHEN OTHERS THEN
+            o_code[v_it.i] := SQLSTATE;
+            o_msg[v_it.i] := SQLERRM;
+        END;
+    END LOOP;
+    RETURN QUERY
+    SELECT g.i, o_code[g.i], o_msg[g.i], o_status[g.i], o_tail[g.i], o_closed[g.i], o_pep[g.i], o_pseq[g.i]
+      FROM generate_series(1, v_n) AS g(i)
+     ORDER BY g.i;
+END
+$$;
+
+--
 -- Name: pw_tag_event(text, text, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1553,11 +1920,11 @@ DECLARE
     v_r       runners%ROWTYPE;
 BEGIN
     IF p_id IS NULL OR p_id !~ '^[A-Za-z0-9._~-]{1,128}$' THEN
-        RAISE EXCEPTION 'runner id % must match [A-Za-z0-9._~-]{1,128}', coalesce(quote_literal(p_id), 'NULL')
+        RAISE EXCEPTION 'PW008: runner id % must match [A-Za-z0-9._~-]{1,128}', coalesce(quote_literal(p_id), 'NULL')
             USING ERRCODE = 'PW008';
     END IF;
     IF p_token_hash IS NULL THEN
-        RAISE EXCEPTION 'token hash is required' USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: token hash is required' USING ERRCODE = 'PW008';
     END IF;
     INSERT INTO runners AS r (tenant_id, id, label, kind, token_hash, created_at, updated_at)
     VALUES (p_tenant, p_id, coalesce(p_label, ''), coalesce(p_kind, ''), p_token_hash, v_now, v_now)
@@ -1573,7 +1940,7 @@ BEGIN
         INSERT INTO streams (tenant_id, path, content_type, accessed_at, created_at, updated_at)
         VALUES (p_tenant, v_path, 'application/json', v_now, v_now, v_now);
     ELSIF pw_media_type(v_ct) <> 'application/json' THEN
-        RAISE EXCEPTION 'stream % exists with content type %, not a wake stream', v_path, v_ct
+        RAISE EXCEPTION 'PW011: stream % exists with content type %, not a wake stream', v_path, v_ct
             USING ERRCODE = 'PW011';
     END IF;
     PERFORM pw_backfill_wake_events(p_tenant, p_id, v_now);
@@ -1608,7 +1975,7 @@ DECLARE
     n_ttl    integer;
 BEGIN
     IF p_lease_ttl_ms IS NULL OR p_lease_ttl_ms <= 0 THEN
-        RAISE EXCEPTION 'lease ttl must be positive, got %', p_lease_ttl_ms USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: lease ttl must be positive, got %', p_lease_ttl_ms USING ERRCODE = 'PW008';
     END IF;
     SELECT * INTO v_r FROM release_claim(p_consumer_id, p_epoch, p_acks, v_now, p_tenant,
                                           p_claim_token_hash, p_notify);
@@ -1639,36 +2006,136 @@ $$;
 
 CREATE FUNCTION public.release_claim(p_consumer_id text, p_epoch bigint, p_acks jsonb DEFAULT '[]'::jsonb, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_claim_token_hash bytea DEFAULT NULL::bytea, p_notify boolean DEFAULT true) RETURNS TABLE(released boolean, entity_cleared boolean, claim_status text, entity_url text, stream_path text, entity_status text, acked_offset text, queued_wake_id text)
     LANGUAGE plpgsql
-    AS $$
+    AS $_$
 #variable_conflict use_column
 DECLARE
     v_now  timestamptz := coalesce(p_now, now());
     v_acks jsonb := coalesce(p_acks, '[]'::jsonb);
     v_hash bytea;
+    v_path text;
+    v_tail bigint;
+    v_a    jsonb;
+    v_i    bigint;
+    v_s    jsonb;
+    v_o    jsonb;
     v_r    record;
 BEGIN
     IF jsonb_typeof(v_acks) <> 'array' THEN
-        RAISE EXCEPTION 'acks must be an array' USING ERRCODE = 'PW008';
+        RAISE EXCEPTION 'PW008: acks must be an array' USING ERRCODE = 'PW008';
     END IF;
-    SELECT c.claim_token_hash INTO v_hash FROM consumer_claims c
+    SELECT c.claim_token_hash, c.stream_path INTO v_hash, v_path FROM consumer_claims c
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+        PERFORM pw_claim_missing(p_tenant, p_consumer_id, p_epoch, p_claim_token_hash);
     END IF;
     IF p_claim_token_hash IS NOT NULL AND p_claim_token_hash IS DISTINCT FROM v_hash THEN
-        RAISE EXCEPTION 'wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
+        RAISE EXCEPTION 'PW013: wrong claim token for claim %/%', p_consumer_id, p_epoch USING ERRCODE = 'PW013';
+    END IF;
+    -- The acks, before anything changes. The tail is read without a lock:
+    -- it only grows (pw_end_claim still clamps to the tail it reads).
+    IF jsonb_array_length(v_acks) > 0 THEN
+        v_tail := coalesce((SELECT s.tail_seq FROM streams s
+                             WHERE s.tenant_id = p_tenant AND s.path = v_path), 0);
+        FOR v_a, v_i IN SELECT a.value, a.ord - 1
+                          FROM jsonb_array_elements(v_acks) WITH ORDINALITY AS a(value, ord) LOOP
+            IF jsonb_typeof(v_a) <> 'object' THEN
+                RAISE EXCEPTION 'PW008: an ack is an object {"stream", "offset"}, not % (acks[%])',
+                    jsonb_typeof(v_a), v_i USING ERRCODE = 'PW008';
+            END IF;
+            v_s := coalesce(nullif(v_a->'stream', 'null'), v_a->'path');
+            IF v_s IS NULL OR jsonb_typeof(v_s) <> 'string' THEN
+                RAISE EXCEPTION 'PW008: an ack names its stream (or path) as a string (acks[%])', v_i
+                    USING ERRCODE = 'PW008';
+            END IF;
+            IF v_s #>> '{}' NOT IN (v_path, substr(v_path, 11)) THEN
+                RAISE EXCEPTION 'PW008: claim %/% owns stream %, not % (acks[%])',
+                    p_consumer_id, p_epoch, v_path, quote_literal(v_s #>> '{}'), v_i USING ERRCODE = 'PW008';
+            END IF;
+            v_o := v_a->'offset';
+            IF v_o IS NULL OR jsonb_typeof(v_o) <> 'string' OR v_o #>> '{}' !~ '^(-1|[0-9]{16})$' THEN
+                RAISE EXCEPTION 'PW008: invalid offset % (acks[%])',
+                    CASE jsonb_typeof(v_o) WHEN 'string' THEN quote_literal(v_o #>> '{}')
+                                           ELSE coalesce(v_o::text, 'NULL') END,
+                    v_i USING ERRCODE = 'PW008';
+            END IF;
+            IF v_o #>> '{}' = '-1' THEN
+                RAISE EXCEPTION 'PW008: offset -1 acks nothing: ack the offset read up to, or send no ack (acks[%])',
+                    v_i USING ERRCODE = 'PW008';
+            END IF;
+            IF (v_o #>> '{}')::bigint > v_tail THEN
+                RAISE EXCEPTION 'PW008: offset % is beyond the tail % of % (acks[%])',
+                    v_o #>> '{}', pw_offset(v_tail), v_path, v_i USING ERRCODE = 'PW008';
+            END IF;
+        END LOOP;
     END IF;
     SELECT * INTO v_r FROM pw_end_claim(p_tenant, p_consumer_id, p_epoch, 'released', v_acks, v_now, p_notify);
     RETURN QUERY SELECT v_r.ended, v_r.entity_cleared, v_r.claim_status, v_r.entity_url, v_r.stream_path,
                         v_r.entity_status, pw_offset(v_r.acked_offset), v_r.queued_wake_id;
 END
+$_$;
+
+--
+-- Name: release_claims(text[], bigint[], jsonb[], timestamp with time zone, text, bytea[], boolean); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.release_claims(p_consumer_ids text[], p_epochs bigint[], p_acks jsonb[], p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_claim_token_hashes bytea[] DEFAULT NULL::bytea[], p_notify boolean DEFAULT true) RETURNS TABLE(ord integer, err_code text, err_message text, released boolean, entity_cleared boolean, claim_status text, entity_url text, stream_path text, entity_status text, acked_offset text, queued_wake_id text)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_n       integer := coalesce(cardinality(p_consumer_ids), 0);
+    v_it      record;
+    v_r       record;
+    o_code    text[] := '{}';
+    o_msg     text[] := '{}';
+    o_rel     boolean[] := '{}';
+    o_clr     boolean[] := '{}';
+    o_cst     text[] := '{}';
+    o_url     text[] := '{}';
+    o_path    text[] := '{}';
+    o_est     text[] := '{}';
+    o_acked   text[] := '{}';
+    o_queued  text[] := '{}';
+BEGIN
+    IF coalesce(cardinality(p_epochs), 0) <> v_n OR coalesce(cardinality(p_acks), 0) <> v_n
+       OR (p_claim_token_hashes IS NOT NULL AND cardinality(p_claim_token_hashes) <> v_n) THEN
+        RAISE EXCEPTION 'PW008: release_claims: the arrays differ in length' USING ERRCODE = 'PW008';
+    END IF;
+    FOR v_it IN
+        SELECT u.i::integer AS i, u.c, u.e, u.a, p_claim_token_hashes[u.i] AS h
+          FROM unnest(p_consumer_ids, p_epochs, p_acks) WITH ORDINALITY AS u(c, e, a, i)
+          LEFT JOIN consumer_claims c ON c.tenant_id = p_tenant AND c.consumer_id = u.c AND c.epoch = u.e
+         ORDER BY c.entity_url NULLS LAST, u.c, u.e, u.i
+    LOOP
+        BEGIN
+            SELECT * INTO STRICT v_r
+              FROM release_claim(v_it.c, v_it.e, coalesce(v_it.a, '[]'::jsonb), p_now, p_tenant, v_it.h, p_notify);
+            o_rel[v_it.i] := v_r.released;
+            o_clr[v_it.i] := v_r.entity_cleared;
+            o_cst[v_it.i] := v_r.claim_status;
+            o_url[v_it.i] := v_r.entity_url;
+            o_path[v_it.i] := v_r.stream_path;
+            o_est[v_it.i] := v_r.entity_status;
+            o_acked[v_it.i] := v_r.acked_offset;
+            o_queued[v_it.i] := v_r.queued_wake_id;
+        EXCEPTION WHEN OTHERS THEN
+            o_code[v_it.i] := SQLSTATE;
+            o_msg[v_it.i] := SQLERRM;
+        END;
+    END LOOP;
+    RETURN QUERY
+    SELECT g.i, o_code[g.i], o_msg[g.i], o_rel[g.i], o_clr[g.i], o_cst[g.i], o_url[g.i], o_path[g.i],
+           o_est[g.i], o_acked[g.i], o_queued[g.i]
+      FROM generate_series(1, v_n) AS g(i)
+     ORDER BY g.i;
+END
 $$;
 
 --
--- Name: send_to_entity(text, jsonb, text, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: send_to_entity(text, jsonb, text, timestamp with time zone, text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.send_to_entity(p_url text, p_payload jsonb, p_from text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(msg_offset text, wake_id text)
+CREATE FUNCTION public.send_to_entity(p_url text, p_payload jsonb, p_from text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_message_type text DEFAULT NULL::text) RETURNS TABLE(msg_offset text, wake_id text)
     LANGUAGE plpgsql
     AS $$
 #variable_conflict use_column
@@ -1684,12 +2151,12 @@ BEGIN
     SELECT d.* INTO v_d FROM entity_dispatch_state d
      WHERE d.tenant_id = p_tenant AND d.entity_url = p_url FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'entity % not found', p_url USING ERRCODE = 'PW001';
+        RAISE EXCEPTION 'PW001: entity % not found', p_url USING ERRCODE = 'PW001';
     END IF;
     SELECT e.status, e.main_stream INTO v_status, v_stream FROM entities e
      WHERE e.tenant_id = p_tenant AND e.url = p_url;
     IF v_status IN ('stopping', 'stopped') THEN
-        RAISE EXCEPTION 'entity % is %', p_url, v_status USING ERRCODE = 'PW003';
+        RAISE EXCEPTION 'PW003: entity % is %', p_url, v_status USING ERRCODE = 'PW003';
     END IF;
     v_event := jsonb_build_object(
         'type', 'inbox',
@@ -1700,7 +2167,9 @@ BEGIN
             'payload', p_payload,
             'timestamp', to_char(v_now AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
             'mode', 'immediate',
-            'status', 'processed'),
+            'status', 'processed')
+            || CASE WHEN p_message_type IS NULL THEN '{}'::jsonb
+                    ELSE jsonb_build_object('message_type', p_message_type) END,
         'headers', jsonb_build_object('operation', 'insert'));
     v_seq := pw_stream_append(p_tenant, v_stream, ARRAY[convert_to(v_event::text, 'UTF8')], v_now);
     UPDATE entity_dispatch_state d SET last_sent_offset = v_seq, updated_at = v_now
@@ -1809,13 +2278,13 @@ DECLARE
     v_now timestamptz := coalesce(p_now, now());
 BEGIN
     IF p_admin_status IS NULL OR p_admin_status NOT IN ('enabled', 'disabled') THEN
-        RAISE EXCEPTION 'admin status must be enabled or disabled, got %', coalesce(p_admin_status, 'NULL')
+        RAISE EXCEPTION 'PW008: admin status must be enabled or disabled, got %', coalesce(p_admin_status, 'NULL')
             USING ERRCODE = 'PW008';
     END IF;
     UPDATE runners r SET admin_status = p_admin_status, updated_at = v_now
      WHERE r.tenant_id = p_tenant AND r.id = p_id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'runner % not found', p_id USING ERRCODE = 'PW004';
+        RAISE EXCEPTION 'PW004: runner % not found', p_id USING ERRCODE = 'PW004';
     END IF;
     IF p_admin_status = 'enabled' THEN
         PERFORM pw_backfill_wake_events(p_tenant, p_id, v_now);
@@ -1850,13 +2319,13 @@ BEGIN
          LIMIT 1;
     END IF;
     IF EXISTS (SELECT 1 FROM streams s WHERE s.tenant_id = p_tenant AND s.path = v_stream) THEN
-        RAISE EXCEPTION 'stream % exists already', v_stream USING ERRCODE = 'PW002';
+        RAISE EXCEPTION 'PW002: stream % exists already', v_stream USING ERRCODE = 'PW002';
     END IF;
     BEGIN
         INSERT INTO entities (tenant_id, url, status, main_stream, runner_id, created_at, updated_at)
         VALUES (p_tenant, p_url, 'idle', v_stream, v_runner, v_now, v_now);
     EXCEPTION WHEN unique_violation THEN
-        RAISE EXCEPTION 'entity % exists already', p_url USING ERRCODE = 'PW002';
+        RAISE EXCEPTION 'PW002: entity % exists already', p_url USING ERRCODE = 'PW002';
     END;
     INSERT INTO entity_dispatch_state (tenant_id, entity_url, updated_at)
     VALUES (p_tenant, p_url, v_now);
@@ -1915,7 +2384,7 @@ BEGIN
     PERFORM 1 FROM entity_dispatch_state d
       WHERE d.tenant_id = p_tenant AND d.entity_url = p_url FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'entity % not found', p_url USING ERRCODE = 'PW001';
+        RAISE EXCEPTION 'PW001: entity % not found', p_url USING ERRCODE = 'PW001';
     END IF;
     UPDATE entities e
        SET status = CASE WHEN e.status = 'running' THEN 'stopping'
@@ -1942,6 +2411,63 @@ BEGIN
         RETURN;
     END IF;
     RETURN QUERY SELECT * FROM expire_claims(p_now, p_tenant, p_limit);
+END
+$$;
+
+--
+-- Name: push_subscriptions; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.push_subscriptions (
+    tenant_id text DEFAULT 'default'::text NOT NULL,
+    id text NOT NULL,
+    kind text DEFAULT 'subscription'::text NOT NULL,
+    pattern text,
+    streams text[] DEFAULT '{}'::text[] NOT NULL,
+    webhook_url text NOT NULL,
+    lease_ttl_ms integer DEFAULT 30000 NOT NULL,
+    description text DEFAULT ''::text NOT NULL,
+    failures integer DEFAULT 0 NOT NULL,
+    next_attempt_at timestamp with time zone DEFAULT '1970-01-01 00:00:00+00'::timestamp with time zone NOT NULL,
+    last_error text,
+    last_delivered_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    path_regex text GENERATED ALWAYS AS (public.pw_glob_regex(pattern)) STORED,
+    CONSTRAINT push_subscriptions_check CHECK (((pattern IS NOT NULL) OR (cardinality(streams) > 0))),
+    CONSTRAINT push_subscriptions_kind_check CHECK ((kind = ANY (ARRAY['subscription'::text, 'entity_type'::text]))),
+    CONSTRAINT push_subscriptions_lease_ttl_ms_check CHECK (((lease_ttl_ms >= 1000) AND (lease_ttl_ms <= 600000))),
+    CONSTRAINT push_subscriptions_webhook_url_check CHECK ((webhook_url ~ '^https?://'::text))
+);
+
+--
+-- Name: upsert_push_subscription(text, text, text[], text, integer, text, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.upsert_push_subscription(p_id text, p_pattern text, p_streams text[], p_webhook_url text, p_lease_ttl_ms integer, p_description text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(outcome text, subscription public.push_subscriptions)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_row push_subscriptions;
+BEGIN
+    INSERT INTO push_subscriptions (tenant_id, id, kind, pattern, streams, webhook_url, lease_ttl_ms,
+                                    description, created_at, updated_at)
+    VALUES (p_tenant, p_id, 'subscription', p_pattern, coalesce(p_streams, '{}'), p_webhook_url,
+            p_lease_ttl_ms, coalesce(p_description, ''), coalesce(p_now, now()), coalesce(p_now, now()))
+    ON CONFLICT (tenant_id, id) DO NOTHING
+    RETURNING * INTO v_row;
+    IF FOUND THEN
+        RETURN QUERY SELECT 'created'::text, v_row;
+        RETURN;
+    END IF;
+    SELECT * INTO v_row FROM push_subscriptions s WHERE s.tenant_id = p_tenant AND s.id = p_id;
+    IF v_row.kind = 'subscription' AND v_row.pattern IS NOT DISTINCT FROM p_pattern
+       AND v_row.streams = coalesce(p_streams, '{}') AND v_row.webhook_url = p_webhook_url
+       AND v_row.lease_ttl_ms = p_lease_ttl_ms AND v_row.description = coalesce(p_description, '') THEN
+        RETURN QUERY SELECT 'unchanged'::text, v_row;
+    ELSE
+        RETURN QUERY SELECT 'conflict'::text, v_row;
+    END IF;
 END
 $$;
 
@@ -2011,7 +2537,19 @@ CREATE TABLE public.entity_types (
     default_dispatch_policy jsonb,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    revision bigint DEFAULT 1 NOT NULL,
     CONSTRAINT entity_types_name_check CHECK ((name ~ '^[a-z][a-z0-9_-]{0,63}$'::text))
+);
+
+--
+-- Name: push_queue; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.push_queue (
+    tenant_id text NOT NULL,
+    wake_id text NOT NULL,
+    target_id text NOT NULL,
+    created_at timestamp with time zone NOT NULL
 );
 
 --
@@ -2137,6 +2675,20 @@ ALTER TABLE ONLY public.entity_types
     ADD CONSTRAINT entity_types_pkey PRIMARY KEY (tenant_id, name);
 
 --
+-- Name: push_queue push_queue_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.push_queue
+    ADD CONSTRAINT push_queue_pkey PRIMARY KEY (tenant_id, wake_id);
+
+--
+-- Name: push_subscriptions push_subscriptions_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.push_subscriptions
+    ADD CONSTRAINT push_subscriptions_pkey PRIMARY KEY (tenant_id, id);
+
+--
 -- Name: runners runners_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -2204,6 +2756,18 @@ CREATE INDEX consumer_claims_active_runner_idx ON public.consumer_claims USING b
 CREATE INDEX consumer_claims_finished_idx ON public.consumer_claims USING btree (tenant_id, updated_at) WHERE (status <> 'active'::text);
 
 --
+-- Name: entities_parent_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX entities_parent_idx ON public.entities USING btree (tenant_id, parent) WHERE (parent IS NOT NULL);
+
+--
+-- Name: push_queue_order_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX push_queue_order_idx ON public.push_queue USING btree (tenant_id, created_at, wake_id);
+
+--
 -- Name: streams_forked_from_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -2246,6 +2810,18 @@ CREATE UNIQUE INDEX wakes_one_queued_idx ON public.wakes USING btree (tenant_id,
 CREATE TRIGGER entities_stopped_signal AFTER UPDATE OF status ON public.entities FOR EACH ROW WHEN (((new.status = 'stopped'::text) AND (old.status IS DISTINCT FROM 'stopped'::text))) EXECUTE FUNCTION public.pw_entity_stopped_signal();
 
 --
+-- Name: entity_types entity_types_push_sync; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER entity_types_push_sync AFTER INSERT OR DELETE OR UPDATE ON public.entity_types FOR EACH ROW EXECUTE FUNCTION public.pw_entity_type_push_sync();
+
+--
+-- Name: push_subscriptions push_subscriptions_changed; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER push_subscriptions_changed AFTER INSERT OR DELETE OR UPDATE OF pattern, streams, kind, created_at ON public.push_subscriptions FOR EACH STATEMENT EXECUTE FUNCTION public.pw_push_queue_rebuild();
+
+--
 -- Name: runners runners_deleted; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -2268,6 +2844,18 @@ CREATE TRIGGER runners_wake_stream_delete AFTER DELETE ON public.runners FOR EAC
 --
 
 CREATE CONSTRAINT TRIGGER wake_event_pending_flush AFTER INSERT ON public.wake_event_pending DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.pw_wake_flush_trigger();
+
+--
+-- Name: wake_queue wake_queue_push_delete; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER wake_queue_push_delete AFTER DELETE ON public.wake_queue FOR EACH ROW WHEN ((old.runner_id IS NULL)) EXECUTE FUNCTION public.pw_push_queue_sync();
+
+--
+-- Name: wake_queue wake_queue_push_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER wake_queue_push_insert AFTER INSERT ON public.wake_queue FOR EACH ROW WHEN ((new.runner_id IS NULL)) EXECUTE FUNCTION public.pw_push_queue_sync();
 
 --
 -- Name: wakes wakes_event_insert; Type: TRIGGER; Schema: public; Owner: -
@@ -2298,6 +2886,13 @@ CREATE TRIGGER wakes_queue_insert AFTER INSERT ON public.wakes FOR EACH ROW WHEN
 --
 
 CREATE TRIGGER wakes_queue_update AFTER UPDATE ON public.wakes FOR EACH ROW WHEN ((((old.status = 'queued'::text) OR (new.status = 'queued'::text)) AND ((old.status IS DISTINCT FROM new.status) OR (old.wake_id IS DISTINCT FROM new.wake_id) OR (old.entity_url IS DISTINCT FROM new.entity_url) OR (old.runner_id IS DISTINCT FROM new.runner_id) OR (old.created_at IS DISTINCT FROM new.created_at)))) EXECUTE FUNCTION public.pw_wake_queue_sync();
+
+--
+-- Name: entities entities_parent_fk; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.entities
+    ADD CONSTRAINT entities_parent_fk FOREIGN KEY (tenant_id, parent) REFERENCES public.entities(tenant_id, url);
 
 --
 -- Name: entity_dispatch_state entity_dispatch_state_tenant_id_entity_url_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -

@@ -41,6 +41,7 @@ func TestServeConfigMalformedValues(t *testing.T) {
 		{"long poll garbage", []string{"PULLWAKE_LONG_POLL_TIMEOUT", "1x"}, nil, "PULLWAKE_LONG_POLL_TIMEOUT"},
 		{"retention garbage", []string{"PULLWAKE_RETENTION", "a week"}, nil, "PULLWAKE_RETENTION"},
 		{"bool garbage", []string{"PULLWAKE_MIGRATE", "maybe"}, nil, "PULLWAKE_MIGRATE"},
+		{"require types garbage", []string{"PULLWAKE_REQUIRE_ENTITY_TYPES", "sometimes"}, nil, "PULLWAKE_REQUIRE_ENTITY_TYPES"},
 		{"int garbage", []string{"PULLWAKE_MAX_CONNECTIONS", "lots"}, nil, "PULLWAKE_MAX_CONNECTIONS"},
 		{"read timeout garbage", []string{"PULLWAKE_READ_TIMEOUT", "-"}, nil, "PULLWAKE_READ_TIMEOUT"},
 		{"idle timeout garbage", []string{"PULLWAKE_IDLE_TIMEOUT", "1 minute"}, nil, "PULLWAKE_IDLE_TIMEOUT"},
@@ -157,4 +158,25 @@ func TestServeExitsOnMalformedEnv(t *testing.T) {
 	r.expect(t, 2, "", "PULLWAKE_SWEEP_INTERVAL=\"5\" is not a duration")
 	r = pullwake(t, []string{"PULLWAKE_DATABASE_URL=postgres://x@127.0.0.1:1/db", "PULLWAKE_ADMIN_TOKEN=admin"}, "serve")
 	r.expect(t, 2, "", "admin token too short")
+}
+
+// PULLWAKE_REQUIRE_ENTITY_TYPES is off by default (SPEC §4's /entities
+// spawns untyped entities); the variable or the flag turns it on.
+func TestServeConfigRequireEntityTypes(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		env  []string
+		args []string
+		want bool
+	}{
+		{nil, nil, false},
+		{[]string{"PULLWAKE_REQUIRE_ENTITY_TYPES", "true"}, nil, true},
+		{[]string{"PULLWAKE_REQUIRE_ENTITY_TYPES", "true"}, []string{"--require-entity-types=false"}, false},
+		{nil, []string{"--require-entity-types"}, true},
+	} {
+		sc, err := parseServe(c.args, env(c.env...), io.Discard)
+		if err != nil || sc.requireTypes != c.want {
+			t.Errorf("env %v args %v: requireTypes %v (%v), want %v", c.env, c.args, sc.requireTypes, err, c.want)
+		}
+	}
 }

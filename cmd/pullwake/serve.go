@@ -49,6 +49,9 @@ type serveConfig struct {
 	gcInFlight  int
 	pprofAddr   string
 	push        pushFlags // push delivery (cmd/pullwake/push.go)
+	// requireTypes refuses spawns of unregistered entity types on /entities
+	// too (Electric's prefix always does).
+	requireTypes bool
 }
 
 // httpLimits are the HTTP server's deadlines and connection cap.
@@ -101,6 +104,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	fs.IntVar(&c.gcInFlight, "group-commit-in-flight", env.int("group-commit-in-flight", "PULLWAKE_GROUP_COMMIT_IN_FLIGHT", 1), "group commit: batches of one kind that may run at once, 1 to 32 (env PULLWAKE_GROUP_COMMIT_IN_FLIGHT)")
 	fs.StringVar(&c.pprofAddr, "pprof-addr", getenv("PULLWAKE_PPROF_ADDR"), "serve net/http/pprof on this host:port, a listener of its own; empty = off (env PULLWAKE_PPROF_ADDR)")
 	c.push.register(fs, getenv, env)
+	fs.BoolVar(&c.requireTypes, "require-entity-types", env.bool("require-entity-types", "PULLWAKE_REQUIRE_ENTITY_TYPES", false), "refuse spawns of unregistered entity types on /entities too; /_electric/entities always does (env PULLWAKE_REQUIRE_ENTITY_TYPES)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return c, err
@@ -252,7 +256,8 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 		Retention: c.retention,
 		Tokens:    store, Streams: sh, StreamChannel: streams.NotifyChannel, Metrics: met, Publisher: pub,
 		Logger: log, GroupCommit: c.groupCommit, GroupCommitInFlight: c.gcInFlight, BatchObserver: met.BatchSize,
-		WebhookSigner: c.push.signerFor(log),
+		WebhookSigner:      c.push.signerFor(log),
+		RequireEntityTypes: c.requireTypes,
 	})
 	if err != nil {
 		return err

@@ -372,7 +372,7 @@ func TestElectricRuntimeWireFormat(t *testing.T) {
 
 	// What the runtime's registerTypes() sends (by the driver, admin token).
 	c.must(t, "POST", "/_electric/entity-types", "", []byte(`{"name":"chat","description":"replies","state_schemas":{"reply":{"type":"object"}},"default_dispatch_policy":{"targets":[{"type":"runner","runnerId":"`+runner+`"}]}}`), 201)
-	c.must(t, "POST", "/_electric/entity-types", "", []byte(`{"name":"chat","description":"replies, again","default_dispatch_policy":{"targets":[{"type":"runner","runnerId":"`+runner+`"}]}}`), 200)
+	c.must(t, "POST", "/_electric/entity-types", "", []byte(`{"name":"chat","description":"replies, again","default_dispatch_policy":{"targets":[{"type":"runner","runnerId":"`+runner+`"}]}}`), 201)
 
 	simA := registerSim(t, srv.URL(), runner, 201)
 	stopA := simA.start()
