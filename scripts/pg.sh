@@ -62,6 +62,12 @@ ensure)
       { cat "$dir.initdb.log" >&2; exit 1; }
   fi
   if ! as_pg "$bin/pg_ctl" -D "$dir" status >/dev/null 2>&1; then
+    # Another server (another checkout's private cluster, say) on the port
+    # would make the start fail with only a log line: say so plainly.
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      echo "pg.sh: port $port is taken by another server, so the private cluster in $dir cannot start; stop that server (for another checkout's cluster: make stop there) or free the port" >&2
+      exit 1
+    fi
     as_pg "$bin/pg_ctl" -D "$dir" -w -t 60 -l "$dir/server.log" \
       -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300" start >&2 9>&- ||
       { tail -n 20 "$dir/server.log" >&2; exit 1; }
