@@ -95,15 +95,23 @@ func checkDispatchPolicy(p json.RawMessage) error {
 	return nil
 }
 
+// entityTypeBody is a registration: POST /_electric/entity-types, or the
+// manifest a serve endpoint answers. input_schemas and output_schemas are
+// Electric's other names of inbox_schemas and state_schemas.
+type entityTypeBody struct {
+	Name                  *string         `json:"name"`
+	Description           *string         `json:"description"`
+	CreationSchema        json.RawMessage `json:"creation_schema"`
+	InboxSchemas          json.RawMessage `json:"inbox_schemas"`
+	StateSchemas          json.RawMessage `json:"state_schemas"`
+	InputSchemas          json.RawMessage `json:"input_schemas"`
+	OutputSchemas         json.RawMessage `json:"output_schemas"`
+	DefaultDispatchPolicy json.RawMessage `json:"default_dispatch_policy"`
+	ServeEndpoint         *string         `json:"serve_endpoint"`
+}
+
 func (s *Server) upsertEntityType(w http.ResponseWriter, r *http.Request) error {
-	var body struct {
-		Name                  *string         `json:"name"`
-		Description           *string         `json:"description"`
-		CreationSchema        json.RawMessage `json:"creation_schema"`
-		InboxSchemas          json.RawMessage `json:"inbox_schemas"`
-		StateSchemas          json.RawMessage `json:"state_schemas"`
-		DefaultDispatchPolicy json.RawMessage `json:"default_dispatch_policy"`
-	}
+	var body entityTypeBody
 	if err := decode(w, r, &body); err != nil {
 		return err
 	}
@@ -112,6 +120,22 @@ func (s *Server) upsertEntityType(w http.ResponseWriter, r *http.Request) error 
 	}
 	if !entityTypeRE.MatchString(*body.Name) {
 		return badRequest("name %q must match %s", *body.Name, entityTypeRE)
+	}
+	// A serve endpoint alone (no description, no creation_schema) names
+	// where the type's manifest is: it is fetched and registered instead,
+	// as Electric's server does.
+	if body.ServeEndpoint != nil && body.Description == nil && isAbsent(body.CreationSchema) {
+		manifest, err := s.fetchServeManifest(r.Context(), *body.Name, *body.ServeEndpoint)
+		if err != nil {
+			return err
+		}
+		body = manifest
+	}
+	if isAbsent(body.InboxSchemas) {
+		body.InboxSchemas = body.InputSchemas
+	}
+	if isAbsent(body.StateSchemas) {
+		body.StateSchemas = body.OutputSchemas
 	}
 	desc := ""
 	if body.Description != nil {

@@ -108,6 +108,7 @@ type Server struct {
 	migrator *migrate.Migrator
 	sweeper  *Sweeper
 	listener *pglisten.Listener
+	outbound *http.Client // serve endpoints (serveendpoint.go)
 	recon    *reconciler
 	wakes    *wakeWatcher // wakes live readers of wake streams
 	// validator checks spawns and sends against entity types (dialect.go,
@@ -163,6 +164,7 @@ func New(cfg Config) (*Server, error) {
 		log:       cfg.Logger,
 		metrics:   cfg.Metrics,
 		migrator:  m,
+		outbound:  newOutboundClient(),
 	}
 	if cfg.AdminToken != "" {
 		s.adminHash = secret.Hash(cfg.AdminToken)

@@ -70,22 +70,26 @@ func checkStreamPattern(field, p string) error {
 
 // checkWebhookURL accepts absolute http(s) URLs with a host. Nothing
 // else is ever called: no other scheme, no relative URL.
-func checkWebhookURL(raw string) error {
+func checkWebhookURL(raw string) error { return checkOutboundURL("webhook.url", raw) }
+
+// checkOutboundURL is the rule for every URL the server calls, field
+// naming it in the error.
+func checkOutboundURL(field, raw string) error {
 	if raw == "" || len(raw) > maxWebhookURL {
-		return badRequest("field webhook.url: must be 1 to %d characters", maxWebhookURL)
+		return badRequest("field %s: must be 1 to %d characters", field, maxWebhookURL)
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return badRequest("field webhook.url: not a URL: %v", err)
+		return badRequest("field %s: not a URL: %v", field, err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return badRequest("field webhook.url: only http and https URLs are called, got %q", u.Scheme)
+		return badRequest("field %s: only http and https URLs are called, got %q", field, u.Scheme)
 	}
 	if u.Host == "" || u.Hostname() == "" {
-		return badRequest("field webhook.url: needs a host")
+		return badRequest("field %s: needs a host", field)
 	}
 	if strings.ContainsAny(raw, " \t\r\n") {
-		return badRequest("field webhook.url: must not contain whitespace")
+		return badRequest("field %s: must not contain whitespace", field)
 	}
 	return nil
 }
