@@ -16,8 +16,10 @@ import (
 // endpoint is an admin-given URL, like a webhook's: only absolute http(s)
 // URLs, redirects not followed, at most maxManifest bytes read, within
 // serveEndpointTimeout. An endpoint that cannot be reached, answers
-// anything but 2xx, or answers no JSON object is 502
-// SERVE_ENDPOINT_UNREACHABLE; a manifest naming another type is 400
+// anything but 2xx, or answers no JSON object is 422
+// SERVE_ENDPOINT_UNREACHABLE (Electric answers 502; pullwake answers no
+// request with a 5xx: the request named an endpoint that cannot serve, the
+// server did not fail); a manifest naming another type is 400
 // SERVE_ENDPOINT_NAME_MISMATCH. Either way nothing is registered.
 
 const (
@@ -39,7 +41,7 @@ func newOutboundClient() *http.Client {
 }
 
 func unreachable(format string, args ...any) error {
-	return errf(http.StatusBadGateway, "SERVE_ENDPOINT_UNREACHABLE", format, args...)
+	return errf(http.StatusUnprocessableEntity, "SERVE_ENDPOINT_UNREACHABLE", format, args...)
 }
 
 // fetchServeManifest PUTs to endpoint and returns the registration it

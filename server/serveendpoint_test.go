@@ -75,10 +75,10 @@ func TestEntityTypeServeEndpointRefusals(t *testing.T) {
 		code     string
 	}{
 		{mismatch.URL, 400, "SERVE_ENDPOINT_NAME_MISMATCH"},
-		{failing.URL, 502, "SERVE_ENDPOINT_UNREACHABLE"},
-		{notJSON.URL, 502, "SERVE_ENDPOINT_UNREACHABLE"},
-		{redirect.URL, 502, "SERVE_ENDPOINT_UNREACHABLE"},
-		{closed.URL, 502, "SERVE_ENDPOINT_UNREACHABLE"},
+		{failing.URL, 422, "SERVE_ENDPOINT_UNREACHABLE"},
+		{notJSON.URL, 422, "SERVE_ENDPOINT_UNREACHABLE"},
+		{redirect.URL, 422, "SERVE_ENDPOINT_UNREACHABLE"},
+		{closed.URL, 422, "SERVE_ENDPOINT_UNREACHABLE"},
 		{"file:///etc/passwd", 400, "INVALID_REQUEST"},
 		{"/relative", 400, "INVALID_REQUEST"},
 	} {
