@@ -77,7 +77,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"bad release epoch", "POST", "/_electric/claims/" + w.ConsumerID + "/x/release", "", nil, 400, "INVALID_REQUEST"},
 		{"unknown release", "POST", "/_electric/claims/wake-999/1/release", "", nil, 404, "CLAIM_NOT_FOUND"},
 		{"heartbeat lease bad", "POST", "/_electric/runners/r1/heartbeat", rt, `{"lease_ms": -5}`, 400, "INVALID_REQUEST"},
-		{"unknown route", "GET", "/nope", "", nil, 404, "NOT_FOUND"},
+		{"unknown route", "GET", "/_electric/nope", "", nil, 404, "NOT_FOUND"},
+		{"no stream at a root path", "GET", "/nope", "", nil, 404, "STREAM_NOT_FOUND"},
 	}
 	for _, c := range cases {
 		r := b.do(c.method, c.path, c.token, c.body)

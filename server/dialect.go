@@ -402,20 +402,23 @@ func (s *Server) signalEntity(enc entityEncoding, w http.ResponseWriter, r *http
 // electricOffsetStart is Electric's spelling of the start of a stream.
 const electricOffsetStart = "0000000000000000_0000000000000000"
 
-// rootEntityStream serves an entity's main stream at /{type}/{id}/main,
-// where Electric's agents server serves it (the same stream as
-// /v1/stream/{type}/{id}/main, with its rules). Electric's start offset
-// reads from the start. It reports false for any other path.
-func (s *Server) rootEntityStream(w http.ResponseWriter, r *http.Request) bool {
-	if s.cfg.Streams == nil {
+// rootStreamPrefixes are the root paths of the API itself: the streams
+// served at the root never shadow them.
+var rootStreamPrefixes = []string{"/_electric/", "/__ds/", "/v1/", "/entities", "/runners/", "/healthz", "/readyz", "/metrics"}
+
+// rootStream serves the Durable Stream at /v1/stream{path} at {path} too,
+// where Electric's agents server serves its streams (an entity's main
+// stream at /{type}/{id}/main, plain streams anywhere else), with the
+// stream routes' own rules, auth and deadlines. Electric's start offset
+// reads from the start. It reports false for the API's own paths.
+func (s *Server) rootStream(w http.ResponseWriter, r *http.Request) bool {
+	if s.cfg.Streams == nil || r.URL.Path == "/" {
 		return false
 	}
-	rest, ok := strings.CutSuffix(r.URL.Path, "/main")
-	if !ok {
-		return false
-	}
-	if _, _, err := splitEntityURL(rest); err != nil {
-		return false
+	for _, p := range rootStreamPrefixes {
+		if strings.HasPrefix(r.URL.Path, p) {
+			return false
+		}
 	}
 	r2 := r.Clone(r.Context())
 	r2.URL.Path = "/v1/stream" + r.URL.Path

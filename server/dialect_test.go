@@ -95,8 +95,8 @@ func TestElectricDialectShapesAndErrors(t *testing.T) {
 	if same := b.must(200, b.do("GET", "/v1/stream/chat/1/main?offset=-1", "", nil)); string(same.body) != string(b.do("GET", "/chat/1/main?offset=-1", "", nil).body) {
 		t.Fatalf("the root and /v1/stream differ")
 	}
-	if r := b.do("GET", "/chat/1/other", "", nil); r.status != 404 || r.errorCode(t) != "NOT_FOUND" {
-		t.Fatalf("not a main stream: %d %s", r.status, r.body)
+	if r := b.do("GET", "/chat/1/other", "", nil); r.status != 404 || r.errorCode(t) != "STREAM_NOT_FOUND" {
+		t.Fatalf("no stream there: %d %s", r.status, r.body)
 	}
 
 	// List with Electric's filters.
@@ -236,5 +236,32 @@ func TestPullwakeEntityRoutesUnchanged(t *testing.T) {
 	// pullwake's stop reads stopped under Electric's prefix too (SIGTERM).
 	if g := b.must(200, b.do("GET", "/_electric/entities/chat/1", a, nil)).json(t); g["status"] != "stopped" {
 		t.Fatalf("Electric's view of a pullwake stop: %v", g)
+	}
+}
+
+// Plain streams are served at the root too, where Electric serves them: the
+// same stream as under /v1/stream, with its rules (an admin token set: writes
+// need it). The API's own paths are never taken for streams.
+func TestPlainStreamsAtTheRoot(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withElectricAdmin)
+	a := electricAdmin
+	wantErr(t, b.do("PUT", "/plain-1", "", nil), 401, "UNAUTHORIZED")
+	b.must(201, b.do("PUT", "/plain-1", a, ""))
+	b.must(204, b.do("POST", "/plain-1", a, `{"n":1}`))
+	b.must(204, b.do("POST", "/v1/stream/plain-1", a, `{"n":2}`))
+	root := b.must(200, b.do("GET", "/plain-1?offset=0000000000000000_0000000000000000", "", nil))
+	same := b.must(200, b.do("GET", "/v1/stream/plain-1?offset=-1", "", nil))
+	if string(root.body) != `[{"n":1},{"n":2}]` || string(same.body) != string(root.body) {
+		t.Fatalf("root read %s, /v1/stream read %s", root.body, same.body)
+	}
+	wantErr(t, b.do("GET", "/nope", "", nil), 404, "STREAM_NOT_FOUND")
+	for _, p := range []string{"/entities/chat/1/extra", "/_electric/nope", "/__ds/nope", "/runners/r1"} {
+		if r := b.do("GET", p, a, nil); r.status != 404 || r.errorCode(t) != "NOT_FOUND" {
+			t.Fatalf("GET %s: %d %s, want the API's 404 NOT_FOUND", p, r.status, r.body)
+		}
+	}
+	if r := b.do("PUT", "/runners/r1", a, ""); r.status != 404 {
+		t.Fatalf("PUT /runners/r1 made a stream: %d %s", r.status, r.body)
 	}
 }

@@ -53,7 +53,7 @@ func TestWrongMethodIs405WithAllow(t *testing.T) {
 			t.Errorf("%s %s: Allow %q names the refused method", c.method, c.path, r.header.Get("Allow"))
 		}
 	}
-	for _, p := range []string{"/nope", "/entities/chat/1/extra", "/_electric/nope"} {
+	for _, p := range []string{"/__ds/nope", "/entities/chat/1/extra", "/_electric/nope"} {
 		r := b.do("PATCH", p, "", nil)
 		if r.status != http.StatusNotFound || r.errorCode(t) != "NOT_FOUND" || r.header.Get("Allow") != "" {
 			t.Errorf("PATCH %s: %d Allow=%q %s, want 404 NOT_FOUND without Allow", p, r.status, r.header.Get("Allow"), r.body)

@@ -337,9 +337,9 @@ func (s *Server) routes() {
 	// The catch-all takes every request no other pattern matches, including
 	// a known path with a method it does not serve (the mux would answer
 	// those 405 by itself, but "/" matches first): answer 405 with Allow then.
-	// Entity main streams are also served at /{type}/{id}/main, where
-	// Electric serves them (rootEntityStream), with the stream routes' own
-	// deadlines.
+	// Streams are also served at the root, where Electric serves them
+	// (rootStream), with the stream routes' own rules and deadlines; the
+	// API's own paths answer 404 NOT_FOUND.
 	notFound := wrap(func(w http.ResponseWriter, r *http.Request) error {
 		if allow := allowedMethods(mux, r); len(allow) > 0 {
 			w.Header().Set("Allow", strings.Join(allow, ", "))
@@ -349,7 +349,7 @@ func (s *Server) routes() {
 		return errf(http.StatusNotFound, "NOT_FOUND", "no route for %s %s", r.Method, r.URL.Path)
 	})
 	handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !s.rootEntityStream(w, r) {
+		if !s.rootStream(w, r) {
 			notFound.ServeHTTP(w, r)
 		}
 	}))
