@@ -232,9 +232,11 @@ func (l *Listener) run(ctx context.Context) {
 		sctx, stop := context.WithCancel(ctx)
 		errc := make(chan error, 1)
 		go func() { errc <- pl.Listen(sctx) }()
-		l.supervise(ctx, errc)
+		ended := l.supervise(ctx, errc)
 		stop()
-		<-errc
+		if !ended {
+			<-errc // Listen returns once sctx is cancelled
+		}
 		l.mu.Lock()
 		l.up, l.pid, l.conn = false, 0, nil
 		l.mu.Unlock()
@@ -242,14 +244,17 @@ func (l *Listener) run(ctx context.Context) {
 }
 
 // supervise pings until ctx ends, Listen returns, or the connection has
-// been silent for SilentAfter (then it returns so run reconnects).
-func (l *Listener) supervise(ctx context.Context, errc <-chan error) {
+// been silent for SilentAfter (then it returns so run reconnects). It
+// reports whether it took Listen's result from errc: the caller must not
+// wait for it again.
+func (l *Listener) supervise(ctx context.Context, errc <-chan error) (ended bool) {
 	if l.cfg.Pinger == nil {
 		select {
 		case <-ctx.Done():
+			return false
 		case <-errc:
+			return true
 		}
-		return
 	}
 	t := time.NewTicker(l.cfg.PingInterval)
 	defer t.Stop()
@@ -257,10 +262,10 @@ func (l *Listener) supervise(ctx context.Context, errc <-chan error) {
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case err := <-errc:
 			l.setErr(err)
-			return
+			return true
 		case <-t.C:
 		}
 		l.mu.Lock()
@@ -273,7 +278,7 @@ func (l *Listener) supervise(ctx context.Context, errc <-chan error) {
 			err := fmt.Errorf("no self-notification heard for %s", silent.Round(time.Millisecond))
 			l.setErr(err)
 			l.cfg.Logger.Warn("listener connection silent; reconnecting", "err", err)
-			return
+			return false
 		}
 		seq++
 		pctx, cancel := context.WithTimeout(ctx, l.cfg.PingInterval)

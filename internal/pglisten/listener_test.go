@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
 
 	"github.com/pullwake/pullwake/internal/freezeproxy"
@@ -174,5 +175,39 @@ func poll(t *testing.T, within time.Duration, what string, cond func() bool) {
 			t.Fatalf("not within %s: %s", within, what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// slowPinger sends no ping: each call outlasts its context by a little, so
+// when the listener stops, its LISTEN loop has usually returned by the
+// time the supervisor looks again, and both are ready at once.
+type slowPinger struct{}
+
+func (slowPinger) Exec(ctx context.Context, _ string, _ ...any) (pgconn.CommandTag, error) {
+	<-ctx.Done()
+	time.Sleep(20 * time.Millisecond)
+	return pgconn.CommandTag{}, ctx.Err()
+}
+
+// Stop returns whichever the supervisor sees first when the listener
+// stops: its context's end or the LISTEN loop's return (it once took the
+// loop's result and then waited for it again, forever).
+func TestStopReturnsWhenListenEndsFirst(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	for i := 0; i < 20; i++ {
+		l := pglisten.New(pglisten.Config{ConnString: d.URL, Logger: quiet(), Pinger: slowPinger{},
+			PingInterval: time.Millisecond, SilentAfter: time.Hour})
+		l.Handle("pw_test", func(string) {})
+		l.Start(context.Background())
+		<-l.Connected()
+		time.Sleep(25 * time.Millisecond) // the supervisor is pinging
+		stopped := make(chan struct{})
+		go func() { l.Stop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: Stop did not return", i)
+		}
 	}
 }
