@@ -18,10 +18,13 @@ import (
 	v3 "github.com/pb33f/libopenapi/datamodel/high/v3"
 )
 
-// The API reference, api/openapi.yaml, is held to the server two ways: every
-// pattern the router serves must be documented (TestOpenAPIDocumentsEveryRoute),
-// and the requests and answers of a whole cycle, driven through a real
-// server, must match the document's schemas (TestOpenAPIValidatesACycle).
+// The API reference, api/openapi.yaml, is held to the server three ways:
+// every pattern the router serves must be documented
+// (TestOpenAPIDocumentsEveryRoute); the requests and answers of a whole
+// cycle, driven through a real server, must match the document's schemas
+// (TestOpenAPIValidatesACycle); and every answer any test of this package
+// receives is checked against the document when that test ends
+// (traffic_test.go).
 
 const specPath = "../api/openapi.yaml"
 
@@ -33,7 +36,7 @@ var (
 
 // spec parses api/openapi.yaml afresh (libopenapi documents are not shared
 // between goroutines) from bytes read once.
-func spec(t *testing.T) (libopenapi.Document, *v3.Document) {
+func spec(t testing.TB) (libopenapi.Document, *v3.Document) {
 	t.Helper()
 	specOnce.Do(func() { specBytes, specErr = os.ReadFile(specPath) })
 	if specErr != nil {

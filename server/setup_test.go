@@ -73,6 +73,10 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 	for _, f := range opts {
 		f(&o)
 	}
+	// Registered first, so it runs last: after the server closed, every
+	// answer is recorded.
+	traffic := &trafficRecorder{}
+	t.Cleanup(func() { traffic.check(t) })
 	var acquires atomic.Int64
 	pc, err := pgxpool.ParseConfig(d.URL)
 	if err != nil {
@@ -132,7 +136,7 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hs.Config.Handler = srv.Handler()
+	hs.Config.Handler = traffic.wrap(srv.Handler())
 	ctx, cancel := context.WithCancel(context.Background())
 	srv.Start(ctx)
 	if bw != nil {
