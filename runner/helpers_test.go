@@ -243,17 +243,6 @@ func (e *env) claims(url string) []claimRow {
 	return out
 }
 
-// activeClaims counts active claims in the whole database.
-func (e *env) activeClaims() int {
-	e.t.Helper()
-	var n int
-	if err := e.pool.QueryRow(context.Background(),
-		`SELECT count(*) FROM consumer_claims WHERE status = 'active'`).Scan(&n); err != nil {
-		e.t.Fatal(err)
-	}
-	return n
-}
-
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
