@@ -36,7 +36,7 @@ type reconciler struct {
 	lastErr error
 }
 
-// Start runs a pass every interval until Stop.
+// Start runs a pass at once, then every interval, until Stop.
 func (r *reconciler) Start(ctx context.Context) {
 	ctx, r.cancel = context.WithCancel(ctx)
 	r.done = make(chan struct{})
@@ -45,16 +45,7 @@ func (r *reconciler) Start(ctx context.Context) {
 	r.mu.Unlock()
 	go func() {
 		defer close(r.done)
-		t := time.NewTicker(r.interval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				r.runOnce(ctx)
-			}
-		}
+		runEvery(ctx, r.interval, func() { r.runOnce(ctx) })
 	}()
 }
 
