@@ -105,13 +105,8 @@ func (h *Handler) serveFork(w http.ResponseWriter, r *http.Request, path string)
 		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", msg)
 		return
 	}
-	body, tooLarge, err := readBody(w, r, StreamBodyLimit)
-	if tooLarge {
-		writeError(w, r, http.StatusRequestEntityTooLarge, "PAYLOAD_TOO_LARGE", "the body exceeds the stream limit of 8 MiB")
-		return
-	}
-	if err != nil {
-		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "reading the body: "+err.Error())
+	body, ok := readCreateBody(w, r)
+	if !ok {
 		return
 	}
 	// The body is split by the fork's media type, which is the source's: a

@@ -143,13 +143,8 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, path strin
 		return
 	}
 	closed := headerTrue(r, "Stream-Closed")
-	body, tooLarge, err := readBody(w, r, StreamBodyLimit)
-	if tooLarge {
-		writeError(w, r, http.StatusRequestEntityTooLarge, "PAYLOAD_TOO_LARGE", "the body exceeds the stream limit of 8 MiB")
-		return
-	}
-	if err != nil {
-		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "reading the body: "+err.Error())
+	body, ok := readCreateBody(w, r)
+	if !ok {
 		return
 	}
 	msgs, _, err := splitMessages(body, isJSON(mt))
@@ -173,6 +168,21 @@ func (h *Handler) serveCreate(w http.ResponseWriter, r *http.Request, path strin
 	if !h.answerCreate(w, r, path, row.Status, row.ContentType, row.TailSeq, row.Closed) {
 		writeError(w, r, http.StatusConflict, "STREAM_CONFLICT", "a stream exists at this path with a different configuration")
 	}
+}
+
+// readCreateBody reads a create's body (plain or fork) up to
+// StreamBodyLimit, answering 413 or 400 itself when it cannot.
+func readCreateBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, tooLarge, err := readBody(w, r, StreamBodyLimit)
+	if tooLarge {
+		writeError(w, r, http.StatusRequestEntityTooLarge, "PAYLOAD_TOO_LARGE", "the body exceeds the stream limit of 8 MiB")
+		return nil, false
+	}
+	if err != nil {
+		writeError(w, r, http.StatusBadRequest, "INVALID_REQUEST", "reading the body: "+err.Error())
+		return nil, false
+	}
+	return body, true
 }
 
 // answerCreate writes the answer of a create (plain or fork) whose status is
