@@ -107,6 +107,60 @@ func (q *Queries) ClaimRequest(ctx context.Context, db DBTX, arg ClaimRequestPar
 	return i, err
 }
 
+const claimWakeForEvent = `-- name: ClaimWakeForEvent :one
+SELECT r.wake_id::text AS wake_id, r.consumer_id::text AS consumer_id, r.epoch::bigint AS epoch,
+       r.entity_url::text AS entity_url, r.stream_path::text AS stream_path,
+       r.acked_offset::text AS acked_offset, r.claim_token::text AS claim_token,
+       r.lease_expires_at::timestamptz AS lease_expires_at, r.lease_ttl_ms::integer AS lease_ttl_ms
+  FROM claim_wake_for_event($1::text, $2::text, $3::integer, $4::timestamptz,
+                            $5::text) AS r
+`
+
+type ClaimWakeForEventParams struct {
+	RunnerID   string
+	Stream     string
+	LeaseTtlMs int32
+	Now        *time.Time
+	TenantID   string
+}
+
+type ClaimWakeForEventRow struct {
+	WakeID         string
+	ConsumerID     string
+	Epoch          int64
+	EntityUrl      string
+	StreamPath     string
+	AckedOffset    string
+	ClaimToken     string
+	LeaseExpiresAt time.Time
+	LeaseTtlMs     int32
+}
+
+// The claim of a runner handed a wake event: the wake of the entity whose
+// main stream the event names, or no row (claim_wake_for_event).
+func (q *Queries) ClaimWakeForEvent(ctx context.Context, db DBTX, arg ClaimWakeForEventParams) (ClaimWakeForEventRow, error) {
+	row := db.QueryRow(ctx, claimWakeForEvent,
+		arg.RunnerID,
+		arg.Stream,
+		arg.LeaseTtlMs,
+		arg.Now,
+		arg.TenantID,
+	)
+	var i ClaimWakeForEventRow
+	err := row.Scan(
+		&i.WakeID,
+		&i.ConsumerID,
+		&i.Epoch,
+		&i.EntityUrl,
+		&i.StreamPath,
+		&i.AckedOffset,
+		&i.ClaimToken,
+		&i.LeaseExpiresAt,
+		&i.LeaseTtlMs,
+	)
+	return i, err
+}
+
 const expireClaims = `-- name: ExpireClaims :many
 SELECT r.consumer_id::text AS consumer_id, r.epoch::bigint AS epoch, r.entity_url::text AS entity_url,
        r.stream_path::text AS stream_path, r.entity_cleared::boolean AS entity_cleared,

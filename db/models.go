@@ -28,6 +28,7 @@ type ConsumerClaim struct {
 	ReleasedAt      *time.Time
 	AckedStreams    json.RawMessage
 	UpdatedAt       time.Time
+	WriteTokenHash  []byte
 }
 
 type Entity struct {
@@ -112,6 +113,7 @@ type Runner struct {
 	Diagnostics            json.RawMessage
 	CreatedAt              time.Time
 	UpdatedAt              time.Time
+	WakeStreamReadSeq      *int64
 }
 
 type Stream struct {
@@ -155,6 +157,12 @@ type StreamProducer struct {
 	UpdatedAt  time.Time
 }
 
+type TokenKey struct {
+	TenantID  string
+	Key       []byte
+	CreatedAt time.Time
+}
+
 type Wake struct {
 	TenantID   string
 	WakeID     string
@@ -182,6 +190,7 @@ type WakeEventPending struct {
 	Xid      pgtype.Uint64
 	TenantID string
 	WakeID   string
+	ForcedAt *time.Time
 }
 
 type WakeQueue struct {

@@ -15,7 +15,7 @@ const createRunner = `-- name: CreateRunner :one
 INSERT INTO runners (tenant_id, id, label, kind, token_hash)
 VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT DO NOTHING
-RETURNING tenant_id, id, label, kind, admin_status, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, created_at, updated_at
+RETURNING tenant_id, id, label, kind, admin_status, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, created_at, updated_at, wake_stream_read_seq
 `
 
 type CreateRunnerParams struct {
@@ -47,12 +47,13 @@ func (q *Queries) CreateRunner(ctx context.Context, db DBTX, arg CreateRunnerPar
 		&i.Diagnostics,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.WakeStreamReadSeq,
 	)
 	return i, err
 }
 
 const getRunner = `-- name: GetRunner :one
-SELECT tenant_id, id, label, kind, admin_status, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, created_at, updated_at FROM runners WHERE tenant_id = $1 AND id = $2
+SELECT tenant_id, id, label, kind, admin_status, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, created_at, updated_at, wake_stream_read_seq FROM runners WHERE tenant_id = $1 AND id = $2
 `
 
 type GetRunnerParams struct {
@@ -75,6 +76,7 @@ func (q *Queries) GetRunner(ctx context.Context, db DBTX, arg GetRunnerParams) (
 		&i.Diagnostics,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.WakeStreamReadSeq,
 	)
 	return i, err
 }
@@ -84,22 +86,25 @@ UPDATE runners
    SET last_seen_at = now(),
        liveness_lease_expires_at = now() + make_interval(secs => $1::integer / 1000.0),
        diagnostics = coalesce($2::jsonb, diagnostics),
+       wake_stream_read_seq = coalesce($3::bigint, wake_stream_read_seq),
        updated_at = now()
- WHERE tenant_id = $3 AND id = $4
-RETURNING tenant_id, id, label, kind, admin_status, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, created_at, updated_at
+ WHERE tenant_id = $4 AND id = $5
+RETURNING tenant_id, id, label, kind, admin_status, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, created_at, updated_at, wake_stream_read_seq
 `
 
 type HeartbeatRunnerParams struct {
-	LeaseMs     int32
-	Diagnostics json.RawMessage
-	TenantID    string
-	ID          string
+	LeaseMs           int32
+	Diagnostics       json.RawMessage
+	WakeStreamReadSeq *int64
+	TenantID          string
+	ID                string
 }
 
 func (q *Queries) HeartbeatRunner(ctx context.Context, db DBTX, arg HeartbeatRunnerParams) (Runner, error) {
 	row := db.QueryRow(ctx, heartbeatRunner,
 		arg.LeaseMs,
 		arg.Diagnostics,
+		arg.WakeStreamReadSeq,
 		arg.TenantID,
 		arg.ID,
 	)
@@ -116,12 +121,13 @@ func (q *Queries) HeartbeatRunner(ctx context.Context, db DBTX, arg HeartbeatRun
 		&i.Diagnostics,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.WakeStreamReadSeq,
 	)
 	return i, err
 }
 
 const listRunners = `-- name: ListRunners :many
-SELECT tenant_id, id, label, kind, admin_status, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, created_at, updated_at FROM runners WHERE tenant_id = $1 ORDER BY id
+SELECT tenant_id, id, label, kind, admin_status, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, created_at, updated_at, wake_stream_read_seq FROM runners WHERE tenant_id = $1 ORDER BY id
 `
 
 func (q *Queries) ListRunners(ctx context.Context, db DBTX, tenantID string) ([]Runner, error) {
@@ -145,6 +151,7 @@ func (q *Queries) ListRunners(ctx context.Context, db DBTX, tenantID string) ([]
 			&i.Diagnostics,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.WakeStreamReadSeq,
 		); err != nil {
 			return nil, err
 		}
@@ -157,7 +164,7 @@ func (q *Queries) ListRunners(ctx context.Context, db DBTX, tenantID string) ([]
 }
 
 const listRunnersPage = `-- name: ListRunnersPage :many
-SELECT tenant_id, id, label, kind, admin_status, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, created_at, updated_at FROM runners
+SELECT tenant_id, id, label, kind, admin_status, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, created_at, updated_at, wake_stream_read_seq FROM runners
  WHERE tenant_id = $1 AND ($2::text IS NULL OR id > $2::text)
  ORDER BY id
  LIMIT $3::integer
@@ -192,6 +199,7 @@ func (q *Queries) ListRunnersPage(ctx context.Context, db DBTX, arg ListRunnersP
 			&i.Diagnostics,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.WakeStreamReadSeq,
 		); err != nil {
 			return nil, err
 		}
@@ -269,7 +277,7 @@ func (q *Queries) RunnerWakeStream(ctx context.Context, db DBTX, arg RunnerWakeS
 const setRunnerAdminStatus = `-- name: SetRunnerAdminStatus :one
 UPDATE runners SET admin_status = $1, updated_at = now()
  WHERE tenant_id = $2 AND id = $3
-RETURNING tenant_id, id, label, kind, admin_status, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, created_at, updated_at
+RETURNING tenant_id, id, label, kind, admin_status, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, created_at, updated_at, wake_stream_read_seq
 `
 
 type SetRunnerAdminStatusParams struct {
@@ -293,12 +301,13 @@ func (q *Queries) SetRunnerAdminStatus(ctx context.Context, db DBTX, arg SetRunn
 		&i.Diagnostics,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.WakeStreamReadSeq,
 	)
 	return i, err
 }
 
 const setRunnerStatus = `-- name: SetRunnerStatus :one
-SELECT tenant_id, id, label, kind, admin_status, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, created_at, updated_at FROM set_runner_admin_status($1::text, $2::text, $3::timestamptz, $4::text)
+SELECT tenant_id, id, label, kind, admin_status, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, created_at, updated_at, wake_stream_read_seq FROM set_runner_admin_status($1::text, $2::text, $3::timestamptz, $4::text)
 `
 
 type SetRunnerStatusParams struct {
@@ -330,6 +339,7 @@ func (q *Queries) SetRunnerStatus(ctx context.Context, db DBTX, arg SetRunnerSta
 		&i.Diagnostics,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.WakeStreamReadSeq,
 	)
 	return i, err
 }

@@ -40,6 +40,32 @@ func (q *Queries) PurgeWakeEvents(ctx context.Context, db DBTX, arg PurgeWakeEve
 	return deleted, err
 }
 
+const sweepWakeEvents = `-- name: SweepWakeEvents :one
+SELECT sweep_wake_events($1::interval, $2::integer, $3::timestamptz,
+                         $4::text)::integer AS wakes
+`
+
+type SweepWakeEventsParams struct {
+	MinAge   pgtype.Interval
+	MaxWakes int32
+	Now      *time.Time
+	TenantID string
+}
+
+// The wake-event rule's backstop: new events for claimable wakes whose
+// events their runners have read past without claiming.
+func (q *Queries) SweepWakeEvents(ctx context.Context, db DBTX, arg SweepWakeEventsParams) (int32, error) {
+	row := db.QueryRow(ctx, sweepWakeEvents,
+		arg.MinAge,
+		arg.MaxWakes,
+		arg.Now,
+		arg.TenantID,
+	)
+	var wakes int32
+	err := row.Scan(&wakes)
+	return wakes, err
+}
+
 const wakeStreamTails = `-- name: WakeStreamTails :many
 SELECT s.path, s.tail_seq FROM streams s WHERE s.tenant_id = $1 AND s.path = ANY($2::text[])
 `

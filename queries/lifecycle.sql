@@ -19,6 +19,16 @@ SELECT r.wake_id::text AS wake_id, r.consumer_id::text AS consumer_id, r.epoch::
        r.lease_expires_at::timestamptz AS lease_expires_at, r.lease_ttl_ms::integer AS lease_ttl_ms
   FROM claim_next_wake(@runner_id::text, @lease_ttl_ms::integer, sqlc.narg('now')::timestamptz, @tenant_id::text) AS r;
 
+-- name: ClaimWakeForEvent :one
+-- The claim of a runner handed a wake event: the wake of the entity whose
+-- main stream the event names, or no row (claim_wake_for_event).
+SELECT r.wake_id::text AS wake_id, r.consumer_id::text AS consumer_id, r.epoch::bigint AS epoch,
+       r.entity_url::text AS entity_url, r.stream_path::text AS stream_path,
+       r.acked_offset::text AS acked_offset, r.claim_token::text AS claim_token,
+       r.lease_expires_at::timestamptz AS lease_expires_at, r.lease_ttl_ms::integer AS lease_ttl_ms
+  FROM claim_wake_for_event(@runner_id::text, @stream::text, @lease_ttl_ms::integer, sqlc.narg('now')::timestamptz,
+                            @tenant_id::text) AS r;
+
 -- name: HeartbeatClaim :one
 SELECT r.lease_expires_at::timestamptz AS lease_expires_at, r.entity_url::text AS entity_url,
        r.stream_path::text AS stream_path

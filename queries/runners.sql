@@ -23,6 +23,7 @@ UPDATE runners
    SET last_seen_at = now(),
        liveness_lease_expires_at = now() + make_interval(secs => sqlc.arg('lease_ms')::integer / 1000.0),
        diagnostics = coalesce(sqlc.narg('diagnostics')::jsonb, diagnostics),
+       wake_stream_read_seq = coalesce(sqlc.narg('wake_stream_read_seq')::bigint, wake_stream_read_seq),
        updated_at = now()
  WHERE tenant_id = sqlc.arg('tenant_id') AND id = sqlc.arg('id')
 RETURNING *;

@@ -9,3 +9,9 @@ SELECT purge_wake_events(@older_than::interval, @max_rows::integer, sqlc.narg('n
 -- name: WakeStreamTails :many
 -- The tails of the wake streams a server's live readers wait on.
 SELECT s.path, s.tail_seq FROM streams s WHERE s.tenant_id = @tenant_id AND s.path = ANY(@paths::text[]);
+
+-- name: SweepWakeEvents :one
+-- The wake-event rule's backstop: new events for claimable wakes whose
+-- events their runners have read past without claiming.
+SELECT sweep_wake_events(@min_age::interval, @max_wakes::integer, sqlc.narg('now')::timestamptz,
+                         @tenant_id::text)::integer AS wakes;

@@ -64,7 +64,7 @@ func serve(b *testing.B, h http.Handler, method, path, token string, body []byte
 func BenchmarkAppendHandler(b *testing.B) {
 	bb := setup(b, func(o *options) { o.singleCalls = true }) // serve's default
 	c := benchClaims(b, bb, 1)[0]
-	tok := bb.srv.Tokens().Mint(c.stream, tokensOwner(c.consumer, c.epoch))
+	tok := bb.srv.Tokens().Mint(c.stream, tokensOwner(c.consumer, c.epoch), "claim-token")
 	msg, _ := json.Marshal(map[string]string{"text": strings.Repeat("x", 1000)})
 	h := bb.srv.Handler()
 	b.ReportAllocs()

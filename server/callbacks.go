@@ -100,7 +100,7 @@ func (s *Server) wakeCallback(w http.ResponseWriter, r *http.Request) error {
 	case body.Done:
 		return s.done(w, r, consumer, epoch, hash, body)
 	case body.WakeID != nil:
-		return s.claimRequest(w, r, consumer, epoch, *body.WakeID, hash)
+		return s.claimRequest(w, r, consumer, epoch, *body.WakeID, tok)
 	default:
 		return s.heartbeat(w, r, consumer, epoch, hash, body.LeaseTTLMS)
 	}
@@ -112,8 +112,8 @@ func (s *Server) wakeCallback(w http.ResponseWriter, r *http.Request) error {
 // decides, on the database clock; it is asked again after the mint, so a
 // claim that ended in between (its end's notification possibly handled
 // before the mint) leaves no token behind.
-func (s *Server) claimRequest(w http.ResponseWriter, r *http.Request, consumer string, epoch int64, wakeID string, tokenHash []byte) error {
-	p := db.ClaimRequestParams{ConsumerID: consumer, Epoch: epoch, WakeID: &wakeID, ClaimTokenHash: tokenHash, TenantID: s.cfg.Tenant}
+func (s *Server) claimRequest(w http.ResponseWriter, r *http.Request, consumer string, epoch int64, wakeID string, claimToken string) error {
+	p := db.ClaimRequestParams{ConsumerID: consumer, Epoch: epoch, WakeID: &wakeID, ClaimTokenHash: secret.Hash(claimToken), TenantID: s.cfg.Tenant}
 	c, err := s.q.ClaimRequest(r.Context(), s.pool, p)
 	if err != nil {
 		return err
@@ -122,7 +122,7 @@ func (s *Server) claimRequest(w http.ResponseWriter, r *http.Request, consumer s
 		return claimNotActive(consumer, epoch, wakeID, c.Reason)
 	}
 	owner := tokens.Owner{ConsumerID: consumer, Epoch: epoch}
-	wt := s.tokens.Mint(c.StreamPath, owner)
+	wt := s.tokens.Mint(c.StreamPath, owner, claimToken)
 	again, err := s.q.ClaimRequest(r.Context(), s.pool, p)
 	if err != nil || !again.Active {
 		s.tokens.ClearIfOwner(c.StreamPath, owner)

@@ -5,6 +5,7 @@ package server_test
 // fields, entity types, the /_electric/entities routes.
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -338,5 +339,68 @@ func TestSweeperPurgesWakeEvents(t *testing.T) {
 	evs := decodeEvents(t, b.must(200, b.do("GET", "/runners/r1/wake?offset=-1", tok, nil)).body)
 	if len(evs) != 1 || evs[0]["generation"] != float64(2) {
 		t.Fatalf("wake stream after purge: %v", evs)
+	}
+}
+
+// An event claims the wake of the entity it names and nothing else, even
+// when an older wake is claimable (wake-event rule): a runner that claims
+// once per event would otherwise spend the event on another wake.
+func TestEventClaimNamesItsEntity(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withElectricAdmin)
+	tok := b.registerRunner("r1")
+	b.spawn("/chat/1")
+	b.spawn("/chat/2")
+	b.send("/chat/1", "older")
+	b.send("/chat/2", "newer")
+	ev := func(url string) string {
+		return `{"type":"wake","subscription_id":"runner:r1","stream":"/v1/stream` + url + `/main","generation":1,"ts":1}`
+	}
+	n := b.must(200, b.do("POST", "/_electric/runners/r1/claim", tok, ev("/chat/2"))).json(t)
+	if n["entity_url"] != "/chat/2" {
+		t.Fatalf("event for /chat/2 claimed %v", n["entity_url"])
+	}
+	// /chat/2 is claimed: its event again is 204, and /chat/1's wake is
+	// left for /chat/1's event.
+	if r := b.do("POST", "/_electric/runners/r1/claim", tok, ev("/chat/2")); r.status != 204 {
+		t.Fatalf("event of a claimed entity: %d %s", r.status, r.body)
+	}
+	if n := b.must(200, b.do("POST", "/_electric/runners/r1/claim", tok, ev("/chat/1"))).json(t); n["entity_url"] != "/chat/1" {
+		t.Fatalf("event for /chat/1 claimed %v", n["entity_url"])
+	}
+}
+
+// The heartbeat's wake_stream_offset is stored as the runner's read
+// position (the wake-event backstop reads it); a malformed one is a 400.
+func TestRunnerHeartbeatWakeStreamOffset(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withElectricAdmin)
+	tok := b.registerRunner("r1")
+	read := func() *int64 {
+		var seq *int64
+		if err := b.db.Pool.QueryRow(context.Background(), `SELECT wake_stream_read_seq FROM runners WHERE id = 'r1'`).Scan(&seq); err != nil {
+			t.Fatal(err)
+		}
+		return seq
+	}
+	for _, bad := range []any{"abc", "12", 7, "0000000000000001_0"} {
+		if r := b.do("POST", "/_electric/runners/r1/heartbeat", tok, map[string]any{"wake_stream_offset": bad}); r.status != 400 {
+			t.Fatalf("heartbeat with wake_stream_offset %v: %d %s", bad, r.status, r.body)
+		}
+	}
+	if seq := read(); seq != nil {
+		t.Fatalf("refused heartbeats stored %d", *seq)
+	}
+	b.must(200, b.do("POST", "/_electric/runners/r1/heartbeat", tok, map[string]any{"wake_stream_offset": "0000000000000004"}))
+	if seq := read(); seq == nil || *seq != 4 {
+		t.Fatalf("read position %v, want 4", seq)
+	}
+	b.must(200, b.do("POST", "/_electric/runners/r1/heartbeat", tok, map[string]any{"wake_stream_offset": "now"}))
+	if seq := read(); seq == nil || *seq != 4 {
+		t.Fatalf("\"now\" changed the read position to %v", seq)
+	}
+	b.must(200, b.do("POST", "/_electric/runners/r1/heartbeat", tok, map[string]any{"wake_stream_offset": "-1"}))
+	if seq := read(); seq == nil || *seq != 0 {
+		t.Fatalf("read position after -1: %v, want 0", seq)
 	}
 }

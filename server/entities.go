@@ -313,7 +313,7 @@ func (s *Server) holdsWriteToken(r *http.Request, url string) bool {
 	if tok == "" {
 		return false
 	}
-	_, ok := s.tokens.Valid("/v1/stream"+url+"/main", tok)
+	_, ok := s.gate.Authorize(r.Context(), "/v1/stream"+url+"/main", tok)
 	return ok
 }
 

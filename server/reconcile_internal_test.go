@@ -26,7 +26,7 @@ func TestReconcileStatusReportsFailure(t *testing.T) {
 	defer s.migrator.Close()
 	ctx := context.Background()
 	s.recon.started = time.Now()
-	s.tokens.Mint("/v1/stream/chat/1/main", tokens.Owner{ConsumerID: "wake-1", Epoch: 1})
+	s.tokens.Mint("/v1/stream/chat/1/main", tokens.Owner{ConsumerID: "wake-1", Epoch: 1}, "claim-token")
 	s.recon.runOnce(ctx)
 	if ok, why := s.recon.Status(); !ok {
 		t.Fatalf("status after a good pass: %s", why)
@@ -35,7 +35,7 @@ func TestReconcileStatusReportsFailure(t *testing.T) {
 		t.Fatal("token of a claim that does not exist survived the pass")
 	}
 
-	s.tokens.Mint("/v1/stream/chat/1/main", tokens.Owner{ConsumerID: "wake-1", Epoch: 1})
+	s.tokens.Mint("/v1/stream/chat/1/main", tokens.Owner{ConsumerID: "wake-1", Epoch: 1}, "claim-token")
 	closed, err := pgxpool.New(ctx, d.URL)
 	if err != nil {
 		t.Fatal(err)

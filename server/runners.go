@@ -208,8 +208,16 @@ func (s *Server) runnerHeartbeat(w http.ResponseWriter, r *http.Request) error {
 	var body struct {
 		LeaseMS     *int64          `json:"lease_ms"`
 		Diagnostics json.RawMessage `json:"diagnostics"`
+		// WakeStreamOffset is where the runner's wake-stream reader has
+		// read up to (Electric's runtime sends it): the wake-event backstop
+		// takes the events before it as spent.
+		WakeStreamOffset *string `json:"wake_stream_offset"`
 	}
 	if err := decode(w, r, &body); err != nil {
+		return err
+	}
+	readSeq, err := wakeReadSeq(body.WakeStreamOffset)
+	if err != nil {
 		return err
 	}
 	lease, err := s.leaseMS(body.LeaseMS, "lease_ms")
@@ -229,7 +237,7 @@ func (s *Server) runnerHeartbeat(w http.ResponseWriter, r *http.Request) error {
 		diag = buf.Bytes()
 	}
 	run, err := s.q.HeartbeatRunner(r.Context(), s.pool, db.HeartbeatRunnerParams{
-		LeaseMs: lease, Diagnostics: diag, TenantID: s.cfg.Tenant, ID: r.PathValue("id")})
+		LeaseMs: lease, Diagnostics: diag, WakeStreamReadSeq: readSeq, TenantID: s.cfg.Tenant, ID: r.PathValue("id")})
 	if errors.Is(err, db.ErrNotFound) {
 		return errf(http.StatusNotFound, "RUNNER_NOT_FOUND", "runner %s not found", r.PathValue("id"))
 	}
@@ -238,6 +246,26 @@ func (s *Server) runnerHeartbeat(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, runnerFromRow(run))
 	return nil
+}
+
+// wakeReadSeq turns a heartbeat's wake_stream_offset into the sequence
+// number read up to: nil when absent or "now" (nothing learned), 0 for
+// "-1"; anything but an offset of the wake stream is a 400.
+func wakeReadSeq(offset *string) (*int64, error) {
+	if offset == nil || *offset == "now" {
+		return nil, nil
+	}
+	if *offset == "-1" {
+		zero := int64(0)
+		return &zero, nil
+	}
+	if len(*offset) == 16 && strings.Trim(*offset, "0123456789") == "" {
+		n, err := strconv.ParseInt(*offset, 10, 64)
+		if err == nil {
+			return &n, nil
+		}
+	}
+	return nil, badRequest("wake_stream_offset %q must be -1, now, or an offset of the wake stream (16 digits)", *offset)
 }
 
 // leaseMS validates a lease in milliseconds against the configured bounds;
@@ -298,7 +326,7 @@ type streamOffset struct {
 // runnerID is "" when the claim was made for the releasing claim's runner
 // (claim_next), which the server does not read back.
 func (s *Server) notify(c db.ClaimNextWakeRow, runnerID string, took time.Duration, claimNext bool) wakeNotification {
-	wt := s.tokens.Mint(c.StreamPath, tokens.Owner{ConsumerID: c.ConsumerID, Epoch: c.Epoch})
+	wt := s.tokens.Mint(c.StreamPath, tokens.Owner{ConsumerID: c.ConsumerID, Epoch: c.Epoch}, c.ClaimToken)
 	s.metrics.ClaimStarted(took)
 	// At debug: one line per claim at thousands a second costs more than
 	// the claim's own work in this process; the claim row keeps the record.
@@ -361,10 +389,11 @@ func (b claimBody) check(runnerID string) error {
 	return nil
 }
 
-// claim hands the runner the oldest queued wake it may take. The body may
-// be a wake event of its wake stream: the answer is the same, the event's
-// wake or, when an older wake is claimable, that one (every queued wake has
-// its own event, so each event read leads to one claim or a 204).
+// claim hands the runner the oldest queued wake it may take, or, when the
+// body is a wake event of its wake stream, the wake of the entity the event
+// names and nothing else (claim_wake_for_event): a runner that claims once
+// per event it reads then claims every wake addressed to it (wake-event
+// rule, docs/lifecycle.md).
 func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
 	var body claimBody
 	if err := decode(w, r, &body); err != nil {
@@ -379,7 +408,13 @@ func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	start := time.Now()
-	c, found, err := s.claimNextWake(r.Context(), runnerID, ttl)
+	var c db.ClaimNextWakeRow
+	var found bool
+	if body.Stream != nil {
+		c, found, err = s.claimWakeForEvent(r.Context(), runnerID, *body.Stream, ttl)
+	} else {
+		c, found, err = s.claimNextWake(r.Context(), runnerID, ttl)
+	}
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/pullwake/pullwake/internal/secret"
 	"github.com/pullwake/pullwake/internal/webhooksig"
 	"github.com/pullwake/pullwake/server/tokens"
+	"github.com/pullwake/pullwake/server/writeauth"
 )
 
 // StreamHandler serves /v1/stream/ (package streams implements it).
@@ -54,6 +55,8 @@ type Config struct {
 	MinLeaseTTL     time.Duration // 1s
 	MaxLeaseTTL     time.Duration // 10m
 	SweepInterval   time.Duration // 5s
+	// WakeEventResend (5s): the wake-event backstop's bound (SweeperConfig).
+	WakeEventResend time.Duration
 	Retention       time.Duration // ended claims and finished wakes older than this are deleted; 0 keeps all
 	RequestTimeout  time.Duration // 15s: no request waits on the database longer
 	// ReconcileInterval (1s) is how often the token maps (write tokens, the
@@ -103,6 +106,7 @@ type Server struct {
 	pool     *pgxpool.Pool
 	q        *db.Queries
 	tokens   *tokens.Store
+	gate     *writeauth.Gate // tokens, then the claim row a signed token names
 	log      *slog.Logger
 	metrics  Metrics
 	migrator *migrate.Migrator
@@ -161,6 +165,7 @@ func New(cfg Config) (*Server, error) {
 		pool:      cfg.Pool,
 		q:         db.New(),
 		tokens:    cfg.Tokens,
+		gate:      writeauth.New(cfg.Tokens, cfg.Pool, cfg.Tenant),
 		log:       cfg.Logger,
 		metrics:   cfg.Metrics,
 		migrator:  m,
@@ -172,7 +177,7 @@ func New(cfg Config) (*Server, error) {
 	s.recon = &reconciler{s: s, interval: cfg.ReconcileInterval}
 	s.sweeper = NewSweeper(SweeperConfig{
 		Pool: cfg.Pool, Tenant: cfg.Tenant, Interval: cfg.SweepInterval,
-		Retention: cfg.Retention, Tokens: cfg.Tokens, Metrics: cfg.Metrics, Logger: cfg.Logger,
+		Retention: cfg.Retention, WakeEventResend: cfg.WakeEventResend, Tokens: cfg.Tokens, Metrics: cfg.Metrics, Logger: cfg.Logger,
 	})
 	if cfg.ConnString != "" {
 		s.listener = pglisten.New(pglisten.Config{

@@ -22,7 +22,7 @@ import (
 	"github.com/pullwake/pullwake/internal/testdb"
 	"github.com/pullwake/pullwake/server"
 	"github.com/pullwake/pullwake/server/streams"
-	"github.com/pullwake/pullwake/server/tokens"
+	"github.com/pullwake/pullwake/server/writeauth"
 )
 
 // bundle is one test's server over its own database.
@@ -95,12 +95,12 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(testWriter{t}, nil))
 	}
-	store := tokens.New()
+	store, _ := writeauth.NewStore(context.Background(), pool, "default") // an unmigrated database: a key of its own
 	var met *metrics.Metrics
 	if o.metrics {
 		met = metrics.New(metrics.Config{TokenStoreSize: store.Len, Source: metrics.DBSource{Conn: pool, Tenant: "default"}})
 	}
-	scfg := streams.Config{Pool: pool, Gate: store, AdminToken: o.adminToken, LongPollTimeout: time.Second, Logger: log}
+	scfg := streams.Config{Pool: pool, Gate: writeauth.New(store, pool, "default"), AdminToken: o.adminToken, LongPollTimeout: time.Second, Logger: log}
 	var pub *pgnotify.Publisher
 	if o.publish {
 		pub = pgnotify.New(pool, log)

@@ -34,9 +34,13 @@ type SweeperConfig struct {
 	// of the history) are read (1m); active and leaked claims are read
 	// after every expiry pass.
 	HistoryGaugeInterval time.Duration
-	Tokens               *tokens.Store
-	Metrics              Metrics
-	Logger               *slog.Logger
+	// WakeEventResend (5s) is how long a claimable wake waits, after its
+	// runners read its last event without claiming it, before the
+	// backstop writes it a new one (ResendWakeEvents).
+	WakeEventResend time.Duration
+	Tokens          *tokens.Store
+	Metrics         Metrics
+	Logger          *slog.Logger
 }
 
 // gaugeRefresher is the part of the metrics (package metrics implements it)
@@ -74,6 +78,7 @@ func NewSweeper(cfg SweeperConfig) *Sweeper {
 	cfg.HousekeepingInterval = cmp.Or(cfg.HousekeepingInterval, cfg.Interval)
 	cfg.HousekeepingBudget = cmp.Or(cfg.HousekeepingBudget, 2*time.Second)
 	cfg.HistoryGaugeInterval = cmp.Or(cfg.HistoryGaugeInterval, time.Minute)
+	cfg.WakeEventResend = cmp.Or(cfg.WakeEventResend, 5*time.Second)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -99,6 +104,9 @@ func (sw *Sweeper) Start(ctx context.Context) {
 		runEvery(ctx, sw.cfg.Interval, func() {
 			if _, err := sw.RunOnce(ctx, nil); err != nil && ctx.Err() == nil {
 				sw.cfg.Logger.Warn("sweep failed", "err", err)
+			}
+			if _, err := sw.ResendWakeEvents(ctx, nil); err != nil && ctx.Err() == nil {
+				sw.cfg.Logger.Warn("wake event backstop failed", "err", err)
 			}
 		})
 	}()

@@ -37,3 +37,23 @@ func (sw *Sweeper) PurgeWakeEvents(ctx context.Context, now *time.Time) (int, er
 	}
 	return total, nil
 }
+
+// ResendWakeEvents is the wake-event rule's backstop (sweep_wake_events):
+// a claimable wake whose events its runners have read past without
+// claiming it, the newest older than WakeEventResend, gets a new event.
+// It runs after every expiry pass, on one instance at a time (an advisory
+// lock inside the function), over the oldest Batch queued wakes.
+func (sw *Sweeper) ResendWakeEvents(ctx context.Context, now *time.Time) (int, error) {
+	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	age := pgtype.Interval{Microseconds: sw.cfg.WakeEventResend.Microseconds(), Valid: true}
+	n, err := sw.q.SweepWakeEvents(qctx, sw.cfg.Pool, db.SweepWakeEventsParams{
+		MinAge: age, MaxWakes: int32(sw.cfg.Batch), Now: now, TenantID: sw.cfg.Tenant})
+	if err != nil {
+		return 0, fmt.Errorf("resend wake events: %w", err)
+	}
+	if n > 0 {
+		sw.cfg.Logger.Info("wake events written again for wakes read but not claimed", "wakes", n)
+	}
+	return int(n), nil
+}

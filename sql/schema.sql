@@ -163,6 +163,55 @@ END
 $$;
 
 --
+-- Name: claim_wake_for_event(text, text, integer, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.claim_wake_for_event(p_runner_id text, p_stream text, p_lease_ttl_ms integer DEFAULT 30000, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(wake_id text, consumer_id text, epoch bigint, entity_url text, stream_path text, acked_offset text, claim_token text, lease_expires_at timestamp with time zone, lease_ttl_ms integer)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    v_now    timestamptz := coalesce(p_now, now());
+    v_admin  text;
+    v_url    text;
+    v_wake   text;
+    v_target text;
+BEGIN
+    IF p_lease_ttl_ms IS NULL OR p_lease_ttl_ms <= 0 THEN
+        RAISE EXCEPTION 'PW008: lease ttl must be positive, got %', p_lease_ttl_ms USING ERRCODE = 'PW008';
+    END IF;
+    SELECT r.admin_status INTO v_admin FROM runners r
+     WHERE r.tenant_id = p_tenant AND r.id = p_runner_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'PW004: runner % not found', p_runner_id USING ERRCODE = 'PW004';
+    END IF;
+    IF v_admin <> 'enabled' THEN
+        RAISE EXCEPTION 'PW005: runner % is disabled', p_runner_id USING ERRCODE = 'PW005';
+    END IF;
+    IF p_stream IS NULL OR p_stream NOT LIKE '/v1/stream/%/main' THEN
+        RETURN;
+    END IF;
+    v_url := substr(p_stream, 11, length(p_stream) - 15);
+
+    PERFORM 1 FROM entity_dispatch_state d
+      JOIN entities e ON e.tenant_id = d.tenant_id AND e.url = d.entity_url
+     WHERE d.tenant_id = p_tenant AND d.entity_url = v_url AND e.main_stream = p_stream
+       FOR UPDATE OF d;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT w.wake_id, w.runner_id INTO v_wake, v_target FROM wakes w
+     WHERE w.tenant_id = p_tenant AND w.entity_url = v_url AND w.status = 'queued';
+    IF NOT FOUND OR (v_target IS NOT NULL AND v_target <> p_runner_id) THEN
+        RETURN;
+    END IF;
+    -- pw_claim_wake locks the dispatch row SKIP LOCKED: ours is held by
+    -- this transaction, so it is not skipped.
+    RETURN QUERY SELECT * FROM pw_claim_wake(p_tenant, v_wake, v_url, p_runner_id, p_lease_ttl_ms, v_now);
+END
+$$;
+
+--
 -- Name: claim_wake_for_push(text, text, integer, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -566,12 +615,15 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'PW008: claim: the dispatch slot of % changed under its lock', p_url USING ERRCODE = 'PW008';
     END IF;
+    -- The write token's secret is derived from the claim token (see
+    -- pw_write_secret); the row keeps only its hash.
     INSERT INTO consumer_claims (tenant_id, consumer_id, epoch, wake_id, entity_url, stream_path,
-                                 runner_id, status, claim_token_hash, lease_ttl_ms, claimed_at,
-                                 last_heartbeat_at, lease_expires_at, updated_at)
+                                 runner_id, status, claim_token_hash, write_token_hash, lease_ttl_ms,
+                                 claimed_at, last_heartbeat_at, lease_expires_at, updated_at)
     VALUES (p_tenant, p_wake, v_epoch, p_wake, p_url, v_stream,
-            p_runner_id, 'active', sha256(convert_to(v_token, 'UTF8')), p_lease_ttl_ms, p_now,
-            p_now, v_lease, p_now);
+            p_runner_id, 'active', sha256(convert_to(v_token, 'UTF8')),
+            sha256(convert_to(pw_write_secret(v_token), 'UTF8')), p_lease_ttl_ms,
+            p_now, p_now, v_lease, p_now);
     UPDATE entities e SET status = 'running', updated_at = p_now
      WHERE e.tenant_id = p_tenant AND e.url = p_url AND e.status IN ('idle', 'running');
     IF NOT FOUND THEN
@@ -725,6 +777,15 @@ BEGIN
     -- No sent message is left without a wake.
     IF entity_cleared AND v_estatus = 'idle' AND v_sent > v_acked AND v_queued IS NULL THEN
         v_queued := pw_queue_wake(p_tenant, v_url, p_now);
+    ELSIF entity_cleared AND v_estatus = 'idle' AND v_queued IS NOT NULL THEN
+        -- Wake-event rule: a wake queued while this claim held the entity
+        -- becomes claimable now. Its events may all have been spent (a
+        -- claim answered 204 while it was blocked), so it gets a new one,
+        -- written at commit like every event. A wake queued just above
+        -- gets its event from the queueing itself.
+        INSERT INTO wake_event_pending (xid, tenant_id, wake_id, forced_at)
+        VALUES (pg_current_xact_id(), p_tenant, v_queued, p_now);
+        PERFORM set_config('pullwake.wake_events_pending', 'yes', true);
     END IF;
 
     IF p_notify THEN
@@ -810,16 +871,21 @@ CREATE FUNCTION public.pw_flush_wake_events() RETURNS integer
 DECLARE
     v_tenants text[];
     v_wakes   text[];
+    v_forced  timestamptz[];
     v_r       record;
     v_tail  bigint;
     v_n     integer := 0;
 BEGIN
     PERFORM set_config('pullwake.wake_events_pending', '', true);
     WITH p AS (
-        DELETE FROM wake_event_pending p WHERE p.xid = pg_current_xact_id() RETURNING p.tenant_id, p.wake_id
+        DELETE FROM wake_event_pending p WHERE p.xid = pg_current_xact_id()
+        RETURNING p.tenant_id, p.wake_id, p.forced_at
     )
-    SELECT array_agg(q.tenant_id), array_agg(q.wake_id) INTO v_tenants, v_wakes
-      FROM (SELECT DISTINCT p.tenant_id, p.wake_id FROM p) q;
+    SELECT array_agg(q.tenant_id), array_agg(q.wake_id), array_agg(q.forced_at)
+      INTO v_tenants, v_wakes, v_forced
+      FROM (SELECT p.tenant_id, p.wake_id,
+                   max(p.forced_at) AS forced_at
+              FROM p GROUP BY 1, 2) q;
     IF v_wakes IS NULL THEN
         RETURN 0;
     END IF;
@@ -836,15 +902,17 @@ BEGIN
                array_agg(x.generation ORDER BY x.created_at, x.wake_id) AS gens,
                array_agg(x.queued_at ORDER BY x.created_at, x.wake_id) AS times,
                max(x.queued_at) AS now
-          FROM (SELECT w.tenant_id, t.runner_id, w.wake_id, w.created_at, w.updated_at AS queued_at,
+          FROM (SELECT w.tenant_id, t.runner_id, w.wake_id, w.created_at,
+                       coalesce(p.forced_at, w.updated_at) AS queued_at,
                        d.epoch + 1 AS generation,
                        convert_to(jsonb_build_object(
                            'type', 'wake',
                            'subscription_id', 'runner:' || t.runner_id,
                            'stream', e.main_stream,
                            'generation', d.epoch + 1,
-                           'ts', (extract(epoch FROM w.updated_at) * 1000)::bigint)::text, 'UTF8') AS event
-                  FROM unnest(v_tenants, v_wakes) AS p(tenant_id, wake_id)
+                           'ts', (extract(epoch FROM coalesce(p.forced_at, w.updated_at)) * 1000)::bigint
+                       )::text, 'UTF8') AS event
+                  FROM unnest(v_tenants, v_wakes, v_forced) AS p(tenant_id, wake_id, forced_at)
                   JOIN wakes w ON w.tenant_id = p.tenant_id AND w.wake_id = p.wake_id
                   JOIN entities e ON e.tenant_id = w.tenant_id AND e.url = w.entity_url
                   JOIN entity_dispatch_state d ON d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url
@@ -856,9 +924,11 @@ BEGIN
                  WHERE w.status = 'queued'
                    AND EXISTS (SELECT 1 FROM streams s
                                 WHERE s.tenant_id = w.tenant_id AND s.path = pw_wake_stream(t.runner_id))
-                   AND NOT EXISTS (SELECT 1 FROM wake_events v
+                   -- A forced event (wake-event rule) is written even when the
+                   -- wake had one for this generation: that one may be spent.
+                   AND (p.forced_at IS NOT NULL OR NOT EXISTS (SELECT 1 FROM wake_events v
                                     WHERE v.tenant_id = w.tenant_id AND v.wake_id = w.wake_id
-                                      AND v.runner_id = t.runner_id AND v.generation = d.epoch + 1)) x
+                                      AND v.runner_id = t.runner_id AND v.generation = d.epoch + 1))) x
          GROUP BY x.tenant_id, x.runner_id
          ORDER BY x.tenant_id, x.runner_id
     LOOP
@@ -1829,6 +1899,25 @@ CREATE FUNCTION public.pw_tag_event(p_key text, p_value text, p_operation text, 
 $$;
 
 --
+-- Name: pw_token_key(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_token_key(p_tenant text DEFAULT 'default'::text) RETURNS bytea
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_key bytea;
+BEGIN
+    INSERT INTO token_keys (tenant_id, key)
+    VALUES (p_tenant, sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text
+                                        || gen_random_uuid()::text, 'UTF8')))
+    ON CONFLICT (tenant_id) DO NOTHING;
+    SELECT k.key INTO v_key FROM token_keys k WHERE k.tenant_id = p_tenant;
+    RETURN v_key;
+END
+$$;
+
+--
 -- Name: pw_wake_flush_trigger(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1902,6 +1991,16 @@ CREATE FUNCTION public.pw_wake_stream_offset(p_tenant text, p_runner_id text) RE
         (SELECT s.tail_seq FROM streams s
           WHERE s.tenant_id = p_tenant AND s.path = pw_wake_stream(p_runner_id)),
         0))
+$$;
+
+--
+-- Name: pw_write_secret(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_write_secret(p_claim_token text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    SELECT encode(sha256(convert_to('write:' || p_claim_token, 'UTF8')), 'hex')
 $$;
 
 --
@@ -2264,6 +2363,7 @@ CREATE TABLE public.runners (
     diagnostics jsonb,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    wake_stream_read_seq bigint,
     CONSTRAINT runners_admin_status_check CHECK ((admin_status = ANY (ARRAY['enabled'::text, 'disabled'::text])))
 );
 
@@ -2415,6 +2515,46 @@ END
 $$;
 
 --
+-- Name: sweep_wake_events(interval, integer, timestamp with time zone, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.sweep_wake_events(p_min_age interval DEFAULT '00:00:05'::interval, p_limit integer DEFAULT 1000, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_now timestamptz := coalesce(p_now, now());
+    v_n   integer;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtextextended('pullwake.wake_event_sweep.' || p_tenant, 0)) THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO wake_event_pending (xid, tenant_id, wake_id, forced_at)
+    SELECT pg_current_xact_id(), q.tenant_id, q.wake_id, v_now
+      FROM (SELECT q.tenant_id, q.wake_id, q.entity_url, q.runner_id FROM wake_queue q
+             WHERE q.tenant_id = p_tenant AND q.created_at <= v_now - p_min_age
+             ORDER BY q.created_at, q.wake_id
+             LIMIT p_limit) q
+      JOIN entity_dispatch_state d ON d.tenant_id = q.tenant_id AND d.entity_url = q.entity_url
+     WHERE NOT (d.active_consumer_id IS NOT NULL AND d.active_lease_expires_at > v_now)
+       AND EXISTS (
+           SELECT 1 FROM runners r
+            WHERE r.tenant_id = q.tenant_id
+              AND (r.id = q.runner_id OR q.runner_id IS NULL)
+              AND r.admin_status = 'enabled'
+              AND r.liveness_lease_expires_at > v_now
+              AND r.wake_stream_read_seq IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM wake_events v
+                               WHERE v.tenant_id = q.tenant_id AND v.wake_id = q.wake_id AND v.runner_id = r.id
+                                 AND (v.seq > r.wake_stream_read_seq OR v.created_at > v_now - p_min_age)));
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    IF v_n > 0 THEN
+        PERFORM set_config('pullwake.wake_events_pending', 'yes', true);
+    END IF;
+    RETURN v_n;
+END
+$$;
+
+--
 -- Name: push_subscriptions; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -2492,6 +2632,7 @@ CREATE TABLE public.consumer_claims (
     released_at timestamp with time zone,
     acked_streams jsonb,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    write_token_hash bytea,
     CONSTRAINT consumer_claims_check CHECK (((status <> 'active'::text) OR (lease_expires_at IS NOT NULL))),
     CONSTRAINT consumer_claims_status_check CHECK ((status = ANY (ARRAY['active'::text, 'released'::text, 'expired'::text, 'failed'::text])))
 )
@@ -2580,13 +2721,25 @@ CREATE TABLE public.stream_producers (
 );
 
 --
+-- Name: token_keys; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.token_keys (
+    tenant_id text NOT NULL,
+    key bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT token_keys_key_check CHECK ((length(key) = 32))
+);
+
+--
 -- Name: wake_event_pending; Type: TABLE; Schema: public; Owner: -
 --
 
 CREATE UNLOGGED TABLE public.wake_event_pending (
     xid xid8 NOT NULL,
     tenant_id text NOT NULL,
-    wake_id text NOT NULL
+    wake_id text NOT NULL,
+    forced_at timestamp with time zone
 );
 
 --
@@ -2717,11 +2870,18 @@ ALTER TABLE ONLY public.streams
     ADD CONSTRAINT streams_pkey PRIMARY KEY (tenant_id, path);
 
 --
+-- Name: token_keys token_keys_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.token_keys
+    ADD CONSTRAINT token_keys_pkey PRIMARY KEY (tenant_id);
+
+--
 -- Name: wake_events wake_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
 ALTER TABLE ONLY public.wake_events
-    ADD CONSTRAINT wake_events_pkey PRIMARY KEY (tenant_id, wake_id, runner_id, generation);
+    ADD CONSTRAINT wake_events_pkey PRIMARY KEY (tenant_id, runner_id, seq);
 
 --
 -- Name: wake_queue wake_queue_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -2786,10 +2946,10 @@ CREATE INDEX wake_event_pending_xid_idx ON public.wake_event_pending USING btree
 CREATE INDEX wake_events_created_idx ON public.wake_events USING btree (tenant_id, created_at);
 
 --
--- Name: wake_events_runner_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: wake_events_wake_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX wake_events_runner_idx ON public.wake_events USING btree (tenant_id, runner_id, seq);
+CREATE INDEX wake_events_wake_idx ON public.wake_events USING btree (tenant_id, wake_id, runner_id);
 
 --
 -- Name: wakes_finished_idx; Type: INDEX; Schema: public; Owner: -

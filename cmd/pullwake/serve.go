@@ -23,7 +23,7 @@ import (
 	"github.com/pullwake/pullwake/internal/pgnotify"
 	"github.com/pullwake/pullwake/server"
 	"github.com/pullwake/pullwake/server/streams"
-	"github.com/pullwake/pullwake/server/tokens"
+	"github.com/pullwake/pullwake/server/writeauth"
 )
 
 type serveConfig struct {
@@ -34,6 +34,7 @@ type serveConfig struct {
 	adminTokenFile  string
 	defaultLease    time.Duration
 	sweepInterval   time.Duration
+	wakeEventResend time.Duration
 	longPollTimeout time.Duration
 	retention       time.Duration
 	migrate         bool
@@ -88,6 +89,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	fs.StringVar(&c.adminTokenFile, "admin-token-file", getenv("PULLWAKE_ADMIN_TOKEN_FILE"), "read the admin token from this file instead (env PULLWAKE_ADMIN_TOKEN_FILE)")
 	fs.DurationVar(&c.defaultLease, "default-lease-ttl", env.duration("default-lease-ttl", "PULLWAKE_DEFAULT_LEASE_TTL", 30*time.Second), "claim lease when a claim names none (env PULLWAKE_DEFAULT_LEASE_TTL)")
 	fs.DurationVar(&c.sweepInterval, "sweep-interval", env.duration("sweep-interval", "PULLWAKE_SWEEP_INTERVAL", 5*time.Second), "lease expiry sweep period (env PULLWAKE_SWEEP_INTERVAL)")
+	fs.DurationVar(&c.wakeEventResend, "wake-event-resend", env.duration("wake-event-resend", "PULLWAKE_WAKE_EVENT_RESEND", 5*time.Second), "a claimable wake whose last wake event its runner read without claiming gets a new event after this long, checked every sweep (env PULLWAKE_WAKE_EVENT_RESEND)")
 	fs.DurationVar(&c.longPollTimeout, "long-poll-timeout", env.duration("long-poll-timeout", "PULLWAKE_LONG_POLL_TIMEOUT", 30*time.Second), "how long a live stream read waits (env PULLWAKE_LONG_POLL_TIMEOUT)")
 	fs.DurationVar(&c.retention, "retention", env.duration("retention", "PULLWAKE_RETENTION", 7*24*time.Hour), "delete ended claims and finished wakes older than this; 0 keeps all (env PULLWAKE_RETENTION)")
 	fs.BoolVar(&c.migrate, "migrate", env.bool("migrate", "PULLWAKE_MIGRATE", true), "apply pending migrations at start (env PULLWAKE_MIGRATE)")
@@ -130,6 +132,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 		zero bool // 0 allowed
 	}{
 		{"sweep-interval", c.sweepInterval, false}, {"long-poll-timeout", c.longPollTimeout, false},
+		{"wake-event-resend", c.wakeEventResend, false},
 		{"retention", c.retention, true}, {"read-timeout", c.http.readTimeout, false},
 		{"write-timeout", c.http.writeTimeout, true}, {"idle-timeout", c.http.idleTimeout, false},
 	} {
@@ -232,7 +235,10 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	}
 	publicURL := cmp.Or(c.publicURL, "http://"+c.addr)
 
-	store := tokens.New()
+	store, err := writeauth.NewStore(ctx, pool, c.db.tenant)
+	if err != nil {
+		log.Warn("no shared write-token key", "err", err)
+	}
 	pub := pgnotify.New(pool, log)
 	met := metrics.New(metrics.Config{
 		TokenStoreSize: store.Len,
@@ -240,7 +246,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 		Logger:         log,
 	})
 	scfg := streams.Config{
-		Pool: pool, Tenant: c.db.tenant, Gate: store, AdminToken: c.adminToken,
+		Pool: pool, Tenant: c.db.tenant, Gate: writeauth.New(store, pool, c.db.tenant), AdminToken: c.adminToken,
 		LongPollTimeout: c.longPollTimeout, Logger: log, Metrics: met, Publisher: pub,
 		WriteAuth: c.streamWriteAuth, ReadAuth: c.streamReadAuth, MaxLiveReaders: c.maxLiveReaders,
 	}
@@ -253,8 +259,9 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	srv, err := server.New(server.Config{
 		Pool: pool, ConnString: c.db.url, Tenant: c.db.tenant, PublicURL: publicURL,
 		AdminToken: c.adminToken, DefaultLeaseTTL: c.defaultLease, SweepInterval: c.sweepInterval,
-		Retention: c.retention,
-		Tokens:    store, Streams: sh, StreamChannel: streams.NotifyChannel, Metrics: met, Publisher: pub,
+		WakeEventResend: c.wakeEventResend,
+		Retention:       c.retention,
+		Tokens:          store, Streams: sh, StreamChannel: streams.NotifyChannel, Metrics: met, Publisher: pub,
 		Logger: log, GroupCommit: c.groupCommit, GroupCommitInFlight: c.gcInFlight, BatchObserver: met.BatchSize,
 		WebhookSigner:      c.push.signerFor(log),
 		RequireEntityTypes: c.requireTypes,

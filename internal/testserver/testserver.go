@@ -22,7 +22,7 @@ import (
 	"github.com/pullwake/pullwake/internal/testdb"
 	"github.com/pullwake/pullwake/server"
 	"github.com/pullwake/pullwake/server/streams"
-	"github.com/pullwake/pullwake/server/tokens"
+	"github.com/pullwake/pullwake/server/writeauth"
 )
 
 // Options tune the server; zero values get the defaults noted.
@@ -100,10 +100,10 @@ func (s *Server) boot() {
 	if testing.Verbose() {
 		log = slog.New(slog.NewTextHandler(logWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	store := tokens.New()
+	store, _ := writeauth.NewStore(ctx, pool, "default") // an unmigrated database: a key of its own
 	pub := pgnotify.New(pool, log)
 	sh := streams.New(streams.Config{
-		Pool: pool, Gate: store, AdminToken: s.opts.AdminToken,
+		Pool: pool, Gate: writeauth.New(store, pool, "default"), AdminToken: s.opts.AdminToken,
 		LongPollTimeout: s.opts.LongPoll, Logger: log, Publisher: pub,
 	})
 	srv, err := server.New(server.Config{

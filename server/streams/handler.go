@@ -48,7 +48,7 @@ const (
 type WriteGate interface {
 	// Authorize reports whether token is the live write token for the stream
 	// at path, and the epoch of the claim that holds it.
-	Authorize(path, token string) (epoch int64, ok bool)
+	Authorize(ctx context.Context, path, token string) (epoch int64, ok bool)
 }
 
 // Who may write and read streams when an admin token is configured (in dev
@@ -316,7 +316,7 @@ func (h *Handler) entityWriter(r *http.Request, path string) (epoch int64, ok bo
 	if tok == "" || h.cfg.Gate == nil {
 		return -1, false
 	}
-	return h.cfg.Gate.Authorize(path, tok)
+	return h.cfg.Gate.Authorize(r.Context(), path, tok)
 }
 
 // readAccess is what a reader may see.

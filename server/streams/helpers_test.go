@@ -36,7 +36,7 @@ type fakeGate struct {
 	calls   []int64 // queries seen at each call
 }
 
-func (g *fakeGate) Authorize(path, token string) (int64, bool) {
+func (g *fakeGate) Authorize(_ context.Context, path, token string) (int64, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.calls = append(g.calls, g.queries.n.Load())

@@ -3,8 +3,12 @@
 // (consumer, epoch) that holds it.
 //
 // It never touches the database: it is the append hot path. It does not
-// decide any claim's lifecycle either; PostgreSQL does. Losing its contents
-// (a restart) only means runners re-mint through their wake-callback.
+// decide any claim's lifecycle either; PostgreSQL does.
+//
+// A write token names its claim and is signed (keyed.go), so a token the
+// map does not hold (after a restart, or minted by another instance) can be
+// checked by the caller against the claim's row and adopted (Adopt); a
+// forged token fails the signature check without any query.
 //
 // Reads are lock-free: the map is split into shards, each an immutable map
 // behind an atomic pointer, replaced whole (copy on write) under the shard's
@@ -42,13 +46,23 @@ type shard struct {
 // usable; call New.
 type Store struct {
 	seed   maphash.Seed
+	key    []byte // signs write tokens (HMAC-SHA256)
 	shards [shardCount]shard
 	size   atomic.Int64
 }
 
-// New returns an empty store.
-func New() *Store {
-	s := &Store{seed: maphash.MakeSeed()}
+// New returns an empty store with a random signing key: its tokens are
+// valid in this process only. Servers that share a database use NewKeyed
+// with the key stored there.
+func New() *Store { return NewKeyed(nil) }
+
+// NewKeyed returns an empty store whose tokens are signed with key (32
+// bytes; nil = a random key).
+func NewKeyed(key []byte) *Store {
+	if key == nil {
+		key = randomKey()
+	}
+	s := &Store{seed: maphash.MakeSeed(), key: key}
 	for i := range s.shards {
 		m := map[string]entry{}
 		s.shards[i].m.Store(&m)
@@ -76,10 +90,12 @@ func (sh *shard) update(fn func(m map[string]entry) bool) bool {
 	return true
 }
 
-// Mint makes a fresh write token for path held by owner, evicting any older
-// token of that stream, and returns it.
-func (s *Store) Mint(path string, owner Owner) string {
-	tok := secret.New()
+// Mint makes the write token of the claim owner, whose claim token is
+// claimToken, for path, evicting any older token of that stream, and
+// returns it. The same claim always gets the same token (its secret is
+// derived from the claim token, whose hash the claim row keeps).
+func (s *Store) Mint(path string, owner Owner, claimToken string) string {
+	tok := s.format(path, owner, WriteSecret(claimToken))
 	s.shard(path).update(func(m map[string]entry) bool {
 		if _, ok := m[path]; !ok {
 			s.size.Add(1)
@@ -90,6 +106,25 @@ func (s *Store) Mint(path string, owner Owner) string {
 	return tok
 }
 
+// Adopt records token as path's write token, held by owner, after the
+// caller found owner's claim active with that token in the database. It
+// never replaces the token of a newer claim (a higher epoch: a stream
+// belongs to one entity, whose epochs only grow), so an answer about an
+// old claim that arrives late cannot displace a fresh mint.
+func (s *Store) Adopt(path string, owner Owner, token string) bool {
+	return s.shard(path).update(func(m map[string]entry) bool {
+		e, ok := m[path]
+		if ok && e.owner.Epoch > owner.Epoch {
+			return false
+		}
+		if !ok {
+			s.size.Add(1)
+		}
+		m[path] = entry{token: token, owner: owner}
+		return true
+	})
+}
+
 // Valid reports whether token is the live write token of path, and the
 // claim that holds it. Constant-time comparison; no allocation.
 func (s *Store) Valid(path, token string) (Owner, bool) {
@@ -98,12 +133,6 @@ func (s *Store) Valid(path, token string) (Owner, bool) {
 		return Owner{}, false
 	}
 	return e.owner, true
-}
-
-// Authorize is Valid in the shape the stream handler's write gate wants.
-func (s *Store) Authorize(path, token string) (int64, bool) {
-	o, ok := s.Valid(path, token)
-	return o.Epoch, ok
 }
 
 // Owns reports whether owner holds the token of path.

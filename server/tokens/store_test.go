@@ -9,8 +9,8 @@ import (
 func TestMintEvictsOlderToken(t *testing.T) {
 	t.Parallel()
 	s := New()
-	a := s.Mint("/v1/stream/chat/1/main", Owner{"wake-1", 1})
-	b := s.Mint("/v1/stream/chat/1/main", Owner{"wake-2", 2})
+	a := s.Mint("/v1/stream/chat/1/main", Owner{"wake-1", 1}, "claim-token")
+	b := s.Mint("/v1/stream/chat/1/main", Owner{"wake-2", 2}, "claim-token")
 	if _, ok := s.Valid("/v1/stream/chat/1/main", a); ok {
 		t.Fatal("older token still valid after a newer mint")
 	}
@@ -26,8 +26,8 @@ func TestMintEvictsOlderToken(t *testing.T) {
 func TestValidRejects(t *testing.T) {
 	t.Parallel()
 	s := New()
-	tok := s.Mint("/a", Owner{"c", 1})
-	other := s.Mint("/b", Owner{"d", 1})
+	tok := s.Mint("/a", Owner{"c", 1}, "claim-token")
+	other := s.Mint("/b", Owner{"d", 1}, "claim-token")
 	last := byte('x')
 	if tok[len(tok)-1] == last {
 		last = 'y'
@@ -49,8 +49,8 @@ func TestValidRejects(t *testing.T) {
 func TestClearIfOwnerKeepsNewerToken(t *testing.T) {
 	t.Parallel()
 	s := New()
-	s.Mint("/a", Owner{"wake-1", 1})
-	newer := s.Mint("/a", Owner{"wake-2", 2})
+	s.Mint("/a", Owner{"wake-1", 1}, "claim-token")
+	newer := s.Mint("/a", Owner{"wake-2", 2}, "claim-token")
 	if s.ClearIfOwner("/a", Owner{"wake-1", 1}) {
 		t.Fatal("late owner cleared the newer token")
 	}
@@ -71,8 +71,8 @@ func TestClearIfOwnerKeepsNewerToken(t *testing.T) {
 func TestClearAndSnapshot(t *testing.T) {
 	t.Parallel()
 	s := New()
-	s.Mint("/a", Owner{"x", 1})
-	s.Mint("/b", Owner{"y", 3})
+	s.Mint("/a", Owner{"x", 1}, "claim-token")
+	s.Mint("/b", Owner{"y", 3}, "claim-token")
 	if got := len(s.Snapshot()); got != 2 {
 		t.Fatalf("snapshot has %d, want 2", got)
 	}
@@ -96,7 +96,7 @@ func TestConcurrentUse(t *testing.T) {
 			for i := 0; i < 2000; i++ {
 				p := fmt.Sprintf("/s/%d", i%50)
 				o := Owner{fmt.Sprintf("c%d", g), int64(i)}
-				tok := s.Mint(p, o)
+				tok := s.Mint(p, o, "claim-token")
 				if got, ok := s.Valid(p, tok); ok && got != o {
 					t.Errorf("token of %v maps to %v", o, got)
 					return
@@ -113,7 +113,7 @@ func TestConcurrentUse(t *testing.T) {
 
 func BenchmarkValid(b *testing.B) {
 	s := New()
-	tok := s.Mint("/v1/stream/chat/42/main", Owner{"wake-1", 1})
+	tok := s.Mint("/v1/stream/chat/42/main", Owner{"wake-1", 1}, "claim-token")
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, ok := s.Valid("/v1/stream/chat/42/main", tok); !ok {
@@ -129,7 +129,7 @@ func BenchmarkValidParallel(b *testing.B) {
 	toks := make([]string, n)
 	for i := range paths {
 		paths[i] = fmt.Sprintf("/v1/stream/chat/%d/main", i)
-		toks[i] = s.Mint(paths[i], Owner{fmt.Sprintf("wake-%d", i), 1})
+		toks[i] = s.Mint(paths[i], Owner{fmt.Sprintf("wake-%d", i), 1}, "claim-token")
 	}
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
@@ -149,12 +149,12 @@ func BenchmarkMint(b *testing.B) {
 	paths := make([]string, n)
 	for i := range paths {
 		paths[i] = fmt.Sprintf("/v1/stream/chat/%d/main", i)
-		s.Mint(paths[i], Owner{"w", 1})
+		s.Mint(paths[i], Owner{"w", 1}, "claim-token")
 	}
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		s.Mint(paths[i%n], Owner{"w", int64(i)})
+		s.Mint(paths[i%n], Owner{"w", int64(i)}, "claim-token")
 		i++
 	}
 }
