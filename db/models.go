@@ -191,6 +191,7 @@ type WakeEventPending struct {
 	TenantID string
 	WakeID   string
 	ForcedAt *time.Time
+	RunnerID *string
 }
 
 type WakeQueue struct {

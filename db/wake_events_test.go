@@ -186,8 +186,11 @@ func TestWakeEventTargets(t *testing.T) {
 	f.wantEvents("r3")
 	f.exec(`SELECT * FROM set_runner_admin_status('r3', 'enabled')`)
 	f.wantEvents("r3", anyS)
-	f.exec(`SELECT * FROM set_runner_admin_status('r3', 'enabled')`) // again: nothing twice
-	f.wantEvents("r3", anyS)
+	// Enabled again: a new event for each wake queued for it, since the
+	// runner may have read (and spent) the ones it had.
+	f.exec(`SELECT * FROM set_runner_admin_status('r3', 'enabled')`)
+	f.wantEvents("r3", anyS, anyS)
+	f.wantEvents("r1", anyS) // the others get none
 
 	created, stream, offset := f.register("r9")
 	if !created || stream != "/v1/stream/runners/r9/wake" || offset != off(0) {
@@ -256,7 +259,9 @@ func TestRegisterRunnerRestart(t *testing.T) {
 	if cr := f.claimRow(c.ConsumerID, c.Epoch); cr.Status != "active" {
 		t.Fatalf("claim after restart: %s", cr.Status)
 	}
-	f.wantEvents("r1", "/v1/stream/chat/1/main", "/v1/stream/chat/2/main")
+	// The restart writes the queued wake a new event (the runtime that
+	// restarted may have read and spent the first).
+	f.wantEvents("r1", "/v1/stream/chat/1/main", "/v1/stream/chat/2/main", "/v1/stream/chat/2/main")
 
 	for _, bad := range []string{"", "a b", strings.Repeat("x", 129), "r/1"} {
 		_, err := f.pool.Exec(f.ctx, `SELECT * FROM register_runner($1, NULL, NULL, '\x00')`, bad)
@@ -378,11 +383,13 @@ func TestPurgeWakeEvents(t *testing.T) {
 	f.wantCode(err, "PW008", "negative age")
 }
 
-// Concurrent sends, claims, releases, expiries and runner enable/disable
-// from many sessions: no deadlock, and at every check each queued wake has
-// exactly one event in the stream of each enabled runner it targets (at
-// most one in any runner's), every event row has its message and every
-// message of a wake stream its row.
+// Concurrent sends, claims (by event, as Electric's runtime claims, and
+// by polling), releases, expiries and runner enable/disable from many
+// sessions: no deadlock, and at every check each queued wake has an event
+// in the stream of each enabled runner it targets, every event row has its
+// message and every message of a wake stream its row. Then the wake-event
+// rule: runners that claim exactly once per event they read, and never
+// otherwise, drain every queued wake.
 func TestWakeEventsUnderConcurrency(t *testing.T) {
 	t.Parallel()
 	runners := []string{"r1", "r2", "r3"}
@@ -438,6 +445,22 @@ func TestWakeEventsUnderConcurrency(t *testing.T) {
 		epoch    int64
 		path     string
 	}
+	// Each event is read once, by one session, as a runtime reads its wake
+	// stream: the cursors are the runners' read positions.
+	var cursorMu sync.Mutex
+	cursors := map[string]int64{}
+	nextEvent := func(runner string) (stream string, ok bool) {
+		cursorMu.Lock()
+		defer cursorMu.Unlock()
+		var seq int64
+		err := pool.QueryRow(ctx, `SELECT m.seq, convert_from(m.data, 'UTF8')::jsonb->>'stream' FROM stream_messages m
+			WHERE m.path = pw_wake_stream($1) AND m.seq > $2 ORDER BY m.seq LIMIT 1`, runner, cursors[runner]).Scan(&seq, &stream)
+		if err != nil {
+			return "", false
+		}
+		cursors[runner] = seq
+		return stream, true
+	}
 	var ops atomic.Int64
 	deadline := time.Now().Add(3 * time.Second)
 	var wg sync.WaitGroup
@@ -453,11 +476,23 @@ func TestWakeEventsUnderConcurrency(t *testing.T) {
 				case p < 35:
 					_, err := pool.Exec(ctx, `SELECT * FROM send_to_entity($1, '{"x":1}')`, urls[rng.IntN(len(urls))])
 					ok("send", err)
-				case p < 60:
+				case p < 48:
 					var h held
 					err := pool.QueryRow(ctx, `SELECT consumer_id, epoch, stream_path FROM claim_next_wake($1, $2)`,
 						runners[rng.IntN(len(runners))], 200+rng.IntN(800)).Scan(&h.consumer, &h.epoch, &h.path)
 					if ok("claim", err, "PW005") {
+						mine = append(mine, h)
+					}
+				case p < 60:
+					runner := runners[rng.IntN(len(runners))]
+					stream, found := nextEvent(runner)
+					if !found {
+						continue
+					}
+					var h held
+					err := pool.QueryRow(ctx, `SELECT consumer_id, epoch, stream_path FROM claim_wake_for_event($1, $2, $3)`,
+						runner, stream, 200+rng.IntN(800)).Scan(&h.consumer, &h.epoch, &h.path)
+					if ok("event claim", err, "PW005") {
 						mine = append(mine, h)
 					}
 				case p < 85:
@@ -486,6 +521,10 @@ func TestWakeEventsUnderConcurrency(t *testing.T) {
 					ok("admin status", err)
 				}
 			}
+			for _, h := range mine { // the load ends: its runners finish their work
+				_, err := pool.Exec(ctx, `SELECT * FROM release_claim($1, $2)`, h.consumer, h.epoch)
+				ok("final release", err)
+			}
 		}()
 	}
 	checks := 0
@@ -495,6 +534,54 @@ func TestWakeEventsUnderConcurrency(t *testing.T) {
 	}
 	wg.Wait()
 	checkWakeEvents(t, ctx, pool)
+
+	// Drain: every runner enabled, each claims exactly once per event it
+	// reads (a claim is done at once, acking its whole stream), until no
+	// event is unread. Every wake must have been claimed.
+	for _, r := range runners {
+		if _, err := pool.Exec(ctx, `SELECT * FROM set_runner_admin_status($1, 'enabled')`, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var drained int
+	for read := true; read; {
+		read = false
+		for _, r := range runners {
+			stream, found := nextEvent(r)
+			if !found {
+				continue
+			}
+			read = true
+			var consumer string
+			var epoch int64
+			err := pool.QueryRow(ctx, `SELECT consumer_id, epoch FROM claim_wake_for_event($1, $2, 30000)`, r, stream).Scan(&consumer, &epoch)
+			if errors.Is(err, pgx.ErrNoRows) {
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			drained++
+			if _, err := pool.Exec(ctx, `SELECT * FROM release_claim($1, $2,
+				jsonb_build_array(jsonb_build_object('stream', $3::text, 'offset',
+					(SELECT pw_offset(s.tail_seq) FROM streams s WHERE s.path = $3::text))))`, consumer, epoch, stream); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var left []string
+	rows, err := pool.Query(ctx, `SELECT w.wake_id || ' of ' || w.entity_url || ' for ' || coalesce(w.runner_id, 'any runner')
+		FROM wakes w WHERE w.status = 'queued' ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		t.Fatal(err)
+	}
+	if len(left) > 0 {
+		t.Fatalf("after every event was read and claimed once, %d wakes are still queued: %v", len(left), left)
+	}
+	t.Logf("drain: %d wakes claimed from their events", drained)
 	var events int
 	if err := pool.QueryRow(ctx, `SELECT count(*) FROM wake_events`).Scan(&events); err != nil {
 		t.Fatal(err)
@@ -533,11 +620,11 @@ func checkWakeEvents(t *testing.T, ctx context.Context, pool *pgxpool.Pool) {
 		  LEFT JOIN wake_events v ON v.wake_id = t.wake_id AND v.runner_id = t.runner_id
 		  LEFT JOIN stream_messages m ON m.path = pw_wake_stream(t.runner_id) AND m.seq = v.seq
 		 GROUP BY t.wake_id, t.runner_id, t.admin_status
-		HAVING count(v.seq) > 1 OR count(m.seq) <> count(v.seq)
+		HAVING count(m.seq) <> count(v.seq)
 		    OR t.admin_status = 'enabled' AND count(m.seq) FILTER (WHERE
 		              convert_from(m.data, 'UTF8')::jsonb = jsonb_build_object('type', 'wake',
 		                  'subscription_id', 'runner:' || t.runner_id, 'stream', t.main_stream,
-		                  'generation', t.generation, 'ts', convert_from(m.data, 'UTF8')::jsonb -> 'ts')) <> 1
+		                  'generation', t.generation, 'ts', convert_from(m.data, 'UTF8')::jsonb -> 'ts')) < 1
 		UNION ALL
 		SELECT 'event row without message: ' || v.wake_id || ' ' || v.runner_id || ' seq ' || v.seq
 		  FROM wake_events v

@@ -480,9 +480,11 @@ CREATE FUNCTION public.pw_backfill_wake_events(p_tenant text, p_runner_id text, 
     LANGUAGE plpgsql
     AS $$
 BEGIN
+    -- Forced, for this runner alone: a runner that restarts or is enabled
+    -- again may have read (and spent) the events it had.
     PERFORM pw_lock_wake_targets(p_tenant, true);
-    INSERT INTO wake_event_pending (xid, tenant_id, wake_id)
-    SELECT pg_current_xact_id(), w.tenant_id, w.wake_id
+    INSERT INTO wake_event_pending (xid, tenant_id, wake_id, forced_at, runner_id)
+    SELECT pg_current_xact_id(), w.tenant_id, w.wake_id, p_now, p_runner_id
       FROM wakes w
      WHERE w.tenant_id = p_tenant AND w.status = 'queued'
        AND (w.runner_id = p_runner_id
@@ -872,6 +874,7 @@ DECLARE
     v_tenants text[];
     v_wakes   text[];
     v_forced  timestamptz[];
+    v_only    text[];
     v_r       record;
     v_tail  bigint;
     v_n     integer := 0;
@@ -879,12 +882,14 @@ BEGIN
     PERFORM set_config('pullwake.wake_events_pending', '', true);
     WITH p AS (
         DELETE FROM wake_event_pending p WHERE p.xid = pg_current_xact_id()
-        RETURNING p.tenant_id, p.wake_id, p.forced_at
+        RETURNING p.tenant_id, p.wake_id, p.forced_at, p.runner_id
     )
-    SELECT array_agg(q.tenant_id), array_agg(q.wake_id), array_agg(q.forced_at)
-      INTO v_tenants, v_wakes, v_forced
-      FROM (SELECT p.tenant_id, p.wake_id,
-                   max(p.forced_at) AS forced_at
+    SELECT array_agg(q.tenant_id), array_agg(q.wake_id), array_agg(q.forced_at), array_agg(q.runner_id)
+      INTO v_tenants, v_wakes, v_forced, v_only
+      FROM (SELECT p.tenant_id, p.wake_id, max(p.forced_at) AS forced_at,
+                   -- one runner only when every pending row names it
+                   CASE WHEN bool_and(p.runner_id IS NOT NULL) AND min(p.runner_id) = max(p.runner_id)
+                        THEN min(p.runner_id) END AS runner_id
               FROM p GROUP BY 1, 2) q;
     IF v_wakes IS NULL THEN
         RETURN 0;
@@ -912,7 +917,7 @@ BEGIN
                            'generation', d.epoch + 1,
                            'ts', (extract(epoch FROM coalesce(p.forced_at, w.updated_at)) * 1000)::bigint
                        )::text, 'UTF8') AS event
-                  FROM unnest(v_tenants, v_wakes, v_forced) AS p(tenant_id, wake_id, forced_at)
+                  FROM unnest(v_tenants, v_wakes, v_forced, v_only) AS p(tenant_id, wake_id, forced_at, only_runner)
                   JOIN wakes w ON w.tenant_id = p.tenant_id AND w.wake_id = p.wake_id
                   JOIN entities e ON e.tenant_id = w.tenant_id AND e.url = w.entity_url
                   JOIN entity_dispatch_state d ON d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url
@@ -922,6 +927,7 @@ BEGIN
                        SELECT r.id FROM runners r
                         WHERE w.runner_id IS NULL AND r.tenant_id = w.tenant_id AND r.admin_status = 'enabled') t
                  WHERE w.status = 'queued'
+                   AND (p.only_runner IS NULL OR t.runner_id = p.only_runner)
                    AND EXISTS (SELECT 1 FROM streams s
                                 WHERE s.tenant_id = w.tenant_id AND s.path = pw_wake_stream(t.runner_id))
                    -- A forced event (wake-event rule) is written even when the
@@ -2739,7 +2745,8 @@ CREATE UNLOGGED TABLE public.wake_event_pending (
     xid xid8 NOT NULL,
     tenant_id text NOT NULL,
     wake_id text NOT NULL,
-    forced_at timestamp with time zone
+    forced_at timestamp with time zone,
+    runner_id text
 );
 
 --
