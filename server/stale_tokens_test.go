@@ -178,3 +178,42 @@ func sep(u string) string {
 	}
 	return "?"
 }
+
+// A token B never minted, adopted from the claim row on B's first append
+// (after a restart, or a runner whose requests land on another instance),
+// is refused by B within the bound once the claim ends elsewhere, even
+// with B's listener frozen (the reconcile timer drops adopted tokens as it
+// drops minted ones); and a fresh instance refuses it without adopting it.
+func TestStaleTokenAdoptedOnAnotherInstance(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	pu, err := url.Parse(d.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	px := freezeproxy.Start(t, pu.Host)
+	pu.Host = px.Addr()
+	a := startOn(t, d, func(o *options) { o.listen, o.publish = true, true })
+	b := startOn(t, d, func(o *options) { o.listen, o.publish, o.listenURL = true, true, pu.String() })
+	rt := a.registerRunner("r1")
+	a.spawn("/chat/1")
+	a.send("/chat/1", "hello")
+	w := a.mustClaim("r1", rt, 60000)
+	b.must(204, b.appendMain(w, w.WriteToken, map[string]any{"on": "b, adopted"}))
+	if n := b.srv.Tokens().Len(); n != 1 {
+		t.Fatalf("B holds %d tokens after the append, want 1 (adopted)", n)
+	}
+
+	px.Freeze()
+	a.must(200, a.done(w))
+	refusedWithin(t, a, w, w.WriteToken, "A refuses the released token")
+	refusedWithin(t, b, w, w.WriteToken, "B (listener frozen) refuses the adopted token")
+
+	c := startOn(t, d)
+	if r := c.appendMain(w, w.WriteToken, map[string]any{"late": true}); r.status != 401 {
+		t.Fatalf("fresh instance: append with a released claim's token: %d, want 401", r.status)
+	}
+	if n := c.srv.Tokens().Len(); n != 0 {
+		t.Fatalf("fresh instance adopted %d tokens of ended claims", n)
+	}
+}
