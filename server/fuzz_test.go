@@ -274,6 +274,9 @@ func FuzzRequests(f *testing.F) {
 	for _, in := range fuzzSeeds {
 		f.Add(in.method, in.path, in.headers, []byte(in.body))
 	}
+	for _, in := range encodedPathSeeds() {
+		f.Add(in.method, in.path, in.headers, []byte(in.body))
+	}
 	fx := newFuzzFixture(f)
 	f.Fuzz(func(t *testing.T, method, path, headers string, body []byte) {
 		if !strings.HasPrefix(path, "/") && !strings.HasPrefix(path, "{") {
@@ -281,6 +284,38 @@ func FuzzRequests(f *testing.F) {
 		}
 		fx.check(t, fuzzInput{method, path, headers, string(body)})
 	})
+}
+
+// encodedPathSeeds are the paths of wake streams, main streams and the
+// routes that lead to them with each separator in turn written as %2F,
+// %2f, %252F (double encoding), %5C, or followed by a dot segment (./,
+// ../, %2E%2E/), on each method, with the admin token.
+func encodedPathSeeds() []fuzzInput {
+	bases := []string{"/v1/stream/runners/r1/wake", "/runners/r1/wake", "/v1/stream/chat/1/main", "/chat/1/main",
+		"/entities/chat/1", "/_electric/entities/chat/1/send", "/_electric/runners/r1/claim", "/_electric/wake-callbacks/{consumer}"}
+	forms := []func(before, after string) string{
+		func(b, a string) string { return b + "%2F" + a },
+		func(b, a string) string { return b + "%2f" + a },
+		func(b, a string) string { return b + "%252F" + a },
+		func(b, a string) string { return b + "%5C" + a },
+		func(b, a string) string { return b + "/./" + a },
+		func(b, a string) string { return b + "/x/../" + a },
+		func(b, a string) string { return b + "/x/%2E%2E/" + a },
+	}
+	var out []fuzzInput
+	for _, p := range bases {
+		for i := 1; i < len(p); i++ {
+			if p[i] != '/' {
+				continue
+			}
+			for _, form := range forms {
+				for _, m := range []string{"GET", "POST", "DELETE"} {
+					out = append(out, fuzzInput{m, form(p[:i], p[i+1:]), "Authorization: Bearer {admin}", `[{"type":"wake"}]`})
+				}
+			}
+		}
+	}
+	return out
 }
 
 // withAuth gives an input without credentials the admin token, so that it

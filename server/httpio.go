@@ -56,6 +56,22 @@ var statusOf = map[string]int{
 	"UNAUTHORIZED":     http.StatusUnauthorized,
 }
 
+// maxMessage bounds an error message: a message that quotes the input
+// (a refused schema, a long value) never echoes it back whole.
+const maxMessage = 1024
+
+// cutMessage cuts msg to maxMessage bytes on a rune boundary, marked.
+func cutMessage(msg string) string {
+	if len(msg) <= maxMessage {
+		return msg
+	}
+	cut := maxMessage
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + fmt.Sprintf("… (%d bytes cut)", len(msg)-cut)
+}
+
 // writeJSON writes v with status.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -87,7 +103,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if ae.status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", "Bearer") // RFC 9110 §11.6.1: every 401 names its scheme
 	}
-	body := map[string]any{"code": ae.code, "message": ae.message}
+	body := map[string]any{"code": ae.code, "message": cutMessage(ae.message)}
 	if ae.details != nil {
 		body["details"] = ae.details
 	}

@@ -94,3 +94,54 @@ func TestClaimCannotCloseMainStream(t *testing.T) {
 		t.Fatalf("main stream closed: %v", r.header)
 	}
 }
+
+// A runner list page ends once its diagnostics pass 1 MiB: 100 runners
+// with 16 KiB diagnostics each come in pages of at most 65, each with a
+// Link to the next, and every runner is listed once.
+func TestRunnerListPagesByBytes(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	diag := map[string]any{"blob": strings.Repeat("d", 16<<10-20)}
+	for i := range 100 {
+		id := fmt.Sprintf("r%03d", i)
+		tok := b.registerRunner(id)
+		b.must(200, b.do("POST", "/_electric/runners/"+id+"/heartbeat", tok, map[string]any{"diagnostics": diag}))
+	}
+	seen := 0
+	next := "/_electric/runners"
+	for pages := 0; next != ""; pages++ {
+		if pages > 10 {
+			t.Fatal("more than 10 pages")
+		}
+		r := b.must(200, b.do("GET", next, "", nil))
+		if len(r.body) > 1<<20+(20<<10) { // the page budget plus the runner that passed it
+			t.Fatalf("page of %d bytes", len(r.body))
+		}
+		var rows []map[string]any
+		if err := jsonUnmarshal(r.body, &rows); err != nil {
+			t.Fatal(err)
+		}
+		seen += len(rows)
+		next = ""
+		if l := r.header.Get("Link"); l != "" {
+			next = strings.TrimPrefix(strings.Split(l, ">")[0], "<")
+		}
+	}
+	if seen != 100 {
+		t.Fatalf("listed %d runners over the pages, want 100", seen)
+	}
+}
+
+// An error message that quotes its input is cut to 1024 bytes.
+func TestErrorMessagesAreCut(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r := b.do("POST", "/_electric/entity-types", "", map[string]any{"name": "big",
+		"creation_schema": map[string]any{"type": "string", "pattern": "(" + strings.Repeat("a", 300<<10)}})
+	if r.status != 400 {
+		t.Fatalf("bad schema: %d", r.status)
+	}
+	if len(r.body) > 2048 {
+		t.Fatalf("error answer of %d bytes: %.200s", len(r.body), r.body)
+	}
+}

@@ -118,9 +118,14 @@ func (s *Server) registerRunner(w http.ResponseWriter, r *http.Request) error {
 }
 
 // Runner list pages: ?limit= from 1 to maxRunnerPage (the default), in id
-// order; ?after=<id> starts after that id. A full page carries a Link
+// order; ?after=<id> starts after that id. A page also ends once the
+// runners' diagnostics on it pass maxRunnerPageBytes (diagnostics are up to
+// 16 KiB a runner): a full page, by count or by bytes, carries a Link
 // header (rel="next") to the next one.
-const maxRunnerPage = 1000
+const (
+	maxRunnerPage      = 1000
+	maxRunnerPageBytes = 1 << 20
+)
 
 func (s *Server) listRunners(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
@@ -143,11 +148,15 @@ func (s *Server) listRunners(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	out := make([]runnerJSON, 0, len(rows))
+	size := 0
 	for _, run := range rows {
 		out = append(out, runnerFromRow(run))
+		if size += len(run.Diagnostics) + 512; size > maxRunnerPageBytes { // 512: the other fields, generously
+			break
+		}
 	}
-	if len(rows) == int(p.MaxRows) {
-		w.Header().Set("Link", fmt.Sprintf(`</_electric/runners?after=%s&limit=%d>; rel="next"`, rows[len(rows)-1].ID, p.MaxRows))
+	if len(out) == int(p.MaxRows) || len(out) < len(rows) {
+		w.Header().Set("Link", fmt.Sprintf(`</_electric/runners?after=%s&limit=%d>; rel="next"`, out[len(out)-1].ID, p.MaxRows))
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

@@ -119,6 +119,7 @@ type Server struct {
 	// typed.go).
 	validator entityValidator
 	mux       *http.ServeMux
+	handler   http.Handler // mux behind the path rule (paths.go)
 	patterns  []string // the mux's patterns, in registration order (Routes)
 	// adminHash is the SHA-256 of the admin token: requests are compared
 	// hash to hash, in time independent of what they carry.
@@ -201,7 +202,7 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Handler is the server's HTTP handler.
-func (s *Server) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler { return s.handler }
 
 // Tokens is the server's write-token store.
 func (s *Server) Tokens() *tokens.Store { return s.tokens }
@@ -359,6 +360,7 @@ func (s *Server) routes() {
 		}
 	}))
 	s.mux = mux
+	s.handler = pathGuard(mux)
 }
 
 // allowedMethods lists the methods some pattern other than the catch-all

@@ -174,11 +174,13 @@ func checkAnswer(a answer) []string {
 			return nil
 		}
 	}
-	if (unknownPath || unknownMethod) && (a.status == http.StatusNotFound || a.status == http.StatusMethodNotAllowed) {
+	if (unknownPath || unknownMethod) && (a.status == http.StatusNotFound || a.status == http.StatusMethodNotAllowed ||
+		a.status == http.StatusBadRequest) {
 		// An unknown path (404 NOT_FOUND), a method a path does not serve
-		// (405 METHOD_NOT_ALLOWED, with Allow) or a stream missing at a
-		// path of several segments: the conventions of info describe
-		// them; no operation can.
+		// (405 METHOD_NOT_ALLOWED, with Allow), a stream missing at a
+		// path of several segments, or a path the path rule refuses before
+		// any route (400: an encoded separator, a dot segment): the
+		// conventions of info describe them; no operation can.
 		return errorEnvelope(a, "")
 	}
 	return errs
