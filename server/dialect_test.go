@@ -4,6 +4,7 @@ package server_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -264,4 +265,33 @@ func TestPlainStreamsAtTheRoot(t *testing.T) {
 	if r := b.do("PUT", "/runners/r1", a, ""); r.status != 404 {
 		t.Fatalf("PUT /runners/r1 made a stream: %d %s", r.status, r.body)
 	}
+}
+
+// The tag cap holds after spawn too: an entity has at most 64 tags; the
+// 65th is 400 and writes nothing (no tag, no event on the main stream);
+// changing or deleting a tag of a full entity still works.
+func TestTagCapAfterSpawn(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withElectricAdmin)
+	a := electricAdmin
+	b.must(201, b.do("POST", "/_electric/entity-types", a, map[string]any{"name": "chat"}))
+	b.must(201, b.do("PUT", "/_electric/entities/chat/1", a, map[string]any{}))
+	for i := range 64 {
+		b.must(200, b.do("POST", fmt.Sprintf("/_electric/entities/chat/1/tags/k%02d", i), a, map[string]any{"value": "v"}))
+	}
+	tail := func() string {
+		return b.must(200, b.do("HEAD", "/v1/stream/chat/1/main", a, nil)).header.Get("Stream-Next-Offset")
+	}
+	before := tail()
+	wantErr(t, b.do("POST", "/_electric/entities/chat/1/tags/k64", a, map[string]any{"value": "v"}), 400, "INVALID_REQUEST")
+	if after := tail(); after != before {
+		t.Fatalf("a refused tag appended to the main stream: %s -> %s", before, after)
+	}
+	tags := b.must(200, b.do("GET", "/_electric/entities/chat/1", a, nil)).json(t)["tags"].(map[string]any)
+	if len(tags) != 64 || tags["k64"] != nil {
+		t.Fatalf("%d tags after the refused 65th", len(tags))
+	}
+	b.must(200, b.do("POST", "/_electric/entities/chat/1/tags/k00", a, map[string]any{"value": "changed"}))
+	b.must(200, b.do("DELETE", "/_electric/entities/chat/1/tags/k01", a, nil))
+	b.must(200, b.do("POST", "/_electric/entities/chat/1/tags/k64", a, map[string]any{"value": "v"}))
 }

@@ -192,6 +192,9 @@ func (s *Server) upsertEntityType(w http.ResponseWriter, r *http.Request) error 
 			}
 			p.ExpectedRevision = &old.Revision
 		}
+		if err := schemaError(schemas.CheckSize(*body.Name, p.CreationSchema, p.InboxSchemas, p.StateSchemas)); err != nil {
+			return err
+		}
 		row, err := s.q.UpsertEntityType(r.Context(), s.pool, p)
 		if errors.Is(err, db.ErrNotFound) && attempt < maxTypeWriteAttempts {
 			continue // changed since read: check again
@@ -225,10 +228,13 @@ func schemaError(err error) error {
 	var (
 		se *schemas.SchemaError
 		ce *schemas.ConflictError
+		tl *schemas.TooLargeError
 	)
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &tl):
+		return badRequest("%s", tl.Error())
 	case errors.As(err, &se):
 		return badRequest("%s", se.Error())
 	case errors.As(err, &ce):
@@ -293,6 +299,9 @@ func (s *Server) amendEntityTypeSchemas(w http.ResponseWriter, r *http.Request) 
 		if !addInbox && !addState {
 			writeJSON(w, http.StatusOK, entityTypeFromRow(old))
 			return nil
+		}
+		if err := schemaError(schemas.CheckSize(name, old.CreationSchema, mergedInbox, mergedState)); err != nil {
+			return err
 		}
 		t, err := s.q.AmendEntityTypeSchemas(r.Context(), s.pool, db.AmendEntityTypeSchemasParams{
 			TenantID: s.cfg.Tenant, Name: name, ExpectedRevision: old.Revision,

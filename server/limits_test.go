@@ -145,3 +145,36 @@ func TestErrorMessagesAreCut(t *testing.T) {
 		t.Fatalf("error answer of %d bytes: %.200s", len(r.body), r.body)
 	}
 }
+
+// An entity type cannot grow past its caps by amendments: the amendment
+// that would pass 256 schemas (or 512 KiB of them) is 400 naming the type,
+// and the type is as it was.
+func TestEntityTypeCaps(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.must(201, b.do("POST", "/_electric/entity-types", "", map[string]any{"name": "chat"}))
+	add := func(from, n int) resp {
+		m := map[string]any{}
+		for i := from; i < from+n; i++ {
+			m[fmt.Sprintf("m%03d", i)] = map[string]any{"type": "string"}
+		}
+		return b.do("PATCH", "/_electric/entity-types/chat/schemas", "", map[string]any{"inbox_schemas": m})
+	}
+	b.must(200, add(0, 200))
+	b.must(200, add(200, 56))
+	r := add(256, 1)
+	if r.status != 400 || !strings.Contains(string(r.body), `\"chat\"`) || !strings.Contains(string(r.body), "256") {
+		t.Fatalf("the 257th schema: %d %s", r.status, r.body)
+	}
+	typ := b.must(200, b.do("GET", "/_electric/entity-types/chat", "", nil)).json(t)
+	if n := len(typ["inbox_schemas"].(map[string]any)); n != 256 || typ["revision"].(float64) != 3 {
+		t.Fatalf("after the refused amendment: %d schemas, revision %v", n, typ["revision"])
+	}
+	big := map[string]any{"big": map[string]any{"description": strings.Repeat("x", 300<<10)}}
+	b.must(201, b.do("POST", "/_electric/entity-types", "", map[string]any{"name": "wide", "inbox_schemas": big}))
+	big2 := map[string]any{"big2": map[string]any{"description": strings.Repeat("y", 300<<10)}}
+	if r := b.do("PATCH", "/_electric/entity-types/wide/schemas", "", map[string]any{"inbox_schemas": big2}); r.status != 400 ||
+		!strings.Contains(string(r.body), "bytes") {
+		t.Fatalf("amendment past 512 KiB: %d %.300s", r.status, r.body)
+	}
+}

@@ -64,8 +64,12 @@ func schemaRefusal(electric bool, err error) error {
 		um *schemas.UnknownMessageTypeError
 		ie *schemas.InvalidError
 		se *schemas.SchemaError
+		cb *schemas.CompileBudgetError
 	)
 	switch {
+	case errors.As(err, &cb):
+		// The type's own cost, not the database's: a 4xx naming it.
+		return errf(http.StatusUnprocessableEntity, "ENTITY_TYPE_TOO_COMPLEX", "%s", cb.Error())
 	case errors.As(err, &se):
 		// A stored schema that does not compile: the row was written
 		// before schemas were checked, or by hand.

@@ -2318,8 +2318,11 @@ DECLARE
     v_e   entities%ROWTYPE;
     v_op  text;
 BEGIN
-    IF p_key IS NULL OR p_key = '' THEN
-        RAISE EXCEPTION 'PW008: a tag key must not be empty' USING ERRCODE = 'PW008';
+    IF p_key IS NULL OR p_key = '' OR octet_length(p_key) > 256 THEN
+        RAISE EXCEPTION 'PW008: a tag key must be 1 to 256 bytes' USING ERRCODE = 'PW008';
+    END IF;
+    IF octet_length(p_value) > 4096 THEN
+        RAISE EXCEPTION 'PW008: tag %: the value must be at most 4096 bytes', p_key USING ERRCODE = 'PW008';
     END IF;
     -- The dispatch row first, as every lifecycle function locks it.
     PERFORM 1 FROM entity_dispatch_state d
@@ -2336,6 +2339,12 @@ BEGIN
             v_op := 'delete';
         END IF;
     ELSIF NOT v_e.tags ? p_key THEN
+        -- At most 64 tags on an entity, on every path (spawn checks the
+        -- same in its own validation).
+        IF (SELECT count(*) FROM jsonb_object_keys(v_e.tags)) >= 64 THEN
+            RAISE EXCEPTION 'PW008: entity % has 64 tags, the most it may have: delete one first', p_url
+                USING ERRCODE = 'PW008';
+        END IF;
         v_op := 'insert';
     ELSIF v_e.tags ->> p_key IS DISTINCT FROM p_value THEN
         v_op := 'update';

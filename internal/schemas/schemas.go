@@ -105,6 +105,10 @@ type compiled struct {
 // Validator validates spawns and sends against registered types, compiling
 // each type's schemas once per revision. Safe for concurrent use.
 type Validator struct {
+	// Budget bounds how long a call waits for a type revision to compile
+	// (DefaultCompileBudget); past it the call answers
+	// *CompileBudgetError while the compilation finishes and is cached.
+	Budget       time.Duration
 	src          Source
 	mu           sync.Mutex
 	cache        map[string]*compiled
@@ -113,7 +117,7 @@ type Validator struct {
 
 // New returns a Validator reading types from src.
 func New(src Source) *Validator {
-	return &Validator{src: src, cache: map[string]*compiled{}}
+	return &Validator{src: src, cache: map[string]*compiled{}, Budget: DefaultCompileBudget}
 }
 
 // Compilations counts the type revisions compiled so far.
@@ -138,19 +142,36 @@ func (v *Validator) load(ctx context.Context, name string) (*compiled, error) {
 	if c != nil && c.revision == t.Revision && c.created.Equal(t.CreatedAt) {
 		return c, nil
 	}
-	c, err = compileType(t)
-	if err != nil {
-		// Stored schemas were compiled at registration; failing now means
-		// the row was written by hand.
-		return nil, fmt.Errorf("entity type %s revision %d: %w", name, t.Revision, err)
+	type result struct {
+		c   *compiled
+		err error
 	}
-	v.compilations.Add(1)
-	v.mu.Lock()
-	if old := v.cache[name]; old == nil || !old.created.Equal(c.created) || old.revision < c.revision {
-		v.cache[name] = c
+	done := make(chan result, 1)
+	go func() {
+		c, err := compileType(t)
+		if err == nil {
+			v.compilations.Add(1)
+			v.mu.Lock()
+			if old := v.cache[name]; old == nil || !old.created.Equal(c.created) || old.revision < c.revision {
+				v.cache[name] = c
+			}
+			v.mu.Unlock()
+		}
+		done <- result{c, err}
+	}()
+	budget := time.NewTimer(v.Budget)
+	defer budget.Stop()
+	select {
+	case res := <-done:
+		if res.err != nil {
+			// Stored schemas were compiled at registration; failing now
+			// means the row was written by hand.
+			return nil, fmt.Errorf("entity type %s revision %d: %w", name, t.Revision, res.err)
+		}
+		return res.c, nil
+	case <-budget.C:
+		return nil, &CompileBudgetError{Type: name, Revision: t.Revision, Budget: v.Budget}
 	}
-	v.mu.Unlock()
-	return c, nil
 }
 
 // ValidateSpawn checks spawn arguments against the type's creation_schema.
