@@ -72,11 +72,14 @@ func cutMessage(msg string) string {
 	return msg[:cut] + fmt.Sprintf("… (%d bytes cut)", len(msg)-cut)
 }
 
-// writeJSON writes v with status.
+// writeJSON writes v with status. Not HTML-escaped: answers are JSON for
+// programs, and an error that names <token> should read so.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
 }
 
 // fail answers with err: an *apiError as is, a domain error of the SQL
