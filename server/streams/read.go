@@ -129,8 +129,20 @@ func (h *Handler) readCtx(ctx context.Context, path string, after *int64, maxRow
 // is not tied to the request that happens to run it, so one reader leaving
 // does not fail the others.
 func (h *Handler) wakeRead(r *http.Request, sub *subscription, g *generation, path string, after int64) (*chunk, error) {
-	return sub.shared(g, after, r.Context().Done(), func() (*chunk, error) {
+	return sub.shared(g, readKey{after: after}, false, r.Context().Done(), func() (*chunk, error) {
 		return h.readCtx(context.WithoutCancel(r.Context()), path, &after, readMaxRows, false)
+	})
+}
+
+// firstRead is a long-poll's first read from an offset, which restarts the
+// sliding TTL: shared with the readers arriving at the same offset in the
+// same generation while the read is at most shareWindow old (see
+// subscription.shared). A long-poll that an append answered comes back at
+// the offset its response gave it, as do the other readers that append
+// woke: one query answers them all.
+func (h *Handler) firstRead(r *http.Request, sub *subscription, g *generation, path string, after int64) (*chunk, error) {
+	return sub.shared(g, readKey{after: after, touch: true}, true, r.Context().Done(), func() (*chunk, error) {
+		return h.readCtx(context.WithoutCancel(r.Context()), path, &after, readMaxRows, true)
 	})
 }
 
@@ -331,11 +343,15 @@ func (h *Handler) serveLongPoll(w http.ResponseWriter, r *http.Request, path str
 		g := sub.gen() // taken before the query: an append after it closes g.ch
 		var c *chunk
 		var err error
-		if woken {
+		switch {
+		case woken:
 			c, err = h.wakeRead(r, sub, g, path, *after)
-		} else {
-			// The first read restarts the sliding TTL; a re-check after the
-			// timeout reads afresh (an append from psql announces nothing).
+		case first && after != nil:
+			c, err = h.firstRead(r, sub, g, path, *after)
+		default:
+			// offset=now reads the tail on its own (its answer is the
+			// moment it asked); a re-check after the timeout reads afresh
+			// (an append from psql announces nothing).
 			c, err = h.read(r, path, after, readMaxRows, first)
 		}
 		if err != nil {
