@@ -3,12 +3,21 @@
 // webhook target).
 //
 // Each pass asks PostgreSQL which queued wakes a push target may take now
-// (push_pending), one per free delivery slot, claims each on the target's
-// behalf (claim_wake_for_push, the same claim rule as a runner's claim)
-// and POSTs the wake notification to the target's URL, signed
-// (Webhook-Signature, Ed25519, see package internal/webhooksig), with a
-// per-request timeout. A pass does not wait for its deliveries: an
-// endpoint that hangs holds one slot until its timeout, not the others.
+// (push_pending, oldest first), claims each on the target's behalf
+// (claim_wake_for_push, the same claim rule as a runner's claim) and POSTs
+// the wake notification to the target's URL, signed (Webhook-Signature,
+// Ed25519, see package internal/webhooksig). A pass does not wait for its
+// deliveries.
+//
+// Slow or dead endpoints hold only their own share. Deliveries in flight
+// are capped twice: Concurrency (256) for the worker and PerTarget (2) for
+// one target, and a pass skips the wakes of a target at its share (it
+// reads further down the queue to fill the other slots). Each POST gets
+// ConnectTimeout (3s) to be connected, TLS handshake included, and
+// Timeout (10s) in all: an endpoint that never accepts frees its slot
+// after the first, one that accepts and never answers after the second.
+// So endpoints that hang delay no other target's deliveries while they
+// number fewer than Concurrency/PerTarget.
 //
 // What it guarantees:
 //   - One delivery at a time per wake, across every server: the claim is

@@ -9,8 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/http/httptrace"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -40,13 +43,25 @@ type Config struct {
 	PollInterval time.Duration
 	// Timeout (10s) bounds one POST, answer included.
 	Timeout time.Duration
+	// ConnectTimeout (3s) bounds getting a connection for a POST: the TCP
+	// connect and the TLS handshake together, counted from the POST's
+	// start. An endpoint that does not accept connections fails this fast
+	// and frees its slot, instead of holding it for Timeout.
+	ConnectTimeout time.Duration
 	// BackoffBase (1s) and BackoffMax (60s): after n consecutive failed
 	// deliveries a target waits min(max, base*2^(n-1)) +-20% before the next.
 	BackoffBase time.Duration
 	BackoffMax  time.Duration
-	// Concurrency (8) is the most deliveries in flight per pass.
+	// Concurrency (256) is the most deliveries in flight at once, all
+	// targets together.
 	Concurrency int
-	// Client sends the POSTs; nil = a client that follows no redirects.
+	// PerTarget (2) is the most deliveries in flight at once for one
+	// target (a subscription or an entity type's webhook): a target whose
+	// endpoint hangs holds at most PerTarget slots, and the other targets'
+	// wakes are delivered meanwhile.
+	PerTarget int
+	// Client sends the POSTs; nil = a client that follows no redirects and
+	// whose dialer and TLS handshake also give up after ConnectTimeout.
 	Client *http.Client
 	Logger *slog.Logger
 }
@@ -55,14 +70,23 @@ type Config struct {
 type Worker struct {
 	cfg      Config
 	q        *db.Queries
-	slots    chan struct{} // one per delivery in flight, Concurrency at most
+	slots    *slots
+	freed    chan struct{} // a delivery ended: a slot is free
 	inflight sync.WaitGroup
 	cancel   context.CancelFunc
 	done     chan struct{}
 }
 
-// maxAnswer bounds how much of an endpoint's answer is read.
-const maxAnswer = 64 << 10
+const (
+	// maxAnswer bounds how much of an endpoint's answer is read.
+	maxAnswer = 64 << 10
+	// maxScan bounds how many pushable wakes one pass reads while looking
+	// for wakes of targets with a free slot.
+	maxScan = 1024
+)
+
+// errConnectTimeout ends a POST that got no connection in ConnectTimeout.
+var errConnectTimeout = errors.New("connect timeout")
 
 // New returns a worker; Start runs it.
 func New(cfg Config) *Worker {
@@ -71,21 +95,37 @@ func New(cfg Config) *Worker {
 	cfg.Timeout = cmp.Or(cfg.Timeout, 10*time.Second)
 	cfg.BackoffBase = cmp.Or(cfg.BackoffBase, time.Second)
 	cfg.BackoffMax = cmp.Or(cfg.BackoffMax, time.Minute)
-	cfg.Concurrency = cmp.Or(cfg.Concurrency, 8)
+	cfg.ConnectTimeout = cmp.Or(cfg.ConnectTimeout, 3*time.Second)
+	cfg.Concurrency = cmp.Or(cfg.Concurrency, 256)
+	cfg.PerTarget = cmp.Or(cfg.PerTarget, 2)
 	if cfg.Client == nil {
-		cfg.Client = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error {
-			return http.ErrUseLastResponse
-		}}
+		cfg.Client = defaultClient(cfg.ConnectTimeout)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Worker{cfg: cfg, q: db.New(), slots: make(chan struct{}, cfg.Concurrency)}
+	return &Worker{cfg: cfg, q: db.New(), slots: newSlots(cfg.Concurrency, cfg.PerTarget),
+		freed: make(chan struct{}, 1)}
+}
+
+// defaultClient follows no redirects. Its dials and TLS handshakes give up
+// after connect as well: the transport finishes a dial in the background
+// when the POST that asked for it has ended, and it must not keep a socket
+// to a dead endpoint for longer.
+func defaultClient(connect time.Duration) *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DialContext = (&net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second}).DialContext
+	t.TLSHandshakeTimeout = connect
+	return &http.Client{Transport: t, CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}}
 }
 
 // Start runs the delivery loop until Stop or ctx ends. A pass starts as
 // many deliveries as there are free slots and does not wait for them: an
-// endpoint that hangs until the timeout holds one slot, not the loop.
+// endpoint that hangs until the timeout holds its target's slots, not the
+// loop nor the other targets' slots. A delivery that ends starts the next
+// pass at once, so a target's next wake does not wait for the poll.
 func (w *Worker) Start(ctx context.Context) {
 	ctx, w.cancel = context.WithCancel(ctx)
 	w.done = make(chan struct{})
@@ -102,6 +142,7 @@ func (w *Worker) Start(ctx context.Context) {
 			select {
 			case <-ctx.Done():
 				return
+			case <-w.freed:
 			case <-time.After(w.cfg.PollInterval):
 			}
 		}
@@ -117,29 +158,49 @@ func (w *Worker) Stop() {
 	w.cancel()
 	<-w.done
 	w.inflight.Wait()
+	w.cfg.Client.CloseIdleConnections()
 }
 
-// pass lists up to one pushable wake per free slot and starts their
-// deliveries; it returns how many it started and how many slots were free.
+// pass lists the oldest pushable wakes, one per free slot, and starts the
+// deliveries of those whose target has a slot of its own left; it returns
+// how many it started and how many slots were free. When wakes of targets
+// at their share took places in the list, it reads it again, maxScan long.
 func (w *Worker) pass(ctx context.Context) (started, free int, err error) {
-	free = cap(w.slots) - len(w.slots)
+	free = w.slots.free()
 	if free == 0 {
 		return 0, 0, nil
 	}
-	rows, err := w.q.PushPending(ctx, w.cfg.Pool, db.PushPendingParams{
-		MaxWakes: int32(free), TenantID: w.cfg.Tenant})
-	if err != nil {
-		return 0, free, fmt.Errorf("list pushable wakes: %w", err)
+	for limit := free; ; limit = maxScan {
+		rows, err := w.q.PushPending(ctx, w.cfg.Pool, db.PushPendingParams{
+			MaxWakes: int32(limit), TenantID: w.cfg.Tenant})
+		if err != nil {
+			return started, free, fmt.Errorf("list pushable wakes: %w", err)
+		}
+		for _, r := range rows {
+			if started == free {
+				break
+			}
+			if !w.slots.take(r.TargetID, r.WakeID) {
+				continue // the target's share is in flight, or this wake is
+			}
+			started++
+			w.inflight.Add(1)
+			go func() {
+				defer func() {
+					w.slots.give(r.TargetID, r.WakeID)
+					select {
+					case w.freed <- struct{}{}:
+					default:
+					}
+					w.inflight.Done()
+				}()
+				w.deliver(ctx, r.TargetID, r.WakeID)
+			}()
+		}
+		if started == free || len(rows) < limit || limit >= maxScan {
+			return started, free, nil
+		}
 	}
-	for _, r := range rows {
-		w.slots <- struct{}{} // only this goroutine fills slots: never blocks
-		w.inflight.Add(1)
-		go func() {
-			defer func() { <-w.slots; w.inflight.Done() }()
-			w.deliver(ctx, r.TargetID, r.WakeID)
-		}()
-	}
-	return len(rows), free, nil
 }
 
 // runOnce is one pass that waits for its deliveries (tests drive the
@@ -179,10 +240,19 @@ func (w *Worker) deliver(ctx context.Context, target, wakeID string) {
 }
 
 // post sends body to url, signed, and reports whether the endpoint
-// answered {"done": true}. Anything but a 2xx answer is an error.
+// answered {"done": true}. Anything but a 2xx answer is an error. The POST
+// gets ConnectTimeout to have a connection (dial and TLS handshake) and
+// Timeout in all.
 func (w *Worker) post(ctx context.Context, url string, body []byte) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
 	defer cancel()
+	ctx, cancelConnect := context.WithCancelCause(ctx)
+	defer cancelConnect(nil)
+	connecting := time.AfterFunc(w.cfg.ConnectTimeout, func() { cancelConnect(errConnectTimeout) })
+	defer connecting.Stop()
+	var connected atomic.Bool
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) { connected.Store(true); connecting.Stop() }})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		return false, fmt.Errorf("build request: %w", err)
@@ -192,6 +262,13 @@ func (w *Worker) post(ctx context.Context, url string, body []byte) (bool, error
 	req.Header.Set(webhooksig.Header, w.cfg.Signer.Sign(body, time.Now()))
 	resp, err := w.cfg.Client.Do(req)
 	if err != nil {
+		// The connect timer, or the default client's dialer or TLS
+		// handshake timeout (the same duration), ended it.
+		var ne net.Error
+		if !connected.Load() && (errors.Is(context.Cause(ctx), errConnectTimeout) ||
+			ctx.Err() == nil && errors.As(err, &ne) && ne.Timeout()) {
+			return false, fmt.Errorf("post: no connection within %s: %w", w.cfg.ConnectTimeout, err)
+		}
 		return false, fmt.Errorf("post: %w", err)
 	}
 	defer resp.Body.Close()

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -430,5 +432,249 @@ func TestHangingEndpointDoesNotDelayOthers(t *testing.T) {
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
+	}
+}
+
+// stuck is an endpoint that accepts every POST and never answers: each
+// handler blocks until the test ends or the worker gives up on it. It
+// counts the POSTs in flight per path (one path per target).
+type stuck struct {
+	*httptest.Server
+	mu       sync.Mutex
+	inflight map[string]int
+	most     map[string]int // the most in flight at once, per path
+	calls    int
+	ended    int // handlers that returned: deliveries the worker gave up on
+}
+
+func newStuck(t *testing.T) *stuck {
+	s := &stuck{inflight: map[string]int{}, most: map[string]int{}}
+	release := make(chan struct{})
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// With the body read, the server watches the connection: the
+		// request's context ends when the worker gives up on it.
+		_, _ = io.Copy(io.Discard, r.Body)
+		s.mu.Lock()
+		s.calls++
+		s.inflight[r.URL.Path]++
+		s.most[r.URL.Path] = max(s.most[r.URL.Path], s.inflight[r.URL.Path])
+		s.mu.Unlock()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		s.mu.Lock()
+		s.inflight[r.URL.Path]--
+		s.ended++
+		s.mu.Unlock()
+	}))
+	t.Cleanup(func() { close(release); s.Close() })
+	return s
+}
+
+// snapshot returns the POSTs received, the handlers that returned and the
+// most POSTs one path had in flight at once.
+func (s *stuck) snapshot() (calls, ended, most int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range s.most {
+		most = max(most, n)
+	}
+	return s.calls, s.ended, most
+}
+
+// Ten targets whose endpoint accepts and never answers, each with three
+// queued wakes, do not delay an eleventh, healthy target whose wake was
+// queued after all of theirs: it is delivered while every stuck delivery
+// is still waiting for its answer (none has reached the push timeout),
+// and no stuck target ever has more than its share (PerTarget) in flight.
+func TestStuckTargetsDoNotDelayAHealthyOne(t *testing.T) {
+	t.Parallel()
+	const timeout = time.Minute
+	e := setup(t, timeout)
+	hung := newStuck(t)
+	fine := newEndpoint(t, func(n int64, w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(`{"done":true}`)) })
+	for i := range 10 {
+		e.subscribe(fmt.Sprintf("stuck%d", i), fmt.Sprintf("stuck%d/**", i), fmt.Sprintf("%s/stuck%d", hung.URL, i))
+	}
+	e.subscribe("healthy", "healthy/**", fine.URL)
+	e.w.cfg.PollInterval = 10 * time.Millisecond
+	e.w.Start(context.Background())
+	t.Cleanup(e.w.Stop) // runs before the endpoints close: it ends the stuck POSTs
+
+	for i := range 10 {
+		for j := range 3 {
+			e.spawnAndSend(fmt.Sprintf("/stuck%d/%d", i, j), "never answered")
+		}
+	}
+	start := time.Now()
+	e.spawnAndSend("/healthy/1", "answered")
+	deadline := start.Add(timeout / 2)
+	for fine.calls.Load() == 0 || e.query(`SELECT status FROM entities WHERE url = '/healthy/1'`) != "idle" {
+		if time.Now().After(deadline) {
+			calls, ended, _ := hung.snapshot()
+			t.Fatalf("healthy wake not delivered within %s (half the push timeout); stuck endpoint: %d POSTs, %d given up", timeout/2, calls, ended)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	took := time.Since(start)
+	if _, ended, _ := hung.snapshot(); ended != 0 {
+		t.Fatalf("healthy wake delivered after %s, only once %d stuck deliveries had timed out", took, ended)
+	}
+	t.Logf("healthy wake delivered %s after it was queued, behind 30 wakes of 10 stuck targets", took)
+
+	// Every stuck target gets its share, and no more.
+	want := 10 * e.w.cfg.PerTarget
+	for {
+		calls, ended, most := hung.snapshot()
+		if most > e.w.cfg.PerTarget {
+			t.Fatalf("a stuck target had %d POSTs in flight, share %d", most, e.w.cfg.PerTarget)
+		}
+		if calls == want && ended == 0 {
+			break
+		}
+		if calls > want || ended > 0 || time.Now().After(deadline) {
+			t.Fatalf("stuck endpoint: %d POSTs (want %d), %d given up", calls, want, ended)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// silent accepts TCP connections and never writes a byte.
+func silent(t *testing.T) net.Listener {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return l
+}
+
+// firstFailure drives the worker until target's first failed delivery and
+// returns its error and how long it took.
+func (e *env) firstFailure(target string) (string, time.Duration) {
+	e.t.Helper()
+	start := time.Now()
+	e.until("a failed delivery", func() bool {
+		return e.query(`SELECT failures::text FROM push_subscriptions WHERE id = $1`, target) != "0"
+	})
+	return e.query(`SELECT last_error FROM push_subscriptions WHERE id = $1`, target), time.Since(start)
+}
+
+// An https endpoint that accepts the TCP connection and never answers the
+// TLS handshake fails at the connect timeout (default 3s), not the push
+// timeout: its slot is free again long before.
+func TestConnectTimeoutCoversTLSHandshake(t *testing.T) {
+	t.Parallel()
+	const timeout = time.Minute
+	e := setup(t, timeout)
+	l := silent(t)
+	e.subscribe("mute", "mute/**", "https://"+l.Addr().String()+"/hook")
+	e.spawnAndSend("/mute/1", "x")
+	msg, took := e.firstFailure("mute")
+	if !strings.Contains(msg, "no connection within 3s") || took > timeout/4 {
+		t.Fatalf("failed after %s with %q; want the 3s connect timeout", took, msg)
+	}
+	t.Logf("TLS handshake never answered: failed after %s: %s", took, msg)
+}
+
+// A plain http endpoint that accepts the connection and never answers is
+// connected: it is cut by the push timeout, not the connect timeout.
+func TestConnectedEndpointGetsThePushTimeout(t *testing.T) {
+	t.Parallel()
+	e := setup(t, 4*time.Second)
+	e.w.cfg.ConnectTimeout = 500 * time.Millisecond
+	l := silent(t)
+	e.subscribe("mute", "mute/**", "http://"+l.Addr().String()+"/hook")
+	e.spawnAndSend("/mute/1", "x")
+	msg, took := e.firstFailure("mute")
+	if strings.Contains(msg, "no connection") || !strings.Contains(msg, "deadline exceeded") || took < 4*time.Second {
+		t.Fatalf("failed after %s with %q; want the 4s push timeout", took, msg)
+	}
+}
+
+// A target at its share with a long backlog does not hide the wakes queued
+// behind it: the pass reads further than one wake per free slot. Here the
+// global cap is 4, the stuck target's 12 wakes are the oldest, and the
+// healthy target's wake is the 13th.
+func TestBusyTargetsBacklogDoesNotHideOthers(t *testing.T) {
+	t.Parallel()
+	const timeout = time.Minute
+	e := setup(t, timeout)
+	e.w = New(Config{Pool: e.pool, Host: e.w.cfg.Host, Signer: e.w.cfg.Signer, Timeout: timeout,
+		Concurrency: 4, PollInterval: 10 * time.Millisecond, Logger: e.w.cfg.Logger})
+	hung := newStuck(t)
+	fine := newEndpoint(t, func(n int64, w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(`{"done":true}`)) })
+	e.subscribe("stuck", "stuck/**", hung.URL+"/stuck")
+	e.subscribe("healthy", "healthy/**", fine.URL)
+	for i := range 12 {
+		e.spawnAndSend(fmt.Sprintf("/stuck/%d", i), "never answered")
+	}
+	e.spawnAndSend("/healthy/1", "answered")
+	e.w.Start(context.Background())
+	t.Cleanup(e.w.Stop)
+	deadline := time.Now().Add(timeout / 2)
+	for fine.calls.Load() == 0 || e.query(`SELECT status FROM entities WHERE url = '/healthy/1'`) != "idle" {
+		if time.Now().After(deadline) {
+			t.Fatal("healthy wake not delivered within half the push timeout")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if calls, ended, most := hung.snapshot(); calls > 2 || ended != 0 || most > 2 {
+		t.Fatalf("stuck endpoint: %d POSTs, %d given up, %d at once; want at most 2, none given up", calls, ended, most)
+	}
+}
+
+// The slots' caps: the global one, each target's share, one per wake.
+func TestSlots(t *testing.T) {
+	t.Parallel()
+	s := newSlots(3, 2)
+	steps := []struct {
+		target, wake string
+		want         bool
+	}{
+		{"a", "w1", true},
+		{"a", "w1", false}, // the same wake twice
+		{"a", "w2", true},
+		{"a", "w3", false}, // a's share is used up
+		{"b", "w4", true},
+		{"c", "w5", false}, // the global cap
+	}
+	for i, st := range steps {
+		if got := s.take(st.target, st.wake); got != st.want {
+			t.Fatalf("step %d: take(%s, %s) = %v", i, st.target, st.wake, got)
+		}
+	}
+	if s.free() != 0 {
+		t.Fatalf("free %d with every slot taken", s.free())
+	}
+	s.give("a", "w1")
+	if !s.take("c", "w5") || s.take("a", "w3") {
+		t.Fatal("a freed slot went to the wrong target")
+	}
+	s.give("a", "w2")
+	if !s.take("a", "w3") || len(s.byTarget) != 3 {
+		t.Fatalf("after give: %v", s.byTarget)
 	}
 }
