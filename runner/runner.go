@@ -30,7 +30,7 @@ func (f HandlerFunc) HandleWake(ctx context.Context, w *Wake) error { return f(c
 // ErrRunnerTokenRefused means the server refused the runner token: the
 // runner was registered again elsewhere (which replaces its token) or was
 // deleted. Run returns it.
-var ErrRunnerTokenRefused = errors.New("runner: the server refused the runner token")
+var ErrRunnerTokenRefused = errors.New("runner: the server refused the runner token: another process registered this runner id since (each registration replaces the token), or the runner was deleted; give each process its own runner id")
 
 // maxQueued bounds the wake events waiting for a free slot; past it the
 // oldest are dropped and the runner claims until the server has no work,

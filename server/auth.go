@@ -57,7 +57,7 @@ func (s *Server) requireRunner(r *http.Request) error {
 		hash = noRunnerHash // same work as a wrong token for a runner that exists
 	}
 	if !secret.MatchesHash(tok, hash) {
-		return unauthorized("wrong runner token")
+		return unauthorized("wrong runner token for runner " + id + ": a later registration of this id replaced it, or the token is not this runner's")
 	}
 	return nil
 }

@@ -83,7 +83,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if rep != nil && len(rep.Results) > 0 {
 		rep.Print(stdout)
 	}
-	return err
+	return explainDB(d.url, err)
 }
 
 type bytesWriter struct{ b []byte }

@@ -91,7 +91,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "pullwake %s: %v\n", args[0], err)
 		return 2
 	default:
-		fmt.Fprintf(stderr, "pullwake %s: %v\n", args[0], err)
+		fmt.Fprintf(stderr, "pullwake %s: %v\n", args[0], explainDB("", err))
 		return 1
 	}
 }

@@ -145,7 +145,7 @@ func openPool(ctx context.Context, d dbFlags) (*pgxpool.Pool, error) {
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("connect to database: %w", err)
+		return nil, explainDB(d.url, fmt.Errorf("connect to database: %w", err))
 	}
 	return pool, nil
 }
