@@ -82,6 +82,13 @@ func open(t testing.TB, m pgtestdb.Migrator) *DB {
 		t.Fatalf("testdb: open pool: %v", err)
 	}
 	t.Cleanup(pool.Close) // runs before pgtestdb drops the database
+	// pgtestdb keeps a failed test's database; say which, so it can be
+	// opened (psql) without searching for it.
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("testdb: the database of this failed test is kept for inspection: %s", redact(u))
+		}
+	})
 	return &DB{Pool: pool, URL: u, Name: inst.Database}
 }
 
