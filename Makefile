@@ -5,7 +5,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin/pullwake
 
-.PHONY: run stop clean test build schema generate check-generated ci conformance bench vet
+.PHONY: run stop clean test build schema generate migration check-generated ci conformance bench vet
 
 # The version `pullwake version` prints: git describe (tag, commits since,
 # abbreviated hash, -dirty for uncommitted changes), or "dev" outside git.
@@ -35,7 +35,17 @@ test:
 schema:
 	scripts/schema.sh
 
-# db/ from queries/ and sql/schema.sql with the pinned sqlc (go.mod tool).
+# The goose migration from sql/: functions, triggers and views are changed in
+# their sql/ file, then `make migration name=short_name` writes
+# migrations/<next>_<name>.sql with sql/'s definitions of what differs (Up)
+# and the previous ones (Down), proved on a scratch database (needs a
+# PostgreSQL; found or started). Then make schema and make generate.
+migration:
+	@test -n "$(name)" || { echo "usage: make migration name=short_name" >&2; exit 2; }
+	admin=$$(scripts/testdb-url.sh) && $(GO) run ./internal/tools/sqlmigration -admin "$$admin" -name "$(name)"
+
+# db/ from queries/ and sql/ (schema.sql, then the function sources; see
+# sqlc.yaml) with the pinned sqlc (go.mod tool).
 generate:
 	$(GO) tool sqlc generate
 

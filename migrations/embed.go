@@ -1,6 +1,8 @@
-// Package migrations holds pullwake's goose migrations: the single source of
-// truth for its tables and its plpgsql lifecycle functions. They are
-// embedded so the binary migrates without the source tree.
+// Package migrations holds pullwake's goose migrations: every table, and
+// the steps that bring the plpgsql functions, triggers and views to their
+// source in sql/ (written by make migration, internal/sqlsource). Goose
+// alone builds the whole schema from them. They are embedded so the binary
+// migrates without the source tree.
 package migrations
 
 import "embed"
