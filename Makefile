@@ -5,7 +5,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin/pullwake
 
-.PHONY: run stop clean test build schema generate migration check-generated ci conformance bench vet
+.PHONY: run stop clean test build schema generate migration check-generated ci conformance bench vet api-check api-generate
 
 # The version `pullwake version` prints: git describe (tag, commits since,
 # abbreviated hash, -dirty for uncommitted changes), or "dev" outside git.
@@ -55,6 +55,24 @@ check-generated:
 	scripts/schema.sh .data/schema.check.sql
 	diff -u sql/schema.sql .data/schema.check.sql || { echo "sql/schema.sql is stale: run make schema" >&2; exit 1; }
 	$(GO) tool sqlc diff || { echo "db/ is stale: run make generate" >&2; exit 1; }
+
+# The API reference against independent tools, at pinned versions: Redocly's
+# linter (rules in redocly.yaml, waivers with reasons in
+# .redocly.lint-ignore.yaml; needs node/npm) and oapi-codegen (go.mod tool),
+# whose client in api/client/ must be what the document generates now.
+REDOCLY_CLI := @redocly/cli@2.77.0
+api-check:
+	npx --yes $(REDOCLY_CLI) lint api/openapi.yaml
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(GO) tool oapi-codegen -config api/client/oapi-codegen.yaml -o "$$tmp/client.gen.go" api/openapi.yaml && \
+	if ! cmp -s api/client/client.gen.go "$$tmp/client.gen.go"; then \
+		diff -u api/client/client.gen.go "$$tmp/client.gen.go" | head -40; \
+		echo "api/client/client.gen.go is stale: run make api-generate" >&2; exit 1; \
+	fi
+
+# api/client/client.gen.go from api/openapi.yaml with the pinned oapi-codegen.
+api-generate:
+	$(GO) generate ./api/client/
 
 ci: check-generated test
 
