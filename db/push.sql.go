@@ -174,23 +174,29 @@ func (q *Queries) PushFailed(ctx context.Context, db DBTX, arg PushFailedParams)
 }
 
 const pushPending = `-- name: PushPending :many
-SELECT r.target_id::text AS target_id, r.wake_id::text AS wake_id
-  FROM push_pending($1::integer, $2::timestamptz, $3::text) AS r
+SELECT r.target_id::text AS target_id, r.wake_id::text AS wake_id,
+       (SELECT p.created_at FROM push_queue p
+         WHERE p.tenant_id = $1::text AND p.wake_id = r.wake_id) AS queued_at
+  FROM push_pending($2::integer, $3::timestamptz, $1::text) AS r
 `
 
 type PushPendingParams struct {
+	TenantID string
 	MaxWakes int32
 	Now      *time.Time
-	TenantID string
 }
 
 type PushPendingRow struct {
 	TargetID string
 	WakeID   string
+	QueuedAt time.Time
 }
 
+// queued_at is when the wake was queued (push_queue's copy of its
+// created_at), from which the worker measures the delivery's lag: one
+// primary-key probe a row, in the snapshot push_pending read the row in.
 func (q *Queries) PushPending(ctx context.Context, db DBTX, arg PushPendingParams) ([]PushPendingRow, error) {
-	rows, err := db.Query(ctx, pushPending, arg.MaxWakes, arg.Now, arg.TenantID)
+	rows, err := db.Query(ctx, pushPending, arg.TenantID, arg.MaxWakes, arg.Now)
 	if err != nil {
 		return nil, err
 	}
@@ -198,7 +204,7 @@ func (q *Queries) PushPending(ctx context.Context, db DBTX, arg PushPendingParam
 	var items []PushPendingRow
 	for rows.Next() {
 		var i PushPendingRow
-		if err := rows.Scan(&i.TargetID, &i.WakeID); err != nil {
+		if err := rows.Scan(&i.TargetID, &i.WakeID, &i.QueuedAt); err != nil {
 			return nil, err
 		}
 		items = append(items, i)

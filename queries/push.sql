@@ -13,7 +13,12 @@ SELECT * FROM push_subscriptions WHERE tenant_id = @tenant_id AND id = @id;
 DELETE FROM push_subscriptions WHERE tenant_id = @tenant_id AND id = @id AND kind = 'subscription';
 
 -- name: PushPending :many
-SELECT r.target_id::text AS target_id, r.wake_id::text AS wake_id
+-- queued_at is when the wake was queued (push_queue's copy of its
+-- created_at), from which the worker measures the delivery's lag: one
+-- primary-key probe a row, in the snapshot push_pending read the row in.
+SELECT r.target_id::text AS target_id, r.wake_id::text AS wake_id,
+       (SELECT p.created_at FROM push_queue p
+         WHERE p.tenant_id = @tenant_id::text AND p.wake_id = r.wake_id) AS queued_at
   FROM push_pending(@max_wakes::integer, sqlc.narg('now')::timestamptz, @tenant_id::text) AS r;
 
 -- name: ClaimWakeForPush :one

@@ -40,6 +40,10 @@ type Metrics interface {
 	ClaimNone(d time.Duration)
 	Released(outcome string, d time.Duration)
 	Expired(n int)
+	// InstrumentHTTP wraps the handler of a route registered with pattern
+	// so it records each request it answers (by route pattern, method and
+	// status class); routes() wraps every route with it once.
+	InstrumentHTTP(pattern string, h http.Handler) http.Handler
 	Handler() http.Handler
 }
 
@@ -120,7 +124,7 @@ type Server struct {
 	validator entityValidator
 	mux       *http.ServeMux
 	handler   http.Handler // mux behind the path rule (paths.go)
-	patterns  []string // the mux's patterns, in registration order (Routes)
+	patterns  []string     // the mux's patterns, in registration order (Routes)
 	// adminHash is the SHA-256 of the admin token: requests are compared
 	// hash to hash, in time independent of what they carry.
 	adminHash []byte
@@ -249,9 +253,12 @@ func (s *Server) Routes() []string { return slices.Clone(s.patterns) }
 
 func (s *Server) routes() {
 	mux := http.NewServeMux()
+	// handle registers every route, and is where HTTP requests are
+	// measured: by the route's pattern, never the raw path (the catch-all
+	// "/" takes every path no other route serves).
 	handle := func(pattern string, h http.Handler) {
 		s.patterns = append(s.patterns, pattern)
-		mux.Handle(pattern, h)
+		mux.Handle(pattern, s.metrics.InstrumentHTTP(pattern, h))
 	}
 	wrap := func(fn func(http.ResponseWriter, *http.Request) error) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -422,3 +429,6 @@ func (nopMetrics) Expired(int)                    {}
 func (nopMetrics) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
 }
+
+// InstrumentHTTP records nothing: the route's handler as it is.
+func (nopMetrics) InstrumentHTTP(_ string, h http.Handler) http.Handler { return h }

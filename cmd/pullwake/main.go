@@ -23,6 +23,8 @@ Commands:
   migrate    apply or inspect the embedded migrations: up | down | status
   release    release a claim by its durable identity: release CONSUMER EPOCH
   claims     list claims as a table (or --json)
+  entity     print an entity with its dispatch state: entity URL
+  tail       print a stream's messages; --follow keeps printing new ones: tail STREAM
   sweep      run one lease-expiry pass and print what it expired
   bench      measure the claim cycle over HTTP and over SQL (see --help)
   version    print the version
@@ -44,6 +46,8 @@ func commands() map[string]command {
 		"migrate": {runMigrate},
 		"release": {runRelease},
 		"claims":  {runClaims},
+		"entity":  {runEntity},
+		"tail":    {runTail},
 		"sweep":   {runSweep},
 		"bench":   {runBench},
 		"version": {func(_ context.Context, args []string, stdout, _ io.Writer) error {

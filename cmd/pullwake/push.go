@@ -67,8 +67,9 @@ func (p *pushFlags) signerFor(log *slog.Logger) *webhooksig.Signer {
 	return p.signer
 }
 
-func (p *pushFlags) worker(pool *pgxpool.Pool, tenant string, host push.Host, log *slog.Logger) *push.Worker {
+func (p *pushFlags) worker(pool *pgxpool.Pool, tenant string, host push.Host, log *slog.Logger,
+	onDelivery func(outcome string, lag time.Duration)) *push.Worker {
 	return push.New(push.Config{Pool: pool, Tenant: tenant, Host: host, Signer: p.signer,
 		Timeout: p.timeout, ConnectTimeout: p.connectTimeout, Concurrency: p.concurrency, PerTarget: p.perTarget,
-		PollInterval: p.pollInterval, Logger: log})
+		PollInterval: p.pollInterval, Logger: log, OnDelivery: onDelivery})
 }

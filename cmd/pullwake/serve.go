@@ -240,8 +240,10 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 		log.Warn("no shared write-token key", "err", err)
 	}
 	pub := pgnotify.New(pool, log)
+	var sh *streams.Handler // set below, before anything is served or scraped
 	met := metrics.New(metrics.Config{
 		TokenStoreSize: store.Len,
+		LiveReaders:    func() int { return sh.LiveReaders() },
 		Source:         metrics.DBSource{Conn: pool, Tenant: c.db.tenant},
 		Logger:         log,
 	})
@@ -255,7 +257,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 		bw = streams.NewBatchWriter(pool, c.db.tenant, c.gcInFlight, func(n int) { met.BatchSize("append", n) })
 		scfg.Writer = bw
 	}
-	sh := streams.New(scfg)
+	sh = streams.New(scfg)
 	srv, err := server.New(server.Config{
 		Pool: pool, ConnString: c.db.url, Tenant: c.db.tenant, PublicURL: publicURL,
 		AdminToken: c.adminToken, DefaultLeaseTTL: c.defaultLease, SweepInterval: c.sweepInterval,
@@ -269,7 +271,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	pushWorker := c.push.worker(pool, c.db.tenant, srv, log)
+	pushWorker := c.push.worker(pool, c.db.tenant, srv, log, met.PushDelivery)
 
 	ln, err := net.Listen("tcp", c.addr)
 	if errors.Is(err, syscall.EADDRINUSE) {

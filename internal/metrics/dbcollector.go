@@ -21,7 +21,15 @@ type Source interface {
 	// EndedClaims returns the number of ended claims by status (released,
 	// expired, failed). It reads the history.
 	EndedClaims(ctx context.Context) (map[string]int64, error)
+	// QueuedWakes returns the number of queued wakes, counted up to
+	// QueuedWakesCap (a result equal to it means at least that many): its
+	// cost is bounded, not following the queue.
+	QueuedWakes(ctx context.Context) (int64, error)
 }
+
+// QueuedWakesCap is the most queued wakes QueuedWakes counts:
+// pullwake_queued_wakes stays at it when more are queued.
+const QueuedWakesCap = 10000
 
 // DBSource is the Source over pullwake's database, for one tenant.
 type DBSource struct {
@@ -37,6 +45,16 @@ func (s DBSource) ActiveClaims(ctx context.Context) (active, leaked int64, err e
 		return 0, 0, fmt.Errorf("count active claims: %w", err)
 	}
 	return r.Active, r.Leaked, nil
+}
+
+// QueuedWakes implements Source with QueuedWakeCount: a walk of the wake
+// queue's index that stops at QueuedWakesCap.
+func (s DBSource) QueuedWakes(ctx context.Context) (int64, error) {
+	n, err := db.New().QueuedWakeCount(ctx, s.Conn, db.QueuedWakeCountParams{TenantID: s.Tenant, MaxCount: QueuedWakesCap})
+	if err != nil {
+		return 0, fmt.Errorf("count queued wakes: %w", err)
+	}
+	return n, nil
 }
 
 // EndedClaims implements Source with EndedClaimCounts.
@@ -62,9 +80,11 @@ var (
 	leakedDesc = prometheus.NewDesc("pullwake_leaked_claims",
 		"Active claims that no dispatch slot names, or whose lease has passed, as the sweeper last read them: a non-zero value that persists past one sweep interval is a bug.", nil, nil)
 	scrapeOKDesc = prometheus.NewDesc("pullwake_db_scrape_success",
-		"1 when the sweeper's last read of the database gauges (pullwake_claims, pullwake_leaked_claims) succeeded, 0 when it failed or has not run yet.", nil, nil)
+		"1 when the sweeper's last read of the database gauges (pullwake_claims, pullwake_leaked_claims, pullwake_queued_wakes) succeeded, 0 when it failed or has not run yet.", nil, nil)
 	ageDesc = prometheus.NewDesc("pullwake_claim_gauges_age_seconds",
 		"Seconds since the sweeper last read the active-claim gauges: it should stay below the sweep interval.", nil, nil)
+	queuedDesc = prometheus.NewDesc("pullwake_queued_wakes",
+		fmt.Sprintf("Wakes queued and not claimed yet, as the sweeper last read them (after every expiry pass); counted up to %d, so the value stays at %d when more are queued.", QueuedWakesCap, QueuedWakesCap), nil, nil)
 )
 
 // gaugeSnapshot is the last read of the DB-derived gauges.
@@ -74,6 +94,7 @@ type gaugeSnapshot struct {
 	activeAt time.Time
 	active   int64
 	leaked   int64
+	queued   int64
 	ended    map[string]int64 // nil until the history was read
 }
 
@@ -89,6 +110,7 @@ func (c *dbCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- leakedDesc
 	ch <- scrapeOKDesc
 	ch <- ageDesc
+	ch <- queuedDesc
 }
 
 func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
@@ -115,11 +137,12 @@ func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(leakedDesc, prometheus.GaugeValue, float64(s.leaked))
+	ch <- prometheus.MustNewConstMetric(queuedDesc, prometheus.GaugeValue, float64(s.queued))
 }
 
 // RefreshClaimGauges reads the DB-derived gauges from the Source into the
-// snapshot that /metrics serves: the active and leaked claims always, the
-// ended claims by status too when history is true. The server's sweeper
+// snapshot that /metrics serves: the active and leaked claims and the
+// queued wakes always, the ended claims by status too when history is true. The server's sweeper
 // calls it after every expiry pass (history about once a minute, from its housekeeping loop).
 // The reads are bounded by Config.ScrapeTimeout. A failed read makes
 // pullwake_db_scrape_success 0 and hides the gauges until a read succeeds.
@@ -131,6 +154,10 @@ func (m *Metrics) RefreshClaimGauges(ctx context.Context, history bool) error {
 	ctx, cancel := context.WithTimeout(ctx, m.refreshTimeout)
 	defer cancel()
 	active, leaked, err := m.src.ActiveClaims(ctx)
+	var queued int64
+	if err == nil {
+		queued, err = m.src.QueuedWakes(ctx)
+	}
 	var ended map[string]int64
 	if err == nil && history {
 		ended, err = m.src.EndedClaims(ctx)
@@ -144,7 +171,7 @@ func (m *Metrics) RefreshClaimGauges(ctx context.Context, history bool) error {
 	}
 	s.ok = true
 	s.activeAt = time.Now()
-	s.active, s.leaked = active, leaked
+	s.active, s.leaked, s.queued = active, leaked, queued
 	if history {
 		s.ended = ended
 		if s.ended == nil {

@@ -4,11 +4,19 @@
 // the server's sweeper last read from PostgreSQL (RefreshClaimGauges).
 //
 // What it must not do: decide anything. The server calls ClaimStarted,
-// Released, Expired and Appended after the SQL functions have answered; the
-// metrics only count what happened. Recording never touches the database and
-// never blocks, and neither does a scrape of /metrics: it serves a snapshot,
-// so anonymous scrapers cannot make the database count claims. The sweeper
-// refreshes the snapshot (active and leaked claims after every pass, through
-// the indexes of active claims; ended claims, which means reading the
-// history, about once a minute from its housekeeping loop).
+// Released, Expired and Appended after the SQL functions have answered, the
+// push worker PushDelivery after a delivery's answer, and every route of the
+// HTTP server is wrapped once by InstrumentHTTP; the metrics only count what
+// happened. Recording never touches the database and never blocks, and
+// neither does a scrape of /metrics: it serves a snapshot, so anonymous
+// scrapers cannot make the database count claims. The sweeper refreshes the
+// snapshot (active and leaked claims and the queued wakes after every pass,
+// through indexes, the queued wakes counted up to a cap; ended claims, which
+// means reading the history, about once a minute from its housekeeping
+// loop).
+//
+// Labels take values from fixed sets only (a route is a pattern the server
+// registered, never a request's path), so the number of series stays
+// bounded whatever clients send; TestPromlint holds the names and help
+// texts to Prometheus' conventions.
 package metrics

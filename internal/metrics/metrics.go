@@ -54,6 +54,10 @@ type Config struct {
 	// TokenStoreSize reports the number of write tokens held in memory
 	// (tokens.Store.Len). Nil leaves pullwake_token_store_size out.
 	TokenStoreSize func() int
+	// LiveReaders reports the long-poll and SSE stream readers being
+	// served now (streams.Handler.LiveReaders). Nil leaves
+	// pullwake_live_readers out.
+	LiveReaders func() int
 	// Source reads claim state from the database when RefreshClaimGauges
 	// is called (by the sweeper), never at scrape time. Nil leaves the
 	// DB-derived gauges out.
@@ -83,12 +87,18 @@ type Metrics struct {
 	appends         prometheus.Counter
 	appendBytes     prometheus.Counter
 	batchSize       *prometheus.HistogramVec
+	httpRequests    *prometheus.CounterVec
+	httpDuration    *prometheus.HistogramVec
+	pushDeliveries  *prometheus.CounterVec
+	pushLag         *prometheus.HistogramVec
 
 	// The labelled children the hot paths use, looked up once.
 	claimedObs prometheus.Observer
 	noneObs    prometheus.Observer
 	releaseBy  map[string]prometheus.Counter
 	batchObs   map[string]prometheus.Observer
+	pushBy     map[string]prometheus.Counter
+	pushLagBy  map[string]prometheus.Observer
 }
 
 // BatchTransitions are the values of the transition label of
@@ -101,6 +111,14 @@ var BatchBuckets = []float64{1, 2, 4, 8, 16, 32, 64}
 // latencyBuckets span one PostgreSQL round trip (sub-millisecond) to a
 // request stuck behind locks (seconds).
 var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+
+// httpBuckets are latencyBuckets up to the longest answers: live reads
+// wait up to the long-poll timeout (30s), SSE answers last up to 60s.
+var httpBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+// pushLagBuckets span a push to an idle target (milliseconds) to one
+// that waited out failed deliveries' back-off (up to a minute each).
+var pushLagBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600}
 
 // New builds the instruments on a fresh registry, with the Go runtime and
 // process collectors.
@@ -146,8 +164,28 @@ func New(cfg Config) *Metrics {
 			Help:    "Items per group-commit transaction, by transition (release, claim, append).",
 			Buckets: BatchBuckets,
 		}, []string{"transition"}),
+		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullwake_http_requests_total",
+			Help: "HTTP requests answered, by route (the pattern of the route that served it; / is every path no other route serves), method and status class (2xx, 3xx, 4xx, 5xx).",
+		}, httpLabels),
+		httpDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pullwake_http_request_duration_seconds",
+			Help:    "Time to answer an HTTP request, body written, by route, method and status class (live reads wait up to the long-poll timeout).",
+			Buckets: httpBuckets,
+		}, httpLabels),
+		pushDeliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullwake_push_deliveries_total",
+			Help: "Push deliveries (POSTs of a wake to a webhook target), by outcome: delivered (the endpoint answered 2xx), failed (no answer, a timeout or a non-2xx answer: the claim was released and the target backs off).",
+		}, []string{"outcome"}),
+		pushLag: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pullwake_push_delivery_lag_seconds",
+			Help:    "Time from a pushed wake's queueing (its row's created_at, the database clock) to its delivery's answer (this server's clock), by outcome.",
+			Buckets: pushLagBuckets,
+		}, []string{"outcome"}),
 		releaseBy: map[string]prometheus.Counter{},
 		batchObs:  map[string]prometheus.Observer{},
+		pushBy:    map[string]prometheus.Counter{},
+		pushLagBy: map[string]prometheus.Observer{},
 	}
 	// Every outcome and result shows from the start, at zero.
 	for _, o := range []string{OutcomeReleased, OutcomeStaleEpoch, OutcomeNoop} {
@@ -158,16 +196,27 @@ func New(cfg Config) *Metrics {
 	for _, t := range BatchTransitions {
 		m.batchObs[t] = m.batchSize.WithLabelValues(t)
 	}
+	for _, o := range PushOutcomes {
+		m.pushBy[o] = m.pushDeliveries.WithLabelValues(o)
+		m.pushLagBy[o] = m.pushLag.WithLabelValues(o)
+	}
 	reg.MustRegister(m.batchSize,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.claimsStarted, m.claimDuration, m.releases, m.releaseDuration,
 		m.expirations, m.appends, m.appendBytes,
+		m.httpRequests, m.httpDuration, m.pushDeliveries, m.pushLag,
 	)
 	if f := cfg.TokenStoreSize; f != nil {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "pullwake_token_store_size",
 			Help: "Write tokens held in this server's memory.",
+		}, func() float64 { return float64(f()) }))
+	}
+	if f := cfg.LiveReaders; f != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pullwake_live_readers",
+			Help: "Long-poll and SSE stream readers this server is serving now (capped by PULLWAKE_MAX_LIVE_READERS).",
 		}, func() float64 { return float64(f()) }))
 	}
 	if cfg.Source != nil {
@@ -249,4 +298,32 @@ func (m *Metrics) BatchSize(transition string, n int) {
 		return
 	}
 	m.batchSize.WithLabelValues(transition).Observe(float64(n))
+}
+
+// Push delivery outcomes, the values of the outcome label of
+// pullwake_push_deliveries_total and pullwake_push_delivery_lag_seconds
+// (server/push reports them).
+const (
+	PushDelivered = "delivered"
+	PushFailed    = "failed"
+)
+
+// PushOutcomes are the push delivery outcomes, each shown from the start.
+var PushOutcomes = []string{PushDelivered, PushFailed}
+
+// PushDelivery records one push delivery's outcome (PushDelivered or
+// PushFailed) and its lag: from the wake's queueing to the delivery's
+// answer. Its signature is push.Config's delivery hook.
+func (m *Metrics) PushDelivery(outcome string, lag time.Duration) {
+	if m == nil {
+		return
+	}
+	lag = max(lag, 0) // the queue time is the database's clock, the answer this server's
+	if c, ok := m.pushBy[outcome]; ok {
+		c.Inc()
+		m.pushLagBy[outcome].Observe(lag.Seconds())
+		return
+	}
+	m.pushDeliveries.WithLabelValues(outcome).Inc()
+	m.pushLag.WithLabelValues(outcome).Observe(lag.Seconds())
 }

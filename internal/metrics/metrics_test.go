@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/internal/metrics"
 	"github.com/pullwake/pullwake/internal/testdb"
 )
@@ -169,13 +170,20 @@ func (f fakeSource) ActiveClaims(ctx context.Context) (int64, int64, error) {
 	return f.counts["active"], f.leaked, f.err
 }
 
+func (f fakeSource) QueuedWakes(context.Context) (int64, error) {
+	if f.calls != nil {
+		f.calls.Add(1)
+	}
+	return f.counts["queued"], f.err
+}
+
 func (f fakeSource) EndedClaims(context.Context) (map[string]int64, error) {
 	if f.calls != nil {
 		f.calls.Add(1)
 	}
 	out := map[string]int64{}
 	for k, v := range f.counts {
-		if k != "active" {
+		if k != "active" && k != "queued" {
 			out[k] = v
 		}
 	}
@@ -187,7 +195,7 @@ func (f fakeSource) EndedClaims(context.Context) (map[string]int64, error) {
 func TestDBGaugesFromRefreshNotFromScrape(t *testing.T) {
 	t.Parallel()
 	var calls atomic.Int64
-	src := fakeSource{counts: map[string]int64{"active": 2, "released": 5}, leaked: 1, calls: &calls}
+	src := fakeSource{counts: map[string]int64{"active": 2, "released": 5, "queued": 7}, leaked: 1, calls: &calls}
 	m := metrics.New(metrics.Config{Source: src})
 
 	// Before any refresh: no gauges, and the scrapes read nothing.
@@ -207,7 +215,8 @@ func TestDBGaugesFromRefreshNotFromScrape(t *testing.T) {
 		t.Fatal(err)
 	}
 	body := scrape(t, m)
-	want(t, body, `pullwake_db_scrape_success 1`, `pullwake_claims{status="active"} 2`, `pullwake_leaked_claims 1`)
+	want(t, body, `pullwake_db_scrape_success 1`, `pullwake_claims{status="active"} 2`, `pullwake_leaked_claims 1`,
+		`pullwake_queued_wakes 7`)
 	if strings.Contains(body, `pullwake_claims{status="released"}`) {
 		t.Fatalf("ended claims before the history was read:\n%s", grep(body, "pullwake_"))
 	}
@@ -247,7 +256,8 @@ func TestDBGaugesWhenDatabaseFails(t *testing.T) {
 			}
 			body := scrape(t, m) // still 200: the other metrics are served
 			want(t, body, `pullwake_db_scrape_success 0`, `pullwake_claims_started_total 1`)
-			if strings.Contains(body, "pullwake_claims{") || strings.Contains(body, "pullwake_leaked_claims ") {
+			if strings.Contains(body, "pullwake_claims{") || strings.Contains(body, "pullwake_leaked_claims ") ||
+				strings.Contains(body, "pullwake_queued_wakes ") {
 				t.Errorf("DB gauges served after a failed read:\n%s", grep(body, "pullwake_"))
 			}
 		})
@@ -292,6 +302,9 @@ func TestDBGaugesFromDatabase(t *testing.T) {
 		`pullwake_claims{status="released"} 1`,
 		`pullwake_claims{status="expired"} 0`,
 		`pullwake_leaked_claims 1`,
+		// The done claim was released without acking its message: its
+		// entity has a wake queued again.
+		`pullwake_queued_wakes 1`,
 	)
 
 	// One sweep ends the leak.
@@ -303,10 +316,20 @@ func TestDBGaugesFromDatabase(t *testing.T) {
 		`pullwake_claims{status="active"} 1`,
 		`pullwake_claims{status="expired"} 1`,
 		`pullwake_leaked_claims 0`,
+		`pullwake_queued_wakes 2`, // the expiry re-queued the leaked claim's unacked message
 	)
 
 	// Another tenant's gauges see none of it.
 	other := metrics.New(metrics.Config{Source: metrics.DBSource{Conn: tdb.Pool, Tenant: "other"}})
 	refresh(other)
-	want(t, scrape(t, other), `pullwake_claims{status="active"} 0`, `pullwake_leaked_claims 0`)
+	want(t, scrape(t, other), `pullwake_claims{status="active"} 0`, `pullwake_leaked_claims 0`, `pullwake_queued_wakes 0`)
+
+	// The count stops at its cap: the query reads no more index entries
+	// than the cap, however long the queue is.
+	for _, tc := range []struct{ max, want int64 }{{1, 1}, {2, 2}, {3, 2}} {
+		n, err := db.New().QueuedWakeCount(ctx, tdb.Pool, db.QueuedWakeCountParams{TenantID: "default", MaxCount: int32(tc.max)})
+		if err != nil || n != tc.want {
+			t.Errorf("QueuedWakeCount(max %d) = %d, %v; want %d", tc.max, n, err, tc.want)
+		}
+	}
 }

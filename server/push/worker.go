@@ -64,7 +64,23 @@ type Config struct {
 	// whose dialer and TLS handshake also give up after ConnectTimeout.
 	Client *http.Client
 	Logger *slog.Logger
+	// OnDelivery, when set, is told each delivery's outcome (Delivered or
+	// Failed) and lag: from the wake's queueing (its created_at, the
+	// database's clock) to the delivery's answer (this process's clock).
+	// A wake that was not claimed (another server took it) is no delivery.
+	// It must not block. nil = no metrics (internal/metrics' PushDelivery
+	// fits).
+	OnDelivery func(outcome string, lag time.Duration)
 }
+
+// Delivery outcomes, as OnDelivery is told them.
+const (
+	// Delivered: the endpoint answered 2xx.
+	Delivered = "delivered"
+	// Failed: no connection, a timeout or an answer other than 2xx; the
+	// claim was released and the target backs off.
+	Failed = "failed"
+)
 
 // Worker delivers pushable wakes until stopped.
 type Worker struct {
@@ -194,7 +210,7 @@ func (w *Worker) pass(ctx context.Context) (started, free int, err error) {
 					}
 					w.inflight.Done()
 				}()
-				w.deliver(ctx, r.TargetID, r.WakeID)
+				w.deliver(ctx, r)
 			}()
 		}
 		if started == free || len(rows) < limit || limit >= maxScan {
@@ -211,8 +227,10 @@ func (w *Worker) runOnce(ctx context.Context) (int, error) {
 	return n, err
 }
 
-// deliver claims one wake for target and POSTs its notification.
-func (w *Worker) deliver(ctx context.Context, target, wakeID string) {
+// deliver claims one pending wake for its target and POSTs its
+// notification.
+func (w *Worker) deliver(ctx context.Context, p db.PushPendingRow) {
+	target, wakeID := p.TargetID, p.WakeID
 	log := w.cfg.Logger.With("subscription_id", target, "wake_id", wakeID)
 	start := time.Now()
 	c, err := w.q.ClaimWakeForPush(ctx, w.cfg.Pool, db.ClaimWakeForPushParams{
@@ -232,11 +250,21 @@ func (w *Worker) deliver(ctx context.Context, target, wakeID string) {
 		var done bool
 		done, err = w.post(ctx, c.WebhookUrl, body)
 		if err == nil {
+			w.observe(Delivered, p.QueuedAt)
 			w.succeeded(ctx, log, target, c, done)
 			return
 		}
 	}
+	w.observe(Failed, p.QueuedAt)
 	w.failed(ctx, log, target, c, err)
+}
+
+// observe tells OnDelivery of a delivery's outcome, as soon as it has its
+// answer (before the writes that follow it).
+func (w *Worker) observe(outcome string, queuedAt time.Time) {
+	if w.cfg.OnDelivery != nil {
+		w.cfg.OnDelivery(outcome, time.Since(queuedAt))
+	}
 }
 
 // post sends body to url, signed, and reports whether the endpoint

@@ -678,3 +678,54 @@ func TestSlots(t *testing.T) {
 		t.Fatalf("after give: %v", s.byTarget)
 	}
 }
+
+// OnDelivery hears each delivery's outcome and its lag from the wake's
+// queueing: the first attempt (answered 500) of a wake queued an hour ago
+// (its created_at moved back) is a failure an hour late; the retry is of
+// the wake the failure's release queued anew, so its lag starts there.
+// A pass that claims nothing tells it nothing.
+func TestPushDeliveryHook(t *testing.T) {
+	t.Parallel()
+	e := setup(t, 5*time.Second)
+	type seen struct {
+		outcome string
+		lag     time.Duration
+	}
+	var mu sync.Mutex
+	var got []seen
+	e.w = New(Config{Pool: e.pool, Host: e.w.cfg.Host, Signer: e.w.cfg.Signer, Timeout: 5 * time.Second,
+		BackoffBase: time.Millisecond, BackoffMax: time.Millisecond, Logger: e.w.cfg.Logger,
+		OnDelivery: func(outcome string, lag time.Duration) {
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, seen{outcome, lag})
+		}})
+	ep := newEndpoint(t, func(n int64, w http.ResponseWriter, r *http.Request) {
+		if n == 1 {
+			http.Error(w, "boom", http.StatusInternalServerError)
+			return
+		}
+		_, _ = w.Write([]byte(`{"done": true}`))
+	})
+	e.subscribe("s", "chat/**", ep.URL)
+	e.spawnAndSend("/chat/lag", "hi")
+	if _, err := e.pool.Exec(context.Background(),
+		`UPDATE wakes SET created_at = created_at - interval '1 hour' WHERE entity_url = '/chat/lag' AND status = 'queued'`); err != nil {
+		t.Fatal(err)
+	}
+	e.until("a delivery after a failure", func() bool { return ep.calls.Load() == 2 })
+	if n, err := e.w.runOnce(context.Background()); err != nil || n != 0 {
+		t.Fatalf("pass after done: %d, %v", n, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 || got[0].outcome != Failed || got[1].outcome != Delivered {
+		t.Fatalf("OnDelivery heard %+v, want failed then delivered", got)
+	}
+	if got[0].lag < time.Hour || got[0].lag > time.Hour+time.Minute {
+		t.Errorf("first attempt's lag %s, want about an hour", got[0].lag)
+	}
+	if got[1].lag < 0 || got[1].lag > time.Minute {
+		t.Errorf("retry's lag %s, want from its re-queue (well under a minute)", got[1].lag)
+	}
+}
