@@ -1,11 +1,25 @@
-// Package server is pullwake's HTTP server: routing, handlers, credentials,
-// the lease sweeper and the claim listener, around the in-memory write-token
-// store (package tokens) and the stream handler (package streams).
+// Package server is pullwake's HTTP server: routing, handlers and
+// credentials for the lifecycle routes (entities, runners, claims, wake
+// callbacks), Electric's dialect (entity types, serve endpoints, push
+// subscriptions), the claim listener and the token reconciler. Around it:
+//
+//   - server/streams serves /v1/stream/ (the Durable Streams protocol);
+//   - server/tokens is the in-memory write-token store, server/writeauth
+//     the append gate over it (memory, then the claim row a signed token
+//     names);
+//   - server/sweeper runs the background passes (expiry, the wake-event
+//     backstop, housekeeping);
+//   - server/push delivers wakes to webhook targets.
 //
 // It is thin on purpose. Every lifecycle decision — who may claim, what a
 // release clears, when a claim expires — is made by one plpgsql function in
-// one transaction (migrations/). The server's own memory holds only write
-// tokens, and it changes them after the database has decided: mint after a
-// claim committed, clear only a token its claim still owns after a release
-// or expiry. It must never gate a release on what memory says.
+// one transaction (sql/). The server's own memory holds only write tokens,
+// and it changes them after the database has decided: mint after a claim
+// committed, clear only a token its claim still owns after a release or
+// expiry. It must never gate a release on what memory says.
+//
+// The handlers of the lifecycle routes and of Electric's dialect stay in
+// this one package: they share the entity encoding, the request decoding
+// and error answers, and the Server's credentials and hooks (after a send,
+// after a release), so a split would only move those behind exported names.
 package server

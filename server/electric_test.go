@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pullwake/pullwake/server"
+	"github.com/pullwake/pullwake/server/sweeper"
 )
 
 const electricAdmin = "admin-secret"
@@ -327,7 +327,7 @@ func TestSweeperPurgesWakeEvents(t *testing.T) {
 	w := b.mustClaim("r1", tok, 0)
 	b.must(200, b.done(w, map[string]any{"stream": w.StreamPath, "offset": "0000000000000001"}))
 	b.send("/chat/1", "y") // a second event: the stream's newest is never trimmed
-	sw := server.NewSweeper(server.SweeperConfig{Pool: b.pool, Retention: time.Hour})
+	sw := sweeper.New(sweeper.Config{Pool: b.pool, Retention: time.Hour})
 	now := time.Now()
 	if n, err := sw.PurgeWakeEvents(t.Context(), &now); err != nil || n != 0 {
 		t.Fatalf("purge within retention: %d %v", n, err)

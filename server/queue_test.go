@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/pullwake/pullwake/internal/testdb"
-	"github.com/pullwake/pullwake/server"
+	"github.com/pullwake/pullwake/server/sweeper"
 )
 
 // pickBuffers is how many buffers the claim's pick (as claim_next_wake runs
@@ -57,7 +57,7 @@ func TestSweeperVacuumKeepsQueueHeadClean(t *testing.T) {
 	exec(`SELECT count(*) FROM generate_series(1, 3000) g, LATERAL claim_next_wake('r1', 60000 + 0 * g) c`)
 
 	dirty := pickBuffers(t, d)
-	sw := server.NewSweeper(server.SweeperConfig{Pool: d.Pool})
+	sw := sweeper.New(sweeper.Config{Pool: d.Pool})
 	if err := sw.VacuumQueue(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/server/sweeper"
 	"github.com/pullwake/pullwake/server/tokens"
 )
 
@@ -45,7 +46,7 @@ func (r *reconciler) Start(ctx context.Context) {
 	r.mu.Unlock()
 	go func() {
 		defer close(r.done)
-		runEvery(ctx, r.interval, func() { r.runOnce(ctx) })
+		sweeper.RunEvery(ctx, r.interval, func() { r.runOnce(ctx) })
 	}()
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/pullwake/pullwake/internal/schemas"
 	"github.com/pullwake/pullwake/internal/secret"
 	"github.com/pullwake/pullwake/internal/webhooksig"
+	"github.com/pullwake/pullwake/server/sweeper"
 	"github.com/pullwake/pullwake/server/tokens"
 	"github.com/pullwake/pullwake/server/writeauth"
 )
@@ -59,7 +60,7 @@ type Config struct {
 	MinLeaseTTL     time.Duration // 1s
 	MaxLeaseTTL     time.Duration // 10m
 	SweepInterval   time.Duration // 5s
-	// WakeEventResend (5s): the wake-event backstop's bound (SweeperConfig).
+	// WakeEventResend (5s): the wake-event backstop's bound (sweeper.Config).
 	WakeEventResend time.Duration
 	Retention       time.Duration // ended claims and finished wakes older than this are deleted; 0 keeps all
 	RequestTimeout  time.Duration // 15s: no request waits on the database longer
@@ -114,7 +115,7 @@ type Server struct {
 	log      *slog.Logger
 	metrics  Metrics
 	migrator *migrate.Migrator
-	sweeper  *Sweeper
+	sw       *sweeper.Sweeper
 	listener *pglisten.Listener
 	outbound *http.Client // serve endpoints (serveendpoint.go)
 	recon    *reconciler
@@ -180,7 +181,7 @@ func New(cfg Config) (*Server, error) {
 		s.adminHash = secret.Hash(cfg.AdminToken)
 	}
 	s.recon = &reconciler{s: s, interval: cfg.ReconcileInterval}
-	s.sweeper = NewSweeper(SweeperConfig{
+	s.sw = sweeper.New(sweeper.Config{
 		Pool: cfg.Pool, Tenant: cfg.Tenant, Interval: cfg.SweepInterval,
 		Retention: cfg.Retention, WakeEventResend: cfg.WakeEventResend, Tokens: cfg.Tokens, Metrics: cfg.Metrics, Logger: cfg.Logger,
 	})
@@ -215,7 +216,7 @@ func (s *Server) Tokens() *tokens.Store { return s.tokens }
 func (s *Server) Listener() *pglisten.Listener { return s.listener }
 
 // Sweeper is the lease sweeper.
-func (s *Server) Sweeper() *Sweeper { return s.sweeper }
+func (s *Server) Sweeper() *sweeper.Sweeper { return s.sw }
 
 // Start runs the sweeper, the token reconciler and the listener until Stop.
 func (s *Server) Start(ctx context.Context) {
@@ -226,7 +227,7 @@ func (s *Server) Start(ctx context.Context) {
 		s.listener.Start(ctx)
 	}
 	s.recon.Start(ctx)
-	s.sweeper.Start(ctx)
+	s.sw.Start(ctx)
 	s.wakes.Start(ctx)
 }
 
@@ -236,7 +237,7 @@ func (s *Server) Stop() {
 	if s.batch != nil {
 		s.batch.stop() // answers every queued release and claim
 	}
-	s.sweeper.Stop()
+	s.sw.Stop()
 	s.recon.Stop()
 	if s.listener != nil {
 		s.listener.Stop()

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/pullwake/pullwake/internal/testdb"
-	"github.com/pullwake/pullwake/server"
+	"github.com/pullwake/pullwake/server/sweeper"
 )
 
 // The first expiry pass runs at Start: a claim that lapsed while no server
@@ -44,7 +44,7 @@ func TestHousekeepingOnlyUnderItsLock(t *testing.T) {
 	d := testdb.New(t)
 	ctx := t.Context()
 	seedSweeperHistory(t, d, 10)
-	sw := server.NewSweeper(server.SweeperConfig{Pool: d.Pool, Retention: time.Hour, Logger: sweeperTestLog()})
+	sw := sweeper.New(sweeper.Config{Pool: d.Pool, Retention: time.Hour, Logger: sweeperTestLog()})
 
 	// Another instance holds the lock: this one does nothing.
 	other, err := d.Pool.Acquire(ctx)
@@ -89,13 +89,13 @@ func TestHousekeepingPurgeWithinBudget(t *testing.T) {
 	d := testdb.New(t)
 	ctx := t.Context()
 	seedSweeperHistory(t, d, 300)
-	sw := server.NewSweeper(server.SweeperConfig{Pool: d.Pool, Retention: time.Hour, Batch: 1,
+	sw := sweeper.New(sweeper.Config{Pool: d.Pool, Retention: time.Hour, Batch: 1,
 		HousekeepingBudget: time.Millisecond, Logger: sweeperTestLog()})
 	res, err := sw.Housekeep(ctx, nil)
 	if err != nil || !res.Locked || !res.BudgetSpent || res.ClaimsDeleted >= 300 {
 		t.Fatalf("first pass: %+v %v; want the budget spent before 300 one-row batches", res, err)
 	}
-	all := server.NewSweeper(server.SweeperConfig{Pool: d.Pool, Retention: time.Hour, Logger: sweeperTestLog()})
+	all := sweeper.New(sweeper.Config{Pool: d.Pool, Retention: time.Hour, Logger: sweeperTestLog()})
 	res, err = all.Housekeep(ctx, nil)
 	if err != nil || res.BudgetSpent {
 		t.Fatalf("second pass: %+v %v", res, err)

@@ -1,4 +1,4 @@
-package server
+package sweeper
 
 import (
 	"cmp"
@@ -14,8 +14,8 @@ import (
 	"github.com/pullwake/pullwake/server/tokens"
 )
 
-// SweeperConfig configures the lease sweeper; zero values get defaults.
-type SweeperConfig struct {
+// Config configures the sweeper; zero values get defaults.
+type Config struct {
 	Pool     *pgxpool.Pool
 	Tenant   string
 	Interval time.Duration // expiry pass period (5s)
@@ -43,6 +43,17 @@ type SweeperConfig struct {
 	Logger          *slog.Logger
 }
 
+// Metrics receives the sweeper's measurements (package metrics implements
+// it); when it also reads the database-derived gauges (gaugeRefresher), the
+// sweeper has it do so after every expiry pass.
+type Metrics interface {
+	Expired(n int)
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) Expired(int) {}
+
 // gaugeRefresher is the part of the metrics (package metrics implements it)
 // that reads the database-derived gauges; a scrape only serves what it read.
 type gaugeRefresher interface {
@@ -63,15 +74,15 @@ type gaugeRefresher interface {
 // delays expiry: no claim stays active longer than its lease plus one
 // Interval (plus the duration of one pass).
 type Sweeper struct {
-	cfg    SweeperConfig
+	cfg    Config
 	q      *db.Queries
 	gauges gaugeRefresher // nil when the metrics read no gauges
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-// NewSweeper returns a sweeper; Start runs it.
-func NewSweeper(cfg SweeperConfig) *Sweeper {
+// New returns a sweeper; Start runs it.
+func New(cfg Config) *Sweeper {
 	cfg.Tenant = cmp.Or(cfg.Tenant, "default")
 	cfg.Interval = cmp.Or(cfg.Interval, 5*time.Second)
 	cfg.Batch = cmp.Or(cfg.Batch, 1000)
@@ -101,7 +112,7 @@ func (sw *Sweeper) Start(ctx context.Context) {
 	expiryDone := make(chan struct{})
 	go func() {
 		defer close(expiryDone)
-		runEvery(ctx, sw.cfg.Interval, func() {
+		RunEvery(ctx, sw.cfg.Interval, func() {
 			if _, err := sw.RunOnce(ctx, nil); err != nil && ctx.Err() == nil {
 				sw.cfg.Logger.Warn("sweep failed", "err", err)
 			}
@@ -114,7 +125,7 @@ func (sw *Sweeper) Start(ctx context.Context) {
 		defer close(sw.done)
 		defer func() { <-expiryDone }()
 		var historyAt time.Time
-		runEvery(ctx, sw.cfg.HousekeepingInterval, func() {
+		RunEvery(ctx, sw.cfg.HousekeepingInterval, func() {
 			if _, err := sw.Housekeep(ctx, nil); err != nil && ctx.Err() == nil {
 				sw.cfg.Logger.Warn("housekeeping failed", "err", err)
 			}
@@ -131,8 +142,8 @@ func (sw *Sweeper) Start(ctx context.Context) {
 	}()
 }
 
-// runEvery runs fn at once, then every d, until ctx ends.
-func runEvery(ctx context.Context, d time.Duration, fn func()) {
+// RunEvery runs fn at once, then every d, until ctx ends.
+func RunEvery(ctx context.Context, d time.Duration, fn func()) {
 	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
