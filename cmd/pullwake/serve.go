@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -16,8 +17,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"golang.org/x/net/netutil"
 
+	"github.com/pullwake/pullwake/internal/connlimit"
 	"github.com/pullwake/pullwake/internal/metrics"
 	"github.com/pullwake/pullwake/internal/migrate"
 	"github.com/pullwake/pullwake/internal/pgnotify"
@@ -41,6 +42,7 @@ type serveConfig struct {
 	logFormat       string
 	logLevel        string
 	http            httpLimits
+	conns           connLimits
 	// Stream guards (server/streams).
 	streamWriteAuth string
 	streamReadAuth  string
@@ -61,6 +63,13 @@ type httpLimits struct {
 	writeTimeout time.Duration // 0 = derived from the long-poll timeout
 	idleTimeout  time.Duration // keep-alive connection with no request
 	maxConns     int
+}
+
+// connLimits are the connection settings around the cap (internal/connlimit).
+type connLimits struct {
+	perClient int    // per client (IPv4 address, IPv6 /64); 0 = derived from the cap
+	overflow  int    // past the limits at once, answered once and closed
+	probeAddr string // /healthz and /readyz on a listener of their own; "" = off
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -98,7 +107,10 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	fs.DurationVar(&c.http.readTimeout, "read-timeout", env.duration("read-timeout", "PULLWAKE_READ_TIMEOUT", 30*time.Second), "longest a client may take to send a whole request, body included (env PULLWAKE_READ_TIMEOUT)")
 	fs.DurationVar(&c.http.writeTimeout, "write-timeout", env.duration("write-timeout", "PULLWAKE_WRITE_TIMEOUT", 0), "longest a response may take to write; 0 = the longer of 90s and the long-poll timeout + 30s, so live reads fit (env PULLWAKE_WRITE_TIMEOUT)")
 	fs.DurationVar(&c.http.idleTimeout, "idle-timeout", env.duration("idle-timeout", "PULLWAKE_IDLE_TIMEOUT", 60*time.Second), "keep-alive connections idle this long are closed (env PULLWAKE_IDLE_TIMEOUT)")
-	fs.IntVar(&c.http.maxConns, "max-connections", env.int("max-connections", "PULLWAKE_MAX_CONNECTIONS", 1024), "open client connections at most; more wait to be accepted (env PULLWAKE_MAX_CONNECTIONS)")
+	fs.IntVar(&c.http.maxConns, "max-connections", env.int("max-connections", "PULLWAKE_MAX_CONNECTIONS", 1024), "client connections served at once (idle keep-alives and live readers count); at the cap the oldest idle one is closed for a new one, else the new one is answered past the cap (env PULLWAKE_MAX_CONNECTIONS)")
+	fs.IntVar(&c.conns.perClient, "max-connections-per-client", env.int("max-connections-per-client", "PULLWAKE_MAX_CONNECTIONS_PER_CLIENT", 0), "of them, the most one client (IPv4 address or IPv6 /64, loopback too) may hold; at its limit its oldest idle one is closed for a new one, else the new one gets 429; 0 = a quarter of --max-connections; set it to --max-connections to turn it off (env PULLWAKE_MAX_CONNECTIONS_PER_CLIENT)")
+	fs.IntVar(&c.conns.overflow, "overflow-connections", env.int("overflow-connections", "PULLWAKE_OVERFLOW_CONNECTIONS", 64), "connections past those limits taken at once to be answered once and closed: /healthz and /readyz as usual, any other request 503 (429 past the client limit) with Retry-After; more are closed unanswered (env PULLWAKE_OVERFLOW_CONNECTIONS)")
+	fs.StringVar(&c.conns.probeAddr, "probe-addr", getenv("PULLWAKE_PROBE_ADDR"), "also serve /healthz and /readyz on this host:port, a listener of its own that API clients cannot fill; empty = off (env PULLWAKE_PROBE_ADDR)")
 	fs.StringVar(&c.streamWriteAuth, "stream-write-auth", cmp.Or(getenv("PULLWAKE_STREAM_WRITE_AUTH"), streams.WriteAuthAdmin), "who appends to and closes plain streams when an admin token is set: admin or none (env PULLWAKE_STREAM_WRITE_AUTH)")
 	fs.StringVar(&c.streamReadAuth, "stream-read-auth", cmp.Or(getenv("PULLWAKE_STREAM_READ_AUTH"), streams.ReadAuthNone), "who reads streams when an admin token is set: none, entity (entity streams need the admin or write token) or admin (env PULLWAKE_STREAM_READ_AUTH)")
 	fs.IntVar(&c.maxLiveReaders, "max-live-readers", env.int("max-live-readers", "PULLWAKE_MAX_LIVE_READERS", 1000), "most concurrent long-poll and SSE stream readers; more get 503 (env PULLWAKE_MAX_LIVE_READERS)")
@@ -164,6 +176,9 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	}
 	if c.http.maxConns < 1 {
 		return c, fmt.Errorf("%w: --max-connections %d must be at least 1", errUsage, c.http.maxConns)
+	}
+	if err := c.conns.check(c.http.maxConns, c.addr, c.pprofAddr); err != nil {
+		return c, err
 	}
 	if c.adminTokenFile != "" {
 		if c.adminToken != "" {
@@ -280,6 +295,13 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", c.addr, err)
 	}
+	var probeLn net.Listener
+	if c.conns.probeAddr != "" {
+		if probeLn, err = net.Listen("tcp", c.conns.probeAddr); err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("listen on the probe address %s (--probe-addr or PULLWAKE_PROBE_ADDR): %w", c.conns.probeAddr, err)
+		}
+	}
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBG()
 	pub.Start(bg)
@@ -298,29 +320,52 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 		defer stopPprof()
 	}
 	pushWorker.Start(bg)
+	if fds := openFileLimit(); fds > 0 && uint64(c.http.maxConns+c.conns.overflow)+128 > fds {
+		log.Warn("max-connections plus overflow-connections is close to the open-file limit: raise the limit (ulimit -n) or lower them",
+			"max_connections", c.http.maxConns, "overflow_connections", c.conns.overflow, "open_file_limit", fds)
+	}
+	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	h := srv.Handler()
 	hs := &http.Server{
-		Handler:           srv.Handler(),
+		Handler:           h,
 		ReadHeaderTimeout: min(10*time.Second, c.http.readTimeout),
 		ReadTimeout:       c.http.readTimeout,
 		WriteTimeout:      c.http.writeTimeout,
 		IdleTimeout:       c.http.idleTimeout,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog:          errLog,
 	}
-	if fds := openFileLimit(); fds > 0 && uint64(c.http.maxConns)+128 > fds {
-		log.Warn("max-connections is close to the open-file limit: raise the limit (ulimit -n) or lower max-connections",
-			"max_connections", c.http.maxConns, "open_file_limit", fds)
-	}
-	ln = netutil.LimitListener(ln, c.http.maxConns)
+	cl := connlimit.New(ln, connlimit.Config{
+		Max: c.http.maxConns, PerClient: c.conns.perClient, Overflow: c.conns.overflow, Probe: isProbe,
+	})
+	hs.ConnState = cl.ConnState
+	overflow := cl.OverflowServer(h, errLog)
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
+	go func() { errc <- hs.Serve(cl) }()
+	go func() { _ = overflow.Serve(cl.Overflow()) }()
+	var probes *http.Server
+	if probeLn != nil {
+		probes = probeServer(h, errLog)
+		pl := connlimit.New(probeLn, connlimit.Config{Max: probeMaxConns})
+		probes.ConnState = pl.ConnState
+		go func() { _ = probes.Serve(pl) }()
+	}
+	go logConnRefusals(bg, cl, log)
 	log.Info("pullwake serving", "addr", ln.Addr().String(), "public_url", publicURL, "tenant", c.db.tenant,
 		"default_lease_ttl", c.defaultLease.String(), "sweep_interval", c.sweepInterval.String(),
 		"read_timeout", c.http.readTimeout.String(), "write_timeout", c.http.writeTimeout.String(),
 		"idle_timeout", c.http.idleTimeout.String(), "max_connections", c.http.maxConns,
-		"group_commit", c.groupCommit)
+		"max_connections_per_client", c.conns.perClient, "overflow_connections", c.conns.overflow,
+		"probe_addr", c.conns.probeAddr, "group_commit", c.groupCommit)
 
+	stopHTTP := func() {
+		_ = overflow.Close()
+		if probes != nil {
+			_ = probes.Close()
+		}
+	}
 	select {
 	case err := <-errc:
+		stopHTTP()
 		pushWorker.Stop()
 		srv.Stop()
 		pub.Stop()
@@ -334,6 +379,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	if err := hs.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		log.Warn("http shutdown", "err", err)
 	}
+	stopHTTP() // probes answer until the API has stopped
 	pushWorker.Stop()
 	srv.Stop()
 	pub.Stop() // sends what the last requests queued
@@ -355,6 +401,86 @@ func migrateUp(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error 
 		log.Info("migrations applied", "versions", fmt.Sprint(vs))
 	}
 	return nil
+}
+
+// check validates the connection settings and fills the derived default
+// of the per-client limit (a quarter of maxConns).
+func (h *connLimits) check(maxConns int, addr, pprofAddr string) error {
+	if h.perClient < 0 || h.perClient > maxConns {
+		return fmt.Errorf("%w: --max-connections-per-client (PULLWAKE_MAX_CONNECTIONS_PER_CLIENT) %d must be between 0 (a quarter of --max-connections) and --max-connections (%d)",
+			errUsage, h.perClient, maxConns)
+	}
+	if h.perClient == 0 {
+		h.perClient = max(1, maxConns/4)
+	}
+	if h.overflow < 1 {
+		return fmt.Errorf("%w: --overflow-connections (PULLWAKE_OVERFLOW_CONNECTIONS) %d must be at least 1: /healthz and /readyz are answered on them when the connections run out",
+			errUsage, h.overflow)
+	}
+	if h.probeAddr != "" {
+		if _, _, err := net.SplitHostPort(h.probeAddr); err != nil {
+			return fmt.Errorf("%w: --probe-addr (PULLWAKE_PROBE_ADDR) %q must be host:port", errUsage, h.probeAddr)
+		}
+		if h.probeAddr == addr || h.probeAddr == pprofAddr {
+			return fmt.Errorf("%w: --probe-addr (PULLWAKE_PROBE_ADDR) %q must differ from --addr and --pprof-addr", errUsage, h.probeAddr)
+		}
+	}
+	return nil
+}
+
+// isProbe: a health check, answered even past the connection limits.
+func isProbe(r *http.Request) bool { return r.URL.Path == "/healthz" || r.URL.Path == "/readyz" }
+
+// probeMaxConns caps the probe listener's connections (--probe-addr);
+// past it, the oldest idle one is closed for a new one, else the new one
+// is refused (503).
+const probeMaxConns = 64
+
+// probeServer serves /healthz and /readyz of h, and 404 for anything else,
+// on the probe listener.
+func probeServer(h http.Handler, errLog *log.Logger) *http.Server {
+	return &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !isProbe(r) {
+				http.Error(w, "only /healthz and /readyz are served here", http.StatusNotFound)
+				return
+			}
+			h.ServeHTTP(w, r)
+		}),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       5 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       30 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          errLog,
+	}
+}
+
+// logConnRefusals logs, every 10s at most, the connections refused or
+// closed to make room since the last line, until ctx ends.
+func logConnRefusals(ctx context.Context, cl *connlimit.Listener, log *slog.Logger) {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	var last connlimit.Stats
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st := cl.Stats()
+		over := st.OverCap - last.OverCap + st.OverClient - last.OverClient
+		evicted := st.Evicted - last.Evicted
+		attrs := []any{"over_cap", st.OverCap - last.OverCap, "over_client_limit", st.OverClient - last.OverClient,
+			"dropped", st.Dropped - last.Dropped, "idle_closed", evicted, "open", st.Open, "idle", st.Idle, "interval", "10s"}
+		switch {
+		case over > 0:
+			log.Warn("connections past the limits: answered 503 (over_cap) or 429 (over_client_limit) unless probes; dropped = closed unanswered, past --overflow-connections too", attrs...)
+		case evicted > 0:
+			log.Info("idle connections closed to make room for new ones", attrs...)
+		}
+		last = st
+	}
 }
 
 // openFileLimit is the process's soft limit on open files (0 if unknown).
