@@ -11,7 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pullwake/pullwake/db"
-	"github.com/pullwake/pullwake/server"
+	"github.com/pullwake/pullwake/server/sweeper"
 )
 
 var jsonType = "application/json"
@@ -87,11 +87,11 @@ func runSQLMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (M
 const sweepInterval = 5 * time.Second
 
 // vacuumQueueEvery vacuums wake_queue every interval until stopped, as a
-// server's sweeper does after each pass (server.Sweeper.VacuumQueue): the
+// server's sweeper does after each pass (sweeper.Sweeper.VacuumQueue): the
 // SQL modes run without a server, and without it the pick would walk the
 // dead entries of every wake claimed since the mode began.
 func vacuumQueueEvery(ctx context.Context, pool *pgxpool.Pool, every time.Duration) (stop func()) {
-	sw := server.NewSweeper(server.SweeperConfig{Pool: pool, Interval: every})
+	sw := sweeper.New(sweeper.Config{Pool: pool, Interval: every})
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
