@@ -78,45 +78,58 @@ func TestHTTPSlowBodyClosed(t *testing.T) {
 	}
 }
 
-// With PULLWAKE_MAX_CONNECTIONS=2, two open connections hold both places:
-// a third is not served until one of them closes.
+// TestHTTPConnectionCap: with both places held by live readers, a third
+// connection is answered at once, 503 with Retry-After and Connection:
+// close, never left waiting in the accept queue; a health probe is still
+// answered 200.
 func TestHTTPConnectionCap(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
-	s := startServer(t, serverConfig{DatabaseURL: d.URL, Env: []string{"PULLWAKE_MAX_CONNECTIONS=2"}})
-	hold := func() (net.Conn, *bufio.Reader) {
-		c, r := dial(t, s.addr)
-		// A served request proves the connection was accepted (it holds a place).
-		if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+	s := startServer(t, serverConfig{DatabaseURL: d.URL, LongPoll: 30 * time.Second,
+		Env: []string{"PULLWAKE_MAX_CONNECTIONS=2", "PULLWAKE_MAX_CONNECTIONS_PER_CLIENT=2"}})
+	c := s.Client()
+	c.must(t, "PUT", "/v1/stream/cap/s", "", nil, http.StatusCreated)
+	for range 2 {
+		conn, r := dial(t, s.addr)
+		if _, err := io.WriteString(conn, "GET /v1/stream/cap/s?offset=now&live=long-poll HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
 			t.Fatal(err)
 		}
-		resp, err := http.ReadResponse(r, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return c, r
+		_ = r // held until the test ends: a live read
 	}
-	c1, _ := hold()
-	hold()
-
-	c3, r3 := dial(t, s.addr)
-	if _, err := io.WriteString(c3, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+	// Both places are held once the server counts two live readers; a
+	// third request gets its answer at once either way.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c3, r3 := dial(t, s.addr)
+		if _, err := io.WriteString(c3, "GET /v1/stream/cap/s?offset=-1 HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		_ = c3.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(r3, nil)
+		if err != nil {
+			t.Fatalf("third connection got no answer: %v", err)
+		}
+		resp.Body.Close()
+		c3.Close()
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			if resp.Header.Get("Retry-After") == "" || !resp.Close {
+				t.Fatalf("refused connection: Retry-After %q, Connection close %v", resp.Header.Get("Retry-After"), resp.Close)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a third connection was still served (%d) while two live readers held both places", resp.StatusCode)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	probe, rp := dial(t, s.addr)
+	if _, err := io.WriteString(probe, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
-	_ = c3.SetReadDeadline(time.Now().Add(time.Second))
-	if _, err := r3.ReadByte(); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("a third connection was served while two held both places (err %v)", err)
-	}
-	c1.Close()
-	_ = c3.SetReadDeadline(time.Now().Add(10 * time.Second))
-	resp, err := http.ReadResponse(r3, nil)
-	if err != nil {
-		t.Fatalf("third connection not served after a place freed: %v", err)
+	_ = probe.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(rp, nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("/healthz with every place held: %v %v", resp, err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("third connection: %d", resp.StatusCode)
-	}
 }
