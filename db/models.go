@@ -200,4 +200,5 @@ type WakeQueue struct {
 	EntityUrl string
 	RunnerID  *string
 	CreatedAt time.Time
+	RunnerKey string
 }

@@ -10,7 +10,8 @@ import (
 )
 
 // pickBuffers is how many buffers the claim's pick (as claim_next_wake runs
-// it) touches: the cost of finding the oldest queued wake.
+// it for the wakes any runner may take) touches: the cost of finding the
+// oldest queued wake.
 func pickBuffers(t *testing.T, d *testdb.DB) int {
 	t.Helper()
 	var plan []struct {
@@ -23,7 +24,7 @@ func pickBuffers(t *testing.T, d *testdb.DB) int {
 	err := d.Pool.QueryRow(t.Context(), `
 		EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
 		SELECT q.wake_id FROM wake_queue q
-		 WHERE q.tenant_id = 'default' AND (q.runner_id IS NULL OR q.runner_id = 'r1')
+		 WHERE q.tenant_id = 'default' AND q.runner_key = ''
 		 ORDER BY q.created_at, q.wake_id LIMIT 1 FOR UPDATE OF q SKIP LOCKED`).Scan(&raw)
 	if err != nil {
 		t.Fatal(err)

@@ -184,6 +184,7 @@ CREATE OR REPLACE FUNCTION send_to_entity(
 )
     RETURNS TABLE(msg_offset text, wake_id text)
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 DECLARE

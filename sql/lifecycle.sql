@@ -10,6 +10,32 @@
 -- stream. claim_next_wake alone locks a queue entry before a dispatch row,
 -- and never waits for that row (SKIP LOCKED), so it cannot close a cycle.
 --
+-- Plans: no cost that grows with the data (SPEC section 6). Every
+-- statement of a hot function (claim, heartbeat, release, send, append, the
+-- wake-event flush) names the whole key of each row it reads, with the
+-- function's arguments or values read before it: a primary key, or the
+-- (tenant, entity) of an entity's one queued wake; a join whose key comes
+-- from another table's column is two statements. Two kinds of plan could
+-- still read a whole table, and are ruled out:
+--   * A plan made while the tables were nearly empty (a session's first
+--     calls, statistics of empty tables) is a sequential scan, and the
+--     session keeps it as its generic plan while the tables grow. These
+--     functions run with SET enable_seqscan TO off: each statement uses the
+--     index of its key, whatever the statistics say.
+--   * consumer_claims_active_lease_idx holds the active claims only; a
+--     by-key statement that also said status = 'active' could be answered
+--     by reading that whole index (every live claim of the tenant), which
+--     looks cheapest when the statistics say live claims are few. The
+--     guards of the by-key writes name the statuses of an ended claim
+--     instead (status NOT IN ('released', 'expired', 'failed'): the claim
+--     has not ended), which that index cannot serve. Likewise a write of a
+--     queued wake names its entity too, so wakes_one_queued_idx is read by
+--     its whole key when the planner picks it.
+-- internal/bench TestHotPathBuffersStayFlat holds them to it: the buffers
+-- of each call with 100,000 queued wakes, live claims and ended claims
+-- against those on an empty database, with plans cached while the tables
+-- were empty, with statistics of empty tables, and after ANALYZE.
+--
 -- Errors carry SQLSTATEs of class PW, each message starting with its code
 -- ('PW006: claim wake-3/2 not found'); the server maps them to HTTP codes
 -- (db/errors.go):
@@ -57,6 +83,7 @@ CREATE OR REPLACE FUNCTION pw_claim_wake(
         lease_ttl_ms integer
     )
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 DECLARE
@@ -90,7 +117,7 @@ BEGIN
     END IF;
     IF v_status IN ('stopping', 'stopped') THEN
         UPDATE wakes w SET status = 'superseded', finished_at = p_now, updated_at = p_now
-         WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake AND w.status = 'queued';
+         WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake AND w.entity_url = p_url AND w.status = 'queued';
         RETURN;
     END IF;
     IF v_active IS NOT NULL AND v_alease > p_now THEN
@@ -144,7 +171,7 @@ BEGIN
     UPDATE wakes w
        SET status = 'claimed', claimed_at = p_now, consumer_id = p_wake,
            epoch = v_epoch, updated_at = p_now
-     WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake AND w.status = 'queued';
+     WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake AND w.entity_url = p_url AND w.status = 'queued';
     IF NOT FOUND THEN
         RAISE EXCEPTION 'PW008: claim: wake % is no longer queued', p_wake USING ERRCODE = 'PW008';
     END IF;
@@ -170,13 +197,16 @@ $function$;
 -- returned here once; only its hash is kept. An unknown runner is PW004, a
 -- disabled one PW005.
 --
--- The pick walks the queue's index (wake_queue_pkey, claim order) and stops
--- at the first wake pw_claim_wake can take. The planner's estimates of the
--- small queue can make a bitmap scan of the whole tenant and a sort look
--- cheaper, and a generic plan made while the queue was short is kept while
--- it grows (measured: 613 ms a claim with 16,000 queued wakes). No
--- statement of the claim needs a sort, so the function plans without one
--- (SET enable_sort TO off).
+-- The pick reads two queues in claim order, the wakes for any runner and
+-- the wakes addressed to this runner (two ranges of wake_queue_pkey: by
+-- runner_key, then in claim order), and takes the older head: wakes
+-- addressed to other runners are never read, however many are queued (a
+-- disabled runner's, say). A generic plan made while the queue was short
+-- is kept while it grows, and the planner's estimates of a small queue can
+-- make a scan of the whole tenant and a sort look cheaper (measured: 613 ms
+-- a claim with 16,000 queued wakes); no statement of the claim needs a
+-- sort or a sequential scan, so the function plans without either (SET
+-- enable_sort, enable_seqscan TO off; see Plans above).
 CREATE OR REPLACE FUNCTION claim_next_wake(
     p_runner_id text,
     p_lease_ttl_ms integer DEFAULT 30000,
@@ -196,14 +226,27 @@ CREATE OR REPLACE FUNCTION claim_next_wake(
     )
     LANGUAGE plpgsql
     SET enable_sort TO 'off'
+    SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 DECLARE
     v_now     timestamptz := coalesce(p_now, now());
     v_admin   text;
-    v_after_t timestamptz := '-infinity';
-    v_after_w text := '';
-    v_created timestamptz;
+    -- Each queue's position (its last candidate) and its next candidate
+    -- (a_wake, o_wake NULL: none read yet), held locked: a_ the wakes for
+    -- any runner, o_ those addressed to this one.
+    a_after_t timestamptz := '-infinity';
+    a_after_w text := '';
+    a_done    boolean := false;
+    a_created timestamptz;
+    a_wake    text;
+    a_url     text;
+    o_after_t timestamptz := '-infinity';
+    o_after_w text := '';
+    o_done    boolean := false;
+    o_created timestamptz;
+    o_wake    text;
+    o_url     text;
     v_wake    text;
     v_url     text;
     v_found   boolean;
@@ -220,25 +263,48 @@ BEGIN
         RAISE EXCEPTION 'PW005: runner % is disabled', p_runner_id USING ERRCODE = 'PW005';
     END IF;
 
-    -- The pick walks the queue's index in claim order, each probe starting
-    -- just past the previous candidate, until a wake can be claimed or the
-    -- queue is exhausted: a claimable wake is found however many wakes
-    -- ahead of it are locked by other claims (SKIP LOCKED passes them) or
-    -- cannot be taken (pw_claim_wake answers nothing for them). Every
-    -- probe is one descent of wake_queue_pkey.
+    -- The pick walks both queues in claim order, each probe starting just
+    -- past its queue's previous candidate, and tries the older of the two
+    -- candidates, until a wake can be claimed or both queues are exhausted:
+    -- a claimable wake is found however many wakes ahead of it are locked
+    -- by other claims (SKIP LOCKED passes them) or cannot be taken
+    -- (pw_claim_wake answers nothing for them). Every probe is one descent
+    -- of wake_queue_pkey; the candidate not tried stays locked until
+    -- the commit, as a passed one does.
     LOOP
-        SELECT q.wake_id, q.entity_url, q.created_at INTO v_wake, v_url, v_created FROM wake_queue q
-         WHERE q.tenant_id = p_tenant
-           AND (q.created_at, q.wake_id) > (v_after_t, v_after_w)
-           AND (q.runner_id IS NULL OR q.runner_id = p_runner_id)
-         ORDER BY q.created_at, q.wake_id
-         LIMIT 1
-         FOR UPDATE OF q SKIP LOCKED;
-        IF NOT FOUND THEN
+        IF a_wake IS NULL AND NOT a_done THEN
+            SELECT q.wake_id, q.entity_url, q.created_at INTO a_wake, a_url, a_created FROM wake_queue q
+             WHERE q.tenant_id = p_tenant AND q.runner_key = ''
+               AND (q.created_at, q.wake_id) > (a_after_t, a_after_w)
+             ORDER BY q.created_at, q.wake_id
+             LIMIT 1
+             FOR UPDATE OF q SKIP LOCKED;
+            a_done := NOT FOUND;
+        END IF;
+        IF o_wake IS NULL AND NOT o_done THEN
+            SELECT q.wake_id, q.entity_url, q.created_at INTO o_wake, o_url, o_created FROM wake_queue q
+             WHERE q.tenant_id = p_tenant AND q.runner_key = p_runner_id
+               AND (q.created_at, q.wake_id) > (o_after_t, o_after_w)
+             ORDER BY q.created_at, q.wake_id
+             LIMIT 1
+             FOR UPDATE OF q SKIP LOCKED;
+            o_done := NOT FOUND;
+        END IF;
+        IF a_wake IS NOT NULL AND (o_wake IS NULL OR (a_created, a_wake) < (o_created, o_wake)) THEN
+            v_wake := a_wake;
+            v_url := a_url;
+            a_after_t := a_created;
+            a_after_w := a_wake;
+            a_wake := NULL;
+        ELSIF o_wake IS NOT NULL THEN
+            v_wake := o_wake;
+            v_url := o_url;
+            o_after_t := o_created;
+            o_after_w := o_wake;
+            o_wake := NULL;
+        ELSE
             RETURN;
         END IF;
-        v_after_t := v_created;
-        v_after_w := v_wake;
 
         v_found := false;
         FOR wake_id, consumer_id, epoch, entity_url, stream_path, acked_offset, claim_token,
@@ -348,6 +414,7 @@ CREATE OR REPLACE FUNCTION heartbeat_claim(
 )
     RETURNS TABLE(lease_expires_at timestamp with time zone, entity_url text, stream_path text)
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 DECLARE
@@ -371,7 +438,8 @@ BEGIN
        SET lease_expires_at = v_now + coalesce(p_lease_ttl_ms, c.lease_ttl_ms) * interval '1 millisecond',
            last_heartbeat_at = v_now, updated_at = v_now
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch
-       AND c.status = 'active' AND c.lease_expires_at > v_now
+       AND c.status NOT IN ('released', 'expired', 'failed')  -- active (see Plans above)
+       AND c.lease_expires_at > v_now
     RETURNING c.lease_expires_at, c.stream_path INTO v_lease, v_path;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'PW007: claim %/% is not active', p_consumer_id, p_epoch USING ERRCODE = 'PW007';
@@ -410,6 +478,7 @@ CREATE OR REPLACE FUNCTION claim_request(
     )
     LANGUAGE plpgsql
     STABLE
+    SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 DECLARE
@@ -456,14 +525,17 @@ CREATE OR REPLACE FUNCTION pw_claim_missing(
     RETURNS void
     LANGUAGE plpgsql
     STABLE
+    SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
     v_url    text;
     v_newest bigint;
 BEGIN
-    SELECT c.entity_url, greatest(c.epoch, d.epoch) INTO v_url, v_newest
+    SELECT c.entity_url,
+           greatest(c.epoch, (SELECT d.epoch FROM entity_dispatch_state d
+                               WHERE d.tenant_id = p_tenant AND d.entity_url = c.entity_url))
+      INTO v_url, v_newest
       FROM consumer_claims c
-      LEFT JOIN entity_dispatch_state d ON d.tenant_id = c.tenant_id AND d.entity_url = c.entity_url
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id
      ORDER BY c.epoch DESC
      LIMIT 1;
@@ -521,6 +593,7 @@ CREATE OR REPLACE FUNCTION release_claim(
         queued_wake_id text
     )
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 DECLARE
@@ -641,6 +714,7 @@ CREATE OR REPLACE FUNCTION release_claims(
         queued_wake_id text
     )
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 DECLARE
@@ -665,8 +739,9 @@ BEGIN
     FOR v_it IN
         SELECT u.i::integer AS i, u.c, u.e, u.a, p_claim_token_hashes[u.i] AS h
           FROM unnest(p_consumer_ids, p_epochs, p_acks) WITH ORDINALITY AS u(c, e, a, i)
-          LEFT JOIN consumer_claims c ON c.tenant_id = p_tenant AND c.consumer_id = u.c AND c.epoch = u.e
-         ORDER BY c.entity_url NULLS LAST, u.c, u.e, u.i
+         ORDER BY (SELECT c.entity_url FROM consumer_claims c
+                    WHERE c.tenant_id = p_tenant AND c.consumer_id = u.c AND c.epoch = u.e) NULLS LAST,
+                  u.c, u.e, u.i
     LOOP
         BEGIN
             SELECT * INTO STRICT v_r
@@ -735,6 +810,7 @@ CREATE OR REPLACE FUNCTION release_and_claim_next(
         next_error text
     )
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 DECLARE
@@ -820,6 +896,7 @@ CREATE OR REPLACE FUNCTION pw_end_claim(
 )
     RETURNS record
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 DECLARE
@@ -843,22 +920,19 @@ BEGIN
         RAISE EXCEPTION 'PW008: acks must be an array' USING ERRCODE = 'PW008';
     END IF;
     -- 1. The dispatch row of the claim's entity, found through the claim
-    -- (read, not locked: a claim's entity never changes).
-    SELECT c.entity_url, d.active_consumer_id, d.active_epoch, d.acked_offset, d.last_sent_offset
-      INTO v_url, v_slot_c, v_slot_e, v_acked, v_sent
-      FROM consumer_claims c
-      JOIN entity_dispatch_state d ON d.tenant_id = c.tenant_id AND d.entity_url = c.entity_url
-     WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch
-       FOR UPDATE OF d;
+    -- (read, not locked: a claim's entity never changes). After a hand
+    -- edit there may be no dispatch row: then nothing names the claim, and
+    -- it ends without touching a slot.
+    SELECT c.entity_url INTO v_url FROM consumer_claims c
+     WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
     IF NOT FOUND THEN
-        -- No such claim (or, after a hand edit, no dispatch row: then
-        -- nothing names the claim, and it ends without touching a slot).
-        SELECT c.entity_url INTO v_url FROM consumer_claims c
-         WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'PW006: claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
-        END IF;
+        RAISE EXCEPTION 'PW006: claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
     END IF;
+    SELECT d.active_consumer_id, d.active_epoch, d.acked_offset, d.last_sent_offset
+      INTO v_slot_c, v_slot_e, v_acked, v_sent
+      FROM entity_dispatch_state d
+     WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
+       FOR UPDATE;
     entity_url := v_url;
 
     -- 2. The claim, under its guard.
@@ -868,7 +942,7 @@ BEGIN
            acked_streams = CASE WHEN p_status = 'released' THEN v_acks ELSE c.acked_streams END,
            updated_at = p_now
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch
-       AND c.status = 'active'
+       AND c.status NOT IN ('released', 'expired', 'failed')  -- active (see Plans above)
        AND (p_status = 'released' OR c.lease_expires_at <= p_now)
     RETURNING c.stream_path, c.wake_id INTO v_path, v_wake;
     IF NOT FOUND THEN
@@ -983,6 +1057,7 @@ CREATE OR REPLACE FUNCTION expire_claims(
         queued_wake_id text
     )
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 DECLARE

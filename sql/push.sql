@@ -49,12 +49,16 @@ $function$;
 CREATE OR REPLACE FUNCTION pw_push_queue_sync()
     RETURNS trigger
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
     v_target text;
 BEGIN
     IF TG_OP = 'DELETE' THEN
-        DELETE FROM push_queue p WHERE p.tenant_id = OLD.tenant_id AND p.wake_id = OLD.wake_id;
+        -- Its whole key in both indexes (push_queue_pkey, push_queue_order_idx:
+        -- an entry keeps its queue entry's created_at), whichever the plan reads.
+        DELETE FROM push_queue p
+         WHERE p.tenant_id = OLD.tenant_id AND p.created_at = OLD.created_at AND p.wake_id = OLD.wake_id;
         RETURN NULL;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM push_subscriptions s WHERE s.tenant_id = NEW.tenant_id) THEN
@@ -231,6 +235,7 @@ CREATE OR REPLACE FUNCTION claim_wake_for_push(
         tail_offset text
     )
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 DECLARE
@@ -244,8 +249,12 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    -- The queue entry by its whole key (a wake for any runner, its
+    -- creation time read from the wake, its id).
     SELECT q.entity_url INTO v_url FROM wake_queue q
-     WHERE q.tenant_id = p_tenant AND q.wake_id = p_wake_id AND q.runner_id IS NULL
+     WHERE q.tenant_id = p_tenant AND q.runner_key = ''
+       AND q.created_at = (SELECT w.created_at FROM wakes w WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake_id)
+       AND q.wake_id = p_wake_id
        FOR UPDATE OF q SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN;

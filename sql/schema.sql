@@ -11,14 +11,27 @@
 CREATE FUNCTION public.claim_next_wake(p_runner_id text, p_lease_ttl_ms integer DEFAULT 30000, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(wake_id text, consumer_id text, epoch bigint, entity_url text, stream_path text, acked_offset text, claim_token text, lease_expires_at timestamp with time zone, lease_ttl_ms integer)
     LANGUAGE plpgsql
     SET enable_sort TO 'off'
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
     v_now     timestamptz := coalesce(p_now, now());
     v_admin   text;
-    v_after_t timestamptz := '-infinity';
-    v_after_w text := '';
-    v_created timestamptz;
+    -- Each queue's position (its last candidate) and its next candidate
+    -- (a_wake, o_wake NULL: none read yet), held locked: a_ the wakes for
+    -- any runner, o_ those addressed to this one.
+    a_after_t timestamptz := '-infinity';
+    a_after_w text := '';
+    a_done    boolean := false;
+    a_created timestamptz;
+    a_wake    text;
+    a_url     text;
+    o_after_t timestamptz := '-infinity';
+    o_after_w text := '';
+    o_done    boolean := false;
+    o_created timestamptz;
+    o_wake    text;
+    o_url     text;
     v_wake    text;
     v_url     text;
     v_found   boolean;
@@ -35,25 +48,48 @@ BEGIN
         RAISE EXCEPTION 'PW005: runner % is disabled', p_runner_id USING ERRCODE = 'PW005';
     END IF;
 
-    -- The pick walks the queue's index in claim order, each probe starting
-    -- just past the previous candidate, until a wake can be claimed or the
-    -- queue is exhausted: a claimable wake is found however many wakes
-    -- ahead of it are locked by other claims (SKIP LOCKED passes them) or
-    -- cannot be taken (pw_claim_wake answers nothing for them). Every
-    -- probe is one descent of wake_queue_pkey.
+    -- The pick walks both queues in claim order, each probe starting just
+    -- past its queue's previous candidate, and tries the older of the two
+    -- candidates, until a wake can be claimed or both queues are exhausted:
+    -- a claimable wake is found however many wakes ahead of it are locked
+    -- by other claims (SKIP LOCKED passes them) or cannot be taken
+    -- (pw_claim_wake answers nothing for them). Every probe is one descent
+    -- of wake_queue_pkey; the candidate not tried stays locked until
+    -- the commit, as a passed one does.
     LOOP
-        SELECT q.wake_id, q.entity_url, q.created_at INTO v_wake, v_url, v_created FROM wake_queue q
-         WHERE q.tenant_id = p_tenant
-           AND (q.created_at, q.wake_id) > (v_after_t, v_after_w)
-           AND (q.runner_id IS NULL OR q.runner_id = p_runner_id)
-         ORDER BY q.created_at, q.wake_id
-         LIMIT 1
-         FOR UPDATE OF q SKIP LOCKED;
-        IF NOT FOUND THEN
+        IF a_wake IS NULL AND NOT a_done THEN
+            SELECT q.wake_id, q.entity_url, q.created_at INTO a_wake, a_url, a_created FROM wake_queue q
+             WHERE q.tenant_id = p_tenant AND q.runner_key = ''
+               AND (q.created_at, q.wake_id) > (a_after_t, a_after_w)
+             ORDER BY q.created_at, q.wake_id
+             LIMIT 1
+             FOR UPDATE OF q SKIP LOCKED;
+            a_done := NOT FOUND;
+        END IF;
+        IF o_wake IS NULL AND NOT o_done THEN
+            SELECT q.wake_id, q.entity_url, q.created_at INTO o_wake, o_url, o_created FROM wake_queue q
+             WHERE q.tenant_id = p_tenant AND q.runner_key = p_runner_id
+               AND (q.created_at, q.wake_id) > (o_after_t, o_after_w)
+             ORDER BY q.created_at, q.wake_id
+             LIMIT 1
+             FOR UPDATE OF q SKIP LOCKED;
+            o_done := NOT FOUND;
+        END IF;
+        IF a_wake IS NOT NULL AND (o_wake IS NULL OR (a_created, a_wake) < (o_created, o_wake)) THEN
+            v_wake := a_wake;
+            v_url := a_url;
+            a_after_t := a_created;
+            a_after_w := a_wake;
+            a_wake := NULL;
+        ELSIF o_wake IS NOT NULL THEN
+            v_wake := o_wake;
+            v_url := o_url;
+            o_after_t := o_created;
+            o_after_w := o_wake;
+            o_wake := NULL;
+        ELSE
             RETURN;
         END IF;
-        v_after_t := v_created;
-        v_after_w := v_wake;
 
         v_found := false;
         FOR wake_id, consumer_id, epoch, entity_url, stream_path, acked_offset, claim_token,
@@ -132,6 +168,7 @@ $$;
 
 CREATE FUNCTION public.claim_request(p_consumer_id text, p_epoch bigint, p_wake_id text DEFAULT NULL::text, p_claim_token_hash bytea DEFAULT NULL::bytea, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(active boolean, reason text, entity_url text, stream_path text, runner_id text, lease_expires_at timestamp with time zone)
     LANGUAGE plpgsql STABLE
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -168,6 +205,7 @@ $$;
 
 CREATE FUNCTION public.claim_wake_for_event(p_runner_id text, p_stream text, p_lease_ttl_ms integer DEFAULT 30000, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(wake_id text, consumer_id text, epoch bigint, entity_url text, stream_path text, acked_offset text, claim_token text, lease_expires_at timestamp with time zone, lease_ttl_ms integer)
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -217,6 +255,7 @@ $$;
 
 CREATE FUNCTION public.claim_wake_for_push(p_target text, p_wake_id text, p_lease_ttl_ms integer DEFAULT NULL::integer, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS TABLE(wake_id text, consumer_id text, epoch bigint, entity_url text, stream_path text, acked_offset text, claim_token text, lease_expires_at timestamp with time zone, lease_ttl_ms integer, webhook_url text, tail_offset text)
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -230,8 +269,12 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    -- The queue entry by its whole key (a wake for any runner, its
+    -- creation time read from the wake, its id).
     SELECT q.entity_url INTO v_url FROM wake_queue q
-     WHERE q.tenant_id = p_tenant AND q.wake_id = p_wake_id AND q.runner_id IS NULL
+     WHERE q.tenant_id = p_tenant AND q.runner_key = ''
+       AND q.created_at = (SELECT w.created_at FROM wakes w WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake_id)
+       AND q.wake_id = p_wake_id
        FOR UPDATE OF q SKIP LOCKED;
     IF NOT FOUND THEN
         RETURN;
@@ -267,6 +310,7 @@ $$;
 
 CREATE FUNCTION public.expire_claims(p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_limit integer DEFAULT 1000) RETURNS TABLE(consumer_id text, epoch bigint, entity_url text, stream_path text, entity_cleared boolean, entity_status text, queued_wake_id text)
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -302,6 +346,7 @@ $$;
 
 CREATE FUNCTION public.heartbeat_claim(p_consumer_id text, p_epoch bigint, p_lease_ttl_ms integer DEFAULT NULL::integer, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_claim_token_hash bytea DEFAULT NULL::bytea) RETURNS TABLE(lease_expires_at timestamp with time zone, entity_url text, stream_path text)
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -325,7 +370,8 @@ BEGIN
        SET lease_expires_at = v_now + coalesce(p_lease_ttl_ms, c.lease_ttl_ms) * interval '1 millisecond',
            last_heartbeat_at = v_now, updated_at = v_now
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch
-       AND c.status = 'active' AND c.lease_expires_at > v_now
+       AND c.status NOT IN ('released', 'expired', 'failed')  -- active (see Plans above)
+       AND c.lease_expires_at > v_now
     RETURNING c.lease_expires_at, c.stream_path INTO v_lease, v_path;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'PW007: claim %/% is not active', p_consumer_id, p_epoch USING ERRCODE = 'PW007';
@@ -516,14 +562,17 @@ $_$;
 
 CREATE FUNCTION public.pw_claim_missing(p_tenant text, p_consumer_id text, p_epoch bigint, p_claim_token_hash bytea DEFAULT NULL::bytea) RETURNS void
     LANGUAGE plpgsql STABLE
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_url    text;
     v_newest bigint;
 BEGIN
-    SELECT c.entity_url, greatest(c.epoch, d.epoch) INTO v_url, v_newest
+    SELECT c.entity_url,
+           greatest(c.epoch, (SELECT d.epoch FROM entity_dispatch_state d
+                               WHERE d.tenant_id = p_tenant AND d.entity_url = c.entity_url))
+      INTO v_url, v_newest
       FROM consumer_claims c
-      LEFT JOIN entity_dispatch_state d ON d.tenant_id = c.tenant_id AND d.entity_url = c.entity_url
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id
      ORDER BY c.epoch DESC
      LIMIT 1;
@@ -547,6 +596,7 @@ $$;
 
 CREATE FUNCTION public.pw_claim_wake(p_tenant text, p_wake text, p_url text, p_runner_id text, p_lease_ttl_ms integer, p_now timestamp with time zone) RETURNS TABLE(wake_id text, consumer_id text, epoch bigint, entity_url text, stream_path text, acked_offset text, claim_token text, lease_expires_at timestamp with time zone, lease_ttl_ms integer)
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -580,7 +630,7 @@ BEGIN
     END IF;
     IF v_status IN ('stopping', 'stopped') THEN
         UPDATE wakes w SET status = 'superseded', finished_at = p_now, updated_at = p_now
-         WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake AND w.status = 'queued';
+         WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake AND w.entity_url = p_url AND w.status = 'queued';
         RETURN;
     END IF;
     IF v_active IS NOT NULL AND v_alease > p_now THEN
@@ -634,7 +684,7 @@ BEGIN
     UPDATE wakes w
        SET status = 'claimed', claimed_at = p_now, consumer_id = p_wake,
            epoch = v_epoch, updated_at = p_now
-     WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake AND w.status = 'queued';
+     WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake AND w.entity_url = p_url AND w.status = 'queued';
     IF NOT FOUND THEN
         RAISE EXCEPTION 'PW008: claim: wake % is no longer queued', p_wake USING ERRCODE = 'PW008';
     END IF;
@@ -658,6 +708,7 @@ $$;
 
 CREATE FUNCTION public.pw_end_claim(p_tenant text, p_consumer_id text, p_epoch bigint, p_status text, p_acks jsonb, p_now timestamp with time zone, p_notify boolean DEFAULT true, OUT ended boolean, OUT entity_cleared boolean, OUT claim_status text, OUT entity_url text, OUT stream_path text, OUT entity_status text, OUT acked_offset bigint, OUT queued_wake_id text) RETURNS record
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -681,22 +732,19 @@ BEGIN
         RAISE EXCEPTION 'PW008: acks must be an array' USING ERRCODE = 'PW008';
     END IF;
     -- 1. The dispatch row of the claim's entity, found through the claim
-    -- (read, not locked: a claim's entity never changes).
-    SELECT c.entity_url, d.active_consumer_id, d.active_epoch, d.acked_offset, d.last_sent_offset
-      INTO v_url, v_slot_c, v_slot_e, v_acked, v_sent
-      FROM consumer_claims c
-      JOIN entity_dispatch_state d ON d.tenant_id = c.tenant_id AND d.entity_url = c.entity_url
-     WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch
-       FOR UPDATE OF d;
+    -- (read, not locked: a claim's entity never changes). After a hand
+    -- edit there may be no dispatch row: then nothing names the claim, and
+    -- it ends without touching a slot.
+    SELECT c.entity_url INTO v_url FROM consumer_claims c
+     WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
     IF NOT FOUND THEN
-        -- No such claim (or, after a hand edit, no dispatch row: then
-        -- nothing names the claim, and it ends without touching a slot).
-        SELECT c.entity_url INTO v_url FROM consumer_claims c
-         WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'PW006: claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
-        END IF;
+        RAISE EXCEPTION 'PW006: claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
     END IF;
+    SELECT d.active_consumer_id, d.active_epoch, d.acked_offset, d.last_sent_offset
+      INTO v_slot_c, v_slot_e, v_acked, v_sent
+      FROM entity_dispatch_state d
+     WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
+       FOR UPDATE;
     entity_url := v_url;
 
     -- 2. The claim, under its guard.
@@ -706,7 +754,7 @@ BEGIN
            acked_streams = CASE WHEN p_status = 'released' THEN v_acks ELSE c.acked_streams END,
            updated_at = p_now
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch
-       AND c.status = 'active'
+       AND c.status NOT IN ('released', 'expired', 'failed')  -- active (see Plans above)
        AND (p_status = 'released' OR c.lease_expires_at <= p_now)
     RETURNING c.stream_path, c.wake_id INTO v_path, v_wake;
     IF NOT FOUND THEN
@@ -869,15 +917,32 @@ $_$;
 
 CREATE FUNCTION public.pw_flush_wake_events() RETURNS integer
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_tenants text[];
     v_wakes   text[];
     v_forced  timestamptz[];
     v_only    text[];
+    v_url     text;
+    v_target  text;
+    v_status  text;
+    v_created timestamptz;
+    v_at      timestamptz;
+    v_stream  text;
+    v_gen     bigint;
+    v_runner  text;
+    -- The events to write, one element per (wake, runner).
+    e_tenant  text[] := '{}';
+    e_runner  text[] := '{}';
+    e_wake    text[] := '{}';
+    e_created timestamptz[] := '{}';
+    e_gen     bigint[] := '{}';
+    e_at      timestamptz[] := '{}';
+    e_data    bytea[] := '{}';
     v_r       record;
-    v_tail  bigint;
-    v_n     integer := 0;
+    v_tail    bigint;
+    v_n       integer := 0;
 BEGIN
     PERFORM set_config('pullwake.wake_events_pending', '', true);
     WITH p AS (
@@ -900,6 +965,47 @@ BEGIN
     -- or waits for this commit and back-fills these wakes itself.
     PERFORM pw_lock_wake_targets(t, false)
        FROM (SELECT DISTINCT t FROM unnest(v_tenants) t ORDER BY 1) q;
+    FOR i IN 1 .. cardinality(v_wakes) LOOP
+        SELECT w.entity_url, w.runner_id, w.status, w.created_at, coalesce(v_forced[i], w.updated_at)
+          INTO v_url, v_target, v_status, v_created, v_at
+          FROM wakes w
+         WHERE w.tenant_id = v_tenants[i] AND w.wake_id = v_wakes[i];
+        CONTINUE WHEN v_status IS DISTINCT FROM 'queued';
+        SELECT e.main_stream, d.epoch + 1 INTO v_stream, v_gen
+          FROM entities e
+          JOIN entity_dispatch_state d ON d.tenant_id = e.tenant_id AND d.entity_url = e.url
+         WHERE e.tenant_id = v_tenants[i] AND e.url = v_url;
+        CONTINUE WHEN NOT FOUND;
+        FOR v_runner IN
+            SELECT v_target WHERE v_target IS NOT NULL
+            UNION ALL
+            SELECT r.id FROM runners r
+             WHERE v_target IS NULL AND r.tenant_id = v_tenants[i] AND r.admin_status = 'enabled'
+        LOOP
+            CONTINUE WHEN v_only[i] IS NOT NULL AND v_runner <> v_only[i];
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM streams s
+                                       WHERE s.tenant_id = v_tenants[i] AND s.path = pw_wake_stream(v_runner));
+            -- A forced event (wake-event rule) is written even when the
+            -- wake had one for this generation: that one may be spent.
+            CONTINUE WHEN v_forced[i] IS NULL
+                      AND EXISTS (SELECT 1 FROM wake_events v
+                                   WHERE v.tenant_id = v_tenants[i] AND v.wake_id = v_wakes[i]
+                                     AND v.runner_id = v_runner AND v.generation = v_gen);
+            e_tenant := e_tenant || v_tenants[i];
+            e_runner := e_runner || v_runner;
+            e_wake := e_wake || v_wakes[i];
+            e_created := e_created || v_created;
+            e_gen := e_gen || v_gen;
+            e_at := e_at || v_at;
+            e_data := e_data || convert_to(jsonb_build_object(
+                'type', 'wake',
+                'subscription_id', 'runner:' || v_runner,
+                'stream', v_stream,
+                'generation', v_gen,
+                'ts', (extract(epoch FROM v_at) * 1000)::bigint
+            )::text, 'UTF8');
+        END LOOP;
+    END LOOP;
     FOR v_r IN
         SELECT x.tenant_id, x.runner_id,
                array_agg(x.event ORDER BY x.created_at, x.wake_id) AS data,
@@ -907,34 +1013,8 @@ BEGIN
                array_agg(x.generation ORDER BY x.created_at, x.wake_id) AS gens,
                array_agg(x.queued_at ORDER BY x.created_at, x.wake_id) AS times,
                max(x.queued_at) AS now
-          FROM (SELECT w.tenant_id, t.runner_id, w.wake_id, w.created_at,
-                       coalesce(p.forced_at, w.updated_at) AS queued_at,
-                       d.epoch + 1 AS generation,
-                       convert_to(jsonb_build_object(
-                           'type', 'wake',
-                           'subscription_id', 'runner:' || t.runner_id,
-                           'stream', e.main_stream,
-                           'generation', d.epoch + 1,
-                           'ts', (extract(epoch FROM coalesce(p.forced_at, w.updated_at)) * 1000)::bigint
-                       )::text, 'UTF8') AS event
-                  FROM unnest(v_tenants, v_wakes, v_forced, v_only) AS p(tenant_id, wake_id, forced_at, only_runner)
-                  JOIN wakes w ON w.tenant_id = p.tenant_id AND w.wake_id = p.wake_id
-                  JOIN entities e ON e.tenant_id = w.tenant_id AND e.url = w.entity_url
-                  JOIN entity_dispatch_state d ON d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url
-                 CROSS JOIN LATERAL (
-                       SELECT w.runner_id AS runner_id WHERE w.runner_id IS NOT NULL
-                       UNION ALL
-                       SELECT r.id FROM runners r
-                        WHERE w.runner_id IS NULL AND r.tenant_id = w.tenant_id AND r.admin_status = 'enabled') t
-                 WHERE w.status = 'queued'
-                   AND (p.only_runner IS NULL OR t.runner_id = p.only_runner)
-                   AND EXISTS (SELECT 1 FROM streams s
-                                WHERE s.tenant_id = w.tenant_id AND s.path = pw_wake_stream(t.runner_id))
-                   -- A forced event (wake-event rule) is written even when the
-                   -- wake had one for this generation: that one may be spent.
-                   AND (p.forced_at IS NOT NULL OR NOT EXISTS (SELECT 1 FROM wake_events v
-                                    WHERE v.tenant_id = w.tenant_id AND v.wake_id = w.wake_id
-                                      AND v.runner_id = t.runner_id AND v.generation = d.epoch + 1))) x
+          FROM unnest(e_tenant, e_runner, e_wake, e_created, e_gen, e_at, e_data)
+                 AS x(tenant_id, runner_id, wake_id, created_at, generation, queued_at, event)
          GROUP BY x.tenant_id, x.runner_id
          ORDER BY x.tenant_id, x.runner_id
     LOOP
@@ -1110,12 +1190,16 @@ $$;
 
 CREATE FUNCTION public.pw_push_queue_sync() RETURNS trigger
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_target text;
 BEGIN
     IF TG_OP = 'DELETE' THEN
-        DELETE FROM push_queue p WHERE p.tenant_id = OLD.tenant_id AND p.wake_id = OLD.wake_id;
+        -- Its whole key in both indexes (push_queue_pkey, push_queue_order_idx:
+        -- an entry keeps its queue entry's created_at), whichever the plan reads.
+        DELETE FROM push_queue p
+         WHERE p.tenant_id = OLD.tenant_id AND p.created_at = OLD.created_at AND p.wake_id = OLD.wake_id;
         RETURN NULL;
     END IF;
     IF NOT EXISTS (SELECT 1 FROM push_subscriptions s WHERE s.tenant_id = NEW.tenant_id) THEN
@@ -1153,6 +1237,7 @@ $$;
 
 CREATE FUNCTION public.pw_queue_wake(p_tenant text, p_entity_url text, p_now timestamp with time zone) RETURNS text
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_wake_id text;
@@ -1192,6 +1277,7 @@ $$;
 
 CREATE FUNCTION public.pw_stream_append(p_tenant text, p_path text, p_data bytea[], p_now timestamp with time zone) RETURNS bigint
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_n    bigint := coalesce(cardinality(p_data), 0);
@@ -1655,6 +1741,7 @@ $$;
 
 CREATE FUNCTION public.pw_stream_write(p_tenant text, p_path text, p_content_type text, p_data bytea[], p_close boolean, p_stream_seq text, p_producer_id text, p_producer_epoch bigint, p_producer_seq bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(status text, tail_seq bigint, closed boolean, producer_epoch bigint, producer_seq bigint)
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -1672,10 +1759,11 @@ BEGIN
            AND NOT s.closed
            AND pw_media_type(s.content_type) = p_content_type
            AND (s.entity_url IS NOT NULL OR NOT pw_stream_expired(s, v_now))
+           -- A scalar subquery, not EXISTS: the planner may answer an
+           -- EXISTS with a hash of every stopped entity of the tenant.
            AND (s.entity_url IS NULL
-                OR NOT EXISTS (SELECT 1 FROM entities e
-                                WHERE e.tenant_id = p_tenant AND e.url = s.entity_url
-                                  AND e.status = 'stopped'))
+                OR (SELECT e.status FROM entities e
+                     WHERE e.tenant_id = p_tenant AND e.url = s.entity_url) IS DISTINCT FROM 'stopped')
         RETURNING s.tail_seq INTO v_tail;
         IF FOUND THEN
             INSERT INTO stream_messages (tenant_id, path, seq, data, created_at)
@@ -1700,6 +1788,7 @@ $$;
 
 CREATE FUNCTION public.pw_stream_write_as(p_entity_writer boolean, p_tenant text, p_path text, p_content_type text, p_data bytea[], p_close boolean, p_stream_seq text, p_producer_id text, p_producer_epoch bigint, p_producer_seq bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(status text, tail_seq bigint, closed boolean, producer_epoch bigint, producer_seq bigint)
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -1726,6 +1815,7 @@ $$;
 
 CREATE FUNCTION public.pw_stream_write_checked(p_tenant text, p_path text, p_content_type text, p_data bytea[], p_close boolean, p_stream_seq text, p_producer_id text, p_producer_epoch bigint, p_producer_seq bigint, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(status text, tail_seq bigint, closed boolean, producer_epoch bigint, producer_seq bigint)
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -1959,11 +2049,13 @@ $$;
 
 CREATE FUNCTION public.pw_wake_queue_sync() RETURNS trigger
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 BEGIN
     IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.status = 'queued' THEN
         DELETE FROM wake_queue q
-         WHERE q.tenant_id = OLD.tenant_id AND q.created_at = OLD.created_at AND q.wake_id = OLD.wake_id;
+         WHERE q.tenant_id = OLD.tenant_id AND q.runner_key = coalesce(OLD.runner_id, '')
+           AND q.created_at = OLD.created_at AND q.wake_id = OLD.wake_id;
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.status = 'queued' THEN
         INSERT INTO wake_queue (tenant_id, wake_id, entity_url, runner_id, created_at)
@@ -2062,6 +2154,7 @@ $_$;
 
 CREATE FUNCTION public.release_and_claim_next(p_consumer_id text, p_epoch bigint, p_acks jsonb DEFAULT '[]'::jsonb, p_runner_id text DEFAULT NULL::text, p_lease_ttl_ms integer DEFAULT 30000, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_claim_token_hash bytea DEFAULT NULL::bytea, p_notify boolean DEFAULT true) RETURNS TABLE(released boolean, entity_cleared boolean, claim_status text, entity_url text, stream_path text, entity_status text, acked_offset text, queued_wake_id text, next_wake_id text, next_consumer_id text, next_epoch bigint, next_entity_url text, next_stream_path text, next_acked_offset text, next_claim_token text, next_lease_expires_at timestamp with time zone, next_lease_ttl_ms integer, next_error text)
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -2111,6 +2204,7 @@ $$;
 
 CREATE FUNCTION public.release_claim(p_consumer_id text, p_epoch bigint, p_acks jsonb DEFAULT '[]'::jsonb, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_claim_token_hash bytea DEFAULT NULL::bytea, p_notify boolean DEFAULT true) RETURNS TABLE(released boolean, entity_cleared boolean, claim_status text, entity_url text, stream_path text, entity_status text, acked_offset text, queued_wake_id text)
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $_$
 #variable_conflict use_column
 DECLARE
@@ -2185,6 +2279,7 @@ $_$;
 
 CREATE FUNCTION public.release_claims(p_consumer_ids text[], p_epochs bigint[], p_acks jsonb[], p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_claim_token_hashes bytea[] DEFAULT NULL::bytea[], p_notify boolean DEFAULT true) RETURNS TABLE(ord integer, err_code text, err_message text, released boolean, entity_cleared boolean, claim_status text, entity_url text, stream_path text, entity_status text, acked_offset text, queued_wake_id text)
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -2209,8 +2304,9 @@ BEGIN
     FOR v_it IN
         SELECT u.i::integer AS i, u.c, u.e, u.a, p_claim_token_hashes[u.i] AS h
           FROM unnest(p_consumer_ids, p_epochs, p_acks) WITH ORDINALITY AS u(c, e, a, i)
-          LEFT JOIN consumer_claims c ON c.tenant_id = p_tenant AND c.consumer_id = u.c AND c.epoch = u.e
-         ORDER BY c.entity_url NULLS LAST, u.c, u.e, u.i
+         ORDER BY (SELECT c.entity_url FROM consumer_claims c
+                    WHERE c.tenant_id = p_tenant AND c.consumer_id = u.c AND c.epoch = u.e) NULLS LAST,
+                  u.c, u.e, u.i
     LOOP
         BEGIN
             SELECT * INTO STRICT v_r
@@ -2242,6 +2338,7 @@ $$;
 
 CREATE FUNCTION public.send_to_entity(p_url text, p_payload jsonb, p_from text DEFAULT NULL::text, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text, p_message_type text DEFAULT NULL::text) RETURNS TABLE(msg_offset text, wake_id text)
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 #variable_conflict use_column
 DECLARE
@@ -2535,33 +2632,53 @@ $$;
 
 CREATE FUNCTION public.sweep_wake_events(p_min_age interval DEFAULT '00:00:05'::interval, p_limit integer DEFAULT 1000, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_tenant text DEFAULT 'default'::text) RETURNS integer
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
-    v_now timestamptz := coalesce(p_now, now());
-    v_n   integer;
+    v_now  timestamptz := coalesce(p_now, now());
+    v_ids  text[];
+    v_seqs bigint[];
+    v_q    record;
+    v_n    integer := 0;
 BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtextextended('pullwake.wake_event_sweep.' || p_tenant, 0)) THEN
         RETURN 0;
     END IF;
-    INSERT INTO wake_event_pending (xid, tenant_id, wake_id, forced_at)
-    SELECT pg_current_xact_id(), q.tenant_id, q.wake_id, v_now
-      FROM (SELECT q.tenant_id, q.wake_id, q.entity_url, q.runner_id FROM wake_queue q
-             WHERE q.tenant_id = p_tenant AND q.created_at <= v_now - p_min_age
-             ORDER BY q.created_at, q.wake_id
-             LIMIT p_limit) q
-      JOIN entity_dispatch_state d ON d.tenant_id = q.tenant_id AND d.entity_url = q.entity_url
-     WHERE NOT (d.active_consumer_id IS NOT NULL AND d.active_lease_expires_at > v_now)
-       AND EXISTS (
-           SELECT 1 FROM runners r
-            WHERE r.tenant_id = q.tenant_id
-              AND (r.id = q.runner_id OR q.runner_id IS NULL)
-              AND r.admin_status = 'enabled'
-              AND r.liveness_lease_expires_at > v_now
-              AND r.wake_stream_read_seq IS NOT NULL
-              AND NOT EXISTS (SELECT 1 FROM wake_events v
-                               WHERE v.tenant_id = q.tenant_id AND v.wake_id = q.wake_id AND v.runner_id = r.id
-                                 AND (v.seq > r.wake_stream_read_seq OR v.created_at > v_now - p_min_age)));
-    GET DIAGNOSTICS v_n = ROW_COUNT;
+    -- The runners that get events from the backstop.
+    SELECT array_agg(r.id ORDER BY r.id), array_agg(r.wake_stream_read_seq ORDER BY r.id)
+      INTO v_ids, v_seqs
+      FROM runners r
+     WHERE r.tenant_id = p_tenant AND r.admin_status = 'enabled'
+       AND r.liveness_lease_expires_at > v_now AND r.wake_stream_read_seq IS NOT NULL;
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    FOR v_q IN
+        SELECT q.wake_id, q.entity_url, q.runner_id
+          FROM unnest(ARRAY[''] || v_ids) AS k(runner_key)
+         CROSS JOIN LATERAL (
+               SELECT q.wake_id, q.entity_url, q.runner_id, q.created_at FROM wake_queue q
+                WHERE q.tenant_id = p_tenant AND q.runner_key = k.runner_key
+                  AND q.created_at <= v_now - p_min_age
+                ORDER BY q.created_at, q.wake_id
+                LIMIT p_limit) q
+         ORDER BY q.created_at, q.wake_id
+         LIMIT p_limit
+    LOOP
+        CONTINUE WHEN EXISTS (SELECT 1 FROM entity_dispatch_state d
+                               WHERE d.tenant_id = p_tenant AND d.entity_url = v_q.entity_url
+                                 AND d.active_consumer_id IS NOT NULL AND d.active_lease_expires_at > v_now);
+        FOR i IN 1 .. cardinality(v_ids) LOOP
+            CONTINUE WHEN v_q.runner_id IS NOT NULL AND v_q.runner_id <> v_ids[i];
+            CONTINUE WHEN EXISTS (SELECT 1 FROM wake_events v
+                                   WHERE v.tenant_id = p_tenant AND v.wake_id = v_q.wake_id AND v.runner_id = v_ids[i]
+                                     AND (v.seq > v_seqs[i] OR v.created_at > v_now - p_min_age));
+            INSERT INTO wake_event_pending (xid, tenant_id, wake_id, forced_at)
+            VALUES (pg_current_xact_id(), p_tenant, v_q.wake_id, v_now);
+            v_n := v_n + 1;
+            EXIT;
+        END LOOP;
+    END LOOP;
     IF v_n > 0 THEN
         PERFORM set_config('pullwake.wake_events_pending', 'yes', true);
     END IF;
@@ -2780,7 +2897,8 @@ CREATE TABLE public.wake_queue (
     wake_id text NOT NULL,
     entity_url text NOT NULL,
     runner_id text,
-    created_at timestamp with time zone NOT NULL
+    created_at timestamp with time zone NOT NULL,
+    runner_key text GENERATED ALWAYS AS (COALESCE(runner_id, ''::text)) STORED NOT NULL
 )
 WITH (autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='1000');
 
@@ -2904,7 +3022,7 @@ ALTER TABLE ONLY public.wake_events
 --
 
 ALTER TABLE ONLY public.wake_queue
-    ADD CONSTRAINT wake_queue_pkey PRIMARY KEY (tenant_id, created_at, wake_id);
+    ADD CONSTRAINT wake_queue_pkey PRIMARY KEY (tenant_id, runner_key, created_at, wake_id);
 
 --
 -- Name: wakes wakes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -2918,12 +3036,6 @@ ALTER TABLE ONLY public.wakes
 --
 
 CREATE INDEX consumer_claims_active_lease_idx ON public.consumer_claims USING btree (tenant_id, lease_expires_at) WHERE (status = 'active'::text);
-
---
--- Name: consumer_claims_active_runner_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX consumer_claims_active_runner_idx ON public.consumer_claims USING btree (tenant_id, runner_id) WHERE (status = 'active'::text);
 
 --
 -- Name: consumer_claims_finished_idx; Type: INDEX; Schema: public; Owner: -

@@ -134,6 +134,7 @@ CREATE OR REPLACE FUNCTION pw_stream_append(
 )
     RETURNS bigint
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
     v_n    bigint := coalesce(cardinality(p_data), 0);
@@ -659,6 +660,7 @@ CREATE OR REPLACE FUNCTION pw_stream_write_checked(
         producer_seq bigint
     )
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 DECLARE
@@ -784,6 +786,7 @@ CREATE OR REPLACE FUNCTION pw_stream_write(
         producer_seq bigint
     )
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 DECLARE
@@ -801,10 +804,11 @@ BEGIN
            AND NOT s.closed
            AND pw_media_type(s.content_type) = p_content_type
            AND (s.entity_url IS NOT NULL OR NOT pw_stream_expired(s, v_now))
+           -- A scalar subquery, not EXISTS: the planner may answer an
+           -- EXISTS with a hash of every stopped entity of the tenant.
            AND (s.entity_url IS NULL
-                OR NOT EXISTS (SELECT 1 FROM entities e
-                                WHERE e.tenant_id = p_tenant AND e.url = s.entity_url
-                                  AND e.status = 'stopped'))
+                OR (SELECT e.status FROM entities e
+                     WHERE e.tenant_id = p_tenant AND e.url = s.entity_url) IS DISTINCT FROM 'stopped')
         RETURNING s.tail_seq INTO v_tail;
         IF FOUND THEN
             INSERT INTO stream_messages (tenant_id, path, seq, data, created_at)
@@ -857,6 +861,7 @@ CREATE OR REPLACE FUNCTION pw_stream_write_as(
         producer_seq bigint
     )
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 DECLARE

@@ -101,19 +101,39 @@ CREATE OR REPLACE TRIGGER wakes_event_requeue AFTER UPDATE ON wakes
 -- would hold the cluster-wide notification lock through the commit,
 -- serializing every notifying commit; each server watches the tails of the
 -- wake streams its live readers wait on instead (server/wakestream.go).
--- Returns how many events it wrote.
+-- Each pending wake is read by its keys (the wake, its entity and dispatch
+-- row, each target's wake stream and events), one statement each: the cost
+-- follows the pending wakes and their targets, never the queue (see Plans
+-- in lifecycle.sql). Returns how many events it wrote.
 CREATE OR REPLACE FUNCTION pw_flush_wake_events()
     RETURNS integer
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
     v_tenants text[];
     v_wakes   text[];
     v_forced  timestamptz[];
     v_only    text[];
+    v_url     text;
+    v_target  text;
+    v_status  text;
+    v_created timestamptz;
+    v_at      timestamptz;
+    v_stream  text;
+    v_gen     bigint;
+    v_runner  text;
+    -- The events to write, one element per (wake, runner).
+    e_tenant  text[] := '{}';
+    e_runner  text[] := '{}';
+    e_wake    text[] := '{}';
+    e_created timestamptz[] := '{}';
+    e_gen     bigint[] := '{}';
+    e_at      timestamptz[] := '{}';
+    e_data    bytea[] := '{}';
     v_r       record;
-    v_tail  bigint;
-    v_n     integer := 0;
+    v_tail    bigint;
+    v_n       integer := 0;
 BEGIN
     PERFORM set_config('pullwake.wake_events_pending', '', true);
     WITH p AS (
@@ -136,6 +156,47 @@ BEGIN
     -- or waits for this commit and back-fills these wakes itself.
     PERFORM pw_lock_wake_targets(t, false)
        FROM (SELECT DISTINCT t FROM unnest(v_tenants) t ORDER BY 1) q;
+    FOR i IN 1 .. cardinality(v_wakes) LOOP
+        SELECT w.entity_url, w.runner_id, w.status, w.created_at, coalesce(v_forced[i], w.updated_at)
+          INTO v_url, v_target, v_status, v_created, v_at
+          FROM wakes w
+         WHERE w.tenant_id = v_tenants[i] AND w.wake_id = v_wakes[i];
+        CONTINUE WHEN v_status IS DISTINCT FROM 'queued';
+        SELECT e.main_stream, d.epoch + 1 INTO v_stream, v_gen
+          FROM entities e
+          JOIN entity_dispatch_state d ON d.tenant_id = e.tenant_id AND d.entity_url = e.url
+         WHERE e.tenant_id = v_tenants[i] AND e.url = v_url;
+        CONTINUE WHEN NOT FOUND;
+        FOR v_runner IN
+            SELECT v_target WHERE v_target IS NOT NULL
+            UNION ALL
+            SELECT r.id FROM runners r
+             WHERE v_target IS NULL AND r.tenant_id = v_tenants[i] AND r.admin_status = 'enabled'
+        LOOP
+            CONTINUE WHEN v_only[i] IS NOT NULL AND v_runner <> v_only[i];
+            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM streams s
+                                       WHERE s.tenant_id = v_tenants[i] AND s.path = pw_wake_stream(v_runner));
+            -- A forced event (wake-event rule) is written even when the
+            -- wake had one for this generation: that one may be spent.
+            CONTINUE WHEN v_forced[i] IS NULL
+                      AND EXISTS (SELECT 1 FROM wake_events v
+                                   WHERE v.tenant_id = v_tenants[i] AND v.wake_id = v_wakes[i]
+                                     AND v.runner_id = v_runner AND v.generation = v_gen);
+            e_tenant := e_tenant || v_tenants[i];
+            e_runner := e_runner || v_runner;
+            e_wake := e_wake || v_wakes[i];
+            e_created := e_created || v_created;
+            e_gen := e_gen || v_gen;
+            e_at := e_at || v_at;
+            e_data := e_data || convert_to(jsonb_build_object(
+                'type', 'wake',
+                'subscription_id', 'runner:' || v_runner,
+                'stream', v_stream,
+                'generation', v_gen,
+                'ts', (extract(epoch FROM v_at) * 1000)::bigint
+            )::text, 'UTF8');
+        END LOOP;
+    END LOOP;
     FOR v_r IN
         SELECT x.tenant_id, x.runner_id,
                array_agg(x.event ORDER BY x.created_at, x.wake_id) AS data,
@@ -143,34 +204,8 @@ BEGIN
                array_agg(x.generation ORDER BY x.created_at, x.wake_id) AS gens,
                array_agg(x.queued_at ORDER BY x.created_at, x.wake_id) AS times,
                max(x.queued_at) AS now
-          FROM (SELECT w.tenant_id, t.runner_id, w.wake_id, w.created_at,
-                       coalesce(p.forced_at, w.updated_at) AS queued_at,
-                       d.epoch + 1 AS generation,
-                       convert_to(jsonb_build_object(
-                           'type', 'wake',
-                           'subscription_id', 'runner:' || t.runner_id,
-                           'stream', e.main_stream,
-                           'generation', d.epoch + 1,
-                           'ts', (extract(epoch FROM coalesce(p.forced_at, w.updated_at)) * 1000)::bigint
-                       )::text, 'UTF8') AS event
-                  FROM unnest(v_tenants, v_wakes, v_forced, v_only) AS p(tenant_id, wake_id, forced_at, only_runner)
-                  JOIN wakes w ON w.tenant_id = p.tenant_id AND w.wake_id = p.wake_id
-                  JOIN entities e ON e.tenant_id = w.tenant_id AND e.url = w.entity_url
-                  JOIN entity_dispatch_state d ON d.tenant_id = w.tenant_id AND d.entity_url = w.entity_url
-                 CROSS JOIN LATERAL (
-                       SELECT w.runner_id AS runner_id WHERE w.runner_id IS NOT NULL
-                       UNION ALL
-                       SELECT r.id FROM runners r
-                        WHERE w.runner_id IS NULL AND r.tenant_id = w.tenant_id AND r.admin_status = 'enabled') t
-                 WHERE w.status = 'queued'
-                   AND (p.only_runner IS NULL OR t.runner_id = p.only_runner)
-                   AND EXISTS (SELECT 1 FROM streams s
-                                WHERE s.tenant_id = w.tenant_id AND s.path = pw_wake_stream(t.runner_id))
-                   -- A forced event (wake-event rule) is written even when the
-                   -- wake had one for this generation: that one may be spent.
-                   AND (p.forced_at IS NOT NULL OR NOT EXISTS (SELECT 1 FROM wake_events v
-                                    WHERE v.tenant_id = w.tenant_id AND v.wake_id = w.wake_id
-                                      AND v.runner_id = t.runner_id AND v.generation = d.epoch + 1))) x
+          FROM unnest(e_tenant, e_runner, e_wake, e_created, e_gen, e_at, e_data)
+                 AS x(tenant_id, runner_id, wake_id, created_at, generation, queued_at, event)
          GROUP BY x.tenant_id, x.runner_id
          ORDER BY x.tenant_id, x.runner_id
     LOOP
@@ -264,6 +299,7 @@ CREATE OR REPLACE FUNCTION claim_wake_for_event(
         lease_ttl_ms integer
     )
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 #variable_conflict use_column
 DECLARE
@@ -309,11 +345,14 @@ $function$;
 
 -- sweep_wake_events is the wake-event rule's backstop, run by the sweeper
 -- (one instance per tenant at a time): among the p_limit oldest queued
--- wakes queued at least p_min_age ago, each that is claimable (no claim
--- with a live lease holds its entity) and has, for some enabled, online
--- target runner that reports its read position, no event past that
--- position and none written within p_min_age, gets a new event. Returns
--- how many wakes it wrote events for (written at commit).
+-- wakes queued at least p_min_age ago that an enabled, online runner
+-- reporting its read position may take, each that is claimable (no claim
+-- with a live lease holds its entity) and has, for some such runner, no
+-- event past that position and none written within p_min_age, gets a new
+-- event. Returns how many wakes it wrote events for (written at commit).
+-- The wakes are read by runner_key (those for any runner, those for each
+-- such runner), and each is checked by its keys: a pass reads at most
+-- p_limit wakes per such runner and one more, however long the queue is.
 CREATE OR REPLACE FUNCTION sweep_wake_events(
     p_min_age interval DEFAULT '00:00:05'::interval,
     p_limit integer DEFAULT 1000,
@@ -322,33 +361,53 @@ CREATE OR REPLACE FUNCTION sweep_wake_events(
 )
     RETURNS integer
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
-    v_now timestamptz := coalesce(p_now, now());
-    v_n   integer;
+    v_now  timestamptz := coalesce(p_now, now());
+    v_ids  text[];
+    v_seqs bigint[];
+    v_q    record;
+    v_n    integer := 0;
 BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtextextended('pullwake.wake_event_sweep.' || p_tenant, 0)) THEN
         RETURN 0;
     END IF;
-    INSERT INTO wake_event_pending (xid, tenant_id, wake_id, forced_at)
-    SELECT pg_current_xact_id(), q.tenant_id, q.wake_id, v_now
-      FROM (SELECT q.tenant_id, q.wake_id, q.entity_url, q.runner_id FROM wake_queue q
-             WHERE q.tenant_id = p_tenant AND q.created_at <= v_now - p_min_age
-             ORDER BY q.created_at, q.wake_id
-             LIMIT p_limit) q
-      JOIN entity_dispatch_state d ON d.tenant_id = q.tenant_id AND d.entity_url = q.entity_url
-     WHERE NOT (d.active_consumer_id IS NOT NULL AND d.active_lease_expires_at > v_now)
-       AND EXISTS (
-           SELECT 1 FROM runners r
-            WHERE r.tenant_id = q.tenant_id
-              AND (r.id = q.runner_id OR q.runner_id IS NULL)
-              AND r.admin_status = 'enabled'
-              AND r.liveness_lease_expires_at > v_now
-              AND r.wake_stream_read_seq IS NOT NULL
-              AND NOT EXISTS (SELECT 1 FROM wake_events v
-                               WHERE v.tenant_id = q.tenant_id AND v.wake_id = q.wake_id AND v.runner_id = r.id
-                                 AND (v.seq > r.wake_stream_read_seq OR v.created_at > v_now - p_min_age)));
-    GET DIAGNOSTICS v_n = ROW_COUNT;
+    -- The runners that get events from the backstop.
+    SELECT array_agg(r.id ORDER BY r.id), array_agg(r.wake_stream_read_seq ORDER BY r.id)
+      INTO v_ids, v_seqs
+      FROM runners r
+     WHERE r.tenant_id = p_tenant AND r.admin_status = 'enabled'
+       AND r.liveness_lease_expires_at > v_now AND r.wake_stream_read_seq IS NOT NULL;
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    FOR v_q IN
+        SELECT q.wake_id, q.entity_url, q.runner_id
+          FROM unnest(ARRAY[''] || v_ids) AS k(runner_key)
+         CROSS JOIN LATERAL (
+               SELECT q.wake_id, q.entity_url, q.runner_id, q.created_at FROM wake_queue q
+                WHERE q.tenant_id = p_tenant AND q.runner_key = k.runner_key
+                  AND q.created_at <= v_now - p_min_age
+                ORDER BY q.created_at, q.wake_id
+                LIMIT p_limit) q
+         ORDER BY q.created_at, q.wake_id
+         LIMIT p_limit
+    LOOP
+        CONTINUE WHEN EXISTS (SELECT 1 FROM entity_dispatch_state d
+                               WHERE d.tenant_id = p_tenant AND d.entity_url = v_q.entity_url
+                                 AND d.active_consumer_id IS NOT NULL AND d.active_lease_expires_at > v_now);
+        FOR i IN 1 .. cardinality(v_ids) LOOP
+            CONTINUE WHEN v_q.runner_id IS NOT NULL AND v_q.runner_id <> v_ids[i];
+            CONTINUE WHEN EXISTS (SELECT 1 FROM wake_events v
+                                   WHERE v.tenant_id = p_tenant AND v.wake_id = v_q.wake_id AND v.runner_id = v_ids[i]
+                                     AND (v.seq > v_seqs[i] OR v.created_at > v_now - p_min_age));
+            INSERT INTO wake_event_pending (xid, tenant_id, wake_id, forced_at)
+            VALUES (pg_current_xact_id(), p_tenant, v_q.wake_id, v_now);
+            v_n := v_n + 1;
+            EXIT;
+        END LOOP;
+    END LOOP;
     IF v_n > 0 THEN
         PERFORM set_config('pullwake.wake_events_pending', 'yes', true);
     END IF;

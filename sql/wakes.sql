@@ -1,8 +1,10 @@
 -- The wake queue. A wake is one row of wakes per unit of work for an entity
 -- (queued, claimed, completed, expired, superseded); an entity has at most
--- one queued wake. wake_queue mirrors the queued ones, keyed in claim order
--- (created_at, wake_id), so the claim's pick walks a small index however
--- long the history of wakes grows.
+-- one queued wake. wake_queue mirrors the queued ones, keyed by the runner
+-- they are for (runner_key: runner_id, '' for any runner), then in claim
+-- order (created_at, wake_id), so the claim's pick walks a small index
+-- however long the history of wakes grows, and reads only the wakes its
+-- runner may take.
 --
 -- This file is the one source of the functions and triggers below. To
 -- change one, edit it here, then run make migration name=..., make schema
@@ -18,6 +20,7 @@ CREATE OR REPLACE FUNCTION pw_queue_wake(
 )
     RETURNS text
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 DECLARE
     v_wake_id text;
@@ -42,11 +45,13 @@ $function$;
 CREATE OR REPLACE FUNCTION pw_wake_queue_sync()
     RETURNS trigger
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
 AS $function$
 BEGIN
     IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.status = 'queued' THEN
         DELETE FROM wake_queue q
-         WHERE q.tenant_id = OLD.tenant_id AND q.created_at = OLD.created_at AND q.wake_id = OLD.wake_id;
+         WHERE q.tenant_id = OLD.tenant_id AND q.runner_key = coalesce(OLD.runner_id, '')
+           AND q.created_at = OLD.created_at AND q.wake_id = OLD.wake_id;
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') AND NEW.status = 'queued' THEN
         INSERT INTO wake_queue (tenant_id, wake_id, entity_url, runner_id, created_at)
