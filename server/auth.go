@@ -6,13 +6,10 @@ import (
 
 	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/internal/secret"
+	"github.com/pullwake/pullwake/server/httpx"
 )
 
 func bearer(r *http.Request) string { return secret.Bearer(r.Header.Get("Authorization")) }
-
-func unauthorized(msg string) *apiError {
-	return errf(http.StatusUnauthorized, "UNAUTHORIZED", "%s", msg)
-}
 
 // isAdmin reports whether the request carries the configured admin token.
 // It compares SHA-256 hashes, so the time taken does not depend on how long
@@ -28,9 +25,9 @@ func (s *Server) requireAdmin(r *http.Request) error {
 		return nil
 	}
 	if bearer(r) == "" {
-		return unauthorized("admin token required (Authorization: Bearer <token>)")
+		return httpx.Unauthorized("admin token required (Authorization: Bearer <token>)")
 	}
-	return unauthorized("wrong admin token")
+	return httpx.Unauthorized("wrong admin token")
 }
 
 // requireRunner guards a runner's routes: its runner token, or the admin
@@ -39,15 +36,15 @@ func (s *Server) requireAdmin(r *http.Request) error {
 // comes from the handler, for the admin).
 func (s *Server) requireRunner(r *http.Request) error {
 	id := r.PathValue("id")
-	if !idRE.MatchString(id) {
-		return badRequest("runner id %q must match %s", id, idRE)
+	if !httpx.IDRE.MatchString(id) {
+		return httpx.BadRequest("runner id %q must match %s", id, httpx.IDRE)
 	}
 	if s.isAdmin(r) {
 		return nil
 	}
 	tok := bearer(r)
 	if tok == "" {
-		return unauthorized("runner token required (Authorization: Bearer <token>)")
+		return httpx.Unauthorized("runner token required (Authorization: Bearer <token>)")
 	}
 	hash, err := s.runnerHash(r, id)
 	if err != nil {
@@ -57,7 +54,7 @@ func (s *Server) requireRunner(r *http.Request) error {
 		hash = noRunnerHash // same work as a wrong token for a runner that exists
 	}
 	if !secret.MatchesHash(tok, hash) {
-		return unauthorized("wrong runner token for runner " + id + ": a later registration of this id replaced it, or the token is not this runner's")
+		return httpx.Unauthorized("wrong runner token for runner " + id + ": a later registration of this id replaced it, or the token is not this runner's")
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/internal/metrics"
 	"github.com/pullwake/pullwake/internal/secret"
+	"github.com/pullwake/pullwake/server/httpx"
 	"github.com/pullwake/pullwake/server/tokens"
 )
 
@@ -44,10 +45,10 @@ func acksJSON(acks []ackJSON) ([]byte, error) {
 			stream = a.Path
 		}
 		if stream == "" {
-			return nil, badRequest("acks[%d]: stream (or path) is required", i)
+			return nil, httpx.BadRequest("acks[%d]: stream (or path) is required", i)
 		}
 		if a.Offset == "" {
-			return nil, badRequest("acks[%d]: offset is required", i)
+			return nil, httpx.BadRequest("acks[%d]: offset is required", i)
 		}
 		out = append(out, ack{Stream: stream, Offset: a.Offset})
 	}
@@ -59,11 +60,11 @@ func acksJSON(acks []ackJSON) ([]byte, error) {
 // the database.
 func (s *Server) wakeCallback(w http.ResponseWriter, r *http.Request) error {
 	consumer := r.PathValue("consumer_id")
-	if !idRE.MatchString(consumer) {
-		return badRequest("consumer id %q must match %s", consumer, idRE)
+	if !httpx.IDRE.MatchString(consumer) {
+		return httpx.BadRequest("consumer id %q must match %s", consumer, httpx.IDRE)
 	}
 	var body callbackBody
-	if err := decode(w, r, &body); err != nil {
+	if err := httpx.Decode(w, r, &body); err != nil {
 		return err
 	}
 	epochPtr := body.Epoch
@@ -71,11 +72,11 @@ func (s *Server) wakeCallback(w http.ResponseWriter, r *http.Request) error {
 		epochPtr = body.Generation
 	}
 	if epochPtr == nil {
-		return badRequest("epoch (or generation) is required")
+		return httpx.BadRequest("epoch (or generation) is required")
 	}
 	epoch := *epochPtr
 	if epoch < 0 {
-		return badRequest("epoch %d must not be negative", epoch)
+		return httpx.BadRequest("epoch %d must not be negative", epoch)
 	}
 	if body.WakeID == nil {
 		body.WakeID = body.WakeIDAlt
@@ -85,13 +86,13 @@ func (s *Server) wakeCallback(w http.ResponseWriter, r *http.Request) error {
 		tok = r.Header.Get("electric-claim-token")
 	}
 	if tok == "" {
-		return unauthorized("claim token required (Authorization: Bearer <claim_token>)")
+		return httpx.Unauthorized("claim token required (Authorization: Bearer <claim_token>)")
 	}
 	// Acks belong to a done: a heartbeat or claim request that carries
 	// some is refused rather than silently dropping what the runner
 	// thinks it acknowledged.
 	if !body.Done && len(body.Acks) > 0 {
-		return badRequest("acks are accepted only with done: true")
+		return httpx.BadRequest("acks are accepted only with done: true")
 	}
 	// Every kind hands the token's hash to its SQL function, which checks
 	// it in the same round trip.
@@ -133,7 +134,7 @@ func (s *Server) claimRequest(w http.ResponseWriter, r *http.Request, consumer s
 	}
 	s.log.Info("write token re-minted", "consumer_id", consumer, "epoch", epoch, "entity_url", c.EntityUrl, "runner_id", c.RunnerID)
 	// writeToken: the spelling Electric's runtime reads.
-	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "write_token": wt, "writeToken": wt})
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"ok": true, "write_token": wt, "writeToken": wt})
 	return nil
 }
 
@@ -148,7 +149,7 @@ func claimNotActive(consumer string, epoch int64, wakeID, reason string) error {
 	if why == "" {
 		why = fmt.Sprintf("claim %s/%d is not the entity's active claim", consumer, epoch)
 	}
-	return errf(http.StatusConflict, "CLAIM_NOT_ACTIVE", "%s", why)
+	return httpx.Errorf(http.StatusConflict, "CLAIM_NOT_ACTIVE", "%s", why)
 }
 
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request, consumer string, epoch int64, tokenHash []byte, ttl *int64) error {
@@ -165,7 +166,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request, consumer stri
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "lease_expires_at": hb.LeaseExpiresAt})
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"ok": true, "lease_expires_at": hb.LeaseExpiresAt})
 	return nil
 }
 
@@ -183,7 +184,7 @@ func (s *Server) done(w http.ResponseWriter, r *http.Request, consumer string, e
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, releaseJSON(res))
+	httpx.WriteJSON(w, http.StatusOK, releaseJSON(res))
 	return nil
 }
 

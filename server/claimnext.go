@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/server/httpx"
 )
 
 // doneAndClaimNext releases the claim and claims its runner's next wake in
@@ -41,7 +42,7 @@ func (s *Server) doneAndClaimNext(w http.ResponseWriter, r *http.Request, consum
 	} else if res.NextError != "" {
 		out.NextError = res.NextError
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpx.WriteJSON(w, http.StatusOK, out)
 	return nil
 }
 

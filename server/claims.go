@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/server/httpx"
 )
 
 var claimStatuses = map[string]bool{"active": true, "released": true, "expired": true, "failed": true}
@@ -15,13 +16,13 @@ func (s *Server) listClaims(w http.ResponseWriter, r *http.Request) error {
 	p := db.ListClaimsParams{TenantID: s.cfg.Tenant, MaxRows: 1000}
 	if v := q.Get("status"); v != "" {
 		if !claimStatuses[v] {
-			return badRequest("status %q must be one of active, released, expired, failed", v)
+			return httpx.BadRequest("status %q must be one of active, released, expired, failed", v)
 		}
 		p.Status = &v
 	}
 	if v := q.Get("runner_id"); v != "" {
-		if !idRE.MatchString(v) {
-			return badRequest("runner_id %q must match %s", v, idRE)
+		if !httpx.IDRE.MatchString(v) {
+			return httpx.BadRequest("runner_id %q must match %s", v, httpx.IDRE)
 		}
 		p.RunnerID = &v
 	}
@@ -31,7 +32,7 @@ func (s *Server) listClaims(w http.ResponseWriter, r *http.Request) error {
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 10000 {
-			return badRequest("limit %q must be an integer from 1 to 10000", v)
+			return httpx.BadRequest("limit %q must be an integer from 1 to 10000", v)
 		}
 		p.MaxRows = int32(n)
 	}
@@ -42,7 +43,7 @@ func (s *Server) listClaims(w http.ResponseWriter, r *http.Request) error {
 	if rows == nil {
 		rows = []db.ListClaimsRow{}
 	}
-	writeJSON(w, http.StatusOK, claimsJSON(rows))
+	httpx.WriteJSON(w, http.StatusOK, claimsJSON(rows))
 	return nil
 }
 
@@ -66,8 +67,8 @@ func claimsJSON(rows []db.ListClaimsRow) []map[string]any {
 // forceRelease is an operator's release: the same release_claim as a done.
 func (s *Server) forceRelease(w http.ResponseWriter, r *http.Request) error {
 	consumer := r.PathValue("consumer_id")
-	if !idRE.MatchString(consumer) {
-		return badRequest("consumer id %q must match %s", consumer, idRE)
+	if !httpx.IDRE.MatchString(consumer) {
+		return httpx.BadRequest("consumer id %q must match %s", consumer, httpx.IDRE)
 	}
 	epoch, err := parseEpoch(r.PathValue("epoch"))
 	if err != nil {
@@ -77,7 +78,7 @@ func (s *Server) forceRelease(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, releaseJSON(res))
+	httpx.WriteJSON(w, http.StatusOK, releaseJSON(res))
 	return nil
 }
 
@@ -89,11 +90,11 @@ var epochRE = regexp.MustCompile(`^[0-9]{1,18}$`)
 // sign ("+1"), which names the same claim under another spelling.
 func parseEpoch(v string) (int64, error) {
 	if !epochRE.MatchString(v) {
-		return 0, badRequest("epoch %q must be a non-negative decimal integer", v)
+		return 0, httpx.BadRequest("epoch %q must be a non-negative decimal integer", v)
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil {
-		return 0, badRequest("epoch %q must be a non-negative decimal integer", v)
+		return 0, httpx.BadRequest("epoch %q must be a non-negative decimal integer", v)
 	}
 	return n, nil
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/server/httpx"
 )
 
 // entityEncoding is how one route prefix speaks about entities: the shape
@@ -149,7 +150,7 @@ func (electricEncoding) sender(r *http.Request, b sendBody) (*string, error) {
 	if h := r.Header.Get("electric-principal"); h != "" {
 		var err error
 		if p, err = principalURL(h); err != nil {
-			return nil, badRequest("electric-principal: %v", err)
+			return nil, httpx.BadRequest("electric-principal: %v", err)
 		}
 	}
 	for _, f := range []*string{b.FromPrincipal, b.From} {
@@ -159,16 +160,16 @@ func (electricEncoding) sender(r *http.Request, b sendBody) (*string, error) {
 		named, err := principalURL(*f)
 		switch {
 		case err != nil:
-			return nil, badRequest("from: %v", err)
+			return nil, httpx.BadRequest("from: %v", err)
 		case p == "":
 			p = named
 		case named != p:
-			return nil, badRequest("from %q must be the sending principal %s", *f, p)
+			return nil, httpx.BadRequest("from %q must be the sending principal %s", *f, p)
 		}
 	}
 	if b.FromAgent != nil {
 		if _, _, err := splitEntityURL(*b.FromAgent); err != nil {
-			return nil, badRequest("from_agent: %v", err)
+			return nil, httpx.BadRequest("from_agent: %v", err)
 		}
 		return b.FromAgent, nil
 	}
@@ -200,17 +201,17 @@ func principalURL(v string) (string, error) {
 // mapError renames pullwake's codes as Electric's suite expects them.
 func (electricEncoding) mapError(s *Server, r *http.Request, err error) error {
 	code, msg := "", ""
-	var ae *apiError
+	var ae *httpx.Error
 	if de := db.DomainError(err); de != nil {
 		code, msg = de.Code, de.Message
 	} else if errors.As(err, &ae) {
-		code, msg = ae.code, ae.message
+		code, msg = ae.Code, ae.Message
 	}
 	switch code {
 	case "ENTITY_EXISTS":
-		return errf(http.StatusConflict, "DUPLICATE_URL", "%s", msg)
+		return httpx.Errorf(http.StatusConflict, "DUPLICATE_URL", "%s", msg)
 	case "ENTITY_STOPPED":
-		return errf(http.StatusConflict, "NOT_RUNNING", "%s", msg)
+		return httpx.Errorf(http.StatusConflict, "NOT_RUNNING", "%s", msg)
 	case "ENTITY_NOT_FOUND":
 		// The route's entity is missing (a spawn's is its parent): name an
 		// unregistered type when that is why.
@@ -218,10 +219,10 @@ func (electricEncoding) mapError(s *Server, r *http.Request, err error) error {
 		if r.Method != http.MethodPut && typ != "" {
 			_, terr := s.q.GetEntityType(r.Context(), s.pool, db.GetEntityTypeParams{TenantID: s.cfg.Tenant, Name: typ})
 			if errors.Is(terr, db.ErrNotFound) {
-				return errf(http.StatusNotFound, "UNKNOWN_ENTITY_TYPE", "entity type %q not found", typ)
+				return httpx.Errorf(http.StatusNotFound, "UNKNOWN_ENTITY_TYPE", "entity type %q not found", typ)
 			}
 		}
-		return errf(http.StatusNotFound, "NOT_FOUND", "%s", msg)
+		return httpx.Errorf(http.StatusNotFound, "NOT_FOUND", "%s", msg)
 	}
 	return err
 }
@@ -231,7 +232,7 @@ func (electricEncoding) mapError(s *Server, r *http.Request, err error) error {
 // splitEntityURL checks /{type}/{id}.
 func splitEntityURL(u string) (string, string, error) {
 	typ, id, ok := strings.Cut(strings.TrimPrefix(u, "/"), "/")
-	if !ok || !strings.HasPrefix(u, "/") || !entityTypeRE.MatchString(typ) || !idRE.MatchString(id) {
+	if !ok || !strings.HasPrefix(u, "/") || !httpx.EntityTypeRE.MatchString(typ) || !httpx.IDRE.MatchString(id) {
 		return "", "", fmt.Errorf("%q is not an entity URL /{type}/{id}", u)
 	}
 	return typ, id, nil
@@ -245,7 +246,7 @@ const (
 
 func checkTagKey(k string) error {
 	if k == "" || len(k) > maxTagKey {
-		return badRequest("a tag key must be 1 to %d bytes", maxTagKey)
+		return httpx.BadRequest("a tag key must be 1 to %d bytes", maxTagKey)
 	}
 	return nil
 }
@@ -258,10 +259,10 @@ func checkTags(raw json.RawMessage) (json.RawMessage, error) {
 	}
 	var tags map[string]any
 	if err := json.Unmarshal(t, &tags); err != nil {
-		return nil, badRequest("tags must be an object of strings")
+		return nil, httpx.BadRequest("tags must be an object of strings")
 	}
 	if len(tags) > maxTags {
-		return nil, badRequest("at most %d tags", maxTags)
+		return nil, httpx.BadRequest("at most %d tags", maxTags)
 	}
 	for k, v := range tags {
 		if err := checkTagKey(k); err != nil {
@@ -269,10 +270,10 @@ func checkTags(raw json.RawMessage) (json.RawMessage, error) {
 		}
 		s, ok := v.(string)
 		if !ok {
-			return nil, badRequest("tag %q: the value must be a string", k)
+			return nil, httpx.BadRequest("tag %q: the value must be a string", k)
 		}
 		if len(s) > maxTagValue {
-			return nil, badRequest("tag %q: the value must be at most %d bytes", k, maxTagValue)
+			return nil, httpx.BadRequest("tag %q: the value must be at most %d bytes", k, maxTagValue)
 		}
 	}
 	return t, nil
@@ -306,7 +307,7 @@ func (s *Server) requireAdminOrEntity(r *http.Request, url string) error {
 // and DELETE on the same path: set_entity_tag, which writes the tag and
 // its event on the main stream in one transaction. 200 with the entity.
 func (s *Server) setTag(enc entityEncoding, w http.ResponseWriter, r *http.Request) error {
-	url, err := entityURL(r)
+	url, err := httpx.EntityURL(r)
 	if err != nil {
 		return err
 	}
@@ -322,14 +323,14 @@ func (s *Server) setTag(enc entityEncoding, w http.ResponseWriter, r *http.Reque
 		var body struct {
 			Value *string `json:"value"`
 		}
-		if err := decode(w, r, &body); err != nil {
+		if err := httpx.Decode(w, r, &body); err != nil {
 			return err
 		}
 		if body.Value == nil {
-			return badRequest("value is required")
+			return httpx.BadRequest("value is required")
 		}
 		if len(*body.Value) > maxTagValue {
-			return badRequest("value must be at most %d bytes", maxTagValue)
+			return httpx.BadRequest("value must be at most %d bytes", maxTagValue)
 		}
 		p.Value = body.Value
 	}
@@ -342,7 +343,7 @@ func (s *Server) setTag(enc entityEncoding, w http.ResponseWriter, r *http.Reque
 		return err
 	}
 	s.log.Info("entity tag changed", "entity_url", url, "tag", key, "removed", p.Value == nil)
-	writeJSON(w, http.StatusOK, enc.entity(e))
+	httpx.WriteJSON(w, http.StatusOK, enc.entity(e))
 	return nil
 }
 
@@ -353,7 +354,7 @@ var electricSignals = []string{"SIGINT", "SIGHUP", "SIGTERM", "SIGKILL", "SIGSTO
 // Electric's other signals are refused (422 INVALID_SIGNAL), as is any
 // signal to a stopped entity (409 INVALID_SIGNAL).
 func (s *Server) signalEntity(enc entityEncoding, w http.ResponseWriter, r *http.Request) error {
-	url, err := entityURL(r)
+	url, err := httpx.EntityURL(r)
 	if err != nil {
 		return err
 	}
@@ -361,24 +362,24 @@ func (s *Server) signalEntity(enc entityEncoding, w http.ResponseWriter, r *http
 		Signal *string `json:"signal"`
 		Reason *string `json:"reason"`
 	}
-	if err := decode(w, r, &body); err != nil {
+	if err := httpx.Decode(w, r, &body); err != nil {
 		return err
 	}
 	if body.Signal == nil || !slices.Contains(electricSignals, *body.Signal) {
-		return badRequest("signal must be one of %s", strings.Join(electricSignals, ", "))
+		return httpx.BadRequest("signal must be one of %s", strings.Join(electricSignals, ", "))
 	}
 	if *body.Signal != "SIGKILL" && *body.Signal != "SIGTERM" {
-		return errf(http.StatusUnprocessableEntity, "INVALID_SIGNAL", "signal %s is not handled: pullwake handles SIGKILL and SIGTERM", *body.Signal)
+		return httpx.Errorf(http.StatusUnprocessableEntity, "INVALID_SIGNAL", "signal %s is not handled: pullwake handles SIGKILL and SIGTERM", *body.Signal)
 	}
 	if body.Reason != nil && len(*body.Reason) > maxTagValue {
-		return badRequest("reason must be at most %d bytes", maxTagValue)
+		return httpx.BadRequest("reason must be at most %d bytes", maxTagValue)
 	}
 	before, err := s.loadEntity(r, url)
 	if err != nil {
 		return err
 	}
 	if before.Status == "stopped" {
-		return errf(http.StatusConflict, "INVALID_SIGNAL", "cannot signal a %s entity", enc.status(before))
+		return httpx.Errorf(http.StatusConflict, "INVALID_SIGNAL", "cannot signal a %s entity", enc.status(before))
 	}
 	if _, err := s.q.KillEntity(r.Context(), s.pool, db.KillEntityParams{
 		Url: url, Signal: *body.Signal, Reason: body.Reason, TenantID: s.cfg.Tenant}); err != nil {
@@ -390,7 +391,7 @@ func (s *Server) signalEntity(enc entityEncoding, w http.ResponseWriter, r *http
 		return err
 	}
 	s.log.Info("entity signalled", "entity_url", url, "signal", *body.Signal, "entity_status", after.Status)
-	writeJSON(w, http.StatusOK, map[string]any{
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{
 		"url": url, "signal": *body.Signal, "previous_state": enc.status(before),
 		"new_state": enc.status(after), "created_at": time.Now().UnixMilli(),
 	})

@@ -9,7 +9,9 @@
 //     names);
 //   - server/sweeper runs the background passes (expiry, the wake-event
 //     backstop, housekeeping);
-//   - server/push delivers wakes to webhook targets.
+//   - server/push delivers wakes to webhook targets;
+//   - server/httpx is the ground every handler stands on: request
+//     decoding, error answers, the id patterns and the one path rule.
 //
 // It is thin on purpose. Every lifecycle decision — who may claim, what a
 // release clears, when a claim expires — is made by one plpgsql function in
@@ -19,7 +21,7 @@
 // expiry. It must never gate a release on what memory says.
 //
 // The handlers of the lifecycle routes and of Electric's dialect stay in
-// this one package: they share the entity encoding, the request decoding
-// and error answers, and the Server's credentials and hooks (after a send,
-// after a release), so a split would only move those behind exported names.
+// this one package: they share the entity encoding and the Server's
+// credentials and hooks (after a send, after a release), so a split would
+// only move those behind exported names.
 package server

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/server/httpx"
 )
 
 // Entity routes are served twice: under /entities in pullwake's own
@@ -74,7 +75,7 @@ func rowOfEntity(e db.Entity) db.GetEntityRow {
 func (s *Server) loadEntity(r *http.Request, url string) (db.GetEntityRow, error) {
 	e, err := s.q.GetEntity(r.Context(), s.pool, db.GetEntityParams{TenantID: s.cfg.Tenant, Url: url})
 	if errors.Is(err, db.ErrNotFound) {
-		return db.GetEntityRow{}, errf(http.StatusNotFound, "ENTITY_NOT_FOUND", "entity %s not found", url)
+		return db.GetEntityRow{}, httpx.Errorf(http.StatusNotFound, "ENTITY_NOT_FOUND", "entity %s not found", url)
 	}
 	return e, err
 }
@@ -101,16 +102,16 @@ type spawnBody struct {
 }
 
 func (s *Server) spawnEntity(enc entityEncoding, w http.ResponseWriter, r *http.Request) error {
-	url, err := entityURL(r)
+	url, err := httpx.EntityURL(r)
 	if err != nil {
 		return err
 	}
 	var body spawnBody
-	if err := decode(w, r, &body); err != nil {
+	if err := httpx.Decode(w, r, &body); err != nil {
 		return err
 	}
-	if body.RunnerID != nil && !idRE.MatchString(*body.RunnerID) {
-		return badRequest("runner_id %q must match %s", *body.RunnerID, idRE)
+	if body.RunnerID != nil && !httpx.IDRE.MatchString(*body.RunnerID) {
+		return httpx.BadRequest("runner_id %q must match %s", *body.RunnerID, httpx.IDRE)
 	}
 	p := db.SpawnEntityAsParams{Url: url, RunnerID: body.RunnerID, TenantID: s.cfg.Tenant}
 	if enc.spawnExtras() {
@@ -119,12 +120,12 @@ func (s *Server) spawnEntity(enc entityEncoding, w http.ResponseWriter, r *http.
 		}
 		if body.Parent != nil {
 			if _, _, err := splitEntityURL(*body.Parent); err != nil {
-				return badRequest("parent: %v", err)
+				return httpx.BadRequest("parent: %v", err)
 			}
 			p.Parent = body.Parent
 		}
 		if v, err := jsonValue(body.InitialMessage); err != nil {
-			return badRequest("initialMessage: %v", err)
+			return httpx.BadRequest("initialMessage: %v", err)
 		} else if v != nil {
 			p.InitialMessage = v
 			from, err := enc.sender(r, sendBody{})
@@ -166,14 +167,14 @@ func (s *Server) spawnEntity(enc entityEncoding, w http.ResponseWriter, r *http.
 			return err
 		}
 	}
-	writeJSON(w, http.StatusCreated, enc.entity(row))
+	httpx.WriteJSON(w, http.StatusCreated, enc.entity(row))
 	return nil
 }
 
 const zeroOffset = "0000000000000000"
 
 func (s *Server) getEntity(enc entityEncoding, w http.ResponseWriter, r *http.Request) error {
-	url, err := entityURL(r)
+	url, err := httpx.EntityURL(r)
 	if err != nil {
 		return err
 	}
@@ -181,7 +182,7 @@ func (s *Server) getEntity(enc entityEncoding, w http.ResponseWriter, r *http.Re
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, enc.entity(e))
+	httpx.WriteJSON(w, http.StatusOK, enc.entity(e))
 	return nil
 }
 
@@ -194,7 +195,7 @@ func (s *Server) listEntities(enc entityEncoding, w http.ResponseWriter, r *http
 	q := r.URL.Query()
 	status := q.Get("status")
 	if status != "" && !enc.knowsStatus(status) {
-		return badRequest("status %q must be one of %s", status, strings.Join(enc.statuses(), ", "))
+		return httpx.BadRequest("status %q must be one of %s", status, strings.Join(enc.statuses(), ", "))
 	}
 	if status != "" && enc.spawnExtras() {
 		status = "" // Electric's names: filtered below, on the encoded answers
@@ -202,15 +203,15 @@ func (s *Server) listEntities(enc entityEncoding, w http.ResponseWriter, r *http
 		p.Status = &status
 	}
 	if v := q.Get("runner_id"); v != "" {
-		if !idRE.MatchString(v) {
-			return badRequest("runner_id %q must match %s", v, idRE)
+		if !httpx.IDRE.MatchString(v) {
+			return httpx.BadRequest("runner_id %q must match %s", v, httpx.IDRE)
 		}
 		p.RunnerID = &v
 	}
 	if enc.spawnExtras() {
 		if v := q.Get("type"); v != "" {
-			if !entityTypeRE.MatchString(v) {
-				return badRequest("type %q must match %s", v, entityTypeRE)
+			if !httpx.EntityTypeRE.MatchString(v) {
+				return httpx.BadRequest("type %q must match %s", v, httpx.EntityTypeRE)
 			}
 			p.Type = &v
 		}
@@ -231,7 +232,7 @@ func (s *Server) listEntities(enc entityEncoding, w http.ResponseWriter, r *http
 		}
 		out = append(out, enc.entity(row))
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpx.WriteJSON(w, http.StatusOK, out)
 	return nil
 }
 
@@ -252,7 +253,7 @@ type sendBody struct {
 // of Electric's runtime sends when it messages another entity.
 func (s *Server) sendToEntity(enc entityEncoding, w http.ResponseWriter, r *http.Request) error {
 	var body sendBody
-	if err := decode(w, r, &body); err != nil {
+	if err := httpx.Decode(w, r, &body); err != nil {
 		return err
 	}
 	if err := s.requireAdmin(r); err != nil {
@@ -260,12 +261,12 @@ func (s *Server) sendToEntity(enc entityEncoding, w http.ResponseWriter, r *http
 			return err
 		}
 	}
-	url, err := entityURL(r)
+	url, err := httpx.EntityURL(r)
 	if err != nil {
 		return err
 	}
 	if body.Payload == nil {
-		return badRequest("payload is required")
+		return httpx.BadRequest("payload is required")
 	}
 	from, err := enc.sender(r, body)
 	if err != nil {
@@ -292,7 +293,7 @@ func (s *Server) sendToEntity(enc entityEncoding, w http.ResponseWriter, r *http
 		s.wakes.kick() // the wake's events are in: wake this server's wake-stream readers now
 	}
 	s.log.Info("message sent", "entity_url", url, "offset", res.MsgOffset, "wake_id", res.WakeID)
-	writeJSON(w, enc.sentStatus(), map[string]any{"offset": res.MsgOffset})
+	httpx.WriteJSON(w, enc.sentStatus(), map[string]any{"offset": res.MsgOffset})
 	return nil
 }
 
@@ -321,7 +322,7 @@ func (s *Server) holdsWriteToken(r *http.Request, url string) bool {
 // both kill_entity; an idle entity is stopped at once, a running one is
 // stopping until its claim ends.
 func (s *Server) stopEntity(enc entityEncoding, w http.ResponseWriter, r *http.Request) error {
-	url, err := entityURL(r)
+	url, err := httpx.EntityURL(r)
 	if err != nil {
 		return err
 	}
@@ -335,6 +336,6 @@ func (s *Server) stopEntity(enc entityEncoding, w http.ResponseWriter, r *http.R
 		return err
 	}
 	s.log.Info("entity stop requested", "entity_url", url, "entity_status", e.Status)
-	writeJSON(w, http.StatusOK, enc.entity(e))
+	httpx.WriteJSON(w, http.StatusOK, enc.entity(e))
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/internal/schemas"
+	"github.com/pullwake/pullwake/server/httpx"
 )
 
 // Entity types: Electric's runtime registers the types it handles at
@@ -56,7 +57,7 @@ func jsonObject(v json.RawMessage, field string) (json.RawMessage, error) {
 	case len(t) == 0 || string(t) == "null":
 		return nil, nil
 	case t[0] != '{':
-		return nil, badRequest("field %s: must be an object", field)
+		return nil, httpx.BadRequest("field %s: must be an object", field)
 	}
 	return t, nil
 }
@@ -70,15 +71,15 @@ func checkDispatchPolicy(p json.RawMessage) error {
 		Targets []map[string]any `json:"targets"`
 	}
 	if err := json.Unmarshal(p, &policy); err != nil {
-		return badRequest("field default_dispatch_policy: targets must be an array of objects")
+		return httpx.BadRequest("field default_dispatch_policy: targets must be an array of objects")
 	}
 	for i, t := range policy.Targets {
 		if t == nil {
-			return badRequest("default_dispatch_policy.targets[%d] must be an object", i)
+			return httpx.BadRequest("default_dispatch_policy.targets[%d] must be an object", i)
 		}
 		typ, _ := t["type"].(string)
 		if typ == "" {
-			return badRequest("default_dispatch_policy.targets[%d].type must be a string", i)
+			return httpx.BadRequest("default_dispatch_policy.targets[%d].type must be a string", i)
 		}
 		if typ != "runner" {
 			continue
@@ -88,8 +89,8 @@ func checkDispatchPolicy(p json.RawMessage) error {
 			id, ok = t["runner_id"]
 		}
 		s, isString := id.(string)
-		if !ok || !isString || !idRE.MatchString(s) {
-			return badRequest("default_dispatch_policy.targets[%d]: a runner target needs runnerId matching %s", i, idRE)
+		if !ok || !isString || !httpx.IDRE.MatchString(s) {
+			return httpx.BadRequest("default_dispatch_policy.targets[%d]: a runner target needs runnerId matching %s", i, httpx.IDRE)
 		}
 	}
 	return nil
@@ -112,14 +113,14 @@ type entityTypeBody struct {
 
 func (s *Server) upsertEntityType(w http.ResponseWriter, r *http.Request) error {
 	var body entityTypeBody
-	if err := decode(w, r, &body); err != nil {
+	if err := httpx.Decode(w, r, &body); err != nil {
 		return err
 	}
 	if body.Name == nil {
-		return badRequest("name is required")
+		return httpx.BadRequest("name is required")
 	}
-	if !entityTypeRE.MatchString(*body.Name) {
-		return badRequest("name %q must match %s", *body.Name, entityTypeRE)
+	if !httpx.EntityTypeRE.MatchString(*body.Name) {
+		return httpx.BadRequest("name %q must match %s", *body.Name, httpx.EntityTypeRE)
 	}
 	// A serve endpoint alone (no description, no creation_schema) names
 	// where the type's manifest is: it is fetched and registered instead,
@@ -142,7 +143,7 @@ func (s *Server) upsertEntityType(w http.ResponseWriter, r *http.Request) error 
 		desc = *body.Description
 	}
 	if len(desc) > 4096 {
-		return badRequest("description must be at most 4096 bytes")
+		return httpx.BadRequest("description must be at most 4096 bytes")
 	}
 	p := db.UpsertEntityTypeParams{TenantID: s.cfg.Tenant, Name: *body.Name, Description: desc}
 	var err error
@@ -200,7 +201,7 @@ func (s *Server) upsertEntityType(w http.ResponseWriter, r *http.Request) error 
 			continue // changed since read: check again
 		}
 		if errors.Is(err, db.ErrNotFound) {
-			return errf(http.StatusConflict, "CONFLICT", "entity type %s keeps changing; retry", *body.Name)
+			return httpx.Errorf(http.StatusConflict, "CONFLICT", "entity type %s keeps changing; retry", *body.Name)
 		}
 		if err != nil {
 			return err
@@ -209,7 +210,7 @@ func (s *Server) upsertEntityType(w http.ResponseWriter, r *http.Request) error 
 		// server answers; revision tells them apart.
 		status := http.StatusCreated
 		s.log.Info("entity type registered", "entity_type", row.Name, "created", row.Created, "revision", row.Revision)
-		writeJSON(w, status, entityTypeFromRow(db.EntityType{
+		httpx.WriteJSON(w, status, entityTypeFromRow(db.EntityType{
 			TenantID: row.TenantID, Name: row.Name, Description: row.Description, CreationSchema: row.CreationSchema,
 			InboxSchemas: row.InboxSchemas, StateSchemas: row.StateSchemas, DefaultDispatchPolicy: row.DefaultDispatchPolicy,
 			Revision: row.Revision, CreatedAt: row.CreatedAt, UpdatedAt: row.UpdatedAt,
@@ -234,11 +235,11 @@ func schemaError(err error) error {
 	case err == nil:
 		return nil
 	case errors.As(err, &tl):
-		return badRequest("%s", tl.Error())
+		return httpx.BadRequest("%s", tl.Error())
 	case errors.As(err, &se):
-		return badRequest("%s", se.Error())
+		return httpx.BadRequest("%s", se.Error())
 	case errors.As(err, &ce):
-		return errf(http.StatusConflict, "SCHEMA_KEY_EXISTS", "%s", ce.Error())
+		return httpx.Errorf(http.StatusConflict, "SCHEMA_KEY_EXISTS", "%s", ce.Error())
 	}
 	return err
 }
@@ -260,7 +261,7 @@ func (s *Server) amendEntityTypeSchemas(w http.ResponseWriter, r *http.Request) 
 		InputSchemas  json.RawMessage `json:"input_schemas"`
 		OutputSchemas json.RawMessage `json:"output_schemas"`
 	}
-	if err := decode(w, r, &body); err != nil {
+	if err := httpx.Decode(w, r, &body); err != nil {
 		return err
 	}
 	if body.InboxSchemas == nil {
@@ -283,7 +284,7 @@ func (s *Server) amendEntityTypeSchemas(w http.ResponseWriter, r *http.Request) 
 	for attempt := 0; ; attempt++ {
 		old, err := s.q.GetEntityType(r.Context(), s.pool, db.GetEntityTypeParams{TenantID: s.cfg.Tenant, Name: name})
 		if errors.Is(err, db.ErrNotFound) {
-			return errf(http.StatusNotFound, "ENTITY_TYPE_NOT_FOUND", "entity type %s not found", name)
+			return httpx.Errorf(http.StatusNotFound, "ENTITY_TYPE_NOT_FOUND", "entity type %s not found", name)
 		}
 		if err != nil {
 			return err
@@ -297,7 +298,7 @@ func (s *Server) amendEntityTypeSchemas(w http.ResponseWriter, r *http.Request) 
 			return schemaError(err)
 		}
 		if !addInbox && !addState {
-			writeJSON(w, http.StatusOK, entityTypeFromRow(old))
+			httpx.WriteJSON(w, http.StatusOK, entityTypeFromRow(old))
 			return nil
 		}
 		if err := schemaError(schemas.CheckSize(name, old.CreationSchema, mergedInbox, mergedState)); err != nil {
@@ -311,13 +312,13 @@ func (s *Server) amendEntityTypeSchemas(w http.ResponseWriter, r *http.Request) 
 			continue // changed or deleted since read: check again
 		}
 		if errors.Is(err, db.ErrNotFound) {
-			return errf(http.StatusConflict, "CONFLICT", "entity type %s keeps changing; retry", name)
+			return httpx.Errorf(http.StatusConflict, "CONFLICT", "entity type %s keeps changing; retry", name)
 		}
 		if err != nil {
 			return err
 		}
 		s.log.Info("entity type schemas amended", "entity_type", name, "revision", t.Revision)
-		writeJSON(w, http.StatusOK, entityTypeFromRow(t))
+		httpx.WriteJSON(w, http.StatusOK, entityTypeFromRow(t))
 		return nil
 	}
 }
@@ -331,14 +332,14 @@ func (s *Server) listEntityTypes(w http.ResponseWriter, r *http.Request) error {
 	for _, t := range rows {
 		out = append(out, entityTypeFromRow(t))
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpx.WriteJSON(w, http.StatusOK, out)
 	return nil
 }
 
 func entityTypeName(r *http.Request) (string, error) {
 	name := r.PathValue("name")
-	if !entityTypeRE.MatchString(name) {
-		return "", badRequest("entity type %q must match %s", name, entityTypeRE)
+	if !httpx.EntityTypeRE.MatchString(name) {
+		return "", httpx.BadRequest("entity type %q must match %s", name, httpx.EntityTypeRE)
 	}
 	return name, nil
 }
@@ -350,12 +351,12 @@ func (s *Server) getEntityType(w http.ResponseWriter, r *http.Request) error {
 	}
 	t, err := s.q.GetEntityType(r.Context(), s.pool, db.GetEntityTypeParams{TenantID: s.cfg.Tenant, Name: name})
 	if errors.Is(err, db.ErrNotFound) {
-		return errf(http.StatusNotFound, "ENTITY_TYPE_NOT_FOUND", "entity type %s not found", name)
+		return httpx.Errorf(http.StatusNotFound, "ENTITY_TYPE_NOT_FOUND", "entity type %s not found", name)
 	}
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, entityTypeFromRow(t))
+	httpx.WriteJSON(w, http.StatusOK, entityTypeFromRow(t))
 	return nil
 }
 
@@ -371,9 +372,9 @@ func (s *Server) deleteEntityType(w http.ResponseWriter, r *http.Request) error 
 		return err
 	}
 	if n == 0 {
-		return errf(http.StatusNotFound, "ENTITY_TYPE_NOT_FOUND", "entity type %s not found", name)
+		return httpx.Errorf(http.StatusNotFound, "ENTITY_TYPE_NOT_FOUND", "entity type %s not found", name)
 	}
 	s.log.Info("entity type deleted", "entity_type", name)
-	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "deleted": name})
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"ok": true, "deleted": name})
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/server/httpx"
 )
 
 type activeClaimJSON struct {
@@ -70,7 +71,7 @@ func (s *Server) runnerHealth(w http.ResponseWriter, r *http.Request) error {
 	if len(run.Diagnostics) > 0 {
 		client = run.Diagnostics
 	}
-	writeJSON(w, http.StatusOK, map[string]any{
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{
 		"runner": map[string]any{
 			"id": run.ID, "admin_status": run.AdminStatus, "liveness_status": live,
 			"lease_expires_at": run.LivenessLeaseExpiresAt, "lease_remaining_ms": remaining,

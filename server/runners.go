@@ -14,6 +14,7 @@ import (
 
 	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/internal/secret"
+	"github.com/pullwake/pullwake/server/httpx"
 	"github.com/pullwake/pullwake/server/tokens"
 )
 
@@ -78,17 +79,17 @@ func (s *Server) registerRunner(w http.ResponseWriter, r *http.Request) error {
 		Label *string `json:"label"`
 		Kind  *string `json:"kind"`
 	}
-	if err := decode(w, r, &body); err != nil {
+	if err := httpx.Decode(w, r, &body); err != nil {
 		return err
 	}
 	if body.ID == nil {
-		return badRequest("id is required")
+		return httpx.BadRequest("id is required")
 	}
-	if !idRE.MatchString(*body.ID) {
-		return badRequest("id %q must match %s", *body.ID, idRE)
+	if !httpx.IDRE.MatchString(*body.ID) {
+		return httpx.BadRequest("id %q must match %s", *body.ID, httpx.IDRE)
 	}
 	if body.Label != nil && len(*body.Label) > 256 || body.Kind != nil && len(*body.Kind) > 256 {
-		return badRequest("label and kind must be at most 256 bytes")
+		return httpx.BadRequest("label and kind must be at most 256 bytes")
 	}
 	tok := secret.New()
 	reg, err := s.q.RegisterRunner(r.Context(), s.pool, db.RegisterRunnerParams{
@@ -113,7 +114,7 @@ func (s *Server) registerRunner(w http.ResponseWriter, r *http.Request) error {
 	out := runnerFromRow(run)
 	out.WakeStream, out.WakeStreamOffset = reg.WakeStream, reg.WakeStreamOffset
 	out.RunnerToken = tok
-	writeJSON(w, status, out)
+	httpx.WriteJSON(w, status, out)
 	return nil
 }
 
@@ -133,13 +134,13 @@ func (s *Server) listRunners(w http.ResponseWriter, r *http.Request) error {
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > maxRunnerPage {
-			return badRequest("limit %q must be an integer from 1 to %d", v, maxRunnerPage)
+			return httpx.BadRequest("limit %q must be an integer from 1 to %d", v, maxRunnerPage)
 		}
 		p.MaxRows = int32(n)
 	}
 	if v, ok := q["after"]; ok {
-		if !idRE.MatchString(v[0]) {
-			return badRequest("after %q must be a runner id (matching %s)", v[0], idRE)
+		if !httpx.IDRE.MatchString(v[0]) {
+			return httpx.BadRequest("after %q must be a runner id (matching %s)", v[0], httpx.IDRE)
 		}
 		p.After = &v[0]
 	}
@@ -158,7 +159,7 @@ func (s *Server) listRunners(w http.ResponseWriter, r *http.Request) error {
 	if len(out) == int(p.MaxRows) || len(out) < len(rows) {
 		w.Header().Set("Link", fmt.Sprintf(`</_electric/runners?after=%s&limit=%d>; rel="next"`, out[len(out)-1].ID, p.MaxRows))
 	}
-	writeJSON(w, http.StatusOK, out)
+	httpx.WriteJSON(w, http.StatusOK, out)
 	return nil
 }
 
@@ -168,12 +169,12 @@ const maxDiagnostics = 16 << 10
 
 func (s *Server) loadRunner(r *http.Request) (db.Runner, error) {
 	id := r.PathValue("id")
-	if !idRE.MatchString(id) {
-		return db.Runner{}, badRequest("runner id %q must match %s", id, idRE)
+	if !httpx.IDRE.MatchString(id) {
+		return db.Runner{}, httpx.BadRequest("runner id %q must match %s", id, httpx.IDRE)
 	}
 	run, err := s.q.GetRunner(r.Context(), s.pool, db.GetRunnerParams{TenantID: s.cfg.Tenant, ID: id})
 	if errors.Is(err, db.ErrNotFound) {
-		return db.Runner{}, errf(http.StatusNotFound, "RUNNER_NOT_FOUND", "runner %s not found", id)
+		return db.Runner{}, httpx.Errorf(http.StatusNotFound, "RUNNER_NOT_FOUND", "runner %s not found", id)
 	}
 	return run, err
 }
@@ -189,26 +190,26 @@ func (s *Server) getRunner(w http.ResponseWriter, r *http.Request) error {
 	}
 	out := runnerFromRow(run)
 	out.WakeStream, out.WakeStreamOffset = ws.WakeStream, ws.WakeStreamOffset
-	writeJSON(w, http.StatusOK, out)
+	httpx.WriteJSON(w, http.StatusOK, out)
 	return nil
 }
 
 func (s *Server) setRunnerStatus(status string) func(http.ResponseWriter, *http.Request) error {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		id := r.PathValue("id")
-		if !idRE.MatchString(id) {
-			return badRequest("runner id %q must match %s", id, idRE)
+		if !httpx.IDRE.MatchString(id) {
+			return httpx.BadRequest("runner id %q must match %s", id, httpx.IDRE)
 		}
 		run, err := s.q.SetRunnerStatus(r.Context(), s.pool, db.SetRunnerStatusParams{
 			AdminStatus: status, TenantID: s.cfg.Tenant, ID: id})
 		if errors.Is(err, db.ErrNotFound) {
-			return errf(http.StatusNotFound, "RUNNER_NOT_FOUND", "runner %s not found", id)
+			return httpx.Errorf(http.StatusNotFound, "RUNNER_NOT_FOUND", "runner %s not found", id)
 		}
 		if err != nil {
 			return err
 		}
 		s.log.Info("runner admin status set", "runner_id", id, "admin_status", status)
-		writeJSON(w, http.StatusOK, runnerFromRow(run))
+		httpx.WriteJSON(w, http.StatusOK, runnerFromRow(run))
 		return nil
 	}
 }
@@ -222,7 +223,7 @@ func (s *Server) runnerHeartbeat(w http.ResponseWriter, r *http.Request) error {
 		// takes the events before it as spent.
 		WakeStreamOffset *string `json:"wake_stream_offset"`
 	}
-	if err := decode(w, r, &body); err != nil {
+	if err := httpx.Decode(w, r, &body); err != nil {
 		return err
 	}
 	readSeq, err := wakeReadSeq(body.WakeStreamOffset)
@@ -237,10 +238,10 @@ func (s *Server) runnerHeartbeat(w http.ResponseWriter, r *http.Request) error {
 	if len(body.Diagnostics) > 0 && string(body.Diagnostics) != "null" {
 		var buf bytes.Buffer
 		if err := json.Compact(&buf, body.Diagnostics); err != nil {
-			return badRequest("diagnostics: %v", err)
+			return httpx.BadRequest("diagnostics: %v", err)
 		}
 		if buf.Len() > maxDiagnostics {
-			return errf(http.StatusRequestEntityTooLarge, "PAYLOAD_TOO_LARGE",
+			return httpx.Errorf(http.StatusRequestEntityTooLarge, "PAYLOAD_TOO_LARGE",
 				"diagnostics is %d bytes of compact JSON, over the limit of %d", buf.Len(), maxDiagnostics)
 		}
 		diag = buf.Bytes()
@@ -248,12 +249,12 @@ func (s *Server) runnerHeartbeat(w http.ResponseWriter, r *http.Request) error {
 	run, err := s.q.HeartbeatRunner(r.Context(), s.pool, db.HeartbeatRunnerParams{
 		LeaseMs: lease, Diagnostics: diag, WakeStreamReadSeq: readSeq, TenantID: s.cfg.Tenant, ID: r.PathValue("id")})
 	if errors.Is(err, db.ErrNotFound) {
-		return errf(http.StatusNotFound, "RUNNER_NOT_FOUND", "runner %s not found", r.PathValue("id"))
+		return httpx.Errorf(http.StatusNotFound, "RUNNER_NOT_FOUND", "runner %s not found", r.PathValue("id"))
 	}
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, runnerFromRow(run))
+	httpx.WriteJSON(w, http.StatusOK, runnerFromRow(run))
 	return nil
 }
 
@@ -274,7 +275,7 @@ func wakeReadSeq(offset *string) (*int64, error) {
 			return &n, nil
 		}
 	}
-	return nil, badRequest("wake_stream_offset %q must be -1, now, or an offset of the wake stream (16 digits)", *offset)
+	return nil, httpx.BadRequest("wake_stream_offset %q must be -1, now, or an offset of the wake stream (16 digits)", *offset)
 }
 
 // leaseMS validates a lease in milliseconds against the configured bounds;
@@ -285,7 +286,7 @@ func (s *Server) leaseMS(v *int64, field string) (int32, error) {
 	}
 	lo, hi := s.cfg.MinLeaseTTL.Milliseconds(), s.cfg.MaxLeaseTTL.Milliseconds()
 	if *v < lo || *v > hi {
-		return 0, badRequest("%s must be between %d and %d, got %d", field, lo, hi, *v)
+		return 0, httpx.BadRequest("%s must be between %d and %d, got %d", field, lo, hi, *v)
 	}
 	return int32(*v), nil
 }
@@ -378,22 +379,22 @@ type claimBody struct {
 // check validates an event body against the runner it was posted for.
 func (b claimBody) check(runnerID string) error {
 	if b.Type != nil && *b.Type != "wake" {
-		return badRequest("type %q: a claim takes a wake event (type \"wake\")", *b.Type)
+		return httpx.BadRequest("type %q: a claim takes a wake event (type \"wake\")", *b.Type)
 	}
 	if b.SubscriptionID != nil {
 		want := "runner:" + runnerID
 		if *b.SubscriptionID != want && !strings.HasPrefix(*b.SubscriptionID, want+":") {
-			return badRequest("subscription_id %q is not runner %s's (%s)", *b.SubscriptionID, runnerID, want)
+			return httpx.BadRequest("subscription_id %q is not runner %s's (%s)", *b.SubscriptionID, runnerID, want)
 		}
 	}
 	if b.Stream != nil && (len(*b.Stream) > 1024 || !strings.HasPrefix(*b.Stream, streamPrefix)) {
-		return badRequest("stream %q must be a stream path under %s", *b.Stream, streamPrefix)
+		return httpx.BadRequest("stream %q must be a stream path under %s", *b.Stream, streamPrefix)
 	}
 	if b.Generation != nil && *b.Generation < 0 {
-		return badRequest("generation must not be negative, got %d", *b.Generation)
+		return httpx.BadRequest("generation must not be negative, got %d", *b.Generation)
 	}
 	if len(b.TS) > 0 && b.TS[0] != '"' && (b.TS[0] < '0' || b.TS[0] > '9') && string(b.TS) != "null" {
-		return badRequest("ts must be a number or a string")
+		return httpx.BadRequest("ts must be a number or a string")
 	}
 	return nil
 }
@@ -405,7 +406,7 @@ func (b claimBody) check(runnerID string) error {
 // rule, docs/lifecycle.md).
 func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
 	var body claimBody
-	if err := decode(w, r, &body); err != nil {
+	if err := httpx.Decode(w, r, &body); err != nil {
 		return err
 	}
 	runnerID := r.PathValue("id")
@@ -432,6 +433,6 @@ func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
-	writeJSON(w, http.StatusOK, s.notify(c, runnerID, time.Since(start), false))
+	httpx.WriteJSON(w, http.StatusOK, s.notify(c, runnerID, time.Since(start), false))
 	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"time"
+
+	"github.com/pullwake/pullwake/server/httpx"
 )
 
 // Serve endpoints: POST /_electric/entity-types {"name", "serve_endpoint"}
@@ -41,7 +43,7 @@ func newOutboundClient() *http.Client {
 }
 
 func unreachable(format string, args ...any) error {
-	return errf(http.StatusUnprocessableEntity, "SERVE_ENDPOINT_UNREACHABLE", format, args...)
+	return httpx.Errorf(http.StatusUnprocessableEntity, "SERVE_ENDPOINT_UNREACHABLE", format, args...)
 }
 
 // fetchServeManifest PUTs to endpoint and returns the registration it
@@ -54,7 +56,7 @@ func (s *Server) fetchServeManifest(ctx context.Context, name, endpoint string) 
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPut, endpoint, nil)
 	if err != nil {
-		return entityTypeBody{}, badRequest("field serve_endpoint: %v", err)
+		return entityTypeBody{}, httpx.BadRequest("field serve_endpoint: %v", err)
 	}
 	req.Header.Set("Accept", "application/json")
 	resp, err := s.outbound.Do(req)
@@ -81,7 +83,7 @@ func (s *Server) fetchServeManifest(ctx context.Context, name, endpoint string) 
 		if manifest.Name != nil {
 			got = fmt.Sprintf("%q", *manifest.Name)
 		}
-		return entityTypeBody{}, errf(http.StatusBadRequest, "SERVE_ENDPOINT_NAME_MISMATCH",
+		return entityTypeBody{}, httpx.Errorf(http.StatusBadRequest, "SERVE_ENDPOINT_NAME_MISMATCH",
 			"serve endpoint %s answered a manifest with %s, expected %q", endpoint, got, name)
 	}
 	manifest.ServeEndpoint = nil

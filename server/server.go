@@ -20,6 +20,7 @@ import (
 	"github.com/pullwake/pullwake/internal/schemas"
 	"github.com/pullwake/pullwake/internal/secret"
 	"github.com/pullwake/pullwake/internal/webhooksig"
+	"github.com/pullwake/pullwake/server/httpx"
 	"github.com/pullwake/pullwake/server/sweeper"
 	"github.com/pullwake/pullwake/server/tokens"
 	"github.com/pullwake/pullwake/server/writeauth"
@@ -124,7 +125,7 @@ type Server struct {
 	// typed.go).
 	validator entityValidator
 	mux       *http.ServeMux
-	handler   http.Handler // mux behind the path rule (paths.go)
+	handler   http.Handler // mux behind the path rule (httpx.PathGuard)
 	patterns  []string     // the mux's patterns, in registration order (Routes)
 	// adminHash is the SHA-256 of the admin token: requests are compared
 	// hash to hash, in time independent of what they carry.
@@ -266,12 +267,12 @@ func (s *Server) routes() {
 			ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
 			defer cancel()
 			r = r.WithContext(ctx)
-			err := checkText(r)
+			err := httpx.CheckText(r)
 			if err == nil {
 				err = fn(w, r)
 			}
 			if err != nil {
-				s.fail(w, r, err)
+				httpx.Fail(s.log, w, r, err)
 			}
 		})
 	}
@@ -337,7 +338,7 @@ func (s *Server) routes() {
 	h("POST /_electric/claims/{consumer_id}/{epoch}/release", admin(s.forceRelease))
 
 	h("GET /healthz", func(w http.ResponseWriter, r *http.Request) error {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 		return nil
 	})
 	h("GET /readyz", s.readyz)
@@ -357,10 +358,10 @@ func (s *Server) routes() {
 	notFound := wrap(func(w http.ResponseWriter, r *http.Request) error {
 		if allow := allowedMethods(mux, r); len(allow) > 0 {
 			w.Header().Set("Allow", strings.Join(allow, ", "))
-			return errf(http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", "method %s is not allowed on %s; allowed: %s",
+			return httpx.Errorf(http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", "method %s is not allowed on %s; allowed: %s",
 				r.Method, r.URL.Path, strings.Join(allow, ", "))
 		}
-		return errf(http.StatusNotFound, "NOT_FOUND", "no route for %s %s", r.Method, r.URL.Path)
+		return httpx.Errorf(http.StatusNotFound, "NOT_FOUND", "no route for %s %s", r.Method, r.URL.Path)
 	})
 	handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !s.rootStream(w, r) {
@@ -368,7 +369,7 @@ func (s *Server) routes() {
 		}
 	}))
 	s.mux = mux
-	s.handler = pathGuard(mux)
+	s.handler = httpx.PathGuard(mux)
 }
 
 // allowedMethods lists the methods some pattern other than the catch-all
@@ -393,29 +394,29 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) error {
 	defer cancel()
 	if s.listener != nil {
 		if ok, why := s.listener.Status(); !ok {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reason": why})
+			httpx.WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reason": why})
 			return nil
 		}
 	}
 	if ok, why := s.recon.Status(); !ok {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reason": why})
+		httpx.WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reason": why})
 		return nil
 	}
 	if err := s.pool.Ping(ctx); err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reason": "database unreachable: " + err.Error()})
+		httpx.WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reason": "database unreachable: " + err.Error()})
 		return nil
 	}
 	cur, latest, err := s.migrator.Versions(ctx)
 	if err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reason": "cannot read schema version: " + err.Error()})
+		httpx.WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable", "reason": "cannot read schema version: " + err.Error()})
 		return nil
 	}
 	if cur != latest {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable",
+		httpx.WriteJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "unavailable",
 			"reason": "schema at migration " + itoa(cur) + ", want " + itoa(latest) + ": run pullwake migrate up", "schema_version": cur, "latest_version": latest})
 		return nil
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ready", "schema_version": cur})
+	httpx.WriteJSON(w, http.StatusOK, map[string]any{"status": "ready", "schema_version": cur})
 	return nil
 }
 

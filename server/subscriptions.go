@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/server/httpx"
 )
 
 // Webhook subscriptions (Durable Streams' /__ds/subscriptions/{id}): an
@@ -50,18 +51,18 @@ func relStreamPath(p string) string {
 // of segments.
 func checkStreamPattern(field, p string) error {
 	if p == "" || len(p) > maxSubscriptionPath {
-		return badRequest("field %s: must be 1 to %d characters", field, maxSubscriptionPath)
+		return httpx.BadRequest("field %s: must be 1 to %d characters", field, maxSubscriptionPath)
 	}
 	for _, seg := range strings.Split(strings.TrimRight(p, "/"), "/") {
 		if seg == "" {
-			return badRequest("field %s: %q has an empty segment", field, p)
+			return httpx.BadRequest("field %s: %q has an empty segment", field, p)
 		}
 		if strings.Contains(seg, "**") && seg != "**" {
-			return badRequest("field %s: ** must be a whole segment in %q", field, p)
+			return httpx.BadRequest("field %s: ** must be a whole segment in %q", field, p)
 		}
 		for _, c := range seg {
 			if c < 0x20 || c == 0x7f {
-				return badRequest("field %s: control characters are not allowed", field)
+				return httpx.BadRequest("field %s: control characters are not allowed", field)
 			}
 		}
 	}
@@ -76,28 +77,28 @@ func checkWebhookURL(raw string) error { return checkOutboundURL("webhook.url", 
 // naming it in the error.
 func checkOutboundURL(field, raw string) error {
 	if raw == "" || len(raw) > maxWebhookURL {
-		return badRequest("field %s: must be 1 to %d characters", field, maxWebhookURL)
+		return httpx.BadRequest("field %s: must be 1 to %d characters", field, maxWebhookURL)
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return badRequest("field %s: not a URL: %v", field, err)
+		return httpx.BadRequest("field %s: not a URL: %v", field, err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return badRequest("field %s: only http and https URLs are called, got %q", field, u.Scheme)
+		return httpx.BadRequest("field %s: only http and https URLs are called, got %q", field, u.Scheme)
 	}
 	if u.Host == "" || u.Hostname() == "" {
-		return badRequest("field %s: needs a host", field)
+		return httpx.BadRequest("field %s: needs a host", field)
 	}
 	if strings.ContainsAny(raw, " \t\r\n") {
-		return badRequest("field %s: must not contain whitespace", field)
+		return httpx.BadRequest("field %s: must not contain whitespace", field)
 	}
 	return nil
 }
 
 func (s *Server) subscriptionID(r *http.Request) (string, error) {
 	id := r.PathValue("id")
-	if !idRE.MatchString(id) {
-		return "", badRequest("subscription id %q must match [A-Za-z0-9._~-]{1,128}", id)
+	if !httpx.IDRE.MatchString(id) {
+		return "", httpx.BadRequest("subscription id %q must match [A-Za-z0-9._~-]{1,128}", id)
 	}
 	return id, nil
 }
@@ -108,17 +109,17 @@ func (s *Server) putSubscription(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var b subscriptionBody
-	if err := decode(w, r, &b); err != nil {
+	if err := httpx.Decode(w, r, &b); err != nil {
 		return err
 	}
 	if b.Type == nil {
-		return badRequest("field type: required (\"webhook\")")
+		return httpx.BadRequest("field type: required (\"webhook\")")
 	}
 	if *b.Type != "webhook" {
-		return badRequest("field type: only \"webhook\" subscriptions are served (pull-wake workers register as runners), got %q", *b.Type)
+		return httpx.BadRequest("field type: only \"webhook\" subscriptions are served (pull-wake workers register as runners), got %q", *b.Type)
 	}
 	if b.WakeStream != nil {
-		return badRequest("field wake_stream: only for pull-wake subscriptions")
+		return httpx.BadRequest("field wake_stream: only for pull-wake subscriptions")
 	}
 	var pattern *string
 	if b.Pattern != nil {
@@ -129,7 +130,7 @@ func (s *Server) putSubscription(w http.ResponseWriter, r *http.Request) error {
 		pattern = &p
 	}
 	if len(b.Streams) > maxSubscriptionStreams {
-		return badRequest("field streams: at most %d streams", maxSubscriptionStreams)
+		return httpx.BadRequest("field streams: at most %d streams", maxSubscriptionStreams)
 	}
 	streams := make([]string, 0, len(b.Streams))
 	for i, st := range b.Streams {
@@ -138,15 +139,15 @@ func (s *Server) putSubscription(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		if strings.Contains(p, "*") {
-			return badRequest("field streams[%d]: a stream path, not a pattern: %q", i, st)
+			return httpx.BadRequest("field streams[%d]: a stream path, not a pattern: %q", i, st)
 		}
 		streams = append(streams, strings.TrimRight(p, "/"))
 	}
 	if pattern == nil && len(streams) == 0 {
-		return badRequest("field pattern or streams: at least one is required")
+		return httpx.BadRequest("field pattern or streams: at least one is required")
 	}
 	if b.Webhook == nil || b.Webhook.URL == nil {
-		return badRequest("field webhook.url: required")
+		return httpx.BadRequest("field webhook.url: required")
 	}
 	if err := checkWebhookURL(*b.Webhook.URL); err != nil {
 		return err
@@ -155,13 +156,13 @@ func (s *Server) putSubscription(w http.ResponseWriter, r *http.Request) error {
 	if b.LeaseTTLMS != nil {
 		lease = *b.LeaseTTLMS
 		if lease < 1000 || lease > 600000 {
-			return badRequest("field lease_ttl_ms: must be 1000 to 600000, got %d", lease)
+			return httpx.BadRequest("field lease_ttl_ms: must be 1000 to 600000, got %d", lease)
 		}
 	}
 	desc := ""
 	if b.Description != nil {
 		if len(*b.Description) > 1024 {
-			return badRequest("field description: at most 1024 characters")
+			return httpx.BadRequest("field description: at most 1024 characters")
 		}
 		desc = *b.Description
 	}
@@ -178,11 +179,11 @@ func (s *Server) putSubscription(w http.ResponseWriter, r *http.Request) error {
 	switch outcome {
 	case "created":
 		s.log.Info("subscription created", "subscription_id", id, "webhook_url", *b.Webhook.URL)
-		writeJSON(w, http.StatusCreated, s.subscriptionJSON(sub))
+		httpx.WriteJSON(w, http.StatusCreated, s.subscriptionJSON(sub))
 	case "unchanged":
-		writeJSON(w, http.StatusOK, s.subscriptionJSON(sub))
+		httpx.WriteJSON(w, http.StatusOK, s.subscriptionJSON(sub))
 	default:
-		return errf(http.StatusConflict, "SUBSCRIPTION_EXISTS",
+		return httpx.Errorf(http.StatusConflict, "SUBSCRIPTION_EXISTS",
 			"subscription %s exists with another configuration: delete it first", id)
 	}
 	return nil
@@ -191,7 +192,7 @@ func (s *Server) putSubscription(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) loadSubscription(ctx context.Context, id string) (db.PushSubscription, error) {
 	sub, err := s.q.GetPushSubscription(ctx, s.pool, db.GetPushSubscriptionParams{TenantID: s.cfg.Tenant, ID: id})
 	if errors.Is(err, db.ErrNotFound) {
-		return sub, errf(http.StatusNotFound, "SUBSCRIPTION_NOT_FOUND", "subscription %s not found", id)
+		return sub, httpx.Errorf(http.StatusNotFound, "SUBSCRIPTION_NOT_FOUND", "subscription %s not found", id)
 	}
 	return sub, err
 }
@@ -205,7 +206,7 @@ func (s *Server) getSubscription(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, s.subscriptionJSON(sub))
+	httpx.WriteJSON(w, http.StatusOK, s.subscriptionJSON(sub))
 	return nil
 }
 
@@ -222,7 +223,7 @@ func (s *Server) deleteSubscription(w http.ResponseWriter, r *http.Request) erro
 		return err
 	}
 	if n == 0 {
-		return errf(http.StatusNotFound, "SUBSCRIPTION_NOT_FOUND", "subscription %s not found", id)
+		return httpx.Errorf(http.StatusNotFound, "SUBSCRIPTION_NOT_FOUND", "subscription %s not found", id)
 	}
 	s.log.Info("subscription deleted", "subscription_id", id)
 	w.WriteHeader(http.StatusNoContent)

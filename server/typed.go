@@ -8,6 +8,7 @@ import (
 
 	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/internal/schemas"
+	"github.com/pullwake/pullwake/server/httpx"
 )
 
 // Typed entities: a registered type's creation_schema checks spawn
@@ -69,26 +70,26 @@ func schemaRefusal(electric bool, err error) error {
 	switch {
 	case errors.As(err, &cb):
 		// The type's own cost, not the database's: a 4xx naming it.
-		return errf(http.StatusUnprocessableEntity, "ENTITY_TYPE_TOO_COMPLEX", "%s", cb.Error())
+		return httpx.Errorf(http.StatusUnprocessableEntity, "ENTITY_TYPE_TOO_COMPLEX", "%s", cb.Error())
 	case errors.As(err, &se):
 		// A stored schema that does not compile: the row was written
 		// before schemas were checked, or by hand.
-		return errf(http.StatusConflict, "ENTITY_TYPE_INVALID",
+		return httpx.Errorf(http.StatusConflict, "ENTITY_TYPE_INVALID",
 			"%s; delete the entity type and register it again", err.Error())
 	case errors.As(err, &ut) && electric:
-		return errf(http.StatusNotFound, "UNKNOWN_ENTITY_TYPE", "%s", ut.Error())
+		return httpx.Errorf(http.StatusNotFound, "UNKNOWN_ENTITY_TYPE", "%s", ut.Error())
 	case errors.As(err, &um) && electric:
-		return errf(http.StatusUnprocessableEntity, "UNKNOWN_MESSAGE_TYPE", "%s", um.Error())
+		return httpx.Errorf(http.StatusUnprocessableEntity, "UNKNOWN_MESSAGE_TYPE", "%s", um.Error())
 	case errors.As(err, &ie) && electric:
-		e := errf(http.StatusUnprocessableEntity, "SCHEMA_VALIDATION_FAILED", "%s", ie.Error())
-		e.details = ie.Details
+		e := httpx.Errorf(http.StatusUnprocessableEntity, "SCHEMA_VALIDATION_FAILED", "%s", ie.Error())
+		e.Details = ie.Details
 		return e
 	case errors.As(err, &ie):
-		e := badRequest("%s", ie.Error())
-		e.details = ie.Details
+		e := httpx.BadRequest("%s", ie.Error())
+		e.Details = ie.Details
 		return e
 	case errors.As(err, &ut), errors.As(err, &um):
-		return badRequest("%s", err.Error())
+		return httpx.BadRequest("%s", err.Error())
 	}
 	return err
 }

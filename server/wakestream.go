@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/server/httpx"
 )
 
 // Wake streams: every runner has a JSON-mode Durable Stream at
@@ -36,7 +37,7 @@ const wakePollInterval = 20 * time.Millisecond
 // long-poll limit, as on any stream.
 func (s *Server) wakeStream(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.Streams == nil {
-		s.fail(w, r, errf(http.StatusNotFound, "NOT_FOUND", "streams are not served"))
+		httpx.Fail(s.log, w, r, httpx.Errorf(http.StatusNotFound, "NOT_FOUND", "streams are not served"))
 		return
 	}
 	path := wakeStreamPath(r.PathValue("id"))
@@ -47,14 +48,14 @@ func (s *Server) wakeStream(w http.ResponseWriter, r *http.Request) {
 		err := s.requireRunner(r.WithContext(ctx))
 		cancel()
 		if err != nil {
-			s.fail(w, r, err)
+			httpx.Fail(s.log, w, r, err)
 			return
 		}
 		if r.Method == http.MethodGet && r.URL.Query().Get("live") != "" {
 			defer s.wakes.watch(path)()
 		}
 	default:
-		s.fail(w, r, errf(http.StatusForbidden, "FORBIDDEN", "a wake stream is written by the server only; %s is refused", r.Method))
+		httpx.Fail(s.log, w, r, httpx.Errorf(http.StatusForbidden, "FORBIDDEN", "a wake stream is written by the server only; %s is refused", r.Method))
 		return
 	}
 	r2 := r.Clone(r.Context())
