@@ -42,8 +42,9 @@ type entityEncoding interface {
 // entity type's schemas. ValidateSpawn gets the spawn's args (nil when
 // absent) and whether the type must be registered; ValidateSend the
 // message type ("" when absent) and payload. The handlers encode its
-// errors for their prefix (schemaRefusal, typed.go). The default accepts
-// everything; the server's is typedValidator (typed.go).
+// errors for their prefix (entitytypes.Refusal). The default accepts
+// everything; the server's is the entity types' service
+// (server/entitytypes).
 type entityValidator interface {
 	ValidateSpawn(ctx context.Context, entityType string, args json.RawMessage, requireType bool) error
 	ValidateSend(ctx context.Context, entityType, msgType string, payload json.RawMessage) error

@@ -1,7 +1,7 @@
 // Package server is pullwake's HTTP server: routing, handlers and
 // credentials for the lifecycle routes (entities, runners, claims, wake
-// callbacks), Electric's dialect (entity types, serve endpoints, push
-// subscriptions), the claim listener and the token reconciler. Around it:
+// callbacks), Electric's dialect of the entity routes, push subscriptions,
+// the claim listener and the token reconciler. Around it:
 //
 //   - server/streams serves /v1/stream/ (the Durable Streams protocol);
 //   - server/tokens is the in-memory write-token store, server/writeauth
@@ -10,6 +10,9 @@
 //   - server/sweeper runs the background passes (expiry, the wake-event
 //     backstop, housekeeping);
 //   - server/push delivers wakes to webhook targets;
+//   - server/entitytypes serves /_electric/entity-types (and serve
+//     endpoints' manifests) and validates spawns and sends against the
+//     registered types;
 //   - server/httpx is the ground every handler stands on: request
 //     decoding, error answers, the id patterns and the one path rule.
 //

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/server/entitytypes"
 	"github.com/pullwake/pullwake/server/httpx"
 )
 
@@ -145,13 +146,13 @@ func (s *Server) spawnEntity(enc entityEncoding, w http.ResponseWriter, r *http.
 	// args are checked against the type's creation_schema under both
 	// prefixes; Electric's always requires a registered type, /entities
 	// only with RequireEntityTypes.
-	args, err := jsonObject(body.Args, "args")
+	args, err := httpx.JSONObject(body.Args, "args")
 	if err != nil {
 		return err
 	}
 	_, electric := enc.(electricEncoding)
 	if err := s.validator.ValidateSpawn(r.Context(), entityType(url), args, electric || s.cfg.RequireEntityTypes); err != nil {
-		return schemaRefusal(electric, err)
+		return entitytypes.Refusal(electric, err)
 	}
 	e, err := s.q.SpawnEntityAs(r.Context(), s.pool, p)
 	if err != nil {
@@ -278,7 +279,7 @@ func (s *Server) sendToEntity(enc entityEncoding, w http.ResponseWriter, r *http
 	}
 	if err := s.validator.ValidateSend(r.Context(), entityType(url), msgType, body.Payload); err != nil {
 		_, electric := enc.(electricEncoding)
-		return schemaRefusal(electric, err)
+		return entitytypes.Refusal(electric, err)
 	}
 	p := db.SendToEntityParams{Url: url, Payload: body.Payload, FromName: from, TenantID: s.cfg.Tenant}
 	if msgType != "" {

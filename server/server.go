@@ -17,9 +17,9 @@ import (
 	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/internal/migrate"
 	"github.com/pullwake/pullwake/internal/pglisten"
-	"github.com/pullwake/pullwake/internal/schemas"
 	"github.com/pullwake/pullwake/internal/secret"
 	"github.com/pullwake/pullwake/internal/webhooksig"
+	"github.com/pullwake/pullwake/server/entitytypes"
 	"github.com/pullwake/pullwake/server/httpx"
 	"github.com/pullwake/pullwake/server/sweeper"
 	"github.com/pullwake/pullwake/server/tokens"
@@ -118,11 +118,11 @@ type Server struct {
 	migrator *migrate.Migrator
 	sw       *sweeper.Sweeper
 	listener *pglisten.Listener
-	outbound *http.Client // serve endpoints (serveendpoint.go)
 	recon    *reconciler
-	wakes    *wakeWatcher // wakes live readers of wake streams
-	// validator checks spawns and sends against entity types (dialect.go,
-	// typed.go).
+	wakes    *wakeWatcher         // wakes live readers of wake streams
+	types    *entitytypes.Service // /_electric/entity-types and the typed validation
+	// validator checks spawns and sends against entity types (dialect.go;
+	// the entity types' service).
 	validator entityValidator
 	mux       *http.ServeMux
 	handler   http.Handler // mux behind the path rule (httpx.PathGuard)
@@ -176,7 +176,6 @@ func New(cfg Config) (*Server, error) {
 		log:       cfg.Logger,
 		metrics:   cfg.Metrics,
 		migrator:  m,
-		outbound:  newOutboundClient(),
 	}
 	if cfg.AdminToken != "" {
 		s.adminHash = secret.Hash(cfg.AdminToken)
@@ -202,7 +201,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.GroupCommit {
 		s.batch = newBatchers(cfg.Pool, s.q, cfg.Tenant, cfg.Publisher == nil, cfg.GroupCommitInFlight, cfg.BatchObserver)
 	}
-	s.validator = typedValidator{schemas.New(s.schemaSource)}
+	s.types = entitytypes.New(entitytypes.Config{
+		Pool: cfg.Pool, Tenant: cfg.Tenant, Logger: cfg.Logger, RequireAdmin: s.requireAdmin,
+	})
+	s.validator = s.types
 	s.routes()
 	return s, nil
 }
@@ -311,11 +313,8 @@ func (s *Server) routes() {
 	h("POST /_electric/entities/{type}/{id}/tags/{key}", s.entityRoute(el, s.setTag))
 	h("DELETE /_electric/entities/{type}/{id}/tags/{key}", s.entityRoute(el, s.setTag))
 
-	h("POST /_electric/entity-types", admin(s.upsertEntityType))
-	h("GET /_electric/entity-types", admin(s.listEntityTypes))
-	h("GET /_electric/entity-types/{name}", admin(s.getEntityType))
-	h("DELETE /_electric/entity-types/{name}", admin(s.deleteEntityType))
-	h("PATCH /_electric/entity-types/{name}/schemas", admin(s.amendEntityTypeSchemas))
+	// Entity types (server/entitytypes), each behind the admin check.
+	s.types.Routes(h)
 
 	h("POST /_electric/runners", admin(s.registerRunner))
 	h("GET /_electric/runners", admin(s.listRunners))

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -35,7 +34,6 @@ type subscriptionBody struct {
 const (
 	maxSubscriptionStreams = 100
 	maxSubscriptionPath    = 1024
-	maxWebhookURL          = 2048
 )
 
 // relStreamPath is a stream path relative to the stream root, the form
@@ -71,29 +69,7 @@ func checkStreamPattern(field, p string) error {
 
 // checkWebhookURL accepts absolute http(s) URLs with a host. Nothing
 // else is ever called: no other scheme, no relative URL.
-func checkWebhookURL(raw string) error { return checkOutboundURL("webhook.url", raw) }
-
-// checkOutboundURL is the rule for every URL the server calls, field
-// naming it in the error.
-func checkOutboundURL(field, raw string) error {
-	if raw == "" || len(raw) > maxWebhookURL {
-		return httpx.BadRequest("field %s: must be 1 to %d characters", field, maxWebhookURL)
-	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		return httpx.BadRequest("field %s: not a URL: %v", field, err)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return httpx.BadRequest("field %s: only http and https URLs are called, got %q", field, u.Scheme)
-	}
-	if u.Host == "" || u.Hostname() == "" {
-		return httpx.BadRequest("field %s: needs a host", field)
-	}
-	if strings.ContainsAny(raw, " \t\r\n") {
-		return httpx.BadRequest("field %s: must not contain whitespace", field)
-	}
-	return nil
-}
+func checkWebhookURL(raw string) error { return httpx.CheckOutboundURL("webhook.url", raw) }
 
 func (s *Server) subscriptionID(r *http.Request) (string, error) {
 	id := r.PathValue("id")

@@ -8,7 +8,8 @@
 // (Error, Errorf, BadRequest, Unauthorized, and Fail, which also maps the
 // SQL functions' domain codes and a lost database to their statuses), the
 // id and entity-type patterns every route checks (IDRE, EntityTypeRE,
-// EntityURL).
+// EntityURL), and the rule for every URL the server calls
+// (CheckOutboundURL).
 //
 // It knows no route, no credential and no lifecycle: it must never read
 // or write the database, the token maps or a server's configuration, and

@@ -1,4 +1,4 @@
-package server
+package entitytypes
 
 import (
 	"bytes"
@@ -48,8 +48,8 @@ func unreachable(format string, args ...any) error {
 
 // fetchServeManifest PUTs to endpoint and returns the registration it
 // answers, which must name the type name.
-func (s *Server) fetchServeManifest(ctx context.Context, name, endpoint string) (entityTypeBody, error) {
-	if err := checkOutboundURL("serve_endpoint", endpoint); err != nil {
+func (s *Service) fetchServeManifest(ctx context.Context, name, endpoint string) (entityTypeBody, error) {
+	if err := httpx.CheckOutboundURL("serve_endpoint", endpoint); err != nil {
 		return entityTypeBody{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, serveEndpointTimeout)

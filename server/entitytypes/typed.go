@@ -1,4 +1,4 @@
-package server
+package entitytypes
 
 import (
 	"context"
@@ -14,14 +14,15 @@ import (
 // Typed entities: a registered type's creation_schema checks spawn
 // arguments and its inbox_schemas check typed sends (internal/schemas,
 // compiled once per type revision), through the entity handlers'
-// validator hook. Under /_electric/entities a spawn of an unregistered
-// type is always refused, as Electric's server does; under /entities only
-// with Config.RequireEntityTypes. Refusals are encoded per prefix by the
-// encodings' mapError: Electric's codes and 404/422 under /_electric/,
-// the SPEC's 400 INVALID_REQUEST under /entities.
+// validator hook (the Service is the server's validator). Under
+// /_electric/entities a spawn of an unregistered type is always refused,
+// as Electric's server does; under /entities only with the server's
+// RequireEntityTypes. Refusals are encoded per prefix by Refusal:
+// Electric's codes and 404/422 under /_electric/, the SPEC's 400
+// INVALID_REQUEST under /entities.
 
 // schemaSource reads a type for the validator.
-func (s *Server) schemaSource(ctx context.Context, name string) (schemas.Type, bool, error) {
+func (s *Service) schemaSource(ctx context.Context, name string) (schemas.Type, bool, error) {
 	t, err := s.q.GetEntityType(ctx, s.pool, db.GetEntityTypeParams{TenantID: s.cfg.Tenant, Name: name})
 	if errors.Is(err, db.ErrNotFound) {
 		return schemas.Type{}, false, nil
@@ -33,14 +34,11 @@ func (s *Server) schemaSource(ctx context.Context, name string) (schemas.Type, b
 		CreationSchema: t.CreationSchema, InboxSchemas: t.InboxSchemas}, true, nil
 }
 
-// typedValidator is the server's entityValidator: internal/schemas over
-// the entity_types table.
-type typedValidator struct{ v *schemas.Validator }
-
-// ValidateSpawn checks args against the type's creation_schema; an
+// ValidateSpawn checks a spawn's args (nil when absent) against the type's
+// creation_schema (internal/schemas over the entity_types table); an
 // unregistered type passes unless requireType.
-func (t typedValidator) ValidateSpawn(ctx context.Context, typ string, args json.RawMessage, requireType bool) error {
-	err := t.v.ValidateSpawn(ctx, typ, args)
+func (s *Service) ValidateSpawn(ctx context.Context, typ string, args json.RawMessage, requireType bool) error {
+	err := s.validator.ValidateSpawn(ctx, typ, args)
 	var ut *schemas.UnknownTypeError
 	if errors.As(err, &ut) && !requireType {
 		return nil
@@ -48,15 +46,16 @@ func (t typedValidator) ValidateSpawn(ctx context.Context, typ string, args json
 	return err
 }
 
-// ValidateSend checks a typed send's payload against its inbox schema.
-func (t typedValidator) ValidateSend(ctx context.Context, typ, msgType string, payload json.RawMessage) error {
-	return t.v.ValidateSend(ctx, typ, msgType, payload)
+// ValidateSend checks a typed send's payload against its inbox schema
+// (msgType "" when the send names none).
+func (s *Service) ValidateSend(ctx context.Context, typ, msgType string, payload json.RawMessage) error {
+	return s.validator.ValidateSend(ctx, typ, msgType, payload)
 }
 
-// schemaRefusal encodes a validation error of typedValidator in Electric's
-// dialect or pullwake's (SPEC §4: 400 INVALID_REQUEST); any other error is
-// returned as it is.
-func schemaRefusal(electric bool, err error) error {
+// Refusal encodes a validation error of ValidateSpawn or ValidateSend in
+// Electric's dialect or pullwake's (SPEC §4: 400 INVALID_REQUEST); any
+// other error is returned as it is.
+func Refusal(electric bool, err error) error {
 	if err == nil {
 		return nil
 	}

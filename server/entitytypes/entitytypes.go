@@ -1,7 +1,6 @@
-package server
+package entitytypes
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -47,19 +46,6 @@ func entityTypeFromRow(t db.EntityType) entityTypeJSON {
 		DefaultDispatchPolicy: orNull(t.DefaultDispatchPolicy), Revision: t.Revision,
 		CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt,
 	}
-}
-
-// jsonObject returns v when it is a JSON object, nil when absent or null,
-// and an error naming field otherwise.
-func jsonObject(v json.RawMessage, field string) (json.RawMessage, error) {
-	t := bytes.TrimSpace(v)
-	switch {
-	case len(t) == 0 || string(t) == "null":
-		return nil, nil
-	case t[0] != '{':
-		return nil, httpx.BadRequest("field %s: must be an object", field)
-	}
-	return t, nil
 }
 
 // checkDispatchPolicy validates {"targets": [{"type", "runnerId"|"runner_id"?, ...}]}.
@@ -111,7 +97,7 @@ type entityTypeBody struct {
 	ServeEndpoint         *string         `json:"serve_endpoint"`
 }
 
-func (s *Server) upsertEntityType(w http.ResponseWriter, r *http.Request) error {
+func (s *Service) upsertEntityType(w http.ResponseWriter, r *http.Request) error {
 	var body entityTypeBody
 	if err := httpx.Decode(w, r, &body); err != nil {
 		return err
@@ -147,16 +133,16 @@ func (s *Server) upsertEntityType(w http.ResponseWriter, r *http.Request) error 
 	}
 	p := db.UpsertEntityTypeParams{TenantID: s.cfg.Tenant, Name: *body.Name, Description: desc}
 	var err error
-	if p.CreationSchema, err = jsonObject(body.CreationSchema, "creation_schema"); err != nil {
+	if p.CreationSchema, err = httpx.JSONObject(body.CreationSchema, "creation_schema"); err != nil {
 		return err
 	}
-	if p.InboxSchemas, err = jsonObject(body.InboxSchemas, "inbox_schemas"); err != nil {
+	if p.InboxSchemas, err = httpx.JSONObject(body.InboxSchemas, "inbox_schemas"); err != nil {
 		return err
 	}
-	if p.StateSchemas, err = jsonObject(body.StateSchemas, "state_schemas"); err != nil {
+	if p.StateSchemas, err = httpx.JSONObject(body.StateSchemas, "state_schemas"); err != nil {
 		return err
 	}
-	if p.DefaultDispatchPolicy, err = jsonObject(body.DefaultDispatchPolicy, "default_dispatch_policy"); err != nil {
+	if p.DefaultDispatchPolicy, err = httpx.JSONObject(body.DefaultDispatchPolicy, "default_dispatch_policy"); err != nil {
 		return err
 	}
 	if err := checkDispatchPolicy(p.DefaultDispatchPolicy); err != nil {
@@ -250,7 +236,7 @@ func schemaError(err error) error {
 // A key the type holds with another schema is 409 SCHEMA_KEY_EXISTS; with
 // the same schema it changes nothing. The revision bumps when a key was
 // added.
-func (s *Server) amendEntityTypeSchemas(w http.ResponseWriter, r *http.Request) error {
+func (s *Service) amendEntityTypeSchemas(w http.ResponseWriter, r *http.Request) error {
 	name, err := entityTypeName(r)
 	if err != nil {
 		return err
@@ -270,11 +256,11 @@ func (s *Server) amendEntityTypeSchemas(w http.ResponseWriter, r *http.Request) 
 	if body.StateSchemas == nil {
 		body.StateSchemas = body.OutputSchemas
 	}
-	inbox, err := jsonObject(body.InboxSchemas, "inbox_schemas")
+	inbox, err := httpx.JSONObject(body.InboxSchemas, "inbox_schemas")
 	if err != nil {
 		return err
 	}
-	state, err := jsonObject(body.StateSchemas, "state_schemas")
+	state, err := httpx.JSONObject(body.StateSchemas, "state_schemas")
 	if err != nil {
 		return err
 	}
@@ -323,7 +309,7 @@ func (s *Server) amendEntityTypeSchemas(w http.ResponseWriter, r *http.Request) 
 	}
 }
 
-func (s *Server) listEntityTypes(w http.ResponseWriter, r *http.Request) error {
+func (s *Service) listEntityTypes(w http.ResponseWriter, r *http.Request) error {
 	rows, err := s.q.ListEntityTypes(r.Context(), s.pool, db.ListEntityTypesParams{TenantID: s.cfg.Tenant, MaxRows: 1000})
 	if err != nil {
 		return err
@@ -344,7 +330,7 @@ func entityTypeName(r *http.Request) (string, error) {
 	return name, nil
 }
 
-func (s *Server) getEntityType(w http.ResponseWriter, r *http.Request) error {
+func (s *Service) getEntityType(w http.ResponseWriter, r *http.Request) error {
 	name, err := entityTypeName(r)
 	if err != nil {
 		return err
@@ -362,7 +348,7 @@ func (s *Server) getEntityType(w http.ResponseWriter, r *http.Request) error {
 
 // deleteEntityType removes a type. Entities of the type stay; spawns of it
 // no longer find a default runner.
-func (s *Server) deleteEntityType(w http.ResponseWriter, r *http.Request) error {
+func (s *Service) deleteEntityType(w http.ResponseWriter, r *http.Request) error {
 	name, err := entityTypeName(r)
 	if err != nil {
 		return err
