@@ -1,7 +1,7 @@
 // Package server is pullwake's HTTP server: routing, handlers and
 // credentials for the lifecycle routes (entities, runners, claims, wake
-// callbacks), Electric's dialect of the entity routes, push subscriptions,
-// the claim listener and the token reconciler. Around it:
+// callbacks), Electric's dialect of the entity routes, the claim listener
+// and the token reconciler. Around it:
 //
 //   - server/streams serves /v1/stream/ (the Durable Streams protocol);
 //   - server/tokens is the in-memory write-token store, server/writeauth
@@ -9,7 +9,10 @@
 //     names);
 //   - server/sweeper runs the background passes (expiry, the wake-event
 //     backstop, housekeeping);
-//   - server/push delivers wakes to webhook targets;
+//   - server/push delivers wakes to webhook targets (the Server is its
+//     Host: a push claim's token is minted and dropped here);
+//   - server/subscriptions serves the webhook subscriptions
+//     (/__ds/subscriptions/{id}) and the signing key (/__ds/jwks.json);
 //   - server/entitytypes serves /_electric/entity-types (and serve
 //     endpoints' manifests) and validates spawns and sends against the
 //     registered types;

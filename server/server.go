@@ -21,6 +21,7 @@ import (
 	"github.com/pullwake/pullwake/internal/webhooksig"
 	"github.com/pullwake/pullwake/server/entitytypes"
 	"github.com/pullwake/pullwake/server/httpx"
+	"github.com/pullwake/pullwake/server/subscriptions"
 	"github.com/pullwake/pullwake/server/sweeper"
 	"github.com/pullwake/pullwake/server/tokens"
 	"github.com/pullwake/pullwake/server/writeauth"
@@ -119,8 +120,9 @@ type Server struct {
 	sw       *sweeper.Sweeper
 	listener *pglisten.Listener
 	recon    *reconciler
-	wakes    *wakeWatcher         // wakes live readers of wake streams
-	types    *entitytypes.Service // /_electric/entity-types and the typed validation
+	wakes    *wakeWatcher           // wakes live readers of wake streams
+	types    *entitytypes.Service   // /_electric/entity-types and the typed validation
+	subs     *subscriptions.Service // /__ds/subscriptions/{id} and /__ds/jwks.json
 	// validator checks spawns and sends against entity types (dialect.go;
 	// the entity types' service).
 	validator entityValidator
@@ -205,6 +207,10 @@ func New(cfg Config) (*Server, error) {
 		Pool: cfg.Pool, Tenant: cfg.Tenant, Logger: cfg.Logger, RequireAdmin: s.requireAdmin,
 	})
 	s.validator = s.types
+	s.subs = subscriptions.New(subscriptions.Config{
+		Pool: cfg.Pool, Tenant: cfg.Tenant, PublicURL: cfg.PublicURL, Logger: cfg.Logger,
+		WebhookSigner: cfg.WebhookSigner, RequireAdmin: s.requireAdmin,
+	})
 	s.routes()
 	return s, nil
 }
@@ -327,11 +333,9 @@ func (s *Server) routes() {
 
 	h("POST /_electric/wake-callbacks/{consumer_id}", s.wakeCallback)
 
-	// Webhook subscriptions (push delivery, server/subscriptions.go).
-	h("PUT /__ds/subscriptions/{id}", admin(s.putSubscription))
-	h("GET /__ds/subscriptions/{id}", admin(s.getSubscription))
-	h("DELETE /__ds/subscriptions/{id}", admin(s.deleteSubscription))
-	h("GET /__ds/jwks.json", s.jwks)
+	// Webhook subscriptions (push delivery, server/subscriptions) and the
+	// key deliveries are signed with.
+	s.subs.Routes(h)
 
 	h("GET /_electric/claims", admin(s.listClaims))
 	h("POST /_electric/claims/{consumer_id}/{epoch}/release", admin(s.forceRelease))

@@ -1,4 +1,4 @@
-package server
+package subscriptions
 
 import (
 	"context"
@@ -6,19 +6,12 @@ import (
 	"errors"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/server/httpx"
 )
 
-// Webhook subscriptions (Durable Streams' /__ds/subscriptions/{id}): an
-// admin registers a URL and a pattern over stream paths; queued wakes of
-// entities without runner whose main stream matches are claimed on the
-// subscription's behalf and POSTed there, signed, by the delivery worker
-// (package server/push). Only URLs registered here, or as an entity type's
-// webhook target, are ever called.
-
+// subscriptionBody is a PUT /__ds/subscriptions/{id}.
 type subscriptionBody struct {
 	Type    *string  `json:"type"`
 	Pattern *string  `json:"pattern"`
@@ -41,8 +34,12 @@ const (
 // and "v1/stream/" are taken off.
 func relStreamPath(p string) string {
 	p = strings.TrimLeft(p, "/")
-	return strings.TrimPrefix(p, strings.TrimPrefix(streamPrefix, "/"))
+	return strings.TrimPrefix(p, streamRoot)
 }
+
+// streamRoot is where the streams are served (/v1/stream/), without its
+// leading "/".
+const streamRoot = "v1/stream/"
 
 // checkStreamPattern accepts '/'-separated segments without empty ones,
 // where '*' matches within a segment and '**' (a whole segment) any number
@@ -71,7 +68,7 @@ func checkStreamPattern(field, p string) error {
 // else is ever called: no other scheme, no relative URL.
 func checkWebhookURL(raw string) error { return httpx.CheckOutboundURL("webhook.url", raw) }
 
-func (s *Server) subscriptionID(r *http.Request) (string, error) {
+func (s *Service) subscriptionID(r *http.Request) (string, error) {
 	id := r.PathValue("id")
 	if !httpx.IDRE.MatchString(id) {
 		return "", httpx.BadRequest("subscription id %q must match [A-Za-z0-9._~-]{1,128}", id)
@@ -79,7 +76,7 @@ func (s *Server) subscriptionID(r *http.Request) (string, error) {
 	return id, nil
 }
 
-func (s *Server) putSubscription(w http.ResponseWriter, r *http.Request) error {
+func (s *Service) putSubscription(w http.ResponseWriter, r *http.Request) error {
 	id, err := s.subscriptionID(r)
 	if err != nil {
 		return err
@@ -165,7 +162,7 @@ func (s *Server) putSubscription(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (s *Server) loadSubscription(ctx context.Context, id string) (db.PushSubscription, error) {
+func (s *Service) loadSubscription(ctx context.Context, id string) (db.PushSubscription, error) {
 	sub, err := s.q.GetPushSubscription(ctx, s.pool, db.GetPushSubscriptionParams{TenantID: s.cfg.Tenant, ID: id})
 	if errors.Is(err, db.ErrNotFound) {
 		return sub, httpx.Errorf(http.StatusNotFound, "SUBSCRIPTION_NOT_FOUND", "subscription %s not found", id)
@@ -173,7 +170,7 @@ func (s *Server) loadSubscription(ctx context.Context, id string) (db.PushSubscr
 	return sub, err
 }
 
-func (s *Server) getSubscription(w http.ResponseWriter, r *http.Request) error {
+func (s *Service) getSubscription(w http.ResponseWriter, r *http.Request) error {
 	id, err := s.subscriptionID(r)
 	if err != nil {
 		return err
@@ -189,7 +186,7 @@ func (s *Server) getSubscription(w http.ResponseWriter, r *http.Request) error {
 // deleteSubscription stops deliveries: no wake is claimed for the
 // subscription after this answers. A claim already made ends as any claim
 // does (the endpoint's done, or its lease).
-func (s *Server) deleteSubscription(w http.ResponseWriter, r *http.Request) error {
+func (s *Service) deleteSubscription(w http.ResponseWriter, r *http.Request) error {
 	id, err := s.subscriptionID(r)
 	if err != nil {
 		return err
@@ -206,9 +203,9 @@ func (s *Server) deleteSubscription(w http.ResponseWriter, r *http.Request) erro
 	return nil
 }
 
-func (s *Server) jwksURL() string { return s.cfg.PublicURL + "/__ds/jwks.json" }
+func (s *Service) jwksURL() string { return s.cfg.PublicURL + "/__ds/jwks.json" }
 
-func (s *Server) subscriptionJSON(sub db.PushSubscription) map[string]any {
+func (s *Service) subscriptionJSON(sub db.PushSubscription) map[string]any {
 	status := "active"
 	if sub.Failures > 0 {
 		status = "failed"
@@ -232,7 +229,7 @@ func (s *Server) subscriptionJSON(sub db.PushSubscription) map[string]any {
 }
 
 // jwks publishes the public key push deliveries are signed with.
-func (s *Server) jwks(w http.ResponseWriter, r *http.Request) error {
+func (s *Service) jwks(w http.ResponseWriter, r *http.Request) error {
 	b, err := json.Marshal(s.cfg.WebhookSigner.JWKS())
 	if err != nil {
 		return err
@@ -241,31 +238,5 @@ func (s *Server) jwks(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Cache-Control", "public, max-age=300")
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(b)
-	return nil
-}
-
-// PushNotification mints a push claim's write token and returns the wake
-// notification to POST, the same document a runner's claim answers.
-// Called by the delivery worker right after claim_wake_for_push committed.
-func (s *Server) PushNotification(c db.ClaimWakeForPushRow, took time.Duration) any {
-	return s.notify(db.ClaimNextWakeRow{
-		WakeID: c.WakeID, ConsumerID: c.ConsumerID, Epoch: c.Epoch, EntityUrl: c.EntityUrl,
-		StreamPath: c.StreamPath, AckedOffset: c.AckedOffset, ClaimToken: c.ClaimToken,
-		LeaseExpiresAt: c.LeaseExpiresAt, LeaseTtlMs: c.LeaseTtlMs,
-	}, "", took, false)
-}
-
-// PushRelease releases a push claim (release_claim, then the memory step
-// every release takes): after a failed delivery (no acks) or an
-// endpoint's synchronous {"done": true}.
-func (s *Server) PushRelease(ctx context.Context, consumer string, epoch int64, acks []byte) error {
-	start := time.Now()
-	res, err := s.q.ReleaseClaim(ctx, s.pool, db.ReleaseClaimParams{
-		ConsumerID: consumer, Epoch: epoch, Acks: acks, TenantID: s.cfg.Tenant,
-		Notify: s.cfg.Publisher == nil})
-	if err != nil {
-		return err
-	}
-	s.afterRelease(consumer, epoch, res, time.Since(start), false)
 	return nil
 }
