@@ -3,6 +3,8 @@ package server
 import (
 	"errors"
 	"net/http"
+	"sync"
+	"sync/atomic"
 
 	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/internal/secret"
@@ -63,15 +65,16 @@ func (s *Server) requireRunner(r *http.Request) error {
 var noRunnerHash = make([]byte, 32)
 
 // runnerHash returns the runner's token hash (nil when no such runner),
-// cached; a rotation or deletion drops the cache entry (see runnerHashes).
+// cached; a rotation or deletion drops the cache entry (see runnerTokens).
 func (s *Server) runnerHash(r *http.Request, id string) ([]byte, error) {
-	if h, ok := s.runnerHashes.Load(id); ok {
+	c := &s.runnerTokens
+	if h, ok := c.hashes.Load(id); ok {
 		return []byte(h.(string)), nil
 	}
 	// A rotation notified while this read is in flight must not be undone
 	// by caching what the read returns: cache only if no entry was
 	// forgotten meanwhile.
-	gen := s.runnerGen.Load()
+	gen := c.gen.Load()
 	run, err := s.q.GetRunner(r.Context(), s.pool, db.GetRunnerParams{TenantID: s.cfg.Tenant, ID: id})
 	if errors.Is(err, db.ErrNotFound) {
 		return nil, nil
@@ -79,8 +82,37 @@ func (s *Server) runnerHash(r *http.Request, id string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if s.runnerGen.Load() == gen {
-		s.runnerHashes.Store(id, string(run.TokenHash))
+	if c.gen.Load() == gen {
+		c.hashes.Store(id, string(run.TokenHash))
 	}
 	return run.TokenHash, nil
+}
+
+// runnerTokenCache caches runner id -> token hash (a string) for
+// requireRunner; the reconciler (server/reconcile) keeps it in line with
+// the database.
+type runnerTokenCache struct {
+	hashes sync.Map
+	gen    atomic.Uint64 // bumped by Forget (see runnerHash)
+}
+
+// Cached returns a copy of the cache.
+func (c *runnerTokenCache) Cached() map[string]string {
+	cached := map[string]string{}
+	c.hashes.Range(func(k, v any) bool {
+		cached[k.(string)] = v.(string)
+		return true
+	})
+	return cached
+}
+
+// DropIf drops id's entry if it still holds hash.
+func (c *runnerTokenCache) DropIf(id, hash string) bool { return c.hashes.CompareAndDelete(id, hash) }
+
+// Forget drops runner id's cached token hash, so the next request reads
+// the current one from the database. Registration calls it after rotating
+// a token, for this instance not to wait for the notification.
+func (c *runnerTokenCache) Forget(id string) {
+	c.gen.Add(1)
+	c.hashes.Delete(id)
 }

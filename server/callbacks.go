@@ -12,6 +12,7 @@ import (
 	"github.com/pullwake/pullwake/internal/metrics"
 	"github.com/pullwake/pullwake/internal/secret"
 	"github.com/pullwake/pullwake/server/httpx"
+	"github.com/pullwake/pullwake/server/reconcile"
 	"github.com/pullwake/pullwake/server/tokens"
 )
 
@@ -225,6 +226,15 @@ func (s *Server) afterRelease(consumer string, epoch int64, res db.ReleaseClaimR
 			"claim_status", res.ClaimStatus, "entity_status", res.EntityStatus, "acked_offset", res.AckedOffset,
 			"claim_next", claimNext)
 	}
+}
+
+// publishClaimEnd tells every server that a claim ended (what
+// pw_notify_claim sends from SQL), after the release committed.
+func (s *Server) publishClaimEnd(consumer string, epoch int64, streamPath, status string) {
+	if s.cfg.Publisher == nil {
+		return
+	}
+	s.cfg.Publisher.Publish(reconcile.ClaimsChannel, reconcile.ClaimEndPayload(s.cfg.Tenant, consumer, epoch, streamPath, status))
 }
 
 // releaseAnswer is a done's answer (and a forced release's).

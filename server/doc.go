@@ -1,7 +1,8 @@
 // Package server is pullwake's HTTP server: routing, handlers and
 // credentials for the lifecycle routes (entities, runners, claims, wake
-// callbacks), Electric's dialect of the entity routes, the claim listener
-// and the token reconciler. Around it:
+// callbacks) and Electric's dialect of the entity routes, and the
+// composition of its packages into one router and one lifecycle (New,
+// Start, Stop). Around it:
 //
 //   - server/streams serves /v1/stream/ (the Durable Streams protocol);
 //   - server/tokens is the in-memory write-token store, server/writeauth
@@ -9,6 +10,9 @@
 //     names);
 //   - server/sweeper runs the background passes (expiry, the wake-event
 //     backstop, housekeeping);
+//   - server/reconcile keeps the token maps (write tokens, the runner
+//     token cache) in line with the database: claim and runner-token
+//     notifications at once, a timer anyway;
 //   - server/push delivers wakes to webhook targets (the Server is its
 //     Host: a push claim's token is minted and dropped here);
 //   - server/subscriptions serves the webhook subscriptions

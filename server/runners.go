@@ -103,7 +103,7 @@ func (s *Server) registerRunner(w http.ResponseWriter, r *http.Request) error {
 	}
 	// The old token's hash must not answer from this process's cache; other
 	// servers drop theirs when they hear of the change.
-	s.forgetRunnerToken(*body.ID)
+	s.runnerTokens.Forget(*body.ID)
 	status := http.StatusCreated
 	if reg.Created {
 		s.log.Info("runner registered", "runner_id", run.ID)

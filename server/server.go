@@ -8,8 +8,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -21,6 +19,7 @@ import (
 	"github.com/pullwake/pullwake/internal/webhooksig"
 	"github.com/pullwake/pullwake/server/entitytypes"
 	"github.com/pullwake/pullwake/server/httpx"
+	"github.com/pullwake/pullwake/server/reconcile"
 	"github.com/pullwake/pullwake/server/subscriptions"
 	"github.com/pullwake/pullwake/server/sweeper"
 	"github.com/pullwake/pullwake/server/tokens"
@@ -119,7 +118,7 @@ type Server struct {
 	migrator *migrate.Migrator
 	sw       *sweeper.Sweeper
 	listener *pglisten.Listener
-	recon    *reconciler
+	recon    *reconcile.Reconciler
 	wakes    *wakeWatcher           // wakes live readers of wake streams
 	types    *entitytypes.Service   // /_electric/entity-types and the typed validation
 	subs     *subscriptions.Service // /__ds/subscriptions/{id} and /__ds/jwks.json
@@ -134,12 +133,11 @@ type Server struct {
 	adminHash []byte
 	batch     *batchers // nil unless cfg.GroupCommit
 
-	// runnerHashes caches runner id -> token hash (a string). A rotation or
+	// runnerTokens caches runner id -> token hash (auth.go). A rotation or
 	// deletion drops the entry at once through the runners' NOTIFY (or
-	// forgetRunnerToken on this instance), and within ReconcileInterval
-	// through the reconcile timer when the notification is lost.
-	runnerHashes sync.Map
-	runnerGen    atomic.Uint64 // bumped by forgetRunnerToken (see runnerHash)
+	// Forget on this instance), and within ReconcileInterval through the
+	// reconcile timer when the notification is lost.
+	runnerTokens runnerTokenCache
 }
 
 // New builds a server. Call Start for the sweeper and listener.
@@ -182,7 +180,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.AdminToken != "" {
 		s.adminHash = secret.Hash(cfg.AdminToken)
 	}
-	s.recon = &reconciler{s: s, interval: cfg.ReconcileInterval}
+	s.recon = reconcile.New(reconcile.Config{
+		Pool: cfg.Pool, Tenant: cfg.Tenant, Interval: cfg.ReconcileInterval,
+		Tokens: cfg.Tokens, Runners: &s.runnerTokens, Logger: cfg.Logger,
+	})
 	s.sw = sweeper.New(sweeper.Config{
 		Pool: cfg.Pool, Tenant: cfg.Tenant, Interval: cfg.SweepInterval,
 		Retention: cfg.Retention, WakeEventResend: cfg.WakeEventResend, Tokens: cfg.Tokens, Metrics: cfg.Metrics, Logger: cfg.Logger,
@@ -192,9 +193,9 @@ func New(cfg Config) (*Server, error) {
 			ConnString: cfg.ConnString, Logger: cfg.Logger, Pinger: cfg.Pool,
 			PingInterval: cfg.ListenPingInterval, SilentAfter: cfg.ListenSilentAfter,
 		})
-		s.listener.Handle(ClaimsChannel, s.onClaimNotification)
-		s.listener.Handle(RunnerTokensChannel, s.onRunnerTokenNotification)
-		s.listener.OnConnect(func(ctx context.Context) { s.recon.runOnce(ctx) })
+		s.listener.Handle(reconcile.ClaimsChannel, s.recon.OnClaimNotification)
+		s.listener.Handle(reconcile.RunnerTokensChannel, s.recon.OnRunnerTokenNotification)
+		s.listener.OnConnect(func(ctx context.Context) { s.recon.RunOnce(ctx) })
 		if cfg.Streams != nil && cfg.StreamChannel != "" {
 			s.listener.Handle(cfg.StreamChannel, cfg.Streams.HandleNotification)
 		}

@@ -1,4 +1,4 @@
-package server
+package reconcile
 
 import (
 	"context"
@@ -9,44 +9,45 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/goleak"
 
 	"github.com/pullwake/pullwake/internal/testdb"
 	"github.com/pullwake/pullwake/server/tokens"
 )
+
+// No goroutine (the timer, a pool's health check) may outlive the tests.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // The reconciler reports itself failing (for /readyz) once its query has
 // failed for three intervals, and healthy again after a pass succeeds.
 func TestReconcileStatusReportsFailure(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
-	s, err := New(Config{Pool: d.Pool, ReconcileInterval: 5 * time.Second, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.migrator.Close()
+	store := tokens.New()
+	rc := New(Config{Pool: d.Pool, Interval: 5 * time.Second, Tokens: store, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	ctx := context.Background()
-	s.recon.started = time.Now()
-	s.tokens.Mint("/v1/stream/chat/1/main", tokens.Owner{ConsumerID: "wake-1", Epoch: 1}, "claim-token")
-	s.recon.runOnce(ctx)
-	if ok, why := s.recon.Status(); !ok {
+	rc.started = time.Now()
+	store.Mint("/v1/stream/chat/1/main", tokens.Owner{ConsumerID: "wake-1", Epoch: 1}, "claim-token")
+	rc.RunOnce(ctx)
+	if ok, why := rc.Status(); !ok {
 		t.Fatalf("status after a good pass: %s", why)
 	}
-	if s.tokens.Len() != 0 {
+	if store.Len() != 0 {
 		t.Fatal("token of a claim that does not exist survived the pass")
 	}
 
-	s.tokens.Mint("/v1/stream/chat/1/main", tokens.Owner{ConsumerID: "wake-1", Epoch: 1}, "claim-token")
+	store.Mint("/v1/stream/chat/1/main", tokens.Owner{ConsumerID: "wake-1", Epoch: 1}, "claim-token")
 	closed, err := pgxpool.New(ctx, d.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	closed.Close()
-	s.pool = closed // every query now fails
-	s.recon.interval = 50 * time.Millisecond
+	rc.pool = closed // every query now fails
+	rc.interval = 50 * time.Millisecond
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		s.recon.runOnce(ctx)
-		if ok, why := s.recon.Status(); !ok {
+		rc.RunOnce(ctx)
+		if ok, why := rc.Status(); !ok {
 			if !strings.Contains(why, "token reconcile failing") {
 				t.Fatalf("reason %q", why)
 			}
