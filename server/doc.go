@@ -30,8 +30,18 @@
 // committed, clear only a token its claim still owns after a release or
 // expiry. It must never gate a release on what memory says.
 //
-// The handlers of the lifecycle routes and of Electric's dialect stay in
-// this one package: they share the entity encoding and the Server's
-// credentials and hooks (after a send, after a release), so a split would
-// only move those behind exported names.
+// Arrows run one way: server imports these packages, they import httpx
+// and the ground below (db, internal/...), and none imports server. Each
+// takes narrow dependencies through its Config, and what it needs of the
+// server as a func value or a small interface (the admin check, the
+// runner-token cache, push's Host), never the *Server.
+//
+// What stays here shares the Server's memory steps and credentials: the
+// entity routes under both prefixes (one implementation, two encodings,
+// dialect.go; a send wakes the stream's live readers and the wake
+// watcher), runners, claims and wake callbacks (every claim mints a write
+// token, every release drops it and publishes the claim's end), the wake
+// streams (read with a runner's token), group commit, and the admin token
+// and runner-token cache (auth.go). A split of those would only move
+// afterSend, notify and afterRelease behind exported names.
 package server
