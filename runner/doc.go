@@ -66,8 +66,9 @@
 //     whose answer was lost is retried with the same Producer-Seq, and the
 //     server stores it once; an append given up with its outcome unknown
 //     (its context ended) makes the Wake refuse further appends rather than
-//     reuse that Producer-Seq. A 401 (a server restart emptied the server's
-//     token store) re-mints the write token with a claim request to the
+//     reuse that Producer-Seq. A 401 (the server could not vouch for the
+//     token: a server restart alone does not cause it, the token outlives
+//     the process) re-mints the write token with a claim request to the
 //     wake-callback ({"epoch", "wake_id"}) and retries once.
 //   - Graceful stop: when Run's context ends, Run claims nothing more,
 //     waits up to Config.StopTimeout for running handlers, then cancels

@@ -107,8 +107,8 @@ func (p *proc) kill() {
 
 // The server process is killed (SIGKILL) and started again while a handler
 // runs: the runner's wake-stream reader and heartbeats reconnect, the
-// handler's append gets 401 from the new process, the library re-mints the
-// write token, and the done releases the claim.
+// handler's append with its write token goes through on the new process
+// (no re-mint needed), and the done releases the claim.
 func TestServerProcessKilledMidHandler(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
@@ -154,7 +154,9 @@ func TestServerProcessKilledMidHandler(t *testing.T) {
 	}) {
 		steps = append(steps, fmt.Sprintf("%s %d", map[bool]string{true: "claim-request", false: "append"}[strings.Contains(x.Body, `"wake_id"`)], x.Status))
 	}
-	if strings.Join(steps, ", ") != "append 401, claim-request 200, append 200" {
-		t.Fatalf("exchange %v, want append 401, claim-request 200, append 200", steps)
+	// The write token outlives the process: the append after the restart
+	// is checked against the claim's row and goes through.
+	if strings.Join(steps, ", ") != "append 200" {
+		t.Fatalf("exchange %v, want append 200 (the token survives the SIGKILL)", steps)
 	}
 }

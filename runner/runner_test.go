@@ -92,52 +92,70 @@ func TestLiveness(t *testing.T) {
 }
 
 // A server restart while the handler runs empties the server's token
-// store: the handler's append answers 401, the library re-mints the write
-// token through the wake-callback, retries, and the done releases.
+// store; the write token still appends (the new process checks it against
+// its claim's row) and the done releases. When the token cannot be checked
+// any more (here: the shared signing key was replaced while the server was
+// down), the append answers 401, the library re-mints the write token
+// through the wake-callback, retries, and the done releases.
 func TestServerRestartMidHandler(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, testserver.Options{})
-	e.spawn("/chat/1")
-	sent := e.send("/chat/1", "hi")
+	for _, c := range []struct {
+		name     string
+		newKey   bool
+		exchange []string
+	}{
+		{"token survives", false, []string{"append OK"}},
+		{"token refused, re-minted", true, []string{"append Unauthorized", "claim-request OK", "append OK"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, testserver.Options{})
+			e.spawn("/chat/1")
+			sent := e.send("/chat/1", "hi")
 
-	started := make(chan struct{})
-	proceed := make(chan struct{})
-	var once sync.Once
-	e.run(e.config("r1"), runner.HandlerFunc(func(ctx context.Context, w *runner.Wake) error {
-		once.Do(func() { close(started) })
-		select {
-		case <-proceed:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		return echo(ctx, w)
-	}))
-	waitClosed(t, started, "handler started")
-	e.srv.Restart()
-	close(proceed)
-	e.settled("/chat/1", sent)
+			started := make(chan struct{})
+			proceed := make(chan struct{})
+			var once sync.Once
+			e.run(e.config("r1"), runner.HandlerFunc(func(ctx context.Context, w *runner.Wake) error {
+				once.Do(func() { close(started) })
+				select {
+				case <-proceed:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+				return echo(ctx, w)
+			}))
+			waitClosed(t, started, "handler started")
+			if c.newKey {
+				if _, err := e.pool.Exec(context.Background(), `DELETE FROM token_keys`); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e.srv.Restart()
+			close(proceed)
+			e.settled("/chat/1", sent)
 
-	if n := len(eventsOfType(e.events("/chat/1"), "echo")); n != 1 {
-		t.Fatalf("%d echoes, want 1", n)
-	}
-	// The exchange: append 401, claim request 200, append 200.
-	var steps []string
-	for _, x := range e.rec.exchanges(func(x exchange) bool {
-		return x.Method == "POST" && (x.Path == "/v1/stream/chat/1/main" || strings.Contains(x.Body, `"wake_id"`))
-	}) {
-		what := "append"
-		if strings.Contains(x.Body, `"wake_id"`) {
-			what = "claim-request"
-		}
-		steps = append(steps, what+" "+http.StatusText(x.Status))
-	}
-	want := []string{"append Unauthorized", "claim-request OK", "append OK"}
-	if strings.Join(steps, ", ") != strings.Join(want, ", ") {
-		t.Fatalf("exchange %v, want %v", steps, want)
-	}
-	cs := e.claims("/chat/1")
-	if len(cs) != 1 || cs[0].Status != "released" {
-		t.Fatalf("claims %+v, want one, released", cs)
+			if n := len(eventsOfType(e.events("/chat/1"), "echo")); n != 1 {
+				t.Fatalf("%d echoes, want 1", n)
+			}
+			var steps []string
+			for _, x := range e.rec.exchanges(func(x exchange) bool {
+				return x.Method == "POST" && (x.Path == "/v1/stream/chat/1/main" || strings.Contains(x.Body, `"wake_id"`))
+			}) {
+				what := "append"
+				if strings.Contains(x.Body, `"wake_id"`) {
+					what = "claim-request"
+				}
+				steps = append(steps, what+" "+http.StatusText(x.Status))
+			}
+			if strings.Join(steps, ", ") != strings.Join(c.exchange, ", ") {
+				t.Fatalf("exchange %v, want %v", steps, c.exchange)
+			}
+			cs := e.claims("/chat/1")
+			if len(cs) != 1 || cs[0].Status != "released" {
+				t.Fatalf("claims %+v, want one, released", cs)
+			}
+		})
 	}
 }
 
