@@ -61,7 +61,7 @@ func (acceptAll) ValidateSend(context.Context, string, string, json.RawMessage) 
 
 type pullwakeEncoding struct{}
 
-func (pullwakeEncoding) entity(e db.GetEntityRow) any    { return entityFromRow(e) }
+func (pullwakeEncoding) entity(e db.GetEntityRow) any    { return EntityFromRow(e) }
 func (pullwakeEncoding) status(e db.GetEntityRow) string { return e.Status }
 func (pullwakeEncoding) statuses() []string {
 	return []string{"idle", "running", "stopping", "stopped"}
@@ -103,7 +103,7 @@ type electricEntityJSON struct {
 
 	MainStream string       `json:"main_stream"`
 	RunnerID   *string      `json:"runner_id"`
-	Dispatch   dispatchJSON `json:"dispatch"`
+	Dispatch   DispatchJSON `json:"dispatch"`
 }
 
 // electricPrincipal is the inbox sender of a send made with the admin

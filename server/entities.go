@@ -17,7 +17,8 @@ import (
 // (dialect.go). The handlers below are the one implementation; an
 // entityEncoding decides the answers' shapes, status codes and error codes.
 
-type dispatchJSON struct {
+// DispatchJSON is an entity's dispatch state as the API answers it.
+type DispatchJSON struct {
 	ActiveConsumerID     *string    `json:"active_consumer_id"`
 	ActiveEpoch          *int64     `json:"active_epoch"`
 	ActiveRunnerID       *string    `json:"active_runner_id"`
@@ -28,7 +29,9 @@ type dispatchJSON struct {
 	LastReleasedAt       *time.Time `json:"last_released_at"`
 }
 
-type entityJSON struct {
+// EntityJSON is an entity as GET /entities/{type}/{id} answers it (the CLI
+// prints the same).
+type EntityJSON struct {
 	URL        string `json:"url"`
 	Type       string `json:"type"`
 	Status     string `json:"status"`
@@ -38,7 +41,7 @@ type entityJSON struct {
 	RunnerID  *string           `json:"runner_id"`
 	CreatedAt time.Time         `json:"created_at"`
 	UpdatedAt time.Time         `json:"updated_at"`
-	Dispatch  dispatchJSON      `json:"dispatch"`
+	Dispatch  DispatchJSON      `json:"dispatch"`
 }
 
 // entityType is the {type} part of an entity URL /{type}/{id}.
@@ -47,16 +50,17 @@ func entityType(url string) string {
 	return typ
 }
 
-func dispatchFromRow(e db.GetEntityRow) dispatchJSON {
-	return dispatchJSON{
+func dispatchFromRow(e db.GetEntityRow) DispatchJSON {
+	return DispatchJSON{
 		ActiveConsumerID: e.ActiveConsumerID, ActiveEpoch: e.ActiveEpoch, ActiveRunnerID: e.ActiveRunnerID,
 		ActiveLeaseExpiresAt: e.ActiveLeaseExpiresAt, OutstandingWakeID: e.OutstandingWakeID,
 		AckedOffset: e.AckedOffset, LastSentOffset: e.LastSentOffset, LastReleasedAt: e.LastReleasedAt,
 	}
 }
 
-func entityFromRow(e db.GetEntityRow) entityJSON {
-	return entityJSON{
+// EntityFromRow encodes an entity row with its dispatch state.
+func EntityFromRow(e db.GetEntityRow) EntityJSON {
+	return EntityJSON{
 		URL: e.Url, Type: entityType(e.Url), Status: e.Status, MainStream: e.MainStream,
 		Streams: map[string]string{"main": e.MainStream}, RunnerID: e.RunnerID,
 		CreatedAt: e.CreatedAt, UpdatedAt: e.UpdatedAt, Dispatch: dispatchFromRow(e),

@@ -9,39 +9,13 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/pullwake/pullwake/db"
+	"github.com/pullwake/pullwake/server"
 )
 
 // entityURLRe is the shape of an entity URL, /{type}/{id} (docs/api.md).
 var entityURLRe = regexp.MustCompile(`^/[a-z][a-z0-9_-]{0,63}/[A-Za-z0-9._~-]{1,128}$`)
-
-// entityJSON is an entity as `pullwake entity --json` prints it: the
-// fields of GET /entities/{type}/{id}.
-type entityJSON struct {
-	URL        string            `json:"url"`
-	Type       string            `json:"type"`
-	Status     string            `json:"status"`
-	MainStream string            `json:"main_stream"`
-	Streams    map[string]string `json:"streams"`
-	RunnerID   *string           `json:"runner_id"`
-	CreatedAt  time.Time         `json:"created_at"`
-	UpdatedAt  time.Time         `json:"updated_at"`
-	Dispatch   dispatchJSON      `json:"dispatch"`
-}
-
-// dispatchJSON is the entity's dispatch state (entity_dispatch_state).
-type dispatchJSON struct {
-	ActiveConsumerID     *string    `json:"active_consumer_id"`
-	ActiveEpoch          *int64     `json:"active_epoch"`
-	ActiveRunnerID       *string    `json:"active_runner_id"`
-	ActiveLeaseExpiresAt *time.Time `json:"active_lease_expires_at"`
-	OutstandingWakeID    *string    `json:"outstanding_wake_id"`
-	AckedOffset          string     `json:"acked_offset"`
-	LastSentOffset       string     `json:"last_sent_offset"`
-	LastReleasedAt       *time.Time `json:"last_released_at"`
-}
 
 func runEntity(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("entity", `entity URL [flags]
@@ -82,17 +56,7 @@ wake or the active claim covers them.`)
 	if err != nil {
 		return fmt.Errorf("read entity %s: %w", url, err)
 	}
-	typ, _, _ := strings.Cut(strings.TrimPrefix(e.Url, "/"), "/")
-	out := entityJSON{
-		URL: e.Url, Type: typ, Status: e.Status, MainStream: e.MainStream,
-		Streams: map[string]string{"main": e.MainStream}, RunnerID: e.RunnerID,
-		CreatedAt: e.CreatedAt.UTC(), UpdatedAt: e.UpdatedAt.UTC(),
-		Dispatch: dispatchJSON{
-			ActiveConsumerID: e.ActiveConsumerID, ActiveEpoch: e.ActiveEpoch, ActiveRunnerID: e.ActiveRunnerID,
-			ActiveLeaseExpiresAt: utc(e.ActiveLeaseExpiresAt), OutstandingWakeID: e.OutstandingWakeID,
-			AckedOffset: e.AckedOffset, LastSentOffset: e.LastSentOffset, LastReleasedAt: utc(e.LastReleasedAt),
-		},
-	}
+	out := server.EntityFromRow(e)
 	if *asJSON {
 		return writeJSON(stdout, out)
 	}

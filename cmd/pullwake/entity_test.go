@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/pullwake/pullwake/server"
+
 	"encoding/json"
 	"regexp"
 	"strings"
@@ -51,7 +53,7 @@ func TestEntity(t *testing.T) {
 		t.Parallel()
 		r := pullwake(t, nil, "entity", "--json", "/chat/1", url)
 		r.expect(t, 0, "", `^$`)
-		var e entityJSON
+		var e server.EntityJSON
 		if err := json.Unmarshal([]byte(r.stdout), &e); err != nil {
 			t.Fatalf("--json: %v\n%s", err, r.stdout)
 		}
