@@ -35,11 +35,25 @@ func Equal(a, b string) bool {
 	if len(a) != len(b) {
 		return false
 	}
-	var v byte
-	for i := 0; i < len(a); i++ {
-		v |= a[i] ^ b[i]
+	// Eight bytes a step (the compiler makes load64 one load): the time
+	// depends on the length alone, as before, at an eighth of the steps.
+	var v uint64
+	i := 0
+	for ; i+8 <= len(a); i += 8 {
+		v |= load64(a[i:i+8]) ^ load64(b[i:i+8])
 	}
-	return subtle.ConstantTimeByteEq(v, 0) == 1
+	for ; i < len(a); i++ {
+		v |= uint64(a[i] ^ b[i])
+	}
+	v |= v >> 32
+	return subtle.ConstantTimeEq(int32(uint32(v)), 0) == 1
+}
+
+// load64 reads s[0:8] little-endian.
+func load64(s string) uint64 {
+	_ = s[7]
+	return uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+		uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
 }
 
 // Bearer returns the token of an "Authorization: Bearer <token>" header

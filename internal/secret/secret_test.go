@@ -1,6 +1,9 @@
 package secret
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestNewIsRandomAndLongEnough(t *testing.T) {
 	t.Parallel()
@@ -34,6 +37,25 @@ func TestEqual(t *testing.T) {
 	}{{"abc", "abc", true}, {"abc", "abd", false}, {"abc", "ab", false}, {"", "", true}, {"a", "", false}} {
 		if got := Equal(c.a, c.b); got != c.want {
 			t.Errorf("Equal(%q, %q) = %v", c.a, c.b, got)
+		}
+	}
+}
+
+// Equal compares eight bytes a step: a difference in any byte of a long
+// token, and in any bit of it, is found.
+func TestEqualEveryByteAndBit(t *testing.T) {
+	t.Parallel()
+	a := strings.Repeat("pw1.d2FrZS0x.1.0123456789abcdef", 4)[:123]
+	if !Equal(a, strings.Clone(a)) {
+		t.Fatal("equal strings differ")
+	}
+	for i := range len(a) {
+		for bit := range 8 {
+			b := []byte(a)
+			b[i] ^= 1 << bit
+			if Equal(a, string(b)) {
+				t.Fatalf("byte %d bit %d changed, still equal", i, bit)
+			}
 		}
 	}
 }
