@@ -404,3 +404,33 @@ func TestRunnerHeartbeatWakeStreamOffset(t *testing.T) {
 		t.Fatalf("read position after -1: %v, want 0", seq)
 	}
 }
+
+// The wake-event backstop through the server's own sweeper: a runner that
+// read its wake stream past the only event of a wake (its heartbeat says
+// so) but whose claim never arrived gets a new event once the event is
+// older than PULLWAKE_WAKE_EVENT_RESEND, and claims with it.
+func TestWakeEventBackstopThroughSweeper(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withElectricAdmin, func(o *options) { o.sweep, o.resend = 200*time.Millisecond, time.Second })
+	tok := b.registerRunner("r1")
+	b.must(201, b.do("PUT", "/entities/chat/1", electricAdmin, map[string]any{"runner_id": "r1"}))
+	b.send("/chat/1", "lost claim")
+	r := b.must(200, b.do("GET", "/runners/r1/wake?offset=-1", tok, nil))
+	if evs := decodeEvents(t, r.body); len(evs) != 1 {
+		t.Fatalf("wake stream: %s", r.body)
+	}
+	read := r.header.Get("Stream-Next-Offset")
+	// Read, never claimed (the claim request was lost); the heartbeat
+	// reports the read position.
+	b.must(200, b.do("POST", "/_electric/runners/r1/heartbeat", tok, map[string]any{"lease_ms": 30000, "wake_stream_offset": read}))
+	var next []map[string]any
+	eventually(t, 10*time.Second, "a new wake event for the wake read but not claimed", func() bool {
+		r := b.do("GET", "/runners/r1/wake?offset="+read, tok, nil)
+		next = decodeEvents(t, r.body)
+		return r.status == 200 && len(next) > 0
+	})
+	ev, _ := json.Marshal(next[0])
+	if n := b.must(200, b.do("POST", "/_electric/runners/r1/claim", tok, string(ev))).json(t); n["entity_url"] != "/chat/1" {
+		t.Fatalf("claim with the new event: %v", n)
+	}
+}

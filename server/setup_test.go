@@ -50,7 +50,8 @@ type options struct {
 	// so every HTTP test also covers the batched path; the tests of the
 	// binary (internal/e2e, cmd/pullwake) run pullwake serve's default, off.
 	singleCalls  bool
-	requireTypes bool // Config.RequireEntityTypes
+	requireTypes bool          // Config.RequireEntityTypes
+	resend       time.Duration // Config.WakeEventResend (0 = the server's default)
 }
 
 // setup starts a server on a fresh database.
@@ -116,7 +117,7 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 	}
 	sh := streams.New(scfg)
 	cfg := server.Config{
-		Pool: pool, Tenant: "default", AdminToken: o.adminToken, SweepInterval: o.sweep,
+		Pool: pool, Tenant: "default", AdminToken: o.adminToken, SweepInterval: o.sweep, WakeEventResend: o.resend,
 		Tokens: store, Streams: sh, StreamChannel: streams.NotifyChannel, Logger: log,
 		ReconcileInterval: o.reconcile, GroupCommit: !o.singleCalls, RequireEntityTypes: o.requireTypes,
 	}
