@@ -52,6 +52,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.DurationVar(&cfg.Duration, "duration", 15*time.Second, "how long each mode runs")
 	fs.StringVar(&modes, "modes", "1,2,3,4,5", "modes to run, e.g. 1,2,3,4,5 or 1-9 (see above)")
 	fs.IntVar(&cfg.Entities, "entities", 0, "entities with a queued wake per cycle mode; 0 = enough for --duration")
+	fs.BoolVar(&cfg.PinEntities, "pin-entities", false, "spawn each entity for one runner (round-robin) instead of for any runner: one wake event per send instead of one per runner (use with hundreds of runners)")
 	fs.IntVar(&cfg.LiveClaims, "live-claims", 10000, "claims mode 9 holds at once before reading the server's RSS")
 	fs.StringVar(&logPath, "server-log", "", "file for the log of a server the bench starts (default: a temporary file, kept on failure)")
 	fs.BoolVar(&quiet, "quiet", false, "no progress line")

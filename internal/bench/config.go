@@ -186,6 +186,12 @@ type Config struct {
 	// NoCheckpoint skips the CHECKPOINT after each mode's setup (tests
 	// share their server with others).
 	NoCheckpoint bool
+	// PinEntities spawns each entity for one runner (round-robin over the
+	// mode's runners) instead of for any runner. A wake for any runner gets
+	// one wake event per enabled runner (the wake-event rule), so with
+	// hundreds of runners an unpinned setup writes hundreds of events per
+	// entity; pinned, it writes one.
+	PinEntities bool
 }
 
 func (c *Config) fill() error {

@@ -55,6 +55,11 @@ func runHTTPMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (
 		runners[i] = &httpRunner{c: client, base: srv.URL, id: id, token: tok, leaseMs: cfg.LeaseMs, msg: message(id)}
 	}
 	ds := dataset{tenant: srv.Tenant, prefix: prefix, entities: cfg.entitiesFor(m)}
+	if cfg.PinEntities {
+		for _, r := range runners {
+			ds.runners = append(ds.runners, r.id)
+		}
+	}
 	fmt.Fprintf(cfg.Log, "mode %d: creating %d entities with queued wakes in tenant %s\n", m, ds.entities, ds.tenant)
 	if err := ds.create(ctx, pool, !cfg.NoCheckpoint); err != nil {
 		return res, err

@@ -15,6 +15,7 @@ type dataset struct {
 	tenant   string
 	prefix   string
 	entities int
+	runners  []string // entities pinned round-robin to these; nil = any runner
 }
 
 // spawnBatch bounds each setup transaction.
@@ -40,8 +41,9 @@ func (d dataset) create(ctx context.Context, pool *pgxpool.Pool, checkpoint bool
 		hi := min(lo+batch-1, d.entities)
 		_, err := pool.Exec(ctx, `
 			SELECT count(*) FROM generate_series($1::int, $2::int) g,
-			       LATERAL spawn_entity('/bench/' || $3::text || '-' || g, NULL, NULL, $4::text)`,
-			lo, hi, d.prefix, d.tenant)
+			       LATERAL spawn_entity('/bench/' || $3::text || '-' || g,
+			                            ($5::text[])[(g - 1) % greatest(cardinality($5::text[]), 1) + 1], NULL, $4::text)`,
+			lo, hi, d.prefix, d.tenant, d.runners)
 		if err != nil {
 			return fmt.Errorf("spawn bench entities %d-%d: %w", lo, hi, err)
 		}

@@ -26,6 +26,9 @@ func runSQLMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (M
 		return ModeResult{}, err
 	}
 	ds := dataset{tenant: tenant, prefix: prefix, entities: cfg.entitiesFor(m)}
+	if cfg.PinEntities {
+		ds.runners = runners
+	}
 	if ds.entities > 0 {
 		fmt.Fprintf(cfg.Log, "mode %d: creating %d entities with queued wakes in tenant %s\n", m, ds.entities, tenant)
 		if err := ds.create(ctx, pool, !cfg.NoCheckpoint); err != nil {
