@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -77,7 +78,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		cfg.Server = bench.Server{URL: server, AdminToken: admin, Tenant: d.tenant}
 	} else {
 		cfg.StartServer = func(ctx context.Context, tenant string) (bench.Server, func() error, error) {
-			return startBenchServer(ctx, d.url, tenant, logPath, stderr)
+			return startBenchServer(ctx, d.url, tenant, logPath, stderr, cfg.Runners)
 		}
 	}
 	rep, err := bench.Run(ctx, cfg)
@@ -95,7 +96,11 @@ func (w *bytesWriter) String() string              { return string(w.b) }
 // startBenchServer runs this binary's serve on a free loopback port with a
 // random admin token, waits for /healthz, and returns a stop function
 // (SIGTERM, then SIGKILL after 10 s).
-func startBenchServer(ctx context.Context, dbURL, tenant, logPath string, stderr io.Writer) (bench.Server, func() error, error) {
+// Its runners all connect from this one address: unless the environment
+// says otherwise, the server's connection cap has room for two connections
+// a runner and the per-client limit is off (it would close the runners'
+// idle keep-alives under them).
+func startBenchServer(ctx context.Context, dbURL, tenant, logPath string, stderr io.Writer, runners int) (bench.Server, func() error, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return bench.Server{}, nil, fmt.Errorf("find this binary: %w", err)
@@ -120,6 +125,10 @@ func startBenchServer(ctx context.Context, dbURL, tenant, logPath string, stderr
 	cmd.Env = append(os.Environ(),
 		"PULLWAKE_DATABASE_URL="+dbURL, "PULLWAKE_ADDR="+addr, "PULLWAKE_PUBLIC_URL=http://"+addr,
 		"PULLWAKE_ADMIN_TOKEN="+admin, "PULLWAKE_TENANT="+tenant)
+	if os.Getenv("PULLWAKE_MAX_CONNECTIONS") == "" && os.Getenv("PULLWAKE_MAX_CONNECTIONS_PER_CLIENT") == "" {
+		conns := strconv.Itoa(max(1024, 2*runners+64))
+		cmd.Env = append(cmd.Env, "PULLWAKE_MAX_CONNECTIONS="+conns, "PULLWAKE_MAX_CONNECTIONS_PER_CLIENT="+conns)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		logf.Close()
