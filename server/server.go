@@ -286,22 +286,8 @@ func (s *Server) routes() {
 		})
 	}
 	h := func(pattern string, fn func(http.ResponseWriter, *http.Request) error) { handle(pattern, wrap(fn)) }
-	admin := func(fn func(http.ResponseWriter, *http.Request) error) func(http.ResponseWriter, *http.Request) error {
-		return func(w http.ResponseWriter, r *http.Request) error {
-			if err := s.requireAdmin(r); err != nil {
-				return err
-			}
-			return fn(w, r)
-		}
-	}
-	runner := func(fn func(http.ResponseWriter, *http.Request) error) func(http.ResponseWriter, *http.Request) error {
-		return func(w http.ResponseWriter, r *http.Request) error {
-			if err := s.requireRunner(r); err != nil {
-				return err
-			}
-			return fn(w, r)
-		}
-	}
+	admin := func(fn httpx.HandlerFunc) httpx.HandlerFunc { return httpx.Guard(s.requireAdmin, fn) }
+	runner := func(fn httpx.HandlerFunc) httpx.HandlerFunc { return httpx.Guard(s.requireRunner, fn) }
 
 	pw, el := pullwakeEncoding{}, electricEncoding{}
 	h("PUT /entities/{type}/{id}", admin(s.entityRoute(pw, s.spawnEntity)))

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/internal/schemas"
+	"github.com/pullwake/pullwake/server/httpx"
 )
 
 // Config is what the entity types need; zero values get defaults, except
@@ -57,14 +58,7 @@ func New(cfg Config) *Service {
 // admin check. handle is the server's: the request deadline, the text
 // check, the error answer and the metrics are its.
 func (s *Service) Routes(handle func(pattern string, fn func(http.ResponseWriter, *http.Request) error)) {
-	admin := func(fn func(http.ResponseWriter, *http.Request) error) func(http.ResponseWriter, *http.Request) error {
-		return func(w http.ResponseWriter, r *http.Request) error {
-			if err := s.cfg.RequireAdmin(r); err != nil {
-				return err
-			}
-			return fn(w, r)
-		}
-	}
+	admin := func(fn httpx.HandlerFunc) httpx.HandlerFunc { return httpx.Guard(s.cfg.RequireAdmin, fn) }
 	handle("POST /_electric/entity-types", admin(s.upsertEntityType))
 	handle("GET /_electric/entity-types", admin(s.listEntityTypes))
 	handle("GET /_electric/entity-types/{name}", admin(s.getEntityType))

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pullwake/pullwake/db"
 	"github.com/pullwake/pullwake/internal/webhooksig"
+	"github.com/pullwake/pullwake/server/httpx"
 )
 
 // Config is what the subscription routes need; zero values get defaults,
@@ -54,14 +55,7 @@ func New(cfg Config) *Service {
 // request deadline, the text check, the error answer and the metrics are
 // its.
 func (s *Service) Routes(handle func(pattern string, fn func(http.ResponseWriter, *http.Request) error)) {
-	admin := func(fn func(http.ResponseWriter, *http.Request) error) func(http.ResponseWriter, *http.Request) error {
-		return func(w http.ResponseWriter, r *http.Request) error {
-			if err := s.cfg.RequireAdmin(r); err != nil {
-				return err
-			}
-			return fn(w, r)
-		}
-	}
+	admin := func(fn httpx.HandlerFunc) httpx.HandlerFunc { return httpx.Guard(s.cfg.RequireAdmin, fn) }
 	handle("PUT /__ds/subscriptions/{id}", admin(s.putSubscription))
 	handle("GET /__ds/subscriptions/{id}", admin(s.getSubscription))
 	handle("DELETE /__ds/subscriptions/{id}", admin(s.deleteSubscription))
