@@ -132,17 +132,6 @@ func (s *Server) releaseClaim(ctx context.Context, consumer string, epoch int64,
 }
 
 // claimNextWake runs one claim; found is false when there is no work.
-// claimWakeForEvent claims the wake of the entity whose main stream an
-// event names (one call, not batched: its lock wait must not hold others).
-func (s *Server) claimWakeForEvent(ctx context.Context, runner, stream string, ttl int32) (db.ClaimNextWakeRow, bool, error) {
-	c, err := s.q.ClaimWakeForEvent(ctx, s.pool, db.ClaimWakeForEventParams{
-		RunnerID: runner, Stream: stream, LeaseTtlMs: ttl, TenantID: s.cfg.Tenant})
-	if errors.Is(err, db.ErrNotFound) {
-		return db.ClaimNextWakeRow{}, false, nil
-	}
-	return db.ClaimNextWakeRow(c), err == nil, err
-}
-
 func (s *Server) claimNextWake(ctx context.Context, runner string, ttl int32) (db.ClaimNextWakeRow, bool, error) {
 	if s.batch != nil {
 		r, err := s.batch.claim.Do(ctx, claimItem{runner: runner, ttl: ttl})

@@ -436,3 +436,14 @@ func (s *Server) claim(w http.ResponseWriter, r *http.Request) error {
 	httpx.WriteJSON(w, http.StatusOK, s.notify(c, runnerID, time.Since(start), false))
 	return nil
 }
+
+// claimWakeForEvent claims the wake of the entity whose main stream an
+// event names (one call, not batched: its lock wait must not hold others).
+func (s *Server) claimWakeForEvent(ctx context.Context, runner, stream string, ttl int32) (db.ClaimNextWakeRow, bool, error) {
+	c, err := s.q.ClaimWakeForEvent(ctx, s.pool, db.ClaimWakeForEventParams{
+		RunnerID: runner, Stream: stream, LeaseTtlMs: ttl, TenantID: s.cfg.Tenant})
+	if errors.Is(err, db.ErrNotFound) {
+		return db.ClaimNextWakeRow{}, false, nil
+	}
+	return db.ClaimNextWakeRow(c), err == nil, err
+}

@@ -26,6 +26,26 @@ import (
 
 const e2eAdmin = "admin-electric-e2e-0123456789abcdef"
 
+// runtimeNotification is what Electric's runtime reads of a wake
+// notification: the camelCase fields, epoch, callback, streams, entity.
+type runtimeNotification struct {
+	WakeID     string `json:"wakeId"`
+	StreamPath string `json:"streamPath"`
+	ClaimToken string `json:"claimToken"`
+	Epoch      int64  `json:"epoch"`
+	Callback   string `json:"callback"`
+	Streams    []struct {
+		Path   string `json:"path"`
+		Offset string `json:"offset"`
+	} `json:"streams"`
+	Entity struct {
+		Type    string            `json:"type"`
+		URL     string            `json:"url"`
+		Status  string            `json:"status"`
+		Streams map[string]string `json:"streams"`
+	} `json:"entity"`
+}
+
 // runtimeSim is one start of Electric's runtime for one runner id.
 type runtimeSim struct {
 	t        testing.TB
@@ -181,23 +201,7 @@ func (s *runtimeSim) claimAndProcess(ctx context.Context, event []byte) error {
 	}
 	s.claimed.Add(1)
 	// Only what the runtime reads: camelCase fields, epoch, callback, streams, entity.
-	var n struct {
-		WakeID     string `json:"wakeId"`
-		StreamPath string `json:"streamPath"`
-		ClaimToken string `json:"claimToken"`
-		Epoch      int64  `json:"epoch"`
-		Callback   string `json:"callback"`
-		Streams    []struct {
-			Path   string `json:"path"`
-			Offset string `json:"offset"`
-		} `json:"streams"`
-		Entity struct {
-			Type    string            `json:"type"`
-			URL     string            `json:"url"`
-			Status  string            `json:"status"`
-			Streams map[string]string `json:"streams"`
-		} `json:"entity"`
-	}
+	var n runtimeNotification
 	if err := r.decode(&n); err != nil {
 		return err
 	}

@@ -314,23 +314,7 @@ func (m *runtimeModel) handle(ctx context.Context, event []byte, eventStream str
 		m.note("claim", &m.failClaim, r, err)
 		return
 	}
-	// Only what the runtime reads: camelCase fields, epoch, callback,
-	// streams, entity.
-	var n struct {
-		WakeID     string `json:"wakeId"`
-		StreamPath string `json:"streamPath"`
-		ClaimToken string `json:"claimToken"`
-		Epoch      int64  `json:"epoch"`
-		Callback   string `json:"callback"`
-		Streams    []struct {
-			Path   string `json:"path"`
-			Offset string `json:"offset"`
-		} `json:"streams"`
-		Entity struct {
-			Type string `json:"type"`
-			URL  string `json:"url"`
-		} `json:"entity"`
-	}
+	var n runtimeNotification // only what the runtime reads
 	if err := r.decode(&n); err != nil || n.Entity.Type == "" || n.Entity.URL == "" || n.WakeID == "" ||
 		n.StreamPath == "" || n.ClaimToken == "" || n.Callback == "" {
 		// The runtime ignores such a wake ("missing entity type").
