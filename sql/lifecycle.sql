@@ -99,61 +99,78 @@ DECLARE
     v_lease   timestamptz;
     v_token   text;
 BEGIN
-    -- Lock the dispatch row (reading the entity with it), then re-check
-    -- what the pick assumed. A claim never waits for a dispatch lock
-    -- (someone is releasing, sending to or sweeping that entity): it
-    -- moves on. Holding the queue entry while waiting for the dispatch
-    -- lock would invert the fixed order and could deadlock with
-    -- stop_entity or a sweep.
-    SELECT d.epoch, d.acked_offset, d.active_consumer_id, d.active_epoch, d.active_lease_expires_at,
-           e.status, e.main_stream
-      INTO v_depoch, v_acked, v_active, v_aepoch, v_alease, v_status, v_stream
-      FROM entity_dispatch_state d
-      JOIN entities e ON e.tenant_id = d.tenant_id AND e.url = d.entity_url
-     WHERE d.tenant_id = p_tenant AND d.entity_url = p_url
-       FOR UPDATE OF d SKIP LOCKED;
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
-    IF v_status IN ('stopping', 'stopped') THEN
-        UPDATE wakes w SET status = 'superseded', finished_at = p_now, updated_at = p_now
-         WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake AND w.entity_url = p_url AND w.status = 'queued';
-        RETURN;
-    END IF;
-    IF v_active IS NOT NULL AND v_alease > p_now THEN
-        RETURN;
-    END IF;
-
-    IF v_active IS NOT NULL THEN
-        -- Takeover: the slot's claim lapsed; it ends here as expired,
-        -- through the one path that ends claims.
-        SELECT * INTO v_end FROM pw_end_claim(p_tenant, v_active, v_aepoch, 'expired', NULL, p_now, true);
-        IF NOT v_end.entity_cleared THEN
-            RAISE EXCEPTION 'PW008: claim: the lapsed claim %/% in the slot of % did not end',
-                v_active, v_aepoch, p_url USING ERRCODE = 'PW008';
-        END IF;
-    END IF;
-
-    v_epoch := v_depoch + 1;
     v_lease := p_now + p_lease_ttl_ms * interval '1 millisecond';
     v_token := replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '');
 
-    -- The claim's writes, one statement each in the fixed lock order
-    -- (dispatch state, claim, entity, wake), each under its guard. We
-    -- hold the dispatch row and the wake's queue entry (every change of
-    -- a queued wake's status deletes that entry, and only holders of
-    -- the dispatch lock change it), so no guard can fail; if one did,
-    -- the whole claim rolls back.
+    -- The common case in one statement: lock the dispatch row without
+    -- waiting (the subquery's SKIP LOCKED; the row found keeps its ctid
+    -- while we hold it) and fill a free slot of an entity that is idle or
+    -- running. A claim never waits for a dispatch lock (someone is
+    -- releasing, sending to or sweeping that entity): holding the wake's
+    -- queue entry while waiting for it would invert the fixed order and
+    -- could deadlock with stop_entity or a sweep.
     UPDATE entity_dispatch_state d
-       SET epoch = v_epoch, active_consumer_id = p_wake, active_epoch = v_epoch,
+       SET epoch = d.epoch + 1, active_consumer_id = p_wake, active_epoch = d.epoch + 1,
            active_runner_id = p_runner_id, active_claimed_at = p_now,
            active_lease_expires_at = v_lease, outstanding_wake_id = p_wake,
            updated_at = p_now
-     WHERE d.tenant_id = p_tenant AND d.entity_url = p_url
-       AND d.active_consumer_id IS NULL AND d.epoch = v_depoch;
+      FROM entities e
+     WHERE d.ctid = (SELECT k.ctid FROM entity_dispatch_state k
+                      WHERE k.tenant_id = p_tenant AND k.entity_url = p_url
+                        FOR UPDATE SKIP LOCKED)
+       AND d.tenant_id = p_tenant AND d.entity_url = p_url
+       AND e.tenant_id = p_tenant AND e.url = p_url
+       AND d.active_consumer_id IS NULL AND e.status IN ('idle', 'running')
+    RETURNING d.epoch, d.acked_offset, e.main_stream INTO v_epoch, v_acked, v_stream;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'PW008: claim: the dispatch slot of % changed under its lock', p_url USING ERRCODE = 'PW008';
+        -- Not the common case: re-check what the pick assumed, under the
+        -- lock (again never waited for).
+        SELECT d.epoch, d.acked_offset, d.active_consumer_id, d.active_epoch, d.active_lease_expires_at,
+               e.status, e.main_stream
+          INTO v_depoch, v_acked, v_active, v_aepoch, v_alease, v_status, v_stream
+          FROM entity_dispatch_state d
+          JOIN entities e ON e.tenant_id = d.tenant_id AND e.url = d.entity_url
+         WHERE d.tenant_id = p_tenant AND d.entity_url = p_url
+           FOR UPDATE OF d SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        IF v_status IN ('stopping', 'stopped') THEN
+            UPDATE wakes w SET status = 'superseded', finished_at = p_now, updated_at = p_now
+             WHERE w.tenant_id = p_tenant AND w.wake_id = p_wake AND w.entity_url = p_url AND w.status = 'queued';
+            RETURN;
+        END IF;
+        IF v_active IS NOT NULL AND v_alease > p_now THEN
+            RETURN;
+        END IF;
+        IF v_active IS NOT NULL THEN
+            -- Takeover: the slot's claim lapsed; it ends here as expired,
+            -- through the one path that ends claims.
+            SELECT * INTO v_end FROM pw_end_claim(p_tenant, v_active, v_aepoch, 'expired', NULL, p_now, true);
+            IF NOT v_end.entity_cleared THEN
+                RAISE EXCEPTION 'PW008: claim: the lapsed claim %/% in the slot of % did not end',
+                    v_active, v_aepoch, p_url USING ERRCODE = 'PW008';
+            END IF;
+        END IF;
+        -- The claim's writes, one statement each in the fixed lock order
+        -- (dispatch state, claim, entity, wake), each under its guard. We
+        -- hold the dispatch row and the wake's queue entry (every change of
+        -- a queued wake's status deletes that entry, and only holders of
+        -- the dispatch lock change it), so no guard can fail; if one did,
+        -- the whole claim rolls back.
+        v_epoch := v_depoch + 1;
+        UPDATE entity_dispatch_state d
+           SET epoch = v_epoch, active_consumer_id = p_wake, active_epoch = v_epoch,
+               active_runner_id = p_runner_id, active_claimed_at = p_now,
+               active_lease_expires_at = v_lease, outstanding_wake_id = p_wake,
+               updated_at = p_now
+         WHERE d.tenant_id = p_tenant AND d.entity_url = p_url
+           AND d.active_consumer_id IS NULL AND d.epoch = v_depoch;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'PW008: claim: the dispatch slot of % changed under its lock', p_url USING ERRCODE = 'PW008';
+        END IF;
     END IF;
+
     -- The write token's secret is derived from the claim token (see
     -- pw_write_secret); the row keeps only its hash.
     INSERT INTO consumer_claims (tenant_id, consumer_id, epoch, wake_id, entity_url, stream_path,
@@ -601,6 +618,8 @@ DECLARE
     v_acks jsonb := coalesce(p_acks, '[]'::jsonb);
     v_hash bytea;
     v_path text;
+    v_url  text;
+    v_ack  bigint;
     v_tail bigint;
     v_a    jsonb;
     v_i    bigint;
@@ -611,7 +630,7 @@ BEGIN
     IF jsonb_typeof(v_acks) <> 'array' THEN
         RAISE EXCEPTION 'PW008: acks must be an array' USING ERRCODE = 'PW008';
     END IF;
-    SELECT c.claim_token_hash, c.stream_path INTO v_hash, v_path FROM consumer_claims c
+    SELECT c.claim_token_hash, c.stream_path, c.entity_url INTO v_hash, v_path, v_url FROM consumer_claims c
      WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
     IF NOT FOUND THEN
         PERFORM pw_claim_missing(p_tenant, p_consumer_id, p_epoch, p_claim_token_hash);
@@ -654,11 +673,23 @@ BEGIN
                 RAISE EXCEPTION 'PW008: offset % is beyond the tail % of % (acks[%])',
                     v_o #>> '{}', pw_offset(v_tail), v_path, v_i USING ERRCODE = 'PW008';
             END IF;
+            -- Every ack names the main stream: the highest one counts.
+            v_ack := greatest(v_ack, (v_o #>> '{}')::bigint);
         END LOOP;
     END IF;
-    SELECT * INTO v_r FROM pw_end_claim(p_tenant, p_consumer_id, p_epoch, 'released', v_acks, v_now, p_notify);
-    RETURN QUERY SELECT v_r.ended, v_r.entity_cleared, v_r.claim_status, v_r.entity_url, v_r.stream_path,
-                        v_r.entity_status, pw_offset(v_r.acked_offset), v_r.queued_wake_id;
+    -- The claim's entity and the checked ack go along: pw_end_claim does
+    -- not read the claim or the acks again.
+    SELECT * INTO v_r FROM pw_end_claim(p_tenant, p_consumer_id, p_epoch, 'released', v_acks, v_now, p_notify,
+                                        v_url, v_ack);
+    released := v_r.ended;
+    entity_cleared := v_r.entity_cleared;
+    claim_status := v_r.claim_status;
+    entity_url := v_r.entity_url;
+    stream_path := v_r.stream_path;
+    entity_status := v_r.entity_status;
+    acked_offset := pw_offset(v_r.acked_offset);
+    queued_wake_id := v_r.queued_wake_id;
+    RETURN NEXT;
 END
 $function$;
 
@@ -885,6 +916,8 @@ CREATE OR REPLACE FUNCTION pw_end_claim(
     p_acks jsonb,
     p_now timestamp with time zone,
     p_notify boolean DEFAULT true,
+    p_url text DEFAULT NULL::text,
+    p_ack bigint DEFAULT NULL::bigint,
     OUT ended boolean,
     OUT entity_cleared boolean,
     OUT claim_status text,
@@ -903,8 +936,6 @@ DECLARE
     v_url      text;
     v_path     text;
     v_wake     text;
-    v_slot_c   text;
-    v_slot_e   bigint;
     v_acked    bigint;
     v_sent     bigint;
     v_ack      bigint;
@@ -919,23 +950,67 @@ BEGIN
     IF jsonb_typeof(v_acks) <> 'array' THEN
         RAISE EXCEPTION 'PW008: acks must be an array' USING ERRCODE = 'PW008';
     END IF;
-    -- 1. The dispatch row of the claim's entity, found through the claim
-    -- (read, not locked: a claim's entity never changes). After a hand
-    -- edit there may be no dispatch row: then nothing names the claim, and
-    -- it ends without touching a slot.
-    SELECT c.entity_url INTO v_url FROM consumer_claims c
-     WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'PW006: claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+    -- 1. The claim's entity and main-stream ack. release_claim read the
+    -- claim and checked its acks already and passes both (p_url, p_ack);
+    -- other callers pass neither. A claim's entity never changes, so the
+    -- unlocked read is safe. Every ack's offset is parsed (a malformed one
+    -- raises PW008 and rolls everything back), the main stream's highest
+    -- one counts, clamped to the stream's tail.
+    IF p_url IS NOT NULL THEN
+        v_url := p_url;
+        v_ack := p_ack;
+    ELSE
+        SELECT c.entity_url, c.stream_path INTO v_url, v_path FROM consumer_claims c
+         WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'PW006: claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+        END IF;
+        IF jsonb_array_length(v_acks) > 0 THEN
+            SELECT max(CASE WHEN coalesce(x.a->>'stream', x.a->>'path') IN (v_path, substr(v_path, 11))
+                            THEN x.o END)
+              INTO v_ack
+              FROM (SELECT a, pw_parse_offset(a->>'offset') AS o
+                      FROM jsonb_array_elements(v_acks) AS a
+                     WHERE jsonb_typeof(a) = 'object' AND a ? 'offset'
+                    OFFSET 0) x;  -- not flattened: every offset is parsed
+            IF v_ack IS NOT NULL THEN
+                v_ack := least(v_ack, coalesce((SELECT s.tail_seq FROM streams s
+                                                  WHERE s.tenant_id = p_tenant AND s.path = v_path), 0));
+            END IF;
+        END IF;
     END IF;
-    SELECT d.active_consumer_id, d.active_epoch, d.acked_offset, d.last_sent_offset
-      INTO v_slot_c, v_slot_e, v_acked, v_sent
-      FROM entity_dispatch_state d
-     WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
-       FOR UPDATE;
     entity_url := v_url;
 
-    -- 2. The claim, under its guard.
+    -- 2. The dispatch row, locked first. When its slot names this claim
+    -- (and, for an expiry, the lease it mirrors has passed), one statement
+    -- locks it and clears it: no slot names an ended claim, so the claim
+    -- is ended below. A wake queued while the claim held the entity stays
+    -- outstanding. Otherwise (a retried done, a late one from an older
+    -- epoch, a leak being cleaned up) the row is only locked, and the
+    -- entity and its slot stay as they are.
+    UPDATE entity_dispatch_state d
+       SET active_consumer_id = NULL, active_epoch = NULL, active_runner_id = NULL,
+           active_claimed_at = NULL, active_lease_expires_at = NULL,
+           outstanding_wake_id = (SELECT w.wake_id FROM wakes w
+                                   WHERE w.tenant_id = p_tenant AND w.entity_url = v_url
+                                     AND w.status = 'queued'),
+           acked_offset = greatest(d.acked_offset, coalesce(v_ack, 0)),
+           last_released_at = p_now,
+           last_completed_at = CASE WHEN p_status = 'released' THEN p_now ELSE d.last_completed_at END,
+           updated_at = p_now
+     WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
+       AND d.active_consumer_id = p_consumer_id AND d.active_epoch = p_epoch
+       AND (p_status = 'released' OR d.active_lease_expires_at <= p_now)
+    RETURNING d.acked_offset, d.last_sent_offset, d.outstanding_wake_id INTO v_acked, v_sent, v_queued;
+    entity_cleared := FOUND;
+    IF NOT entity_cleared THEN
+        SELECT d.acked_offset, d.last_sent_offset INTO v_acked, v_sent
+          FROM entity_dispatch_state d
+         WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
+           FOR UPDATE;
+    END IF;
+
+    -- The claim, under its guard.
     UPDATE consumer_claims c
        SET status = p_status,
            released_at = CASE WHEN p_status = 'released' THEN p_now ELSE c.released_at END,
@@ -946,10 +1021,17 @@ BEGIN
        AND (p_status = 'released' OR c.lease_expires_at <= p_now)
     RETURNING c.stream_path, c.wake_id INTO v_path, v_wake;
     IF NOT FOUND THEN
+        IF entity_cleared THEN
+            -- Only a hand edit gets here; nothing of this call stays.
+            RAISE EXCEPTION 'PW008: the dispatch slot of % named claim %/%, which is not active',
+                v_url, p_consumer_id, p_epoch USING ERRCODE = 'PW008';
+        END IF;
         ended := false;
-        entity_cleared := false;
         SELECT c.status, c.stream_path INTO claim_status, stream_path FROM consumer_claims c
          WHERE c.tenant_id = p_tenant AND c.consumer_id = p_consumer_id AND c.epoch = p_epoch;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'PW006: claim %/% not found', p_consumer_id, p_epoch USING ERRCODE = 'PW006';
+        END IF;
         SELECT e.status INTO entity_status FROM entities e WHERE e.tenant_id = p_tenant AND e.url = v_url;
         acked_offset := v_acked;
         RETURN;
@@ -958,42 +1040,8 @@ BEGIN
     claim_status := p_status;
     stream_path := v_path;
 
-    -- The main-stream ack: every ack's offset is parsed (a malformed one
-    -- raises PW008 and rolls everything back), the main stream's highest
-    -- one counts, clamped to the stream's tail.
-    IF jsonb_array_length(v_acks) > 0 THEN
-        SELECT max(CASE WHEN coalesce(x.a->>'stream', x.a->>'path') IN (v_path, substr(v_path, 11))
-                        THEN x.o END)
-          INTO v_ack
-          FROM (SELECT a, pw_parse_offset(a->>'offset') AS o
-                  FROM jsonb_array_elements(v_acks) AS a
-                 WHERE jsonb_typeof(a) = 'object' AND a ? 'offset'
-                OFFSET 0) x;  -- not flattened: every offset is parsed
-        IF v_ack IS NOT NULL THEN
-            v_ack := least(v_ack, coalesce((SELECT s.tail_seq FROM streams s
-                                              WHERE s.tenant_id = p_tenant AND s.path = v_path), 0));
-        END IF;
-    END IF;
-
-    entity_cleared := coalesce(v_slot_c = p_consumer_id AND v_slot_e = p_epoch, false);
+    -- 3. The entity: the one place a claim's end moves its status.
     IF entity_cleared THEN
-        -- The slot is cleared only while it names this claim. A wake queued
-        -- while the claim's lease had lapsed stays outstanding.
-        UPDATE entity_dispatch_state d
-           SET active_consumer_id = NULL, active_epoch = NULL, active_runner_id = NULL,
-               active_claimed_at = NULL, active_lease_expires_at = NULL,
-               outstanding_wake_id = (SELECT w.wake_id FROM wakes w
-                                       WHERE w.tenant_id = p_tenant AND w.entity_url = v_url
-                                         AND w.status = 'queued'),
-               acked_offset = greatest(d.acked_offset, coalesce(v_ack, 0)),
-               last_released_at = p_now,
-               last_completed_at = CASE WHEN p_status = 'released' THEN p_now ELSE d.last_completed_at END,
-               updated_at = p_now
-         WHERE d.tenant_id = p_tenant AND d.entity_url = v_url
-           AND d.active_consumer_id = p_consumer_id AND d.active_epoch = p_epoch
-        RETURNING d.acked_offset, d.last_sent_offset, d.outstanding_wake_id INTO v_acked, v_sent, v_queued;
-
-        -- 3. The entity: the one place a claim's end moves its status.
         UPDATE entities e
            SET status = CASE e.status WHEN 'running' THEN 'idle' WHEN 'stopping' THEN 'stopped'
                         ELSE e.status END,

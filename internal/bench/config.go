@@ -24,8 +24,9 @@ const (
 	ModeSQLInsert  Mode = 8
 	ModeLiveClaims Mode = 9
 	ModeSQLBatch   Mode = 10
+	ModeLean       Mode = 11
 	firstMode           = ModeHTTP
-	lastMode            = ModeSQLBatch
+	lastMode            = ModeLean
 	messageSize         = 1024
 	defaultLeaseMs      = 60000
 )
@@ -52,6 +53,8 @@ func (m Mode) String() string {
 		return "live-claims"
 	case ModeSQLBatch:
 		return "sql-batch"
+	case ModeLean:
+		return "lean"
 	}
 	return "mode" + strconv.Itoa(int(m))
 }
@@ -79,6 +82,8 @@ func (m Mode) Describe() string {
 		return "HTTP claims without done up to --live-claims; reports server RSS"
 	case ModeSQLBatch:
 		return "SQL claim_next_wakes + pw_stream_writes + release_claims, all N runners in each call"
+	case ModeLean:
+		return "SQL claim + append + release on the lean schema (the same rules, nothing else): the yardstick"
 	}
 	return ""
 }

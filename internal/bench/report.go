@@ -29,6 +29,8 @@ var ratios = []ratio{
 	{ModeSQLNext, ModeSQL, 1, 0, "claim_next vs three-call SQL cycle"},
 	{ModeHTTPAppend, ModeSQLInsert, 1, 0.8, "HTTP append vs a direct single-row INSERT loop"},
 	{ModeHTTP, ModeSQLBatch, 1, 0, "HTTP cycle vs the batched SQL ceiling"},
+	{ModeSQL, ModeLean, 1, 0.5, "SQL cycle vs the lean cycle (same rules, smallest schema)"},
+	{ModeHTTP, ModeLean, 1, 0.4, "HTTP cycle vs the lean cycle"},
 }
 
 // Print writes the report: one row per mode, then the ratios.

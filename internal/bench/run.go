@@ -106,6 +106,9 @@ func runMode(ctx context.Context, cfg *Config, pcfg *pgxpool.Config, m Mode) (Mo
 	if m.isHTTP() {
 		return runHTTPMode(ctx, cfg, pool, m)
 	}
+	if m == ModeLean {
+		return runLeanMode(ctx, cfg, pool, m)
+	}
 	return runSQLMode(ctx, cfg, pool, m)
 }
 
