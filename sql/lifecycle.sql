@@ -643,8 +643,10 @@ BEGIN
     IF jsonb_array_length(v_acks) > 0 THEN
         v_tail := coalesce((SELECT s.tail_seq FROM streams s
                              WHERE s.tenant_id = p_tenant AND s.path = v_path), 0);
-        FOR v_a, v_i IN SELECT a.value, a.ord - 1
-                          FROM jsonb_array_elements(v_acks) WITH ORDINALITY AS a(value, ord) LOOP
+        -- Walked by index, not by a query: each step is a plain
+        -- expression, no statement of its own.
+        FOR v_i IN 0 .. jsonb_array_length(v_acks) - 1 LOOP
+            v_a := v_acks -> v_i::integer;
             IF jsonb_typeof(v_a) <> 'object' THEN
                 RAISE EXCEPTION 'PW008: an ack is an object {"stream", "offset"}, not % (acks[%])',
                     jsonb_typeof(v_a), v_i USING ERRCODE = 'PW008';
@@ -679,8 +681,7 @@ BEGIN
     END IF;
     -- The claim's entity and the checked ack go along: pw_end_claim does
     -- not read the claim or the acks again.
-    SELECT * INTO v_r FROM pw_end_claim(p_tenant, p_consumer_id, p_epoch, 'released', v_acks, v_now, p_notify,
-                                        v_url, v_ack);
+    v_r := pw_end_claim(p_tenant, p_consumer_id, p_epoch, 'released', v_acks, v_now, p_notify, v_url, v_ack);
     released := v_r.ended;
     entity_cleared := v_r.entity_cleared;
     claim_status := v_r.claim_status;

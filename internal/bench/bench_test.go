@@ -13,13 +13,13 @@ import (
 
 func TestParseModes(t *testing.T) {
 	t.Parallel()
-	for in, want := range map[string]string{"1,2,3,4,5": "[1 2 3 4 5]", "2-4": "[2 3 4]", "3, 3,1": "[3 1]", "6": "[6]", "10": "[10]"} {
+	for in, want := range map[string]string{"1,2,3,4,5": "[1 2 3 4 5]", "2-4": "[2 3 4]", "3, 3,1": "[3 1]", "6": "[6]", "10": "[10]", "11": "[11]"} {
 		got, err := ParseModes(in)
 		if err != nil || fmt.Sprint(toInts(got)) != want {
 			t.Errorf("ParseModes(%q) = %v, %v; want %s", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "0", "11", "x", "1-x", "2-12"} {
+	for _, in := range []string{"", "0", "12", "x", "1-x", "2-13"} {
 		if _, err := ParseModes(in); err == nil {
 			t.Errorf("ParseModes(%q) accepted", in)
 		}
