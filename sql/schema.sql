@@ -1060,6 +1060,8 @@ $_$;
 CREATE FUNCTION public.pw_publish_wake_events(p_limit integer DEFAULT 1000) RETURNS integer
     LANGUAGE plpgsql
     SET enable_seqscan TO 'off'
+    SET enable_sort TO 'off'
+    SET jit TO 'off'
     AS $$
 DECLARE
     v_snap    pg_snapshot;
@@ -1099,14 +1101,14 @@ BEGIN
     END IF;
     -- Nothing fenced past the position: done, with no lock and no write.
     v_snap := pg_current_snapshot();
-    SELECT p.pos_xid, p.pos_id INTO v_pxid, v_pid FROM wake_event_publisher p;
+    SELECT p.pos_xid, p.pos_id INTO v_pxid, v_pid FROM wake_event_publisher p WHERE p.singleton;
     IF v_pxid <= pg_snapshot_xmax(v_snap)
        AND NOT EXISTS (SELECT 1 FROM wake_event_log l
                         WHERE (l.xid, l.id) > (v_pxid, v_pid) AND l.xid < pg_snapshot_xmin(v_snap)) THEN
         RETURN 0;
     END IF;
 
-    SELECT p.pos_xid, p.pos_id INTO v_pxid, v_pid FROM wake_event_publisher p FOR UPDATE;
+    SELECT p.pos_xid, p.pos_id INTO v_pxid, v_pid FROM wake_event_publisher p WHERE p.singleton FOR UPDATE;
     v_snap := pg_current_snapshot();
     v_fence := pg_snapshot_xmin(v_snap);
     IF v_pxid > pg_snapshot_xmax(v_snap) THEN
@@ -1140,7 +1142,7 @@ BEGIN
         v_pid := b_id[cardinality(b_id)];
     END IF;
     UPDATE wake_event_publisher p SET pos_xid = v_pxid, pos_id = v_pid, published_at = clock_timestamp()
-     WHERE (p.pos_xid, p.pos_id) < (v_pxid, v_pid);
+     WHERE p.singleton AND (p.pos_xid, p.pos_id) < (v_pxid, v_pid);
 
     FOR v_q IN
         SELECT r.tenant_id, r.wake_id,
