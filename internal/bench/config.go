@@ -31,8 +31,8 @@ const (
 	ModeSendQueued    Mode = 14
 	firstMode              = ModeHTTP
 	lastMode               = ModeSendQueued
-	messageSize         = 1024
-	defaultLeaseMs      = 60000
+	messageSize            = 1024
+	defaultLeaseMs         = 60000
 )
 
 func (m Mode) String() string {
