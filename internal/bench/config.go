@@ -218,8 +218,9 @@ type Config struct {
 	// Queued is how many wakes mode 14 queues before it sends (default
 	// 100,000).
 	Queued int
-	// Rounds runs the list of modes this many times, one after another
-	// (default 1); the ratios use each mode's mean rate over the rounds.
+	// Rounds runs the list of modes this many times, one after another,
+	// each round rotated by one (default 1); the ratios use each mode's
+	// mean rate over the rounds.
 	Rounds int
 }
 

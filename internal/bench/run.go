@@ -79,7 +79,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	pcfg.MaxConns = int32(cfg.Runners + 4)
 	rep := &Report{Config: cfg, Started: time.Now(), LoadStart: loadavg()}
 	for round := range cfg.Rounds {
-		for _, m := range cfg.Modes {
+		// Round r starts at the r-th mode of the list (a rotation), so
+		// over as many rounds as modes each mode runs once in each place:
+		// on a shared machine the first mode after a setup or a cleanup
+		// measured up to a third slower or faster than the others.
+		n := len(cfg.Modes)
+		for k := range n {
+			m := cfg.Modes[(round+k)%n]
 			if cfg.Rounds > 1 {
 				cfg.RunID = fmt.Sprintf("%s-%d", rep.runID(), round+1)
 			}
