@@ -391,6 +391,13 @@ func removeTenant(ctx context.Context, pool *pgxpool.Pool, tenant string) error 
 	}
 	for _, t := range []string{"wake_event_log", "wake_events", "wake_queue", "consumer_claims", "wakes",
 		"entity_dispatch_state", "stream_messages", "streams", "entities", "runners"} {
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, t).Scan(&exists); err != nil {
+			return fmt.Errorf("remove bench data: %w", err)
+		}
+		if !exists { // a database before the wake-event log
+			continue
+		}
 		if _, err := tx.Exec(ctx, `DELETE FROM `+t+` WHERE tenant_id = $1`, tenant); err != nil {
 			return fmt.Errorf("remove bench data (%s, fk checks skipped %t): %w", t, replica, err)
 		}
