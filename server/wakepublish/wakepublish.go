@@ -7,7 +7,8 @@
 // commits that may have queued a wake) and on a short timer, so the events
 // of wakes queued elsewhere (psql, another server, the sweeper) are
 // published too. An idle call is a read of two index entries and writes
-// nothing. Every instance may publish: publishers take turns on the
+// nothing. Every instance may publish, and publishes every tenant's log
+// (the log is one, in transaction order): publishers take turns on the
 // publisher's position row, so no row is published twice.
 package wakepublish
 
@@ -65,7 +66,9 @@ func New(cfg Config) *Publisher {
 }
 
 // Kick asks for a pass now (a wake was just queued and committed). Kicks
-// while a pass runs make one more pass after it.
+// while a pass runs make one more pass after it. A pass publishes what is
+// behind the snapshot fence when it runs; rows of a commit still behind
+// it (an older transaction is open) wait for the next kick or the timer.
 func (p *Publisher) Kick() {
 	select {
 	case p.kickCh <- struct{}{}:
