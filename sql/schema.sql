@@ -1084,6 +1084,11 @@ DECLARE
     v_runner  text;
     v_app     boolean;
     v_forced  timestamptz;
+    -- Runners (tenant || ' ' || id) whose wake stream was looked up, and
+    -- whether it exists.
+    c_key     text[] := '{}';
+    c_has     boolean[] := '{}';
+    v_i       integer;
     -- The events to write, one element per (wake, runner), in log order.
     e_tenant  text[] := '{}';
     e_runner  text[] := '{}';
@@ -1193,8 +1198,15 @@ BEGIN
                 END IF;
             END LOOP;
             CONTINUE WHEN NOT v_app;
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM streams s
-                                       WHERE s.tenant_id = v_q.tenant_id AND s.path = pw_wake_stream(v_runner));
+            -- Whether the runner has a wake stream, read once per batch.
+            v_i := array_position(c_key, v_q.tenant_id || ' ' || v_runner);
+            IF v_i IS NULL THEN
+                c_key := c_key || (v_q.tenant_id || ' ' || v_runner);
+                c_has := c_has || EXISTS (SELECT 1 FROM streams s
+                                           WHERE s.tenant_id = v_q.tenant_id AND s.path = pw_wake_stream(v_runner));
+                v_i := cardinality(c_key);
+            END IF;
+            CONTINUE WHEN NOT c_has[v_i];
             -- A forced event (wake-event rule) is written even when the
             -- wake had one for this generation: that one may be spent.
             CONTINUE WHEN v_forced IS NULL

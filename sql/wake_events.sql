@@ -111,9 +111,12 @@ CREATE OR REPLACE TRIGGER wakes_event_requeue AFTER UPDATE ON wakes
 -- by a later one) gets none: it is not claimable by anyone else. All
 -- events of one runner in a batch go in one append, in log order; the
 -- runners' streams are locked in one order (tenant, runner id). Each wake
--- is read by its keys (the wake, its entity and dispatch row, each
--- target's wake stream and events), one statement each: the cost follows
--- the batch and its targets, never the queue.
+-- is read by its keys (the wake; its entity and dispatch row; its
+-- targets; each target's events for the generation; each runner's wake
+-- stream once per batch), one statement each, never a join a plan could
+-- start from the wrong end: the cost follows the batch and its
+-- targets, never the queue. A back-fill row reads the queue of its runner
+-- (and of any runner): a registration's cost, as before the log.
 CREATE OR REPLACE FUNCTION pw_publish_wake_events(p_limit integer DEFAULT 1000)
     RETURNS integer
     LANGUAGE plpgsql
@@ -142,6 +145,11 @@ DECLARE
     v_runner  text;
     v_app     boolean;
     v_forced  timestamptz;
+    -- Runners (tenant || ' ' || id) whose wake stream was looked up, and
+    -- whether it exists.
+    c_key     text[] := '{}';
+    c_has     boolean[] := '{}';
+    v_i       integer;
     -- The events to write, one element per (wake, runner), in log order.
     e_tenant  text[] := '{}';
     e_runner  text[] := '{}';
@@ -251,8 +259,15 @@ BEGIN
                 END IF;
             END LOOP;
             CONTINUE WHEN NOT v_app;
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM streams s
-                                       WHERE s.tenant_id = v_q.tenant_id AND s.path = pw_wake_stream(v_runner));
+            -- Whether the runner has a wake stream, read once per batch.
+            v_i := array_position(c_key, v_q.tenant_id || ' ' || v_runner);
+            IF v_i IS NULL THEN
+                c_key := c_key || (v_q.tenant_id || ' ' || v_runner);
+                c_has := c_has || EXISTS (SELECT 1 FROM streams s
+                                           WHERE s.tenant_id = v_q.tenant_id AND s.path = pw_wake_stream(v_runner));
+                v_i := cardinality(c_key);
+            END IF;
+            CONTINUE WHEN NOT c_has[v_i];
             -- A forced event (wake-event rule) is written even when the
             -- wake had one for this generation: that one may be spent.
             CONTINUE WHEN v_forced IS NULL

@@ -119,10 +119,14 @@ func (p *Publisher) PublishOnce(ctx context.Context) (int, error) {
 			p.published(total)
 			return total, fmt.Errorf("publish wake events: %w", err)
 		}
-		if n == 0 {
+		total += int(n)
+		// Fewer events than the batch: the batch was very likely not full,
+		// so no second call (a round trip) to find nothing. When it was
+		// (wakes claimed before their rows were published write no event),
+		// the rest waits for the next kick or the timer.
+		if int(n) < p.cfg.Batch {
 			break
 		}
-		total += int(n)
 	}
 	p.published(total)
 	return total, nil
