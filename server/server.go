@@ -68,6 +68,7 @@ type Config struct {
 	// WakePublishInterval (50ms) is how often the wake-event log is
 	// published when no commit of this server kicked the publisher: the
 	// bound on how late an event of a wake queued elsewhere appears.
+	// Negative: this server runs no publisher (others publish).
 	WakePublishInterval time.Duration
 	RequestTimeout      time.Duration // 15s: no request waits on the database longer
 	// ReconcileInterval (1s) is how often the token maps (write tokens, the
@@ -250,7 +251,9 @@ func (s *Server) Start(ctx context.Context) {
 	s.recon.Start(ctx)
 	s.sw.Start(ctx)
 	s.wakes.Start(ctx)
-	s.wakePub.Start(ctx)
+	if s.cfg.WakePublishInterval >= 0 {
+		s.wakePub.Start(ctx)
+	}
 }
 
 // Stop ends the background services and waits for them.

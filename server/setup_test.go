@@ -52,6 +52,9 @@ type options struct {
 	singleCalls  bool
 	requireTypes bool          // Config.RequireEntityTypes
 	resend       time.Duration // Config.WakeEventResend (0 = the server's default)
+	// noPublisher: the server runs no wake-event publisher (its timer
+	// would take pool connections a test counts); b.published publishes.
+	noPublisher bool
 }
 
 // setup starts a server on a fresh database.
@@ -120,6 +123,9 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 		Pool: pool, Tenant: "default", AdminToken: o.adminToken, SweepInterval: o.sweep, WakeEventResend: o.resend,
 		Tokens: store, Streams: sh, StreamChannel: streams.NotifyChannel, Logger: log,
 		ReconcileInterval: o.reconcile, GroupCommit: !o.singleCalls, RequireEntityTypes: o.requireTypes,
+	}
+	if o.noPublisher {
+		cfg.WakePublishInterval = -1
 	}
 	if o.listen {
 		cfg.ConnString = cmp.Or(o.listenURL, d.URL)
