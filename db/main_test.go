@@ -36,6 +36,19 @@ type fixture struct {
 	ctx  context.Context
 	pool *pgxpool.Pool
 	url  string
+	// published: after each call that may queue a wake (or log a forced
+	// event) commits, the wake-event log is published, as the server's
+	// publisher does after its own commits (wake-event tests).
+	published bool
+}
+
+// committed publishes the wake-event log when the fixture does so after
+// every commit.
+func (f *fixture) committed() {
+	f.t.Helper()
+	if f.published {
+		f.publish()
+	}
 }
 
 // setup gives t its own database with enabled runners r1, r2 and r3.
@@ -52,6 +65,7 @@ func (f *fixture) exec(sql string, args ...any) {
 	if _, err := f.pool.Exec(f.ctx, sql, args...); err != nil {
 		f.t.Fatalf("exec %q: %v", sql, err)
 	}
+	f.committed()
 }
 
 // pgCode is the SQLSTATE of err, or "" when err is not a PostgreSQL error.
@@ -93,6 +107,7 @@ func (f *fixture) send(url string, now time.Time) (offset, wake string) {
 	if err != nil {
 		f.t.Fatalf("send %s: %v", url, err)
 	}
+	f.committed()
 	if w != nil {
 		wake = *w
 	}
@@ -122,6 +137,9 @@ func (f *fixture) claimNext(runner string, ttl time.Duration, now time.Time) (c 
 			&c.ClaimToken, &c.LeaseExpiresAt, &c.LeaseTTLms)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return c, false, nil
+	}
+	if err == nil {
+		f.committed() // a takeover ends a claim, which may log an event
 	}
 	return c, err == nil, err
 }
@@ -168,6 +186,9 @@ func (f *fixture) releaseErr(consumer string, epoch int64, acks any, now time.Ti
 	err = f.pool.QueryRow(f.ctx, `SELECT * FROM release_claim($1, $2, $3, $4)`, consumer, epoch, string(b), now).
 		Scan(&r.Released, &r.EntityCleared, &r.ClaimStatus, &r.EntityURL, &r.StreamPath,
 			&r.EntityStatus, &r.AckedOffset, &r.QueuedWakeID)
+	if err == nil {
+		f.committed()
+	}
 	return r, err
 }
 
@@ -210,6 +231,7 @@ func (f *fixture) expire(now time.Time) []expired {
 	if err != nil {
 		f.t.Fatalf("expire_claims: %v", err)
 	}
+	f.committed()
 	return out
 }
 

@@ -186,12 +186,20 @@ type WakeEvent struct {
 	CreatedAt  time.Time
 }
 
-type WakeEventPending struct {
+type WakeEventLog struct {
 	Xid      pgtype.Uint64
+	ID       int64
 	TenantID string
-	WakeID   string
-	ForcedAt *time.Time
+	WakeID   *string
 	RunnerID *string
+	ForcedAt *time.Time
+}
+
+type WakeEventPublisher struct {
+	Singleton   bool
+	PosXid      pgtype.Uint64
+	PosID       int64
+	PublishedAt *time.Time
 }
 
 type WakeQueue struct {

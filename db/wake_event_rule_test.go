@@ -27,6 +27,7 @@ func (f *fixture) claimEvent(runner, stream string, now time.Time) (c claimed, o
 	if err != nil {
 		f.t.Fatalf("claim_wake_for_event(%s, %s): %v", runner, stream, err)
 	}
+	f.committed()
 	return c, true
 }
 

@@ -12,6 +12,19 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
+const publishWakeEvents = `-- name: PublishWakeEvents :one
+SELECT pw_publish_wake_events($1::integer)::integer AS events
+`
+
+// Publishes up to max_rows rows of the wake-event log (behind the snapshot
+// fence) to the runners' wake streams; the events written.
+func (q *Queries) PublishWakeEvents(ctx context.Context, db DBTX, maxRows int32) (int32, error) {
+	row := db.QueryRow(ctx, publishWakeEvents, maxRows)
+	var events int32
+	err := row.Scan(&events)
+	return events, err
+}
+
 const purgeWakeEvents = `-- name: PurgeWakeEvents :one
 
 SELECT purge_wake_events($1::interval, $2::integer, $3::timestamptz,

@@ -30,7 +30,7 @@ import (
 func wakeSetup(t *testing.T, runners ...string) *fixture {
 	t.Helper()
 	tdb := testdb.New(t)
-	f := &fixture{t: t, ctx: t.Context(), pool: tdb.Pool, url: tdb.URL}
+	f := &fixture{t: t, ctx: t.Context(), pool: tdb.Pool, url: tdb.URL, published: true}
 	for _, r := range runners {
 		f.register(r)
 	}
@@ -45,6 +45,7 @@ func (f *fixture) register(id string) (created bool, stream, offset string) {
 	if err != nil {
 		f.t.Fatalf("register %s: %v", id, err)
 	}
+	f.committed()
 	return created, stream, offset
 }
 
@@ -57,9 +58,40 @@ type wakeEvent struct {
 	seq            int64
 }
 
-// events reads runner's wake stream, in order.
+// publish publishes the wake-event log (pw_publish_wake_events) until no
+// committed row is left: the fence may hold rows back while a transaction
+// anywhere on the cluster is still open, so it calls again until then.
+func (f *fixture) publish() {
+	f.t.Helper()
+	publishAll(f.t, f.ctx, f.pool)
+}
+
+// publishAll publishes the wake-event log of pool's database until no
+// committed row is left (or fails t after a minute).
+func publishAll(t testing.TB, ctx context.Context, pool *pgxpool.Pool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var left bool
+		err := pool.QueryRow(ctx, `SELECT pw_publish_wake_events(100000) >= 0 AND EXISTS (SELECT 1 FROM wake_event_log)`).Scan(&left)
+		if err != nil {
+			t.Fatalf("publish wake events: %v", err)
+		}
+		if !left {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("wake-event log not published within a minute (a transaction held the fence)")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// events publishes the wake-event log, then reads runner's wake stream, in
+// order.
 func (f *fixture) events(runner string) []wakeEvent {
 	f.t.Helper()
+	f.publish()
 	rows, err := f.pool.Query(f.ctx, `SELECT m.seq, convert_from(m.data, 'UTF8') FROM stream_messages m
 		WHERE m.path = '/v1/stream/runners/' || $1 || '/wake' ORDER BY m.seq`, runner)
 	if err != nil {
@@ -385,8 +417,10 @@ func TestPurgeWakeEvents(t *testing.T) {
 
 // Concurrent sends, claims (by event, as Electric's runtime claims, and
 // by polling), releases, expiries and runner enable/disable from many
-// sessions: no deadlock, and at every check each queued wake has an event
-// in the stream of each enabled runner it targets, every event row has its
+// sessions, with a publisher running: no deadlock, and at every check each
+// queued wake has an event in the stream of each enabled runner it
+// targets or one still to be published (its row in the log), and once the
+// log is published none is missing; every event row has its
 // message and every message of a wake stream its row. Then the wake-event
 // rule: runners that claim exactly once per event they read, and never
 // otherwise, drain every queued wake.
@@ -527,12 +561,24 @@ func TestWakeEventsUnderConcurrency(t *testing.T) {
 			}
 		}()
 	}
+	// The publisher runs as a server's does, here back to back.
+	pubDone := make(chan struct{})
+	go func() {
+		defer close(pubDone)
+		for time.Now().Before(deadline) && ctx.Err() == nil {
+			_, err := pool.Exec(ctx, `SELECT pw_publish_wake_events()`)
+			ok("publish", err)
+		}
+	}()
 	checks := 0
 	for time.Now().Before(deadline) {
 		checkWakeEvents(t, ctx, pool)
 		checks++
 	}
 	wg.Wait()
+	<-pubDone
+	checkWakeEvents(t, ctx, pool)
+	publishAll(t, ctx, pool)
 	checkWakeEvents(t, ctx, pool)
 
 	// Drain: every runner enabled, each claims exactly once per event it
@@ -546,6 +592,7 @@ func TestWakeEventsUnderConcurrency(t *testing.T) {
 	var drained int
 	for read := true; read; {
 		read = false
+		publishAll(t, ctx, pool) // the releases below may have logged events
 		for _, r := range runners {
 			stream, found := nextEvent(r)
 			if !found {
@@ -625,6 +672,10 @@ func checkWakeEvents(t *testing.T, ctx context.Context, pool *pgxpool.Pool) {
 		              convert_from(m.data, 'UTF8')::jsonb = jsonb_build_object('type', 'wake',
 		                  'subscription_id', 'runner:' || t.runner_id, 'stream', t.main_stream,
 		                  'generation', t.generation, 'ts', convert_from(m.data, 'UTF8')::jsonb -> 'ts')) < 1
+		       -- not yet published: the wake's row, or its runner's back-fill, is in the log
+		       AND NOT EXISTS (SELECT 1 FROM wake_event_log l
+		                        WHERE l.wake_id = t.wake_id AND (l.runner_id IS NULL OR l.runner_id = t.runner_id)
+		                           OR l.wake_id IS NULL AND l.runner_id = t.runner_id)
 		UNION ALL
 		SELECT 'event row without message: ' || v.wake_id || ' ' || v.runner_id || ' seq ' || v.seq
 		  FROM wake_events v

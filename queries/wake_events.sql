@@ -15,3 +15,8 @@ SELECT s.path, s.tail_seq FROM streams s WHERE s.tenant_id = @tenant_id AND s.pa
 -- events their runners have read past without claiming.
 SELECT sweep_wake_events(@min_age::interval, @max_wakes::integer, sqlc.narg('now')::timestamptz,
                          @tenant_id::text)::integer AS wakes;
+
+-- name: PublishWakeEvents :one
+-- Publishes up to max_rows rows of the wake-event log (behind the snapshot
+-- fence) to the runners' wake streams; the events written.
+SELECT pw_publish_wake_events(@max_rows::integer)::integer AS events;

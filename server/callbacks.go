@@ -209,6 +209,8 @@ func (s *Server) afterRelease(consumer string, epoch int64, res db.ReleaseClaimR
 	s.tokens.ClearIfOwner(res.StreamPath, tokens.Owner{ConsumerID: consumer, Epoch: epoch})
 	if res.Released {
 		s.publishClaimEnd(consumer, epoch, res.StreamPath, "released")
+		// A release may have queued a wake or logged a forced event.
+		s.wakePub.Kick()
 	}
 	outcome := metrics.Outcome(res.Released, res.EntityCleared, res.ClaimStatus)
 	s.metrics.Released(outcome, took)

@@ -295,7 +295,7 @@ func (s *Server) sendToEntity(enc entityEncoding, w http.ResponseWriter, r *http
 	}
 	s.afterSend(url)
 	if res.WakeID != "" {
-		s.wakes.kick() // the wake's events are in: wake this server's wake-stream readers now
+		s.wakePub.Kick() // publish the wake's events now; the publisher then wakes the readers
 	}
 	s.log.Info("message sent", "entity_url", url, "offset", res.MsgOffset, "wake_id", res.WakeID)
 	httpx.WriteJSON(w, enc.sentStatus(), map[string]any{"offset": res.MsgOffset})

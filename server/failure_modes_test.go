@@ -201,7 +201,7 @@ func TestRetriedDoneAfterFailure(t *testing.T) {
 // trip.
 func TestAppendGate(t *testing.T) {
 	t.Parallel()
-	b := setup(t, func(o *options) { o.adminToken = "admin-secret" })
+	b := setup(t, func(o *options) { o.adminToken = "admin-secret"; o.noPublisher = true })
 	rt := b.registerRunner("r1")
 	b.spawn("/chat/1")
 	b.spawn("/chat/2")

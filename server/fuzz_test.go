@@ -235,6 +235,9 @@ func (fx *fuzzFixture) run(t *testing.T, in fuzzInput) (status int, body []byte,
 func (fx *fuzzFixture) check(t *testing.T, in fuzzInput) int {
 	t.Helper()
 	at := time.Now()
+	// The wake events of earlier requests are published first: the
+	// server's publisher would otherwise write them during this request.
+	waitPublished(t, fx.b.db.Pool)
 	before := fx.snapshot(t, at)
 	status, body, ok := fx.run(t, in)
 	if !ok {

@@ -127,7 +127,7 @@ func pick(m map[string]float64, prefixes ...string) map[string]float64 {
 // gauges are the sweeper's last read, taken after each of its passes.
 func TestMetricsScrapeRunsNoQuery(t *testing.T) {
 	t.Parallel()
-	b := setup(t, func(o *options) { o.metrics = true })
+	b := setup(t, func(o *options) { o.metrics = true; o.noPublisher = true })
 	rt := b.registerRunner("r1")
 	b.spawn("/chat/1")
 	b.send("/chat/1", "x")

@@ -104,6 +104,7 @@ func (s *Server) registerRunner(w http.ResponseWriter, r *http.Request) error {
 	// The old token's hash must not answer from this process's cache; other
 	// servers drop theirs when they hear of the change.
 	s.runnerTokens.Forget(*body.ID)
+	s.wakePub.Kick() // the registration logged a back-fill of the runner's wake stream
 	status := http.StatusCreated
 	if reg.Created {
 		s.log.Info("runner registered", "runner_id", run.ID)
@@ -209,6 +210,7 @@ func (s *Server) setRunnerStatus(status string) func(http.ResponseWriter, *http.
 			return err
 		}
 		s.log.Info("runner admin status set", "runner_id", id, "admin_status", status)
+		s.wakePub.Kick() // an enable logged a back-fill of the runner's wake stream
 		httpx.WriteJSON(w, http.StatusOK, runnerFromRow(run))
 		return nil
 	}

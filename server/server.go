@@ -23,6 +23,7 @@ import (
 	"github.com/pullwake/pullwake/server/subscriptions"
 	"github.com/pullwake/pullwake/server/sweeper"
 	"github.com/pullwake/pullwake/server/tokens"
+	"github.com/pullwake/pullwake/server/wakepublish"
 	"github.com/pullwake/pullwake/server/writeauth"
 )
 
@@ -64,7 +65,12 @@ type Config struct {
 	// WakeEventResend (5s): the wake-event backstop's bound (sweeper.Config).
 	WakeEventResend time.Duration
 	Retention       time.Duration // ended claims and finished wakes older than this are deleted; 0 keeps all
-	RequestTimeout  time.Duration // 15s: no request waits on the database longer
+	// WakePublishInterval (50ms) is how often the wake-event log is
+	// published when no commit of this server kicked the publisher: the
+	// bound on how late an event of a wake queued elsewhere appears.
+	// Negative: this server runs no publisher (others publish).
+	WakePublishInterval time.Duration
+	RequestTimeout      time.Duration // 15s: no request waits on the database longer
 	// ReconcileInterval (1s) is how often the token maps (write tokens, the
 	// runner-token cache) are re-checked against the database: a claim
 	// that ended anywhere loses its write token here within this interval
@@ -120,6 +126,7 @@ type Server struct {
 	listener *pglisten.Listener
 	recon    *reconcile.Reconciler
 	wakes    *wakeWatcher           // wakes live readers of wake streams
+	wakePub  *wakepublish.Publisher // publishes the wake-event log to the wake streams
 	types    *entitytypes.Service   // /_electric/entity-types and the typed validation
 	subs     *subscriptions.Service // /__ds/subscriptions/{id} and /__ds/jwks.json
 	// validator checks spawns and sends against entity types (dialect.go;
@@ -201,6 +208,11 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	s.wakes = newWakeWatcher(cfg.Pool, cfg.Tenant, s.wakeLocalReaders, cfg.Logger)
+	s.wakePub = wakepublish.New(wakepublish.Config{
+		Pool: cfg.Pool, Interval: cfg.WakePublishInterval, Logger: cfg.Logger,
+		// Events are in: wake this server's live readers of wake streams now.
+		Published: func(int) { s.wakes.kick() },
+	})
 	if cfg.GroupCommit {
 		s.batch = newBatchers(cfg.Pool, s.q, cfg.Tenant, cfg.Publisher == nil, cfg.GroupCommitInFlight, cfg.BatchObserver)
 	}
@@ -239,10 +251,14 @@ func (s *Server) Start(ctx context.Context) {
 	s.recon.Start(ctx)
 	s.sw.Start(ctx)
 	s.wakes.Start(ctx)
+	if s.cfg.WakePublishInterval >= 0 {
+		s.wakePub.Start(ctx)
+	}
 }
 
 // Stop ends the background services and waits for them.
 func (s *Server) Stop() {
+	s.wakePub.Stop()
 	s.wakes.Stop()
 	if s.batch != nil {
 		s.batch.stop() // answers every queued release and claim

@@ -52,6 +52,9 @@ type options struct {
 	singleCalls  bool
 	requireTypes bool          // Config.RequireEntityTypes
 	resend       time.Duration // Config.WakeEventResend (0 = the server's default)
+	// noPublisher: the server runs no wake-event publisher (its timer
+	// would take pool connections a test counts); b.published publishes.
+	noPublisher bool
 }
 
 // setup starts a server on a fresh database.
@@ -120,6 +123,9 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 		Pool: pool, Tenant: "default", AdminToken: o.adminToken, SweepInterval: o.sweep, WakeEventResend: o.resend,
 		Tokens: store, Streams: sh, StreamChannel: streams.NotifyChannel, Logger: log,
 		ReconcileInterval: o.reconcile, GroupCommit: !o.singleCalls, RequireEntityTypes: o.requireTypes,
+	}
+	if o.noPublisher {
+		cfg.WakePublishInterval = -1
 	}
 	if o.listen {
 		cfg.ConnString = cmp.Or(o.listenURL, d.URL)
@@ -251,7 +257,41 @@ func (b *bundle) must(want int, r resp) resp {
 func (b *bundle) registerRunner(id string) string {
 	b.t.Helper()
 	r := b.must(201, b.do("POST", "/_electric/runners", b.admin, map[string]any{"id": id}))
+	b.published()
 	return r.json(b.t)["runner_token"].(string)
+}
+
+// published waits until the wake-event log holds no committed row: every
+// wake queued so far has its events in the wake streams. The server's
+// publisher does this soon after each commit; a test that reads a wake
+// stream without a live read waits for it here, publishing too (two
+// publishers take turns), for at most a minute: the snapshot fence holds
+// rows back while any transaction on the cluster that started before
+// them is still open.
+func (b *bundle) published() {
+	b.t.Helper()
+	waitPublished(b.t, b.db.Pool)
+}
+
+// waitPublished is bundle.published for a test t other than the bundle's.
+func waitPublished(t testing.TB, pool *pgxpool.Pool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var left bool
+		err := pool.QueryRow(context.Background(),
+			`SELECT pw_publish_wake_events() >= 0 AND EXISTS (SELECT 1 FROM wake_event_log)`).Scan(&left)
+		if err != nil {
+			t.Fatalf("publish wake events: %v", err)
+		}
+		if !left {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("wake-event log not published within a minute")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 func (b *bundle) spawn(url string) {
@@ -262,6 +302,7 @@ func (b *bundle) spawn(url string) {
 func (b *bundle) send(url string, payload any) string {
 	b.t.Helper()
 	r := b.must(202, b.do("POST", "/entities"+url, b.admin, map[string]any{"payload": payload}))
+	b.published()
 	return r.json(b.t)["offset"].(string)
 }
 

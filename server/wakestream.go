@@ -16,20 +16,21 @@ import (
 
 // Wake streams: every runner has a JSON-mode Durable Stream at
 // /v1/stream/runners/{id}/wake, also served at /runners/{id}/wake (the
-// path Electric's runtime reads by default). The database appends one
-// event per queued wake to it, at the commit of the transaction that
-// queued the wake (00008_electric_runtime); clients only read it, with the
-// runner's token or the admin token. Reading is the stream handler's,
-// after this check.
+// path Electric's runtime reads by default). The database writes one
+// event per queued wake to it: the queueing transaction logs the wake,
+// and the wake-event publisher (server/wakepublish, run by every server
+// after its own commits and on a timer) writes the events after the
+// commit (sql/wake_events.sql); clients only read it, with the runner's
+// token or the admin token. Reading is the stream handler's, after this
+// check.
 //
-// The appends do not NOTIFY (that would serialize the queuing commits on
-// the cluster's notification lock), so each server watches the tails of
-// the wake streams its own live readers wait on: a poll every
-// wakePollInterval while there are such readers, and at once after this
-// server queued a wake. A changed tail wakes the readers of that stream.
+// The appends do not NOTIFY, so each server watches the tails of the wake
+// streams its own live readers wait on: a poll every wakePollInterval
+// while there are such readers, and at once after this server's
+// publisher wrote events. A changed tail wakes the readers of that stream.
 
 // wakePollInterval bounds how long a live reader of a wake stream waits
-// for a wake queued elsewhere (psql, another server, the sweeper).
+// for events another server's publisher wrote.
 const wakePollInterval = 20 * time.Millisecond
 
 // wakeStream serves GET and HEAD of a runner's wake stream under either
@@ -101,7 +102,7 @@ func (ww *wakeWatcher) watch(path string) func() {
 	}
 }
 
-// kick asks for a poll now (this server just queued a wake).
+// kick asks for a poll now (this server's publisher just wrote events).
 func (ww *wakeWatcher) kick() {
 	select {
 	case ww.kickCh <- struct{}{}:

@@ -1068,11 +1068,10 @@ BEGIN
         -- Wake-event rule: a wake queued while this claim held the entity
         -- becomes claimable now. Its events may all have been spent (a
         -- claim answered 204 while it was blocked), so it gets a new one,
-        -- written at commit like every event. A wake queued just above
-        -- gets its event from the queueing itself.
-        INSERT INTO wake_event_pending (xid, tenant_id, wake_id, forced_at)
-        VALUES (pg_current_xact_id(), p_tenant, v_queued, p_now);
-        PERFORM set_config('pullwake.wake_events_pending', 'yes', true);
+        -- logged like every event (pw_publish_wake_events writes it). A
+        -- wake queued just above gets its event from the queueing itself.
+        INSERT INTO wake_event_log (tenant_id, wake_id, forced_at)
+        VALUES (p_tenant, v_queued, p_now);
     END IF;
 
     IF p_notify THEN

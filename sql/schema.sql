@@ -526,18 +526,9 @@ CREATE FUNCTION public.pw_backfill_wake_events(p_tenant text, p_runner_id text, 
     LANGUAGE plpgsql
     AS $$
 BEGIN
-    -- Forced, for this runner alone: a runner that restarts or is enabled
-    -- again may have read (and spent) the events it had.
-    PERFORM pw_lock_wake_targets(p_tenant, true);
-    INSERT INTO wake_event_pending (xid, tenant_id, wake_id, forced_at, runner_id)
-    SELECT pg_current_xact_id(), w.tenant_id, w.wake_id, p_now, p_runner_id
-      FROM wakes w
-     WHERE w.tenant_id = p_tenant AND w.status = 'queued'
-       AND (w.runner_id = p_runner_id
-            OR w.runner_id IS NULL AND EXISTS (SELECT 1 FROM runners r
-                                                WHERE r.tenant_id = p_tenant AND r.id = p_runner_id
-                                                  AND r.admin_status = 'enabled'));
-    RETURN pw_flush_wake_events();
+    INSERT INTO wake_event_log (tenant_id, wake_id, runner_id, forced_at)
+    VALUES (p_tenant, NULL, p_runner_id, p_now);
+    RETURN 1;
 END
 $$;
 
@@ -863,11 +854,10 @@ BEGIN
         -- Wake-event rule: a wake queued while this claim held the entity
         -- becomes claimable now. Its events may all have been spent (a
         -- claim answered 204 while it was blocked), so it gets a new one,
-        -- written at commit like every event. A wake queued just above
-        -- gets its event from the queueing itself.
-        INSERT INTO wake_event_pending (xid, tenant_id, wake_id, forced_at)
-        VALUES (pg_current_xact_id(), p_tenant, v_queued, p_now);
-        PERFORM set_config('pullwake.wake_events_pending', 'yes', true);
+        -- logged like every event (pw_publish_wake_events writes it). A
+        -- wake queued just above gets its event from the queueing itself.
+        INSERT INTO wake_event_log (tenant_id, wake_id, forced_at)
+        VALUES (p_tenant, v_queued, p_now);
     END IF;
 
     IF p_notify THEN
@@ -944,124 +934,6 @@ END
 $_$;
 
 --
--- Name: pw_flush_wake_events(); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.pw_flush_wake_events() RETURNS integer
-    LANGUAGE plpgsql
-    SET enable_seqscan TO 'off'
-    AS $$
-DECLARE
-    v_tenants text[];
-    v_wakes   text[];
-    v_forced  timestamptz[];
-    v_only    text[];
-    v_url     text;
-    v_target  text;
-    v_status  text;
-    v_created timestamptz;
-    v_at      timestamptz;
-    v_stream  text;
-    v_gen     bigint;
-    v_runner  text;
-    -- The events to write, one element per (wake, runner).
-    e_tenant  text[] := '{}';
-    e_runner  text[] := '{}';
-    e_wake    text[] := '{}';
-    e_created timestamptz[] := '{}';
-    e_gen     bigint[] := '{}';
-    e_at      timestamptz[] := '{}';
-    e_data    bytea[] := '{}';
-    v_r       record;
-    v_tail    bigint;
-    v_n       integer := 0;
-BEGIN
-    PERFORM set_config('pullwake.wake_events_pending', '', true);
-    WITH p AS (
-        DELETE FROM wake_event_pending p WHERE p.xid = pg_current_xact_id()
-        RETURNING p.tenant_id, p.wake_id, p.forced_at, p.runner_id
-    )
-    SELECT array_agg(q.tenant_id), array_agg(q.wake_id), array_agg(q.forced_at), array_agg(q.runner_id)
-      INTO v_tenants, v_wakes, v_forced, v_only
-      FROM (SELECT p.tenant_id, p.wake_id, max(p.forced_at) AS forced_at,
-                   -- one runner only when every pending row names it
-                   CASE WHEN bool_and(p.runner_id IS NOT NULL) AND min(p.runner_id) = max(p.runner_id)
-                        THEN min(p.runner_id) END AS runner_id
-              FROM p GROUP BY 1, 2) q;
-    IF v_wakes IS NULL THEN
-        RETURN 0;
-    END IF;
-    -- Who the targets are (runners, their admin status and wake streams)
-    -- is read after this lock: a registration or an enable, which hold it
-    -- exclusively while they back-fill, is either committed and seen here,
-    -- or waits for this commit and back-fills these wakes itself.
-    PERFORM pw_lock_wake_targets(t, false)
-       FROM (SELECT DISTINCT t FROM unnest(v_tenants) t ORDER BY 1) q;
-    FOR i IN 1 .. cardinality(v_wakes) LOOP
-        SELECT w.entity_url, w.runner_id, w.status, w.created_at, coalesce(v_forced[i], w.updated_at)
-          INTO v_url, v_target, v_status, v_created, v_at
-          FROM wakes w
-         WHERE w.tenant_id = v_tenants[i] AND w.wake_id = v_wakes[i];
-        CONTINUE WHEN v_status IS DISTINCT FROM 'queued';
-        SELECT e.main_stream, d.epoch + 1 INTO v_stream, v_gen
-          FROM entities e
-          JOIN entity_dispatch_state d ON d.tenant_id = e.tenant_id AND d.entity_url = e.url
-         WHERE e.tenant_id = v_tenants[i] AND e.url = v_url;
-        CONTINUE WHEN NOT FOUND;
-        FOR v_runner IN
-            SELECT v_target WHERE v_target IS NOT NULL
-            UNION ALL
-            SELECT r.id FROM runners r
-             WHERE v_target IS NULL AND r.tenant_id = v_tenants[i] AND r.admin_status = 'enabled'
-        LOOP
-            CONTINUE WHEN v_only[i] IS NOT NULL AND v_runner <> v_only[i];
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM streams s
-                                       WHERE s.tenant_id = v_tenants[i] AND s.path = pw_wake_stream(v_runner));
-            -- A forced event (wake-event rule) is written even when the
-            -- wake had one for this generation: that one may be spent.
-            CONTINUE WHEN v_forced[i] IS NULL
-                      AND EXISTS (SELECT 1 FROM wake_events v
-                                   WHERE v.tenant_id = v_tenants[i] AND v.wake_id = v_wakes[i]
-                                     AND v.runner_id = v_runner AND v.generation = v_gen);
-            e_tenant := e_tenant || v_tenants[i];
-            e_runner := e_runner || v_runner;
-            e_wake := e_wake || v_wakes[i];
-            e_created := e_created || v_created;
-            e_gen := e_gen || v_gen;
-            e_at := e_at || v_at;
-            e_data := e_data || convert_to(jsonb_build_object(
-                'type', 'wake',
-                'subscription_id', 'runner:' || v_runner,
-                'stream', v_stream,
-                'generation', v_gen,
-                'ts', (extract(epoch FROM v_at) * 1000)::bigint
-            )::text, 'UTF8');
-        END LOOP;
-    END LOOP;
-    FOR v_r IN
-        SELECT x.tenant_id, x.runner_id,
-               array_agg(x.event ORDER BY x.created_at, x.wake_id) AS data,
-               array_agg(x.wake_id ORDER BY x.created_at, x.wake_id) AS wakes,
-               array_agg(x.generation ORDER BY x.created_at, x.wake_id) AS gens,
-               array_agg(x.queued_at ORDER BY x.created_at, x.wake_id) AS times,
-               max(x.queued_at) AS now
-          FROM unnest(e_tenant, e_runner, e_wake, e_created, e_gen, e_at, e_data)
-                 AS x(tenant_id, runner_id, wake_id, created_at, generation, queued_at, event)
-         GROUP BY x.tenant_id, x.runner_id
-         ORDER BY x.tenant_id, x.runner_id
-    LOOP
-        v_tail := pw_stream_append(v_r.tenant_id, pw_wake_stream(v_r.runner_id), v_r.data, v_r.now);
-        INSERT INTO wake_events (tenant_id, wake_id, runner_id, generation, seq, created_at)
-        SELECT v_r.tenant_id, u.wake_id, v_r.runner_id, u.generation,
-               v_tail - cardinality(v_r.wakes) + u.i, u.queued_at
-          FROM unnest(v_r.wakes, v_r.gens, v_r.times) WITH ORDINALITY AS u(wake_id, generation, queued_at, i);
-        v_n := v_n + cardinality(v_r.wakes);
-    END LOOP;
-    RETURN v_n;
-END
-$$;
-
---
 -- Name: pw_fork_max_segments(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1093,22 +965,6 @@ CREATE FUNCTION public.pw_iso_ms(p_ts timestamp with time zone) RETURNS text
     LANGUAGE sql
     AS $$
     SELECT to_char(p_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
-$$;
-
---
--- Name: pw_lock_wake_targets(text, boolean); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.pw_lock_wake_targets(p_tenant text, p_exclusive boolean) RETURNS void
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-    IF p_exclusive THEN
-        PERFORM pg_advisory_xact_lock(hashtextextended('pullwake.wake_targets.' || p_tenant, 0));
-    ELSE
-        PERFORM pg_advisory_xact_lock_shared(hashtextextended('pullwake.wake_targets.' || p_tenant, 0));
-    END IF;
-END
 $$;
 
 --
@@ -1196,6 +1052,203 @@ BEGIN
     RETURN p_offset::bigint;
 END
 $_$;
+
+--
+-- Name: pw_publish_wake_events(integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pw_publish_wake_events(p_limit integer DEFAULT 1000) RETURNS integer
+    LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
+    SET enable_sort TO 'off'
+    SET jit TO 'off'
+    AS $$
+DECLARE
+    v_snap    pg_snapshot;
+    v_pxid    xid8;
+    v_pid     bigint;
+    v_fence   xid8;
+    b_xid     xid8[];
+    b_id      bigint[];
+    b_tenant  text[];
+    b_wake    text[];
+    b_runner  text[];
+    b_forced  timestamptz[];
+    v_q       record;
+    v_url     text;
+    v_target  text;
+    v_status  text;
+    v_at      timestamptz;
+    v_stream  text;
+    v_gen     bigint;
+    v_runner  text;
+    v_app     boolean;
+    v_forced  timestamptz;
+    -- Runners (tenant || ' ' || id) whose wake stream was looked up, and
+    -- whether it exists.
+    c_key     text[] := '{}';
+    c_has     boolean[] := '{}';
+    v_i       integer;
+    -- The events to write, one element per (wake, runner), in log order.
+    e_tenant  text[] := '{}';
+    e_runner  text[] := '{}';
+    e_wake    text[] := '{}';
+    e_ord     integer[] := '{}';
+    e_gen     bigint[] := '{}';
+    e_at      timestamptz[] := '{}';
+    e_data    bytea[] := '{}';
+    v_r       record;
+    v_tail    bigint;
+    v_n       integer := 0;
+BEGIN
+    IF p_limit IS NULL OR p_limit < 1 THEN
+        RAISE EXCEPTION 'PW008: limit must be positive, got %', p_limit USING ERRCODE = 'PW008';
+    END IF;
+    -- Nothing fenced past the position: done, with no lock and no write.
+    v_snap := pg_current_snapshot();
+    SELECT p.pos_xid, p.pos_id INTO v_pxid, v_pid FROM wake_event_publisher p WHERE p.singleton;
+    IF v_pxid <= pg_snapshot_xmax(v_snap)
+       AND NOT EXISTS (SELECT 1 FROM wake_event_log l
+                        WHERE (l.xid, l.id) > (v_pxid, v_pid) AND l.xid < pg_snapshot_xmin(v_snap)) THEN
+        RETURN 0;
+    END IF;
+
+    SELECT p.pos_xid, p.pos_id INTO v_pxid, v_pid FROM wake_event_publisher p WHERE p.singleton FOR UPDATE;
+    v_snap := pg_current_snapshot();
+    v_fence := pg_snapshot_xmin(v_snap);
+    IF v_pxid > pg_snapshot_xmax(v_snap) THEN
+        v_pxid := '0'::xid8;
+        v_pid := 0;
+    END IF;
+    WITH d AS (
+        DELETE FROM wake_event_log l
+         WHERE l.ctid = ANY (ARRAY(
+               SELECT k.ctid FROM wake_event_log k
+                WHERE (k.xid, k.id) > (v_pxid, v_pid) AND k.xid < v_fence
+                ORDER BY k.xid, k.id
+                LIMIT p_limit))
+        RETURNING l.xid, l.id, l.tenant_id, l.wake_id, l.runner_id, l.forced_at
+    )
+    SELECT array_agg(d.xid ORDER BY d.xid, d.id), array_agg(d.id ORDER BY d.xid, d.id),
+           array_agg(d.tenant_id ORDER BY d.xid, d.id), array_agg(d.wake_id ORDER BY d.xid, d.id),
+           array_agg(d.runner_id ORDER BY d.xid, d.id), array_agg(d.forced_at ORDER BY d.xid, d.id)
+      INTO b_xid, b_id, b_tenant, b_wake, b_runner, b_forced
+      FROM d;
+    IF b_xid IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- The new position: past the last row taken, or, when the batch took
+    -- every fenced row, the fence itself (every row below it is published).
+    IF cardinality(b_xid) < p_limit THEN
+        v_pxid := v_fence;
+        v_pid := 0;
+    ELSE
+        v_pxid := b_xid[cardinality(b_xid)];
+        v_pid := b_id[cardinality(b_id)];
+    END IF;
+    UPDATE wake_event_publisher p SET pos_xid = v_pxid, pos_id = v_pid, published_at = clock_timestamp()
+     WHERE p.singleton AND (p.pos_xid, p.pos_id) < (v_pxid, v_pid);
+
+    FOR v_q IN
+        SELECT r.tenant_id, r.wake_id,
+               array_agg(r.only_runner ORDER BY r.ord) AS onlys,
+               array_agg(r.forced ORDER BY r.ord) AS forceds
+          FROM (SELECT b.tenant_id, b.wake_id, b.runner_id AS only_runner, b.forced_at AS forced,
+                       b.ord, NULL::timestamptz AS sub
+                  FROM unnest(b_tenant, b_wake, b_runner, b_forced) WITH ORDINALITY
+                         AS b(tenant_id, wake_id, runner_id, forced_at, ord)
+                 WHERE b.wake_id IS NOT NULL
+                UNION ALL
+                -- A back-fill: every wake queued that its runner may take
+                -- (its own, and those for any runner), in claim order.
+                SELECT b.tenant_id, q.wake_id, b.runner_id, b.forced_at, b.ord, q.created_at
+                  FROM unnest(b_tenant, b_wake, b_runner, b_forced) WITH ORDINALITY
+                         AS b(tenant_id, wake_id, runner_id, forced_at, ord)
+                 CROSS JOIN LATERAL (
+                       SELECT q.wake_id, q.created_at FROM wake_queue q
+                        WHERE q.tenant_id = b.tenant_id AND q.runner_key IN (b.runner_id, '')) q
+                 WHERE b.wake_id IS NULL AND b.runner_id IS NOT NULL) r
+         GROUP BY r.tenant_id, r.wake_id
+         ORDER BY min(r.ord), min(r.sub), r.wake_id
+    LOOP
+        SELECT w.entity_url, w.runner_id, w.status, w.updated_at
+          INTO v_url, v_target, v_status, v_at
+          FROM wakes w
+         WHERE w.tenant_id = v_q.tenant_id AND w.wake_id = v_q.wake_id;
+        CONTINUE WHEN v_status IS DISTINCT FROM 'queued';
+        SELECT e.main_stream, d.epoch + 1 INTO v_stream, v_gen
+          FROM entities e
+          JOIN entity_dispatch_state d ON d.tenant_id = e.tenant_id AND d.entity_url = e.url
+         WHERE e.tenant_id = v_q.tenant_id AND e.url = v_url;
+        CONTINUE WHEN NOT FOUND;
+        FOR v_runner IN
+            SELECT v_target WHERE v_target IS NOT NULL
+            UNION ALL
+            SELECT r.id FROM runners r
+             WHERE v_target IS NULL AND r.tenant_id = v_q.tenant_id AND r.admin_status = 'enabled'
+        LOOP
+            -- The rows of this wake that apply to this runner: those for
+            -- every target, and those naming it. Forced when one is.
+            v_app := false;
+            v_forced := NULL;
+            FOR i IN 1 .. cardinality(v_q.onlys) LOOP
+                IF v_q.onlys[i] IS NULL OR v_q.onlys[i] = v_runner THEN
+                    v_app := true;
+                    v_forced := greatest(v_forced, v_q.forceds[i]);
+                END IF;
+            END LOOP;
+            CONTINUE WHEN NOT v_app;
+            -- Whether the runner has a wake stream, read once per batch.
+            v_i := array_position(c_key, v_q.tenant_id || ' ' || v_runner);
+            IF v_i IS NULL THEN
+                c_key := c_key || (v_q.tenant_id || ' ' || v_runner);
+                c_has := c_has || EXISTS (SELECT 1 FROM streams s
+                                           WHERE s.tenant_id = v_q.tenant_id AND s.path = pw_wake_stream(v_runner));
+                v_i := cardinality(c_key);
+            END IF;
+            CONTINUE WHEN NOT c_has[v_i];
+            -- A forced event (wake-event rule) is written even when the
+            -- wake had one for this generation: that one may be spent.
+            CONTINUE WHEN v_forced IS NULL
+                      AND EXISTS (SELECT 1 FROM wake_events v
+                                   WHERE v.tenant_id = v_q.tenant_id AND v.wake_id = v_q.wake_id
+                                     AND v.runner_id = v_runner AND v.generation = v_gen);
+            e_tenant := e_tenant || v_q.tenant_id;
+            e_runner := e_runner || v_runner;
+            e_wake := e_wake || v_q.wake_id;
+            e_ord := e_ord || cardinality(e_ord);
+            e_gen := e_gen || v_gen;
+            e_at := e_at || greatest(v_forced, v_at);
+            e_data := e_data || convert_to(jsonb_build_object(
+                'type', 'wake',
+                'subscription_id', 'runner:' || v_runner,
+                'stream', v_stream,
+                'generation', v_gen,
+                'ts', (extract(epoch FROM greatest(v_forced, v_at)) * 1000)::bigint
+            )::text, 'UTF8');
+        END LOOP;
+    END LOOP;
+    FOR v_r IN
+        SELECT x.tenant_id, x.runner_id,
+               array_agg(x.event ORDER BY x.ord) AS data,
+               array_agg(x.wake_id ORDER BY x.ord) AS wakes,
+               array_agg(x.generation ORDER BY x.ord) AS gens,
+               array_agg(x.queued_at ORDER BY x.ord) AS times
+          FROM unnest(e_tenant, e_runner, e_wake, e_ord, e_gen, e_at, e_data)
+                 AS x(tenant_id, runner_id, wake_id, ord, generation, queued_at, event)
+         GROUP BY x.tenant_id, x.runner_id
+         ORDER BY x.tenant_id, x.runner_id
+    LOOP
+        v_tail := pw_stream_append(v_r.tenant_id, pw_wake_stream(v_r.runner_id), v_r.data, clock_timestamp());
+        INSERT INTO wake_events (tenant_id, wake_id, runner_id, generation, seq, created_at)
+        SELECT v_r.tenant_id, u.wake_id, v_r.runner_id, u.generation,
+               v_tail - cardinality(v_r.wakes) + u.i, u.queued_at
+          FROM unnest(v_r.wakes, v_r.gens, v_r.times) WITH ORDINALITY AS u(wake_id, generation, queued_at, i);
+        v_n := v_n + cardinality(v_r.wakes);
+    END LOOP;
+    RETURN v_n;
+END
+$$;
 
 --
 -- Name: pw_push_queue_rebuild(); Type: FUNCTION; Schema: public; Owner: -
@@ -2046,21 +2099,6 @@ END
 $$;
 
 --
--- Name: pw_wake_flush_trigger(); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.pw_wake_flush_trigger() RETURNS trigger
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-    IF current_setting('pullwake.wake_events_pending', true) = 'yes' THEN
-        PERFORM pw_flush_wake_events();
-    END IF;
-    RETURN NULL;
-END
-$$;
-
---
 -- Name: pw_wake_pending_trigger(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2068,9 +2106,7 @@ CREATE FUNCTION public.pw_wake_pending_trigger() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 BEGIN
-    INSERT INTO wake_event_pending (xid, tenant_id, wake_id)
-    VALUES (pg_current_xact_id(), NEW.tenant_id, NEW.wake_id);
-    PERFORM set_config('pullwake.wake_events_pending', 'yes', true);
+    INSERT INTO wake_event_log (tenant_id, wake_id) VALUES (NEW.tenant_id, NEW.wake_id);
     RETURN NULL;
 END
 $$;
@@ -2720,15 +2756,12 @@ BEGIN
             CONTINUE WHEN EXISTS (SELECT 1 FROM wake_events v
                                    WHERE v.tenant_id = p_tenant AND v.wake_id = v_q.wake_id AND v.runner_id = v_ids[i]
                                      AND (v.seq > v_seqs[i] OR v.created_at > v_now - p_min_age));
-            INSERT INTO wake_event_pending (xid, tenant_id, wake_id, forced_at)
-            VALUES (pg_current_xact_id(), p_tenant, v_q.wake_id, v_now);
+            INSERT INTO wake_event_log (tenant_id, wake_id, forced_at)
+            VALUES (p_tenant, v_q.wake_id, v_now);
             v_n := v_n + 1;
             EXIT;
         END LOOP;
     END LOOP;
-    IF v_n > 0 THEN
-        PERFORM set_config('pullwake.wake_events_pending', 'yes', true);
-    END IF;
     RETURN v_n;
 END
 $$;
@@ -2911,15 +2944,43 @@ CREATE TABLE public.token_keys (
 );
 
 --
--- Name: wake_event_pending; Type: TABLE; Schema: public; Owner: -
+-- Name: wake_event_log; Type: TABLE; Schema: public; Owner: -
 --
 
-CREATE UNLOGGED TABLE public.wake_event_pending (
-    xid xid8 NOT NULL,
+CREATE TABLE public.wake_event_log (
+    xid xid8 DEFAULT pg_current_xact_id() NOT NULL,
+    id bigint NOT NULL,
     tenant_id text NOT NULL,
-    wake_id text NOT NULL,
+    wake_id text,
+    runner_id text,
     forced_at timestamp with time zone,
-    runner_id text
+    CONSTRAINT wake_event_log_check CHECK (((wake_id IS NOT NULL) OR (runner_id IS NOT NULL)))
+)
+WITH (autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='1000');
+
+--
+-- Name: wake_event_log_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.wake_event_log ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.wake_event_log_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 64
+);
+
+--
+-- Name: wake_event_publisher; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.wake_event_publisher (
+    singleton boolean DEFAULT true NOT NULL,
+    pos_xid xid8 DEFAULT '0'::xid8 NOT NULL,
+    pos_id bigint DEFAULT 0 NOT NULL,
+    published_at timestamp with time zone,
+    CONSTRAINT wake_event_publisher_singleton_check CHECK (singleton)
 );
 
 --
@@ -3058,6 +3119,20 @@ ALTER TABLE ONLY public.token_keys
     ADD CONSTRAINT token_keys_pkey PRIMARY KEY (tenant_id);
 
 --
+-- Name: wake_event_log wake_event_log_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.wake_event_log
+    ADD CONSTRAINT wake_event_log_pkey PRIMARY KEY (xid, id);
+
+--
+-- Name: wake_event_publisher wake_event_publisher_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.wake_event_publisher
+    ADD CONSTRAINT wake_event_publisher_pkey PRIMARY KEY (singleton);
+
+--
 -- Name: wake_events wake_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -3107,12 +3182,6 @@ CREATE INDEX push_queue_order_idx ON public.push_queue USING btree (tenant_id, c
 --
 
 CREATE INDEX streams_forked_from_idx ON public.streams USING btree (tenant_id, forked_from) WHERE (forked_from IS NOT NULL);
-
---
--- Name: wake_event_pending_xid_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX wake_event_pending_xid_idx ON public.wake_event_pending USING btree (xid);
 
 --
 -- Name: wake_events_created_idx; Type: INDEX; Schema: public; Owner: -
@@ -3173,12 +3242,6 @@ CREATE TRIGGER runners_token_changed AFTER UPDATE OF token_hash ON public.runner
 --
 
 CREATE TRIGGER runners_wake_stream_delete AFTER DELETE ON public.runners FOR EACH ROW EXECUTE FUNCTION public.pw_runner_deleted();
-
---
--- Name: wake_event_pending wake_event_pending_flush; Type: TRIGGER; Schema: public; Owner: -
---
-
-CREATE CONSTRAINT TRIGGER wake_event_pending_flush AFTER INSERT ON public.wake_event_pending DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.pw_wake_flush_trigger();
 
 --
 -- Name: wake_queue wake_queue_push_delete; Type: TRIGGER; Schema: public; Owner: -

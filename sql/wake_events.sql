@@ -1,20 +1,22 @@
 -- Wake events and the wake-event rule (docs/lifecycle.md, "Wake events").
 -- Each runner has a wake stream (a JSON-mode Durable Stream at
 -- /v1/stream/runners/{id}/wake) holding one event per queued wake and target
--- runner, written at the commit of the transaction that queued the wake
--- (triggers on wakes, one deferred flush), whichever function or psql
--- statement queued it. Electric's runtime reads that stream and claims
--- exactly once per event it reads.
+-- runner, whichever function or psql statement queued it. The queueing
+-- transaction only logs the wake (a trigger on wakes inserts a row in
+-- wake_event_log: no lock another transaction waits on); after the commit,
+-- pw_publish_wake_events turns the log into events, in log order, behind a
+-- snapshot fence. Electric's runtime reads that stream and claims exactly
+-- once per event it reads.
 --
 -- The rule: a runner that claims exactly once per wake event it reads, and
 -- never otherwise, eventually claims every queued wake addressed to it. So
 -- a queued wake keeps an unspent event for as long as it is queued: one is
--- written when it is queued (pw_wake_pending_trigger, pw_flush_wake_events),
--- when a claim that blocked it ends (pw_end_claim), when its runner
--- registers again or is enabled (pw_backfill_wake_events), and by the
--- sweeper's backstop (sweep_wake_events); an event claims its own entity's
--- wake or nothing (claim_wake_for_event). Duplicate events are harmless: a
--- second claim of one wake answers 204.
+-- logged when it is queued (pw_wake_pending_trigger), when a claim that
+-- blocked it ends (pw_end_claim), when its runner registers again or is
+-- enabled (pw_backfill_wake_events), and by the sweeper's backstop
+-- (sweep_wake_events), and written by pw_publish_wake_events; an event
+-- claims its own entity's wake or nothing (claim_wake_for_event).
+-- Duplicate events are harmless: a second claim of one wake answers 204.
 --
 -- This file is the one source of the functions and triggers below. To
 -- change one, edit it here, then run make migration name=..., make schema
@@ -46,34 +48,18 @@ AS $function$
         0))
 $function$;
 
--- pw_lock_wake_targets takes the tenant's wake-target lock (a transaction
--- advisory lock): shared by every flush of wake events, exclusive while a
--- runner is registered or enabled and back-filled. Flushes do not wait on
--- each other; a registration waits for the flushes in progress and they
--- for it, so no wake misses the events of a runner that appears meanwhile.
-CREATE OR REPLACE FUNCTION pw_lock_wake_targets(p_tenant text, p_exclusive boolean)
-    RETURNS void
-    LANGUAGE plpgsql
-AS $function$
-BEGIN
-    IF p_exclusive THEN
-        PERFORM pg_advisory_xact_lock(hashtextextended('pullwake.wake_targets.' || p_tenant, 0));
-    ELSE
-        PERFORM pg_advisory_xact_lock_shared(hashtextextended('pullwake.wake_targets.' || p_tenant, 0));
-    END IF;
-END
-$function$;
-
--- pw_wake_pending_trigger records a wake that became queued (inserted
--- queued, or set back to queued) for the flush at commit.
+-- pw_wake_pending_trigger logs a wake that became queued (inserted queued,
+-- or set back to queued) in wake_event_log, in the queueing transaction:
+-- one insert, no lock that another transaction waits on. The event itself
+-- is written when pw_publish_wake_events publishes the log, after the
+-- commit; a rolled-back transaction's log rows never become visible, so
+-- never become events.
 CREATE OR REPLACE FUNCTION pw_wake_pending_trigger()
     RETURNS trigger
     LANGUAGE plpgsql
 AS $function$
 BEGIN
-    INSERT INTO wake_event_pending (xid, tenant_id, wake_id)
-    VALUES (pg_current_xact_id(), NEW.tenant_id, NEW.wake_id);
-    PERFORM set_config('pullwake.wake_events_pending', 'yes', true);
+    INSERT INTO wake_event_log (tenant_id, wake_id) VALUES (NEW.tenant_id, NEW.wake_id);
     RETURN NULL;
 END
 $function$;
@@ -85,49 +71,90 @@ CREATE OR REPLACE TRIGGER wakes_event_requeue AFTER UPDATE ON wakes
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM 'queued' AND NEW.status = 'queued')
     EXECUTE FUNCTION pw_wake_pending_trigger();
 
--- pw_flush_wake_events writes the events of the wakes queued so far in the
--- running transaction: for each wake still queued, one event in the wake
+-- pw_publish_wake_events publishes the wake-event log to the runners' wake
+-- streams: it takes up to p_limit log rows past the publisher's position
+-- (wake_event_publisher), in log order (xid, id), deletes them, and writes
+-- their events. Returns how many events it wrote; 0 when there was nothing
+-- to publish (then it reads two index entries and writes nothing). The
+-- server calls it after its own commits that queue wakes and on a short
+-- timer; an operator may call it from psql at any time.
+--
+-- The fence: only rows whose transaction id lies below the xmin of the
+-- publisher's snapshot are taken, that is rows of transactions that have
+-- ended, when every transaction that could still add a row earlier in the
+-- log order has ended too (a committed transaction's rows are all visible;
+-- a rolled-back one's never are). So the log is published as a growing
+-- prefix in transaction-id order: the position only moves forward, past
+-- rows that were all published, and a transaction that commits late (its
+-- id below others' that committed earlier) holds back the rows after it
+-- instead of being passed over. The cost: a long-running transaction that
+-- holds a transaction id, anywhere on the cluster, delays every wake event
+-- queued after it started until it ends (docs/electric.md, Wake streams).
+--
+-- Publishers are serialized by the lock on the position row: a second one
+-- waits, then starts from the first one's new position, so no row is
+-- published twice. A position ahead of every transaction id the cluster
+-- has handed out (a restore into a new cluster) starts again at 0.
+--
+-- The events: for each logged wake still queued, one event in the wake
 -- stream of each runner it targets (its runner, or every enabled runner
--- when it names none) that lacks one for the wake's generation; a forced
--- pending row (a claim's end, a back-fill, the backstop) is written even
--- when such an event exists, since that one may be spent, and a pending row
--- naming a runner is for that runner alone. Event:
+-- when it names none), evaluated now, unless that runner has one for the
+-- wake's generation already; a forced row (a claim's end, the backstop)
+-- is written even then, since that one may be spent, and a row naming a
+-- runner (a back-fill) is for that runner alone. A back-fill row (no wake)
+-- stands for every wake queued that its runner may claim. An event's ts
+-- is when the wake was queued, or when it was forced if that is later.
+-- Event:
 --   {"type": "wake", "subscription_id": "runner:{id}", "stream": <main
 --    stream>, "generation": <epoch its claim will get>, "ts": <unix ms>}
--- A wake queued and claimed in the same transaction (never claimable by
--- anyone else) gets none. All events of one runner go in one append, and
--- the runners' streams are locked in one order (tenant, runner id), so two
--- flushing transactions never wait on each other crosswise. No NOTIFY: it
--- would hold the cluster-wide notification lock through the commit,
--- serializing every notifying commit; each server watches the tails of the
--- wake streams its live readers wait on instead (server/wakestream.go).
--- Each pending wake is read by its keys (the wake, its entity and dispatch
--- row, each target's wake stream and events), one statement each: the cost
--- follows the pending wakes and their targets, never the queue (see Plans
--- in lifecycle.sql). Returns how many events it wrote.
-CREATE OR REPLACE FUNCTION pw_flush_wake_events()
+-- A wake claimed before its row is published (in the same transaction, or
+-- by a later one) gets none: it is not claimable by anyone else. All
+-- events of one runner in a batch go in one append, in log order; the
+-- runners' streams are locked in one order (tenant, runner id). Each wake
+-- is read by its keys (the wake; its entity and dispatch row; its
+-- targets; each target's events for the generation; each runner's wake
+-- stream once per batch), one statement each, never a join a plan could
+-- start from the wrong end: the cost follows the batch and its
+-- targets, never the queue. A back-fill row reads the queue of its runner
+-- (and of any runner): a registration's cost, as before the log.
+CREATE OR REPLACE FUNCTION pw_publish_wake_events(p_limit integer DEFAULT 1000)
     RETURNS integer
     LANGUAGE plpgsql
     SET enable_seqscan TO 'off'
+    SET enable_sort TO 'off'
+    SET jit TO 'off'
 AS $function$
 DECLARE
-    v_tenants text[];
-    v_wakes   text[];
-    v_forced  timestamptz[];
-    v_only    text[];
+    v_snap    pg_snapshot;
+    v_pxid    xid8;
+    v_pid     bigint;
+    v_fence   xid8;
+    b_xid     xid8[];
+    b_id      bigint[];
+    b_tenant  text[];
+    b_wake    text[];
+    b_runner  text[];
+    b_forced  timestamptz[];
+    v_q       record;
     v_url     text;
     v_target  text;
     v_status  text;
-    v_created timestamptz;
     v_at      timestamptz;
     v_stream  text;
     v_gen     bigint;
     v_runner  text;
-    -- The events to write, one element per (wake, runner).
+    v_app     boolean;
+    v_forced  timestamptz;
+    -- Runners (tenant || ' ' || id) whose wake stream was looked up, and
+    -- whether it exists.
+    c_key     text[] := '{}';
+    c_has     boolean[] := '{}';
+    v_i       integer;
+    -- The events to write, one element per (wake, runner), in log order.
     e_tenant  text[] := '{}';
     e_runner  text[] := '{}';
     e_wake    text[] := '{}';
-    e_created timestamptz[] := '{}';
+    e_ord     integer[] := '{}';
     e_gen     bigint[] := '{}';
     e_at      timestamptz[] := '{}';
     e_data    bytea[] := '{}';
@@ -135,81 +162,145 @@ DECLARE
     v_tail    bigint;
     v_n       integer := 0;
 BEGIN
-    PERFORM set_config('pullwake.wake_events_pending', '', true);
-    WITH p AS (
-        DELETE FROM wake_event_pending p WHERE p.xid = pg_current_xact_id()
-        RETURNING p.tenant_id, p.wake_id, p.forced_at, p.runner_id
-    )
-    SELECT array_agg(q.tenant_id), array_agg(q.wake_id), array_agg(q.forced_at), array_agg(q.runner_id)
-      INTO v_tenants, v_wakes, v_forced, v_only
-      FROM (SELECT p.tenant_id, p.wake_id, max(p.forced_at) AS forced_at,
-                   -- one runner only when every pending row names it
-                   CASE WHEN bool_and(p.runner_id IS NOT NULL) AND min(p.runner_id) = max(p.runner_id)
-                        THEN min(p.runner_id) END AS runner_id
-              FROM p GROUP BY 1, 2) q;
-    IF v_wakes IS NULL THEN
+    IF p_limit IS NULL OR p_limit < 1 THEN
+        RAISE EXCEPTION 'PW008: limit must be positive, got %', p_limit USING ERRCODE = 'PW008';
+    END IF;
+    -- Nothing fenced past the position: done, with no lock and no write.
+    v_snap := pg_current_snapshot();
+    SELECT p.pos_xid, p.pos_id INTO v_pxid, v_pid FROM wake_event_publisher p WHERE p.singleton;
+    IF v_pxid <= pg_snapshot_xmax(v_snap)
+       AND NOT EXISTS (SELECT 1 FROM wake_event_log l
+                        WHERE (l.xid, l.id) > (v_pxid, v_pid) AND l.xid < pg_snapshot_xmin(v_snap)) THEN
         RETURN 0;
     END IF;
-    -- Who the targets are (runners, their admin status and wake streams)
-    -- is read after this lock: a registration or an enable, which hold it
-    -- exclusively while they back-fill, is either committed and seen here,
-    -- or waits for this commit and back-fills these wakes itself.
-    PERFORM pw_lock_wake_targets(t, false)
-       FROM (SELECT DISTINCT t FROM unnest(v_tenants) t ORDER BY 1) q;
-    FOR i IN 1 .. cardinality(v_wakes) LOOP
-        SELECT w.entity_url, w.runner_id, w.status, w.created_at, coalesce(v_forced[i], w.updated_at)
-          INTO v_url, v_target, v_status, v_created, v_at
+
+    SELECT p.pos_xid, p.pos_id INTO v_pxid, v_pid FROM wake_event_publisher p WHERE p.singleton FOR UPDATE;
+    v_snap := pg_current_snapshot();
+    v_fence := pg_snapshot_xmin(v_snap);
+    IF v_pxid > pg_snapshot_xmax(v_snap) THEN
+        v_pxid := '0'::xid8;
+        v_pid := 0;
+    END IF;
+    WITH d AS (
+        DELETE FROM wake_event_log l
+         WHERE l.ctid = ANY (ARRAY(
+               SELECT k.ctid FROM wake_event_log k
+                WHERE (k.xid, k.id) > (v_pxid, v_pid) AND k.xid < v_fence
+                ORDER BY k.xid, k.id
+                LIMIT p_limit))
+        RETURNING l.xid, l.id, l.tenant_id, l.wake_id, l.runner_id, l.forced_at
+    )
+    SELECT array_agg(d.xid ORDER BY d.xid, d.id), array_agg(d.id ORDER BY d.xid, d.id),
+           array_agg(d.tenant_id ORDER BY d.xid, d.id), array_agg(d.wake_id ORDER BY d.xid, d.id),
+           array_agg(d.runner_id ORDER BY d.xid, d.id), array_agg(d.forced_at ORDER BY d.xid, d.id)
+      INTO b_xid, b_id, b_tenant, b_wake, b_runner, b_forced
+      FROM d;
+    IF b_xid IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- The new position: past the last row taken, or, when the batch took
+    -- every fenced row, the fence itself (every row below it is published).
+    IF cardinality(b_xid) < p_limit THEN
+        v_pxid := v_fence;
+        v_pid := 0;
+    ELSE
+        v_pxid := b_xid[cardinality(b_xid)];
+        v_pid := b_id[cardinality(b_id)];
+    END IF;
+    UPDATE wake_event_publisher p SET pos_xid = v_pxid, pos_id = v_pid, published_at = clock_timestamp()
+     WHERE p.singleton AND (p.pos_xid, p.pos_id) < (v_pxid, v_pid);
+
+    FOR v_q IN
+        SELECT r.tenant_id, r.wake_id,
+               array_agg(r.only_runner ORDER BY r.ord) AS onlys,
+               array_agg(r.forced ORDER BY r.ord) AS forceds
+          FROM (SELECT b.tenant_id, b.wake_id, b.runner_id AS only_runner, b.forced_at AS forced,
+                       b.ord, NULL::timestamptz AS sub
+                  FROM unnest(b_tenant, b_wake, b_runner, b_forced) WITH ORDINALITY
+                         AS b(tenant_id, wake_id, runner_id, forced_at, ord)
+                 WHERE b.wake_id IS NOT NULL
+                UNION ALL
+                -- A back-fill: every wake queued that its runner may take
+                -- (its own, and those for any runner), in claim order.
+                SELECT b.tenant_id, q.wake_id, b.runner_id, b.forced_at, b.ord, q.created_at
+                  FROM unnest(b_tenant, b_wake, b_runner, b_forced) WITH ORDINALITY
+                         AS b(tenant_id, wake_id, runner_id, forced_at, ord)
+                 CROSS JOIN LATERAL (
+                       SELECT q.wake_id, q.created_at FROM wake_queue q
+                        WHERE q.tenant_id = b.tenant_id AND q.runner_key IN (b.runner_id, '')) q
+                 WHERE b.wake_id IS NULL AND b.runner_id IS NOT NULL) r
+         GROUP BY r.tenant_id, r.wake_id
+         ORDER BY min(r.ord), min(r.sub), r.wake_id
+    LOOP
+        SELECT w.entity_url, w.runner_id, w.status, w.updated_at
+          INTO v_url, v_target, v_status, v_at
           FROM wakes w
-         WHERE w.tenant_id = v_tenants[i] AND w.wake_id = v_wakes[i];
+         WHERE w.tenant_id = v_q.tenant_id AND w.wake_id = v_q.wake_id;
         CONTINUE WHEN v_status IS DISTINCT FROM 'queued';
         SELECT e.main_stream, d.epoch + 1 INTO v_stream, v_gen
           FROM entities e
           JOIN entity_dispatch_state d ON d.tenant_id = e.tenant_id AND d.entity_url = e.url
-         WHERE e.tenant_id = v_tenants[i] AND e.url = v_url;
+         WHERE e.tenant_id = v_q.tenant_id AND e.url = v_url;
         CONTINUE WHEN NOT FOUND;
         FOR v_runner IN
             SELECT v_target WHERE v_target IS NOT NULL
             UNION ALL
             SELECT r.id FROM runners r
-             WHERE v_target IS NULL AND r.tenant_id = v_tenants[i] AND r.admin_status = 'enabled'
+             WHERE v_target IS NULL AND r.tenant_id = v_q.tenant_id AND r.admin_status = 'enabled'
         LOOP
-            CONTINUE WHEN v_only[i] IS NOT NULL AND v_runner <> v_only[i];
-            CONTINUE WHEN NOT EXISTS (SELECT 1 FROM streams s
-                                       WHERE s.tenant_id = v_tenants[i] AND s.path = pw_wake_stream(v_runner));
+            -- The rows of this wake that apply to this runner: those for
+            -- every target, and those naming it. Forced when one is.
+            v_app := false;
+            v_forced := NULL;
+            FOR i IN 1 .. cardinality(v_q.onlys) LOOP
+                IF v_q.onlys[i] IS NULL OR v_q.onlys[i] = v_runner THEN
+                    v_app := true;
+                    v_forced := greatest(v_forced, v_q.forceds[i]);
+                END IF;
+            END LOOP;
+            CONTINUE WHEN NOT v_app;
+            -- Whether the runner has a wake stream, read once per batch.
+            v_i := array_position(c_key, v_q.tenant_id || ' ' || v_runner);
+            IF v_i IS NULL THEN
+                c_key := c_key || (v_q.tenant_id || ' ' || v_runner);
+                c_has := c_has || EXISTS (SELECT 1 FROM streams s
+                                           WHERE s.tenant_id = v_q.tenant_id AND s.path = pw_wake_stream(v_runner));
+                v_i := cardinality(c_key);
+            END IF;
+            CONTINUE WHEN NOT c_has[v_i];
             -- A forced event (wake-event rule) is written even when the
             -- wake had one for this generation: that one may be spent.
-            CONTINUE WHEN v_forced[i] IS NULL
+            CONTINUE WHEN v_forced IS NULL
                       AND EXISTS (SELECT 1 FROM wake_events v
-                                   WHERE v.tenant_id = v_tenants[i] AND v.wake_id = v_wakes[i]
+                                   WHERE v.tenant_id = v_q.tenant_id AND v.wake_id = v_q.wake_id
                                      AND v.runner_id = v_runner AND v.generation = v_gen);
-            e_tenant := e_tenant || v_tenants[i];
+            e_tenant := e_tenant || v_q.tenant_id;
             e_runner := e_runner || v_runner;
-            e_wake := e_wake || v_wakes[i];
-            e_created := e_created || v_created;
+            e_wake := e_wake || v_q.wake_id;
+            e_ord := e_ord || cardinality(e_ord);
             e_gen := e_gen || v_gen;
-            e_at := e_at || v_at;
+            e_at := e_at || greatest(v_forced, v_at);
             e_data := e_data || convert_to(jsonb_build_object(
                 'type', 'wake',
                 'subscription_id', 'runner:' || v_runner,
                 'stream', v_stream,
                 'generation', v_gen,
-                'ts', (extract(epoch FROM v_at) * 1000)::bigint
+                'ts', (extract(epoch FROM greatest(v_forced, v_at)) * 1000)::bigint
             )::text, 'UTF8');
         END LOOP;
     END LOOP;
     FOR v_r IN
         SELECT x.tenant_id, x.runner_id,
-               array_agg(x.event ORDER BY x.created_at, x.wake_id) AS data,
-               array_agg(x.wake_id ORDER BY x.created_at, x.wake_id) AS wakes,
-               array_agg(x.generation ORDER BY x.created_at, x.wake_id) AS gens,
-               array_agg(x.queued_at ORDER BY x.created_at, x.wake_id) AS times,
-               max(x.queued_at) AS now
-          FROM unnest(e_tenant, e_runner, e_wake, e_created, e_gen, e_at, e_data)
-                 AS x(tenant_id, runner_id, wake_id, created_at, generation, queued_at, event)
+               array_agg(x.event ORDER BY x.ord) AS data,
+               array_agg(x.wake_id ORDER BY x.ord) AS wakes,
+               array_agg(x.generation ORDER BY x.ord) AS gens,
+               array_agg(x.queued_at ORDER BY x.ord) AS times
+          FROM unnest(e_tenant, e_runner, e_wake, e_ord, e_gen, e_at, e_data)
+                 AS x(tenant_id, runner_id, wake_id, ord, generation, queued_at, event)
          GROUP BY x.tenant_id, x.runner_id
          ORDER BY x.tenant_id, x.runner_id
     LOOP
-        v_tail := pw_stream_append(v_r.tenant_id, pw_wake_stream(v_r.runner_id), v_r.data, v_r.now);
+        v_tail := pw_stream_append(v_r.tenant_id, pw_wake_stream(v_r.runner_id), v_r.data, clock_timestamp());
         INSERT INTO wake_events (tenant_id, wake_id, runner_id, generation, seq, created_at)
         SELECT v_r.tenant_id, u.wake_id, v_r.runner_id, u.generation,
                v_tail - cardinality(v_r.wakes) + u.i, u.queued_at
@@ -220,32 +311,17 @@ BEGIN
 END
 $function$;
 
--- pw_wake_flush_trigger runs at commit, once per recorded wake; the first
--- run flushes them all, the others find nothing pending and return.
-CREATE OR REPLACE FUNCTION pw_wake_flush_trigger()
-    RETURNS trigger
-    LANGUAGE plpgsql
-AS $function$
-BEGIN
-    IF current_setting('pullwake.wake_events_pending', true) = 'yes' THEN
-        PERFORM pw_flush_wake_events();
-    END IF;
-    RETURN NULL;
-END
-$function$;
-
--- Deferred to the commit: the events are written after every other write
--- of the transaction, in the same transaction. A constraint trigger cannot
--- be replaced in place: sqlsource drops it and this file makes it again.
-CREATE CONSTRAINT TRIGGER wake_event_pending_flush AFTER INSERT ON wake_event_pending
-    DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION pw_wake_flush_trigger();
-
 -- pw_backfill_wake_events gives a runner that registers again (a restart)
--- or is enabled again a new event for each wake queued that it may claim,
--- now: it may have read, and spent, the events it had. The events are
--- forced and for this runner alone; the wake-target lock is taken
--- exclusively (pw_lock_wake_targets). Returns how many events it wrote.
+-- or is enabled again a new event for each wake queued that it may claim:
+-- it may have read, and spent, the events it had. It logs one back-fill
+-- row (forced, for this runner alone); the publisher expands it into the
+-- wakes queued when it publishes it. A wake queued by a transaction still
+-- open when the runner registered is covered either way: a row is
+-- published only after its transaction committed, one publisher at a
+-- time, so of the two rows the one published later sees the other's
+-- commit (this row then finds the wake queued; the wake's row finds the
+-- runner among its targets). No lock is shared with the queueing
+-- transactions. Returns 1, the rows logged.
 CREATE OR REPLACE FUNCTION pw_backfill_wake_events(
     p_tenant text,
     p_runner_id text,
@@ -255,18 +331,9 @@ CREATE OR REPLACE FUNCTION pw_backfill_wake_events(
     LANGUAGE plpgsql
 AS $function$
 BEGIN
-    -- Forced, for this runner alone: a runner that restarts or is enabled
-    -- again may have read (and spent) the events it had.
-    PERFORM pw_lock_wake_targets(p_tenant, true);
-    INSERT INTO wake_event_pending (xid, tenant_id, wake_id, forced_at, runner_id)
-    SELECT pg_current_xact_id(), w.tenant_id, w.wake_id, p_now, p_runner_id
-      FROM wakes w
-     WHERE w.tenant_id = p_tenant AND w.status = 'queued'
-       AND (w.runner_id = p_runner_id
-            OR w.runner_id IS NULL AND EXISTS (SELECT 1 FROM runners r
-                                                WHERE r.tenant_id = p_tenant AND r.id = p_runner_id
-                                                  AND r.admin_status = 'enabled'));
-    RETURN pw_flush_wake_events();
+    INSERT INTO wake_event_log (tenant_id, wake_id, runner_id, forced_at)
+    VALUES (p_tenant, NULL, p_runner_id, p_now);
+    RETURN 1;
 END
 $function$;
 
@@ -349,7 +416,8 @@ $function$;
 -- reporting its read position may take, each that is claimable (no claim
 -- with a live lease holds its entity) and has, for some such runner, no
 -- event past that position and none written within p_min_age, gets a new
--- event. Returns how many wakes it wrote events for (written at commit).
+-- event. Returns how many wakes it logged events for (written when the
+-- log is published, pw_publish_wake_events).
 -- The wakes are read by runner_key (those for any runner, those for each
 -- such runner), and each is checked by its keys: a pass reads at most
 -- p_limit wakes per such runner and one more, however long the queue is.
@@ -402,15 +470,12 @@ BEGIN
             CONTINUE WHEN EXISTS (SELECT 1 FROM wake_events v
                                    WHERE v.tenant_id = p_tenant AND v.wake_id = v_q.wake_id AND v.runner_id = v_ids[i]
                                      AND (v.seq > v_seqs[i] OR v.created_at > v_now - p_min_age));
-            INSERT INTO wake_event_pending (xid, tenant_id, wake_id, forced_at)
-            VALUES (pg_current_xact_id(), p_tenant, v_q.wake_id, v_now);
+            INSERT INTO wake_event_log (tenant_id, wake_id, forced_at)
+            VALUES (p_tenant, v_q.wake_id, v_now);
             v_n := v_n + 1;
             EXIT;
         END LOOP;
     END LOOP;
-    IF v_n > 0 THEN
-        PERFORM set_config('pullwake.wake_events_pending', 'yes', true);
-    END IF;
     RETURN v_n;
 END
 $function$;

@@ -55,6 +55,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.Entities, "entities", 0, "entities with a queued wake per cycle mode; 0 = enough for --duration")
 	fs.BoolVar(&cfg.PinEntities, "pin-entities", false, "spawn each entity for one runner (round-robin) instead of for any runner: one wake event per send instead of one per runner (use with hundreds of runners)")
 	fs.IntVar(&cfg.LiveClaims, "live-claims", 10000, "claims mode 9 holds at once before reading the server's RSS")
+	fs.IntVar(&cfg.Queued, "queued", 100000, "wakes mode 14 queues (set-based) before its senders start")
+	fs.IntVar(&cfg.Rounds, "rounds", 1, "run the list of modes this many times, each round starting one mode later (a rotation: with as many rounds as modes, each mode runs once in each place); ratios use each mode's mean rate")
 	fs.StringVar(&logPath, "server-log", "", "file for the log of a server the bench starts (default: a temporary file, kept on failure)")
 	fs.BoolVar(&quiet, "quiet", false, "no progress line")
 	fs.BoolVar(&cfg.Keep, "keep", false, "keep each mode's rows (default: delete them when the mode ends, so every mode starts on the same database)")

@@ -13,13 +13,13 @@ import (
 
 func TestParseModes(t *testing.T) {
 	t.Parallel()
-	for in, want := range map[string]string{"1,2,3,4,5": "[1 2 3 4 5]", "2-4": "[2 3 4]", "3, 3,1": "[3 1]", "6": "[6]", "10": "[10]", "11": "[11]"} {
+	for in, want := range map[string]string{"1,2,3,4,5": "[1 2 3 4 5]", "2-4": "[2 3 4]", "3, 3,1": "[3 1]", "6": "[6]", "10": "[10]", "11": "[11]", "12-14": "[12 13 14]"} {
 		got, err := ParseModes(in)
 		if err != nil || fmt.Sprint(toInts(got)) != want {
 			t.Errorf("ParseModes(%q) = %v, %v; want %s", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"", "0", "12", "x", "1-x", "2-13"} {
+	for _, in := range []string{"", "0", "15", "x", "1-x", "2-15"} {
 		if _, err := ParseModes(in); err == nil {
 			t.Errorf("ParseModes(%q) accepted", in)
 		}
@@ -174,5 +174,52 @@ pullwake_group_commit_batch_size_count{transition="claim"} 14`)
 	got := after.minus(before).String()
 	if want := "claim 4 batches, mean 2.2 items [1:50% 2:25% 3-4:25%]"; got != want {
 		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// TestSendModesSmoke runs the send modes (12, 13, 14 with a small queue)
+// for a second each: every send queued a wake, every event was read back
+// by the follower (the publish step has a sample per send), the report
+// prints both ratios, and the modes leave no rows. It asserts no timing.
+func TestSendModesSmoke(t *testing.T) {
+	t.Parallel()
+	tdb := testdb.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, Config{
+		DatabaseURL: tdb.URL, Modes: []Mode{ModeSendOneRunner, ModeSendRunners, ModeSendQueued},
+		Runners: 3, Duration: time.Second, Entities: 900, Queued: 2000, RunID: "sends", NoCheckpoint: true,
+	})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(rep.Results) != 3 {
+		t.Fatalf("got %d results, want 3", len(rep.Results))
+	}
+	for _, r := range rep.Results {
+		if r.Cycles == 0 || r.Errors != 0 || r.FirstErr != "" {
+			t.Errorf("mode %d: %d sends, %d errors (%s)", r.Mode, r.Cycles, r.Errors, r.FirstErr)
+		}
+		if len(r.Steps) != 2 || r.Steps[0].Name != "send" || r.Steps[1].Name != "publish" ||
+			int64(r.Steps[1].Count) != r.Cycles {
+			t.Errorf("mode %d: steps %+v, want send and publish with one sample per send (%d)", r.Mode, r.Steps, r.Cycles)
+		}
+	}
+	var out bytes.Buffer
+	rep.Print(&out)
+	for _, want := range []string{"12÷13", "14÷13", "send-queued"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+	var n int
+	err = tdb.Pool.QueryRow(ctx, `
+		SELECT (SELECT count(*) FROM entities) + (SELECT count(*) FROM wakes) + (SELECT count(*) FROM streams)
+		     + (SELECT count(*) FROM wake_events) + (SELECT count(*) FROM wake_event_log) + (SELECT count(*) FROM runners)`).Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("%d rows left behind", n)
 	}
 }

@@ -25,10 +25,14 @@ const (
 	ModeLiveClaims Mode = 9
 	ModeSQLBatch   Mode = 10
 	ModeLean       Mode = 11
-	firstMode           = ModeHTTP
-	lastMode            = ModeLean
-	messageSize         = 1024
-	defaultLeaseMs      = 60000
+	// The send modes (sendmodes.go).
+	ModeSendOneRunner Mode = 12
+	ModeSendRunners   Mode = 13
+	ModeSendQueued    Mode = 14
+	firstMode              = ModeHTTP
+	lastMode               = ModeSendQueued
+	messageSize            = 1024
+	defaultLeaseMs         = 60000
 )
 
 func (m Mode) String() string {
@@ -55,6 +59,12 @@ func (m Mode) String() string {
 		return "sql-batch"
 	case ModeLean:
 		return "lean"
+	case ModeSendOneRunner:
+		return "send-1r"
+	case ModeSendRunners:
+		return "send-nr"
+	case ModeSendQueued:
+		return "send-queued"
 	}
 	return "mode" + strconv.Itoa(int(m))
 }
@@ -84,6 +94,12 @@ func (m Mode) Describe() string {
 		return "SQL claim_next_wakes + pw_stream_writes + release_claims, all N runners in each call"
 	case ModeLean:
 		return "SQL claim + append + release on the lean schema (the same rules, nothing else): the yardstick"
+	case ModeSendOneRunner:
+		return "SQL send_to_entity queueing a wake, N senders, every entity for ONE runner; publish latency"
+	case ModeSendRunners:
+		return "SQL send_to_entity queueing a wake, N senders, sender i's entities for runner i; publish latency"
+	case ModeSendQueued:
+		return "as 13, with --queued wakes queued first (set-based setup)"
 	}
 	return ""
 }
@@ -103,6 +119,8 @@ func (m Mode) steps() []string {
 		return []string{"insert"}
 	case ModeLiveClaims:
 		return []string{"claim"}
+	case ModeSendOneRunner, ModeSendRunners, ModeSendQueued:
+		return []string{"send"}
 	case ModeHTTPNext, ModeSQLNext:
 		return []string{"claim", "append", "done+next"}
 	default:
@@ -197,6 +215,13 @@ type Config struct {
 	// hundreds of runners an unpinned setup writes hundreds of events per
 	// entity; pinned, it writes one.
 	PinEntities bool
+	// Queued is how many wakes mode 14 queues before it sends (default
+	// 100,000).
+	Queued int
+	// Rounds runs the list of modes this many times, one after another,
+	// each round rotated by one (default 1); the ratios use each mode's
+	// mean rate over the rounds.
+	Rounds int
 }
 
 func (c *Config) fill() error {
@@ -204,6 +229,8 @@ func (c *Config) fill() error {
 	c.Duration = cmp.Or(c.Duration, 15*time.Second)
 	c.LeaseMs = cmp.Or(c.LeaseMs, defaultLeaseMs)
 	c.LiveClaims = cmp.Or(c.LiveClaims, 10000)
+	c.Queued = cmp.Or(c.Queued, 100_000)
+	c.Rounds = cmp.Or(c.Rounds, 1)
 	c.RunID = cmp.Or(c.RunID, strconv.FormatInt(time.Now().Unix()%1_000_000_000, 36))
 	if c.Progress == nil {
 		c.Progress = io.Discard
@@ -216,6 +243,12 @@ func (c *Config) fill() error {
 	}
 	if c.Duration <= 0 || c.Duration > 10*time.Minute {
 		return fmt.Errorf("duration: want up to 10m, got %s", c.Duration)
+	}
+	if c.Queued < 0 || c.Queued > 2_000_000 {
+		return fmt.Errorf("queued: want 0 to 2000000, got %d", c.Queued)
+	}
+	if c.Rounds < 1 || c.Rounds > 20 {
+		return fmt.Errorf("rounds: want 1 to 20, got %d", c.Rounds)
 	}
 	if c.Entities < 0 || c.Entities > 2_000_000 {
 		return fmt.Errorf("entities: want 0 to 2000000, got %d", c.Entities)
@@ -247,4 +280,8 @@ func (c *Config) entitiesFor(m Mode) int {
 	// 3000 cycles/s is above anything two cores reach; add a margin for
 	// the cycles in flight when the time is up.
 	return int(c.Duration.Seconds()*3000) + 4*c.Runners
+}
+
+func (m Mode) isSend() bool {
+	return m == ModeSendOneRunner || m == ModeSendRunners || m == ModeSendQueued
 }

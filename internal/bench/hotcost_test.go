@@ -19,7 +19,7 @@ import (
 )
 
 // The hot paths' cost per call, in shared buffers (hit + read): a send and
-// the wake-event flush at its commit, the claim pick, the event claim, a
+// the publish of its wake's events after its commit, the claim pick, the event claim, a
 // heartbeat, an append, a release, a done that claims the next wake, and
 // the batch forms of claim, append and release (group commit), and the
 // sweeper's two passes (bounded by their limit, not hot). Each is measured
@@ -53,7 +53,7 @@ func hotSize(t *testing.T) int {
 
 // hotOps are the measured calls, in the order of a round.
 var hotOps = []string{
-	"send", "flush", "send (wake queued)", "claim_wake_for_event", "claim_next_wake", "heartbeat_claim",
+	"send", "publish", "send (wake queued)", "claim_wake_for_event", "claim_next_wake", "heartbeat_claim",
 	"append", "release_claim", "release_and_claim_next", "claim_next_wakes (1 item)",
 	"pw_stream_writes (1 item)", "release_claims (1 item)", "sweep_wake_events (limit 100)",
 	"expire_claims (limit 100)",
@@ -108,8 +108,9 @@ func hotRound(ctx context.Context, conn *pgx.Conn, i int, into hotBuffers) error
 		}
 		return nil
 	}
-	// The send, then the flush that its commit would run (run here, the
-	// commit finds nothing left to flush).
+	// The send, then the publish of its wake's events once its commit is
+	// behind the snapshot fence (the publisher also finds the previous
+	// round's other wakes in the log, claimed already: no event).
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return err
@@ -118,10 +119,17 @@ func hotRound(ctx context.Context, conn *pgx.Conn, i int, into hotBuffers) error
 	if err := measure("send", `SELECT * FROM send_to_entity($1, '{"n": 1}'::jsonb, 'bench', NULL, $2)`, a, hotTenant); err != nil {
 		return err
 	}
-	if err := measure("flush", `SELECT pw_flush_wake_events()`); err != nil {
+	var xid string
+	if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text`).Scan(&xid); err != nil {
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
+		return err
+	}
+	if err := waitFenced(ctx, conn, xid); err != nil {
+		return fmt.Errorf("round %d: %w", i, err)
+	}
+	if err := measure("publish", `SELECT pw_publish_wake_events()`); err != nil {
 		return err
 	}
 	if _, err := conn.Exec(ctx, `SELECT * FROM send_to_entity($1, '{"n": 1}'::jsonb, 'bench', NULL, $2)`, b, hotTenant); err != nil {
@@ -214,6 +222,26 @@ func hotRound(ctx context.Context, conn *pgx.Conn, i int, into hotBuffers) error
 		return fmt.Errorf("round %d: %d entities of the round still hold a claim or a wake", i, left)
 	}
 	return nil
+}
+
+// waitFenced waits until transaction xid lies behind the snapshot fence
+// (every transaction on the cluster that started before it has ended), so
+// that a publish takes its log rows; at most a minute.
+func waitFenced(ctx context.Context, conn *pgx.Conn, xid string) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var fenced bool
+		if err := conn.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot()) > $1::xid8`, xid).Scan(&fenced); err != nil {
+			return err
+		}
+		if fenced {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("transaction %s not behind the snapshot fence within a minute", xid)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // hotLoad adds n queued wakes addressed to runner 'other' (entities
@@ -321,7 +349,7 @@ func hotLoad(ctx context.Context, conn *pgx.Conn, n int) error {
 // hotTables are the tables whose statistics the test keeps stale.
 var hotTables = []string{
 	"entities", "entity_dispatch_state", "streams", "stream_messages", "wakes", "wake_queue", "wake_events",
-	"wake_event_pending", "consumer_claims", "runners", "push_queue", "stream_producers",
+	"wake_event_log", "consumer_claims", "runners", "push_queue", "stream_producers",
 }
 
 // TestHotPathBuffersStayFlat measures the hot paths' buffers per call
@@ -383,7 +411,7 @@ func TestHotPathBuffersStayFlat(t *testing.T) {
 		exec(`ALTER TABLE ` + tb + ` SET (autovacuum_enabled = off)`)
 	}
 	// Runner 'hot' measures; 'other' is addressed by the big queue. Both
-	// have wake streams, so a send's flush writes two events.
+	// have wake streams, so a send's publish writes two events.
 	exec(`SELECT count(*) FROM register_runner('hot', '', '', '\x01', NULL, $1)`, hotTenant)
 	exec(`SELECT count(*) FROM register_runner('other', '', '', '\x02', NULL, $1)`, hotTenant)
 	const warm, rounds = 8, 3

@@ -31,6 +31,8 @@ var ratios = []ratio{
 	{ModeHTTP, ModeSQLBatch, 1, 0, "HTTP cycle vs the batched SQL ceiling"},
 	{ModeSQL, ModeLean, 1, 0.5, "SQL cycle vs the lean cycle (same rules, smallest schema)"},
 	{ModeHTTP, ModeLean, 1, 0.4, "HTTP cycle vs the lean cycle"},
+	{ModeSendOneRunner, ModeSendRunners, 1, 0.9, "sends to entities of one runner vs of one runner each (no lock per runner)"},
+	{ModeSendQueued, ModeSendRunners, 1, 0.9, "sends with --queued wakes queued vs none (no cost that grows with the queue)"},
 }
 
 // Print writes the report: one row per mode, then the ratios.
@@ -82,9 +84,15 @@ func (rep *Report) Print(w io.Writer) {
 			fmt.Fprintf(w, "  mode %d: %s\n", r.Mode, strings.Join(notes, "; "))
 		}
 	}
+	// With several rounds, a mode's rate is its mean over them.
 	rates := map[Mode]float64{}
+	runs := map[Mode]int{}
 	for _, r := range rep.Results {
-		rates[r.Mode] = r.Rate()
+		rates[r.Mode] += r.Rate()
+		runs[r.Mode]++
+	}
+	for m, n := range runs {
+		rates[m] /= float64(n)
 	}
 	fmt.Fprintln(w, "ratios:")
 	for _, q := range ratios {

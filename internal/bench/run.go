@@ -58,6 +58,8 @@ func (r ModeResult) Rate() float64 {
 
 // Report is a whole run.
 type Report struct {
+	// Config is the run's; with several rounds, each round's modes run
+	// under RunID-<round>.
 	Config  Config
 	Started time.Time
 	Results []ModeResult
@@ -76,14 +78,25 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	pcfg.MaxConns = int32(cfg.Runners + 4)
 	rep := &Report{Config: cfg, Started: time.Now(), LoadStart: loadavg()}
-	for _, m := range cfg.Modes {
-		res, err := runMode(ctx, &cfg, pcfg, m)
-		if err != nil {
-			return rep, fmt.Errorf("mode %d (%s): %w", m, m, err)
-		}
-		rep.Results = append(rep.Results, res)
-		if ctx.Err() != nil {
-			return rep, ctx.Err()
+	for round := range cfg.Rounds {
+		// Round r starts at the r-th mode of the list (a rotation), so
+		// over as many rounds as modes each mode runs once in each place:
+		// on a shared machine the first mode after a setup or a cleanup
+		// measured up to a third slower or faster than the others.
+		n := len(cfg.Modes)
+		for k := range n {
+			m := cfg.Modes[(round+k)%n]
+			if cfg.Rounds > 1 {
+				cfg.RunID = fmt.Sprintf("%s-%d", rep.runID(), round+1)
+			}
+			res, err := runMode(ctx, &cfg, pcfg, m)
+			if err != nil {
+				return rep, fmt.Errorf("mode %d (%s): %w", m, m, err)
+			}
+			rep.Results = append(rep.Results, res)
+			if ctx.Err() != nil {
+				return rep, ctx.Err()
+			}
 		}
 	}
 	return rep, nil
@@ -108,6 +121,9 @@ func runMode(ctx context.Context, cfg *Config, pcfg *pgxpool.Config, m Mode) (Mo
 	}
 	if m == ModeLean {
 		return runLeanMode(ctx, cfg, pool, m)
+	}
+	if m.isSend() {
+		return runSendMode(ctx, cfg, pool, m)
 	}
 	return runSQLMode(ctx, cfg, pool, m)
 }
@@ -235,3 +251,6 @@ func progress(cfg *Config, m Mode, start time.Time, done *atomic.Int64) func() {
 	}()
 	return func() { close(stop); wg.Wait() }
 }
+
+// runID is the run's id before rounds were numbered.
+func (rep *Report) runID() string { return rep.Config.RunID }

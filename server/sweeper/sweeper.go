@@ -273,11 +273,14 @@ func (sw *Sweeper) Housekeep(ctx context.Context, now *time.Time) (HousekeepingR
 // head of the queue, where every claim's pick starts, until VACUUM removes
 // them, so housekeeping does that every pass (the table is small, so it
 // costs little). SKIP_LOCKED: a vacuum already running elsewhere is enough.
+// wake_event_log, whose rows the wake-event publisher deletes as it
+// publishes them, is vacuumed with it (its publisher starts past the
+// deleted rows, so this only keeps the table small).
 func (sw *Sweeper) VacuumQueue(ctx context.Context) error {
 	qctx, cancel := context.WithTimeout(ctx, sw.cfg.Interval)
 	defer cancel()
-	if _, err := sw.cfg.Pool.Exec(qctx, `VACUUM (SKIP_LOCKED) wake_queue`); err != nil {
-		return fmt.Errorf("vacuum wake_queue: %w", err)
+	if _, err := sw.cfg.Pool.Exec(qctx, `VACUUM (SKIP_LOCKED) wake_queue, wake_event_log`); err != nil {
+		return fmt.Errorf("vacuum wake_queue and wake_event_log: %w", err)
 	}
 	return nil
 }
