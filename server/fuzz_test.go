@@ -199,6 +199,7 @@ func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''
 
 func (fx *fuzzFixture) snapshot(t *testing.T, at time.Time) string {
 	t.Helper()
+	waitPublished(t, fx.b.db.Pool) // as bundle.state
 	var d string
 	if err := fx.b.db.Pool.QueryRow(context.Background(), fx.digest, at).Scan(&d); err != nil {
 		t.Fatal(err)
