@@ -121,10 +121,10 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 	// only if a test asks for a shape.
 	feed := shapes.NewFeed(shapes.FeedConfig{Pool: pool, ConnString: d.URL, Tenant: "default", Logger: log})
 	cfg := server.Config{
-		Shapes: shapes.New(shapes.Config{Feed: feed, Logger: log, LongPollTimeout: time.Second, Private: o.adminToken != ""}),
 		Pool: pool, Tenant: "default", AdminToken: o.adminToken, SweepInterval: o.sweep, WakeEventResend: o.resend,
 		Tokens: store, Streams: sh, StreamChannel: streams.NotifyChannel, Logger: log,
 		ReconcileInterval: o.reconcile, GroupCommit: !o.singleCalls, RequireEntityTypes: o.requireTypes,
+		Shapes: shapes.New(shapes.Config{Feed: feed, Logger: log, LongPollTimeout: time.Second, Private: o.adminToken != ""}),
 	}
 	if o.listen {
 		cfg.ConnString = cmp.Or(o.listenURL, d.URL)

@@ -283,7 +283,9 @@ func TestSnapshotHandleOffsetAndLiveChanges(t *testing.T) {
 	if _, ok := upd.changes()[0].Value["tags"]; ok {
 		t.Fatal("an update with replica=default carries an unchanged column")
 	}
-	del := f.liveUntil(base, upd, func() { f.exec(`DELETE FROM entity_dispatch_state WHERE entity_url = '/chat/c'; DELETE FROM entities WHERE url = '/chat/c'`) })
+	del := f.liveUntil(base, upd, func() {
+		f.exec(`DELETE FROM entity_dispatch_state WHERE entity_url = '/chat/c'; DELETE FROM entities WHERE url = '/chat/c'`)
+	})
 	if c := del.changes(); len(c) != 1 || c[0].op() != "delete" || c[0].val("url") != "/chat/c" || len(c[0].Value) != 1 {
 		t.Fatalf("delete %+v", del.msgs)
 	}
