@@ -713,3 +713,33 @@ func sameValue(v any, s *string) bool {
 }
 
 func hasHeader(h http.Header, k string) bool { _, ok := h[http.CanonicalHeaderKey(k)]; return ok }
+
+// A write committed before a request is in the request's answer
+// (read-your-writes): a non-live answer waits until the feed has decoded
+// the WAL flushed when the request came, so a client that wrote and then
+// reads the shape never gets the old rows with up-to-date.
+func TestReadYourWrites(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	base := q("table", "entity_types")
+	up := f.catchUp(base, f.get(with(base, "offset", "-1")))
+	for i := range 30 {
+		name := fmt.Sprintf("ryw-%d", i)
+		f.exec(`INSERT INTO entity_types (name) VALUES ($1)`, name)
+		// A new client: the snapshot has the type.
+		snap := f.get(with(base, "offset", "-1"))
+		found := false
+		for _, m := range snap.changes() {
+			found = found || m.val("name") == name
+		}
+		if !found {
+			t.Fatalf("write %d: a snapshot asked after its commit misses it", i)
+		}
+		// A client that was up to date: its catch-up has it.
+		n := f.get(next(base, up))
+		if c := n.changes(); len(c) != 1 || c[0].val("name") != name || !n.upToDate() {
+			t.Fatalf("write %d: the catch-up asked after its commit: %+v", i, n.msgs)
+		}
+		up = n
+	}
+}
