@@ -32,6 +32,7 @@ type fixture struct {
 }
 
 type fixtureOpts struct {
+	maxLive  int
 	idle     time.Duration
 	maxLog   int
 	longPoll time.Duration
@@ -50,7 +51,7 @@ func setup(t testing.TB, opts ...func(*fixtureOpts)) *fixture {
 		Pool: tdb.Pool, ConnString: tdb.URL + "&pool_max_conns=4", Tenant: "default", Logger: log,
 		IdleTimeout: o.idle, MaxLogChanges: o.maxLog, StatusInterval: 50 * time.Millisecond,
 	})
-	h := shapes.New(shapes.Config{Feed: feed, Logger: log, LongPollTimeout: o.longPoll, SSETimeout: 20 * time.Second, KeepAlive: time.Second})
+	h := shapes.New(shapes.Config{Feed: feed, Logger: log, LongPollTimeout: o.longPoll, SSETimeout: 20 * time.Second, KeepAlive: time.Second, MaxLive: o.maxLive})
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/shape", func(w http.ResponseWriter, r *http.Request) {
 		if err := h.Serve(w, r); err != nil {
@@ -742,4 +743,30 @@ func TestReadYourWrites(t *testing.T) {
 		}
 		up = n
 	}
+}
+
+// Live requests are capped: past the cap a live request answers 503 with
+// Retry-After at once, and a slot frees when a live answer ends.
+func TestLiveReadersAreCapped(t *testing.T) {
+	t.Parallel()
+	f := setup(t, func(o *fixtureOpts) { o.maxLive = 1; o.longPoll = 2 * time.Second })
+	base := q("table", "entities")
+	up := f.catchUp(base, f.get(with(base, "offset", "-1")))
+	first := f.live(next(base, up))
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		a := recv(t, f.live(next(base, up)))
+		if a.status == http.StatusServiceUnavailable {
+			if a.header.Get("Retry-After") == "" || !strings.Contains(a.body, "TOO_MANY_LIVE_READERS") {
+				t.Fatalf("over the cap: %v %s", a.header, a.body)
+			}
+			break
+		}
+		// The first had not arrived yet: this one took the slot.
+		if time.Now().After(deadline) {
+			t.Fatal("a second live request was never refused")
+		}
+	}
+	expectStatus(t, recv(t, first), http.StatusOK)
+	expectStatus(t, recv(t, f.live(next(base, up))), http.StatusOK)
 }
