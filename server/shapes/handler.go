@@ -353,7 +353,7 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request) error {
 		if n := h.live.Add(1); n > int64(h.cfg.MaxLive) {
 			w.Header().Set("Cache-Control", "no-store")
 			w.Header().Set("Retry-After", "1")
-			return httpx.Errorf(http.StatusServiceUnavailable, "TOO_MANY_LIVE_READERS",
+			return httpx.Errorf(http.StatusServiceUnavailable, "TOO_MANY_READERS",
 				"%d live shape requests are waiting already, the most this server holds; retry", h.cfg.MaxLive)
 		}
 	}

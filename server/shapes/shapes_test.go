@@ -757,7 +757,7 @@ func TestLiveReadersAreCapped(t *testing.T) {
 	for {
 		a := recv(t, f.live(next(base, up)))
 		if a.status == http.StatusServiceUnavailable {
-			if a.header.Get("Retry-After") == "" || !strings.Contains(a.body, "TOO_MANY_LIVE_READERS") {
+			if a.header.Get("Retry-After") == "" || !strings.Contains(a.body, "TOO_MANY_READERS") {
 				t.Fatalf("over the cap: %v %s", a.header, a.body)
 			}
 			break
