@@ -746,27 +746,35 @@ func TestReadYourWrites(t *testing.T) {
 }
 
 // Live requests are capped: past the cap a live request answers 503 with
-// Retry-After at once, and a slot frees when a live answer ends.
+// Retry-After at once, and the slot frees when the live answer ends.
 func TestLiveReadersAreCapped(t *testing.T) {
 	t.Parallel()
-	f := setup(t, func(o *fixtureOpts) { o.maxLive = 1; o.longPoll = 2 * time.Second })
+	f := setup(t, func(o *fixtureOpts) { o.maxLive = 1; o.longPoll = 60 * time.Second })
 	base := q("table", "entities")
 	up := f.catchUp(base, f.get(with(base, "offset", "-1")))
-	first := f.live(next(base, up))
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		a := recv(t, f.live(next(base, up)))
-		if a.status == http.StatusServiceUnavailable {
-			if a.header.Get("Retry-After") == "" || !strings.Contains(a.body, "TOO_MANY_READERS") {
-				t.Fatalf("over the cap: %v %s", a.header, a.body)
-			}
-			break
-		}
-		// The first had not arrived yet: this one took the slot.
-		if time.Now().After(deadline) {
-			t.Fatal("a second live request was never refused")
-		}
+	// Four at once: one holds the slot until a change comes, three are
+	// refused.
+	var chans []<-chan answer
+	for range 4 {
+		chans = append(chans, f.live(next(base, up)))
 	}
-	expectStatus(t, recv(t, first), http.StatusOK)
-	expectStatus(t, recv(t, f.live(next(base, up))), http.StatusOK)
+	refused := 0
+	answers := make(chan answer, 4)
+	for _, ch := range chans {
+		go func() { answers <- <-ch }()
+	}
+	for refused < 3 {
+		a := <-answers
+		if a.status != http.StatusServiceUnavailable || a.header.Get("Retry-After") == "" || !strings.Contains(a.body, "TOO_MANY_READERS") {
+			t.Fatalf("over the cap: %d %v %s", a.status, a.header, a.body)
+		}
+		refused++
+	}
+	f.spawn("/cap/1")
+	if a := <-answers; a.status != http.StatusOK || len(a.changes()) != 1 {
+		t.Fatalf("the live request that held the slot: %d %s", a.status, a.body)
+	}
+	// The slot is free again.
+	n := f.liveUntil(base, up, func() { f.spawn("/cap/2") })
+	expectStatus(t, n, http.StatusOK)
 }
