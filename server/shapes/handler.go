@@ -3,6 +3,7 @@ package shapes
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -409,7 +410,9 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request) error {
 // request catches up).
 func (h *Handler) readYourWrites(r *http.Request, ep *epoch) error {
 	var lsn string
-	if err := h.feed.cfg.Pool.QueryRow(r.Context(), "SELECT pg_current_wal_flush_lsn()::text").Scan(&lsn); err != nil {
+	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.ReadWait)
+	defer cancel()
+	if err := h.feed.cfg.Pool.QueryRow(ctx, "SELECT pg_current_wal_flush_lsn()::text").Scan(&lsn); err != nil {
 		return fmt.Errorf("read the WAL position: %w", err)
 	}
 	target, err := pglogrepl.ParseLSN(lsn)
