@@ -30,6 +30,7 @@ func TestWrongMethodIs405WithAllow(t *testing.T) {
 		{"DELETE", "/_electric/claims", []string{"GET", "HEAD"}},
 		{"GET", "/_electric/claims/wake-1/1/release", []string{"POST"}},
 		{"POST", "/healthz", []string{"GET", "HEAD"}},
+		{"POST", "/_electric/health", []string{"GET", "HEAD"}},
 		{"PUT", "/readyz", []string{"GET", "HEAD"}},
 		{"POST", "/metrics", []string{"GET", "HEAD"}},
 		{"PATCH", "/v1/stream/chat/1/main", []string{"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"}},

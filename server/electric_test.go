@@ -257,6 +257,16 @@ func TestEntityTypes(t *testing.T) {
 	}
 }
 
+// Electric's agents UI shows "Cannot reach" until GET /_electric/health is
+// 200; it sends no credentials.
+func TestElectricHealth(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withElectricAdmin)
+	if got := b.must(200, b.do("GET", "/_electric/health", "", nil)).json(t); got["status"] != "ok" {
+		t.Fatalf("health: %v", got)
+	}
+}
+
 func TestElectricEntityRoutes(t *testing.T) {
 	t.Parallel()
 	b := setup(t, withElectricAdmin)

@@ -367,10 +367,14 @@ func (s *Server) routes() {
 		}
 	}
 
-	h("GET /healthz", func(w http.ResponseWriter, r *http.Request) error {
+	health := func(w http.ResponseWriter, r *http.Request) error {
 		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 		return nil
-	})
+	}
+	h("GET /healthz", health)
+	// Electric's liveness route: Electric's agents UI polls it and lists
+	// nothing until it answers 200.
+	h("GET /_electric/health", health)
 	h("GET /readyz", s.readyz)
 	handle("GET /metrics", s.metrics.Handler())
 	if s.cfg.Streams != nil {

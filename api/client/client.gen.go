@@ -581,15 +581,30 @@ func (e DeleteEntityType200JSONResponseBodyOk) Valid() bool {
 	}
 }
 
+// Defines values for ElectricHealth200JSONResponseBodyStatus.
+const (
+	ElectricHealth200JSONResponseBodyStatusOk ElectricHealth200JSONResponseBodyStatus = "ok"
+)
+
+// Valid indicates whether the value is a known member of the ElectricHealth200JSONResponseBodyStatus enum.
+func (e ElectricHealth200JSONResponseBodyStatus) Valid() bool {
+	switch e {
+	case ElectricHealth200JSONResponseBodyStatusOk:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for Healthz200JSONResponseBodyStatus.
 const (
-	Ok Healthz200JSONResponseBodyStatus = "ok"
+	Healthz200JSONResponseBodyStatusOk Healthz200JSONResponseBodyStatus = "ok"
 )
 
 // Valid indicates whether the value is a known member of the Healthz200JSONResponseBodyStatus enum.
 func (e Healthz200JSONResponseBodyStatus) Valid() bool {
 	switch e {
-	case Ok:
+	case Healthz200JSONResponseBodyStatusOk:
 		return true
 	default:
 		return false
@@ -1641,6 +1656,9 @@ type AmendEntityTypeSchemasJSONBody struct {
 	StateSchemas  *map[string]interface{} `json:"state_schemas,omitempty"`
 }
 
+// ElectricHealth200JSONResponseBodyStatus defines parameters for ElectricHealth.
+type ElectricHealth200JSONResponseBodyStatus string
+
 // WakeCallback200JSONResponseBody defines parameters for WakeCallback.
 type WakeCallback200JSONResponseBody struct {
 	union json.RawMessage
@@ -2259,6 +2277,11 @@ type ClientInterface interface {
 	//
 	// Corresponds with PATCH /_electric/entity-types/{name}/schemas (the `AmendEntityTypeSchemas` operationId).
 	AmendEntityTypeSchemas(ctx context.Context, name string, body AmendEntityTypeSchemasJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ElectricHealth The process is up (Electric's path of `/healthz`, which Electric's agents UI polls).
+	//
+	// Corresponds with GET /_electric/health (the `ElectricHealth` operationId).
+	ElectricHealth(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListRunners List runners (never a token).
 	//
@@ -3136,6 +3159,21 @@ func (c *Client) AmendEntityTypeSchemasWithBody(ctx context.Context, name string
 // Corresponds with PATCH /_electric/entity-types/{name}/schemas (the `AmendEntityTypeSchemas` operationId).
 func (c *Client) AmendEntityTypeSchemas(ctx context.Context, name string, body AmendEntityTypeSchemasJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewAmendEntityTypeSchemasRequest(c.Server, name, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ElectricHealth The process is up (Electric's path of `/healthz`, which Electric's agents UI polls).
+//
+// Corresponds with GET /_electric/health (the `ElectricHealth` operationId).
+func (c *Client) ElectricHealth(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewElectricHealthRequest(c.Server)
 	if err != nil {
 		return nil, err
 	}
@@ -5229,6 +5267,33 @@ func NewAmendEntityTypeSchemasRequestWithBody(server string, name string, conten
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewElectricHealthRequest constructs an http.Request for the ElectricHealth method
+func NewElectricHealthRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/_electric/health")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
 
 	return req, nil
 }
@@ -7686,6 +7751,13 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with PATCH /_electric/entity-types/{name}/schemas (the `AmendEntityTypeSchemas` operationId).
 	AmendEntityTypeSchemasWithResponse(ctx context.Context, name string, body AmendEntityTypeSchemasJSONRequestBody, reqEditors ...RequestEditorFn) (*AmendEntityTypeSchemasResponse, error)
 
+	// ElectricHealthWithResponse The process is up (Electric's path of `/healthz`, which Electric's agents UI polls).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /_electric/health (the `ElectricHealth` operationId).
+	ElectricHealthWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ElectricHealthResponse, error)
+
 	// ListRunnersWithResponse List runners (never a token).
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -9951,6 +10023,58 @@ func (r AmendEntityTypeSchemasResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r AmendEntityTypeSchemasResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ElectricHealthResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *struct {
+		Status ElectricHealth200JSONResponseBodyStatus `json:"status"`
+	}
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ElectricHealthResponse) GetJSON200() *struct {
+	Status ElectricHealth200JSONResponseBodyStatus `json:"status"`
+} {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ElectricHealthResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetBody returns the raw response body bytes
+func (r ElectricHealthResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ElectricHealthResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ElectricHealthResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ElectricHealthResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -13582,6 +13706,19 @@ func (c *ClientWithResponses) AmendEntityTypeSchemasWithResponse(ctx context.Con
 	return ParseAmendEntityTypeSchemasResponse(rsp)
 }
 
+// ElectricHealthWithResponse The process is up (Electric's path of `/healthz`, which Electric's agents UI polls).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /_electric/health (the `ElectricHealth` operationId).
+func (c *ClientWithResponses) ElectricHealthWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ElectricHealthResponse, error) {
+	rsp, err := c.ElectricHealth(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseElectricHealthResponse(rsp)
+}
+
 // ListRunnersWithResponse List runners (never a token).
 //
 // Returns a wrapper object for the known response body format(s).
@@ -16057,6 +16194,41 @@ func ParseAmendEntityTypeSchemasResponse(rsp *http.Response) (*AmendEntityTypeSc
 			headers.RetryAfter = &value
 		}
 		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseElectricHealthResponse parses an HTTP response from a ElectricHealthWithResponse call
+func ParseElectricHealthResponse(rsp *http.Response) (*ElectricHealthResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ElectricHealthResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest struct {
+			Status ElectricHealth200JSONResponseBodyStatus `json:"status"`
+		}
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
 	}
 
 	return response, nil
