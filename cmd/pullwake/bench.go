@@ -26,7 +26,7 @@ Measures the claim -> append 1 KiB -> done cycle with N concurrent runners,
 one mode after another, each on fresh data in the same database, and prints
 rates, per-step p50/p99 latencies and the ratios between modes:
 %s
-Modes 1, 5, 7 and 9 drive a server: --server URL, or one this command starts
+Modes 1, 5, 7, 9 and 15 drive a server: --server URL, or one this command starts
 (this binary, 'serve', on a free 127.0.0.1 port, against --database-url,
 one per HTTP mode, serving a tenant of its own). Use a database meant for
 benchmarking: each mode creates runners and entities under /bench/ and
@@ -55,7 +55,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.Entities, "entities", 0, "entities with a queued wake per cycle mode; 0 = enough for --duration")
 	fs.BoolVar(&cfg.PinEntities, "pin-entities", false, "spawn each entity for one runner (round-robin) instead of for any runner: one wake event per send instead of one per runner (use with hundreds of runners)")
 	fs.IntVar(&cfg.LiveClaims, "live-claims", 10000, "claims mode 9 holds at once before reading the server's RSS")
-	fs.IntVar(&cfg.Queued, "queued", 100000, "wakes mode 14 queues (set-based) before its senders start")
+	fs.IntVar(&cfg.Queued, "queued", 100000, "wakes modes 14, 15 and 16 queue (set-based) before they start")
 	fs.IntVar(&cfg.Rounds, "rounds", 1, "run the list of modes this many times, each round starting one mode later (a rotation: with as many rounds as modes, each mode runs once in each place); ratios use each mode's mean rate")
 	fs.StringVar(&logPath, "server-log", "", "file for the log of a server the bench starts (default: a temporary file, kept on failure)")
 	fs.BoolVar(&quiet, "quiet", false, "no progress line")

@@ -29,8 +29,12 @@ const (
 	ModeSendOneRunner Mode = 12
 	ModeSendRunners   Mode = 13
 	ModeSendQueued    Mode = 14
-	firstMode              = ModeHTTP
-	lastMode               = ModeSendQueued
+	// The cycle behind a backlog: --queued wakes for a runner that never
+	// claims, queued (set-based) before the cycle starts.
+	ModeHTTPBacklog Mode = 15
+	ModeSQLBacklog  Mode = 16
+	firstMode            = ModeHTTP
+	lastMode             = ModeSQLBacklog
 	messageSize            = 1024
 	defaultLeaseMs         = 60000
 )
@@ -65,6 +69,10 @@ func (m Mode) String() string {
 		return "send-nr"
 	case ModeSendQueued:
 		return "send-queued"
+	case ModeHTTPBacklog:
+		return "http-backlog"
+	case ModeSQLBacklog:
+		return "sql-backlog"
 	}
 	return "mode" + strconv.Itoa(int(m))
 }
@@ -100,12 +108,16 @@ func (m Mode) Describe() string {
 		return "SQL send_to_entity queueing a wake, N senders, sender i's entities for runner i; publish latency"
 	case ModeSendQueued:
 		return "as 13, with --queued wakes queued first (set-based setup)"
+	case ModeHTTPBacklog:
+		return "as 1, behind --queued wakes queued first for a runner that never claims"
+	case ModeSQLBacklog:
+		return "as 2, behind --queued wakes queued first for a runner that never claims"
 	}
 	return ""
 }
 
 func (m Mode) isHTTP() bool {
-	return m == ModeHTTP || m == ModeHTTPNext || m == ModeHTTPAppend || m == ModeLiveClaims
+	return m == ModeHTTP || m == ModeHTTPNext || m == ModeHTTPAppend || m == ModeLiveClaims || m == ModeHTTPBacklog
 }
 
 // steps names the timed steps of one cycle of the mode.

@@ -61,8 +61,15 @@ func runHTTPMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (
 		}
 	}
 	fmt.Fprintf(cfg.Log, "mode %d: creating %d entities with queued wakes in tenant %s\n", m, ds.entities, ds.tenant)
+	setupStart := time.Now()
 	if err := ds.create(ctx, pool, !cfg.NoCheckpoint); err != nil {
 		return res, err
+	}
+	fmt.Fprintf(cfg.Log, "mode %d: set up in %s\n", m, time.Since(setupStart).Round(100*time.Millisecond))
+	if m == ModeHTTPBacklog {
+		if err := queueBacklog(ctx, cfg, pool, ds.tenant, prefix, m); err != nil {
+			return res, err
+		}
 	}
 	// One request per runner opens its keep-alive connection before the clock starts.
 	for _, r := range runners {
@@ -111,7 +118,7 @@ func runHTTPMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (
 			fmt.Fprintf(cfg.Log, "mode %d: released %d claims\n", m, n)
 		}
 	}
-	if serr := ds.finish(ctx, pool, cfg.Keep); serr != nil && res.FirstErr == "" {
+	if serr := finishMode(ctx, cfg, pool, ds, m, cfg.Server.URL == ""); serr != nil && res.FirstErr == "" {
 		res.FirstErr = serr.Error()
 	}
 	return res, err

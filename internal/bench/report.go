@@ -33,6 +33,8 @@ var ratios = []ratio{
 	{ModeHTTP, ModeLean, 1, 0.4, "HTTP cycle vs the lean cycle"},
 	{ModeSendOneRunner, ModeSendRunners, 1, 0.9, "sends to entities of one runner vs of one runner each (no lock per runner)"},
 	{ModeSendQueued, ModeSendRunners, 1, 0.9, "sends with --queued wakes queued vs none (no cost that grows with the queue)"},
+	{ModeHTTPBacklog, ModeHTTP, 1, 0.9, "HTTP cycle behind --queued other wakes vs without"},
+	{ModeSQLBacklog, ModeSQL, 1, 0.9, "SQL cycle behind --queued other wakes vs without"},
 }
 
 // Print writes the report: one row per mode, then the ratios.

@@ -407,3 +407,30 @@ func removeTenant(ctx context.Context, pool *pgxpool.Pool, tenant string) error 
 	}
 	return nil
 }
+
+// queueBacklog queues --queued wakes in the mode's tenant for a runner of
+// their own that never claims (modes 15 and 16): the cycle's runners pass
+// them by on every pick.
+func queueBacklog(ctx context.Context, cfg *Config, pool *pgxpool.Pool, tenant, prefix string, m Mode) error {
+	idle, err := createRunners(ctx, pool, tenant, prefix+"-idle", 1)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := queueWakes(ctx, pool, tenant, prefix+"-idle", idle, cfg.Queued); err != nil {
+		return err
+	}
+	fmt.Fprintf(cfg.Log, "mode %d: queued %d other wakes and published their events in %s\n", m, cfg.Queued, time.Since(start).Round(100*time.Millisecond))
+	return nil
+}
+
+// finishMode tidies up after a cycle mode (dataset.finish). A backlog
+// mode's tenant, when it is the mode's own (ownTenant), goes whole, as a
+// send mode's does: deleting its 100,000 queued entities row by row takes
+// minutes.
+func finishMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, ds dataset, m Mode, ownTenant bool) error {
+	if (m == ModeHTTPBacklog || m == ModeSQLBacklog) && ownTenant && !cfg.Keep {
+		return removeTenant(ctx, pool, ds.tenant)
+	}
+	return ds.finish(ctx, pool, cfg.Keep)
+}

@@ -31,14 +31,21 @@ func runSQLMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (M
 	}
 	if ds.entities > 0 {
 		fmt.Fprintf(cfg.Log, "mode %d: creating %d entities with queued wakes in tenant %s\n", m, ds.entities, tenant)
+		setupStart := time.Now()
 		if err := ds.create(ctx, pool, !cfg.NoCheckpoint); err != nil {
 			return ModeResult{}, err
 		}
+		fmt.Fprintf(cfg.Log, "mode %d: set up in %s\n", m, time.Since(setupStart).Round(100*time.Millisecond))
 	} else if err := settle(ctx, pool, !cfg.NoCheckpoint); err != nil {
 		return ModeResult{}, err
 	}
+	if m == ModeSQLBacklog {
+		if err := queueBacklog(ctx, cfg, pool, tenant, prefix, m); err != nil {
+			return ModeResult{}, err
+		}
+	}
 	q := db.New()
-	if m == ModeSQL || m == ModeSQLSplit || m == ModeSQLNext || m == ModeSQLBatch {
+	if m == ModeSQL || m == ModeSQLSplit || m == ModeSQLNext || m == ModeSQLBatch || m == ModeSQLBacklog {
 		stop := vacuumQueueEvery(ctx, pool, sweepInterval)
 		defer stop()
 	}
@@ -54,7 +61,7 @@ func runSQLMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (M
 		w := &sqlRunner{q: q, conn: conn, tenant: tenant, runner: runners[i], leaseMs: cfg.LeaseMs, msg: message(runners[i])}
 		var c cycleFunc
 		switch m {
-		case ModeSQL:
+		case ModeSQL, ModeSQLBacklog:
 			c = w.cycle
 		case ModeSQLSplit:
 			c = w.cycleSplit
@@ -73,7 +80,7 @@ func runSQLMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, m Mode) (M
 		return c, func() { w.releaseHeld(ctx); conn.Release() }, nil
 	})
 	res.Entities = ds.entities
-	if ferr := ds.finish(ctx, pool, cfg.Keep); ferr != nil && res.FirstErr == "" {
+	if ferr := finishMode(ctx, cfg, pool, ds, m, true); ferr != nil && res.FirstErr == "" {
 		res.FirstErr = ferr.Error()
 	}
 	if m == ModeSQLBatch {
