@@ -10,7 +10,10 @@ const MAX_WAKES = 50
 const MAX_EXPIRED = 20
 const LEAK_GRACE_MS = 5000
 
-const tables = ['runners', 'entities', 'entity_dispatch_state', 'consumer_claims', 'wakes']
+// runners and runner_runtime_diagnostics (liveness, once a runner has
+// heartbeated) join on the runner id; entities and entity_dispatch_state
+// (the active claim) on the entity URL.
+const tables = ['runners', 'runner_runtime_diagnostics', 'entities', 'entity_dispatch_state', 'consumer_claims', 'wakes']
 const followers = {}
 
 const token = () => sessionStorage.getItem(TOKEN_KEY) || ''
@@ -49,9 +52,11 @@ authForm.addEventListener('submit', (ev) => {
 // ---- time ----
 
 // parseTime reads PostgreSQL's text form of a timestamptz
-// ("2026-12-07 12:39:35.123456+00") or an ISO 8601 one; NaN when empty.
+// ("2026-12-07 12:39:35.123456+00"), an ISO 8601 one, or milliseconds since
+// the epoch (the entities shape's int8 times); NaN when empty.
 function parseTime(text) {
   if (!text) return NaN
+  if (/^\d+$/.test(text)) return Number(text)
   const m = /^(\d{4}-\d\d-\d\d)[ T](\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d(?::?\d\d)?)?$/.exec(text)
   if (!m) return Date.parse(text)
   const frac = m[3] ? m[3].slice(0, 4) : ''
@@ -146,6 +151,7 @@ function render() {
   renderTimer = null
   const now = serverNow()
   const runners = [...followers.runners.rows.values()].sort((a, b) => String(a.id).localeCompare(String(b.id)))
+  const liveness = byKey(followers.runner_runtime_diagnostics, 'runner_id')
   const entities = [...followers.entities.rows.values()]
   const dispatch = byKey(followers.entity_dispatch_state, 'entity_url')
   const claims = [...followers.consumer_claims.rows.values()]
@@ -160,7 +166,8 @@ function render() {
 
   // Runners.
   let online = 0
-  fill('runners', runners.map((r) => {
+  fill('runners', runners.map((runner) => {
+    const r = { ...runner, ...liveness.get(runner.id) }
     const live = livenessOf(r, now)
     if (live === 'online') online++
     const lease = remaining(r.liveness_lease_expires_at, now)
