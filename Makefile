@@ -18,10 +18,12 @@ run: build
 	scripts/run.sh
 
 # Stops the private PostgreSQL clusters that make run and make test may have
-# started (.data/pg on port 55432, .data/pgtest on 55433); their data stays.
+# started (.data/pg on port 55432, .data/pgtest on 55433, .data/pgtest-logical
+# on 55434 for the shape tests); their data stays.
 stop:
 	scripts/pg.sh stop .data/pg
 	scripts/pg.sh stop .data/pgtest
+	scripts/pg.sh stop .data/pgtest-logical
 
 # Stops them and removes them, their data, and bin/.
 clean: stop

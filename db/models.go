@@ -31,6 +31,86 @@ type ConsumerClaim struct {
 	WriteTokenHash  []byte
 }
 
+type ElectricEntity struct {
+	TenantID       string
+	Url            string
+	Type           string
+	Status         interface{}
+	DispatchPolicy interface{}
+	Tags           json.RawMessage
+	SpawnArgs      json.RawMessage
+	Sandbox        json.RawMessage
+	Parent         *string
+	CreatedBy      *string
+	TypeRevision   *int32
+	InboxSchemas   json.RawMessage
+	StateSchemas   json.RawMessage
+	CreatedAt      int64
+	UpdatedAt      int64
+}
+
+type ElectricEntityEffectivePermission struct {
+	TenantID        *string
+	ID              *int64
+	EntityUrl       *string
+	SourceEntityUrl *string
+	SourceGrantID   *int64
+	Permission      *string
+	SubjectKind     *string
+	SubjectValue    *string
+	ExpiresAt       *time.Time
+	CreatedAt       *time.Time
+}
+
+type ElectricEntityType struct {
+	TenantID              string
+	Name                  string
+	Description           string
+	CreationSchema        json.RawMessage
+	InboxSchemas          json.RawMessage
+	StateSchemas          json.RawMessage
+	SlashCommands         json.RawMessage
+	ServeEndpoint         *string
+	DefaultDispatchPolicy json.RawMessage
+	Revision              int32
+	CreatedAt             string
+	UpdatedAt             string
+}
+
+type ElectricRunner struct {
+	TenantID        string
+	ID              string
+	OwnerPrincipal  string
+	Label           string
+	Kind            interface{}
+	AdminStatus     string
+	WakeStream      interface{}
+	SandboxProfiles json.RawMessage
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+}
+
+type ElectricRunnerRuntimeDiagnostic struct {
+	TenantID               string
+	RunnerID               string
+	OwnerPrincipal         string
+	WakeStreamOffset       string
+	LastSeenAt             *time.Time
+	LivenessLeaseExpiresAt *time.Time
+	Diagnostics            json.RawMessage
+	UpdatedAt              time.Time
+}
+
+type ElectricUser struct {
+	TenantID    *string
+	ID          *string
+	DisplayName *string
+	Email       *string
+	AvatarUrl   *string
+	CreatedAt   *time.Time
+	UpdatedAt   *time.Time
+}
+
 type Entity struct {
 	TenantID   string
 	Url        string

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Finds or starts a private PostgreSQL cluster from the installed binaries.
-#   scripts/pg.sh ensure DIR PORT   start (initdb first if needed); print its URL
+#   scripts/pg.sh ensure DIR PORT [logical]
+#                                   start (initdb first if needed); print its URL;
+#                                   with "logical", start it with wal_level=logical
+#                                   (what shape sync needs) and room for slots
 #   scripts/pg.sh stop DIR          stop it (fast shutdown)
 #   scripts/pg.sh restart DIR       restart it
 # Installs the Debian postgresql package with apt-get when no binaries exist.
@@ -52,6 +55,10 @@ bin=$(bindir) || { install_pg; bin=$(bindir); }
 case "$cmd" in
 ensure)
   port=${3:?missing PORT}
+  opts="-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300"
+  if [ "${4:-}" = logical ]; then
+    opts="$opts -c wal_level=logical -c max_replication_slots=64 -c max_wal_senders=64"
+  fi
   # Test packages run in parallel and may all find no cluster at once: one
   # of them starts it, the others wait for that and reuse it.
   exec 9>"$dir.lock"
@@ -69,7 +76,7 @@ ensure)
       exit 1
     fi
     as_pg "$bin/pg_ctl" -D "$dir" -w -t 60 -l "$dir/server.log" \
-      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300" start >&2 9>&- ||
+      -o "$opts" start >&2 9>&- ||
       { tail -n 20 "$dir/server.log" >&2; exit 1; }
   fi
   echo "postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"

@@ -3,7 +3,8 @@
 #   DATABASE_URL (or PULLWAKE_DATABASE_URL) names a database to use;
 #   else the PostgreSQL on 127.0.0.1:5432 (user postgres, database pullwake,
 #   created when missing) when it answers, as the tests do;
-#   else a private cluster under .data/pg (port 55432), started here:
+#   else a private cluster under .data/pg (port 55432, wal_level=logical for
+#   shape sync), started here:
 #   `make stop` stops it, `make clean` removes it.
 #   PULLWAKE_RUN_PRIVATE=1 skips 127.0.0.1:5432 and uses the private cluster.
 # The server itself logs "pullwake serving" once its port is bound; a port
@@ -44,12 +45,16 @@ elif [ "${PULLWAKE_RUN_PRIVATE:-}" != "1" ] && local_pg_answers; then
   echo "make run: using the PostgreSQL on 127.0.0.1:5432, database pullwake"
 else
   echo "make run: no PostgreSQL answers on 127.0.0.1:5432: starting a private cluster in .data/pg (port 55432; make stop stops it, make clean removes it)"
-  admin=$(scripts/pg.sh ensure .data/pg 55432)
+  admin=$(scripts/pg.sh ensure .data/pg 55432 logical)
   ensure_db "$admin"
   url="postgres://postgres@127.0.0.1:55432/pullwake?sslmode=disable"
   echo "make run: using the private PostgreSQL cluster in .data/pg, database pullwake"
 fi
 export PULLWAKE_DATABASE_URL="$url"
+# Shape sync (docs/shapes.md) needs wal_level=logical; everything else works without it.
+if level=$(psql "$url" -tAXc "SHOW wal_level" 2>/dev/null) && [ "$level" != logical ]; then
+  echo "make run: this database has wal_level=$level: shape sync (/v1/shape) will answer 503 until it is logical; PULLWAKE_RUN_PRIVATE=1 uses a private cluster that has it"
+fi
 bin/pullwake migrate up
 addr=${PULLWAKE_ADDR:-127.0.0.1:8080}
 cat <<MSG

@@ -20,6 +20,7 @@ import (
 	"github.com/pullwake/pullwake/server/entitytypes"
 	"github.com/pullwake/pullwake/server/httpx"
 	"github.com/pullwake/pullwake/server/reconcile"
+	"github.com/pullwake/pullwake/server/shapes"
 	"github.com/pullwake/pullwake/server/statuspage"
 	"github.com/pullwake/pullwake/server/subscriptions"
 	"github.com/pullwake/pullwake/server/sweeper"
@@ -100,6 +101,9 @@ type Config struct {
 	// RequireEntityTypes refuses a spawn under /entities whose type is not
 	// registered (/_electric/entities always refuses one).
 	RequireEntityTypes bool
+	// Shapes serves Electric's shape API (server/shapes); nil = the shape
+	// routes are not mounted.
+	Shapes *shapes.Handler
 }
 
 // Publisher sends a NOTIFY after the fact (package pgnotify implements it).
@@ -331,6 +335,26 @@ func (s *Server) routes() {
 
 	h("GET /_electric/claims", admin(s.listClaims))
 	h("POST /_electric/claims/{consumer_id}/{epoch}/release", admin(s.forceRelease))
+
+	// Electric's shape API (server/shapes), guarded as the REST lists it
+	// mirrors are; live reads wait up to their long-poll limit, so the
+	// route has no request deadline of its own.
+	if s.cfg.Shapes != nil {
+		shape := func(w http.ResponseWriter, r *http.Request) {
+			shapes.CORS(w, r)
+			err := httpx.CheckText(r)
+			if err == nil {
+				err = httpx.Guard(s.requireAdmin, s.cfg.Shapes.Serve)(w, r)
+			}
+			if err != nil {
+				httpx.Fail(s.log, w, r, err)
+			}
+		}
+		for _, p := range []string{"/v1/shape", "/_electric/electric/v1/shape"} {
+			handle("GET "+p, http.HandlerFunc(shape))
+			handle("OPTIONS "+p, http.HandlerFunc(shapes.Preflight))
+		}
+	}
 
 	h("GET /healthz", func(w http.ResponseWriter, r *http.Request) error {
 		httpx.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})

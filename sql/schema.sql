@@ -2818,6 +2818,135 @@ CREATE TABLE public.consumer_claims (
 WITH (fillfactor='90');
 
 --
+-- Name: electric_entities; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.electric_entities AS
+ SELECT e.tenant_id,
+    e.url,
+    split_part(e.url, '/'::text, 2) AS type,
+        CASE
+            WHEN ((e.status = 'stopped'::text) AND (e.stop_signal = 'SIGKILL'::text)) THEN 'killed'::text
+            ELSE e.status
+        END AS status,
+        CASE
+            WHEN (e.runner_id IS NOT NULL) THEN jsonb_build_object('targets', jsonb_build_array(jsonb_build_object('type', 'runner', 'runnerId', e.runner_id)))
+            ELSE NULL::jsonb
+        END AS dispatch_policy,
+    e.tags,
+    '{}'::jsonb AS spawn_args,
+    NULL::jsonb AS sandbox,
+    e.parent,
+    NULL::text AS created_by,
+    NULL::integer AS type_revision,
+    NULL::jsonb AS inbox_schemas,
+    NULL::jsonb AS state_schemas,
+    (floor((EXTRACT(epoch FROM e.created_at) * (1000)::numeric)))::bigint AS created_at,
+    (floor((EXTRACT(epoch FROM e.updated_at) * (1000)::numeric)))::bigint AS updated_at
+   FROM public.entities e;
+
+--
+-- Name: electric_entity_effective_permissions; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.electric_entity_effective_permissions AS
+ SELECT NULL::text AS tenant_id,
+    NULL::bigint AS id,
+    NULL::text AS entity_url,
+    NULL::text AS source_entity_url,
+    NULL::bigint AS source_grant_id,
+    NULL::text AS permission,
+    NULL::text AS subject_kind,
+    NULL::text AS subject_value,
+    NULL::timestamp with time zone AS expires_at,
+    NULL::timestamp with time zone AS created_at
+  WHERE false;
+
+--
+-- Name: entity_types; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.entity_types (
+    tenant_id text DEFAULT 'default'::text NOT NULL,
+    name text NOT NULL,
+    description text DEFAULT ''::text NOT NULL,
+    creation_schema jsonb,
+    inbox_schemas jsonb,
+    state_schemas jsonb,
+    default_dispatch_policy jsonb,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    revision bigint DEFAULT 1 NOT NULL,
+    CONSTRAINT entity_types_name_check CHECK ((name ~ '^[a-z][a-z0-9_-]{0,63}$'::text))
+);
+
+--
+-- Name: electric_entity_types; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.electric_entity_types AS
+ SELECT t.tenant_id,
+    t.name,
+    t.description,
+    t.creation_schema,
+    t.inbox_schemas,
+    t.state_schemas,
+    NULL::jsonb AS slash_commands,
+    NULL::text AS serve_endpoint,
+    t.default_dispatch_policy,
+    (t.revision)::integer AS revision,
+    to_char((t.created_at AT TIME ZONE 'UTC'::text), 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'::text) AS created_at,
+    to_char((t.updated_at AT TIME ZONE 'UTC'::text), 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'::text) AS updated_at
+   FROM public.entity_types t;
+
+--
+-- Name: electric_runner_runtime_diagnostics; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.electric_runner_runtime_diagnostics AS
+ SELECT r.tenant_id,
+    r.id AS runner_id,
+    '/principal/system%3Aadmin'::text AS owner_principal,
+    lpad((r.wake_stream_read_seq)::text, 16, '0'::text) AS wake_stream_offset,
+    r.last_seen_at,
+    r.liveness_lease_expires_at,
+    r.diagnostics,
+    r.updated_at
+   FROM public.runners r
+  WHERE ((r.last_seen_at IS NOT NULL) AND (r.liveness_lease_expires_at IS NOT NULL));
+
+--
+-- Name: electric_runners; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.electric_runners AS
+ SELECT r.tenant_id,
+    r.id,
+    '/principal/system%3Aadmin'::text AS owner_principal,
+    r.label,
+    COALESCE(NULLIF(r.kind, ''::text), 'local'::text) AS kind,
+    r.admin_status,
+    (('/runners/'::text || r.id) || '/wake'::text) AS wake_stream,
+    '[]'::jsonb AS sandbox_profiles,
+    r.created_at,
+    r.updated_at
+   FROM public.runners r;
+
+--
+-- Name: electric_users; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.electric_users AS
+ SELECT NULL::text AS tenant_id,
+    NULL::text AS id,
+    NULL::text AS display_name,
+    NULL::text AS email,
+    NULL::text AS avatar_url,
+    NULL::timestamp with time zone AS created_at,
+    NULL::timestamp with time zone AS updated_at
+  WHERE false;
+
+--
 -- Name: entity_dispatch_state; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -2842,24 +2971,6 @@ CREATE TABLE public.entity_dispatch_state (
     CONSTRAINT entity_dispatch_state_check2 CHECK (((acked_offset >= 0) AND (last_sent_offset >= 0)))
 )
 WITH (fillfactor='80');
-
---
--- Name: entity_types; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.entity_types (
-    tenant_id text DEFAULT 'default'::text NOT NULL,
-    name text NOT NULL,
-    description text DEFAULT ''::text NOT NULL,
-    creation_schema jsonb,
-    inbox_schemas jsonb,
-    state_schemas jsonb,
-    default_dispatch_policy jsonb,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    revision bigint DEFAULT 1 NOT NULL,
-    CONSTRAINT entity_types_name_check CHECK ((name ~ '^[a-z][a-z0-9_-]{0,63}$'::text))
-);
 
 --
 -- Name: push_queue; Type: TABLE; Schema: public; Owner: -
@@ -3263,6 +3374,30 @@ ALTER TABLE ONLY public.streams
 
 ALTER TABLE ONLY public.wakes
     ADD CONSTRAINT wakes_tenant_id_entity_url_fkey FOREIGN KEY (tenant_id, entity_url) REFERENCES public.entities(tenant_id, url);
+
+--
+-- Name: pullwake_shapes; Type: PUBLICATION; Schema: -; Owner: -
+--
+
+CREATE PUBLICATION pullwake_shapes WITH (publish = 'insert, update, delete, truncate');
+
+--
+-- Name: pullwake_shapes entities; Type: PUBLICATION TABLE; Schema: public; Owner: -
+--
+
+ALTER PUBLICATION pullwake_shapes ADD TABLE ONLY public.entities;
+
+--
+-- Name: pullwake_shapes entity_types; Type: PUBLICATION TABLE; Schema: public; Owner: -
+--
+
+ALTER PUBLICATION pullwake_shapes ADD TABLE ONLY public.entity_types;
+
+--
+-- Name: pullwake_shapes runners; Type: PUBLICATION TABLE; Schema: public; Owner: -
+--
+
+ALTER PUBLICATION pullwake_shapes ADD TABLE ONLY public.runners;
 
 --
 -- PostgreSQL database dump complete

@@ -23,6 +23,7 @@ import (
 	"github.com/pullwake/pullwake/internal/migrate"
 	"github.com/pullwake/pullwake/internal/pgnotify"
 	"github.com/pullwake/pullwake/server"
+	"github.com/pullwake/pullwake/server/shapes"
 	"github.com/pullwake/pullwake/server/streams"
 	"github.com/pullwake/pullwake/server/writeauth"
 )
@@ -273,6 +274,10 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 		scfg.Writer = bw
 	}
 	sh = streams.New(scfg)
+	// Shape sync (docs/shapes.md): nothing runs until the first shape
+	// request; then a temporary logical replication slot feeds it.
+	feed := shapes.NewFeed(shapes.FeedConfig{Pool: pool, ConnString: c.db.url, Tenant: c.db.tenant, Logger: log})
+	defer feed.Close()
 	srv, err := server.New(server.Config{
 		Pool: pool, ConnString: c.db.url, Tenant: c.db.tenant, PublicURL: publicURL,
 		AdminToken: c.adminToken, DefaultLeaseTTL: c.defaultLease, SweepInterval: c.sweepInterval,
@@ -282,6 +287,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 		Logger: log, GroupCommit: c.groupCommit, GroupCommitInFlight: c.gcInFlight, BatchObserver: met.BatchSize,
 		WebhookSigner:      c.push.signerFor(log),
 		RequireEntityTypes: c.requireTypes,
+		Shapes:             shapes.New(shapes.Config{Feed: feed, Logger: log, Private: c.adminToken != ""}),
 	})
 	if err != nil {
 		return err
@@ -373,7 +379,8 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	case <-ctx.Done():
 	}
 	log.Info("shutting down: finishing in-flight requests")
-	sh.Close() // live readers answer now instead of at their timeout
+	sh.Close()   // live readers answer now instead of at their timeout
+	feed.Close() // live shape readers too; the slot goes with its connection
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {

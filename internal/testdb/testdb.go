@@ -44,10 +44,18 @@ import (
 // PrivatePort is the port of the private test cluster.
 const PrivatePort = "55433"
 
+// LogicalPort is the port of the private cluster with wal_level=logical
+// (.data/pgtest-logical), for the tests of logical decoding.
+const LogicalPort = "55434"
+
 var (
 	adminOnce sync.Once
 	adminURL  string
 	adminErr  error
+
+	logicalOnce sync.Once
+	logicalURL  string
+	logicalErr  error
 )
 
 // DB is one test's database.
@@ -58,16 +66,20 @@ type DB struct {
 }
 
 // New creates a fresh migrated database for t and drops it when t ends.
-func New(t testing.TB) *DB { t.Helper(); return open(t, Migrator{}) }
+func New(t testing.TB) *DB { t.Helper(); return open(t, Migrator{}, AdminURL) }
 
 // Empty creates a fresh database with no migrations applied.
-func Empty(t testing.TB) *DB { t.Helper(); return open(t, pgtestdb.NoopMigrator{}) }
+func Empty(t testing.TB) *DB { t.Helper(); return open(t, pgtestdb.NoopMigrator{}, AdminURL) }
 
-func open(t testing.TB, m pgtestdb.Migrator) *DB {
+// NewLogical creates a fresh migrated database on a server with
+// wal_level=logical (LogicalAdminURL), for tests of logical decoding.
+func NewLogical(t testing.TB) *DB { t.Helper(); return open(t, Migrator{}, LogicalAdminURL) }
+
+func open(t testing.TB, m pgtestdb.Migrator, adminOf func(context.Context) (string, error)) *DB {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	admin, err := AdminURL(ctx)
+	admin, err := adminOf(ctx)
 	if err != nil {
 		t.Fatalf("testdb: %v", err)
 	}
@@ -162,6 +174,38 @@ func (Migrator) Migrate(ctx context.Context, _ *sql.DB, conf pgtestdb.Config) er
 func AdminURL(ctx context.Context) (string, error) {
 	adminOnce.Do(func() { adminURL, adminErr = findAdmin(ctx) })
 	return adminURL, adminErr
+}
+
+// LogicalAdminURL returns the URL of a maintenance database on a server
+// with wal_level=logical: PULLWAKE_TEST_LOGICAL_DATABASE_URL when set,
+// else a private cluster under .data/pgtest-logical of the repository
+// (port 55434), started once (scripts/pg.sh holds a file lock, so test
+// binaries running at once share it) with wal_level=logical from the
+// installed PostgreSQL binaries. The system PostgreSQL is not used: its
+// wal_level is the default, replica.
+func LogicalAdminURL(ctx context.Context) (string, error) {
+	logicalOnce.Do(func() { logicalURL, logicalErr = findLogical(ctx) })
+	return logicalURL, logicalErr
+}
+
+func findLogical(ctx context.Context) (string, error) {
+	if u := os.Getenv("PULLWAKE_TEST_LOGICAL_DATABASE_URL"); u != "" {
+		return u, ping(ctx, u)
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.CommandContext(ctx, filepath.Join(root, "scripts", "pg.sh"), "ensure",
+		filepath.Join(root, ".data", "pgtest-logical"), LogicalPort, "logical")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("start the private wal_level=logical cluster: %w: %s", err, stderr.String())
+	}
+	u := strings.TrimSpace(string(out))
+	return u, ping(ctx, u)
 }
 
 func findAdmin(ctx context.Context) (string, error) {
