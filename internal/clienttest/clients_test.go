@@ -125,9 +125,9 @@ func findChromium(t testing.TB) string {
 	return strings.TrimSpace(string(out))
 }
 
-// logicalDB is a fresh migrated database on a server with wal_level=logical.
-// TODO(shapes): the shapes branch's helper.
+// logicalDB is a fresh migrated database on a server with wal_level=logical
+// (the private cluster internal/testdb starts for logical decoding).
 func logicalDB(t testing.TB) *testdb.DB {
 	t.Helper()
-	return testdb.New(t)
+	return testdb.NewLogical(t)
 }

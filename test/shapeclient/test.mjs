@@ -65,7 +65,10 @@ const tables = {
   runners: {
     key: 'id',
     rest: async () => rest('GET', '/_electric/runners'),
-    row: (r) => ({ id: r.id, label: r.label, kind: r.kind, admin_status: r.admin_status, wake_stream: r.wake_stream,
+    // The wake stream is served at /runners/{id}/wake and /v1/stream/runners/{id}/wake
+    // alike; an unset kind is Electric's default, local (docs/shapes.md).
+    row: (r) => ({ id: r.id, label: r.label, kind: r.kind || 'local', admin_status: r.admin_status,
+      wake_stream: r.wake_stream?.replace(/^\/v1\/stream\//, '/'),
       created_at: ms(r.created_at), updated_at: ms(r.updated_at) }),
   },
   runner_runtime_diagnostics: {
@@ -213,11 +216,12 @@ await settle('entity type revised')
 
 // A message, a claim and its done: the entity runs, then idles; the
 // where-shape gains the row, then loses it (a delete on the wire).
-await rest('POST', `/entities${E3}`, { payload: { text: 'hi' } })
+const sent = await rest('POST', `/entities${E3}`, { payload: { text: 'hi' } })
 const wake = await rest('POST', `/_electric/runners/${R2}/claim`, {}, r2.runner_token)
 assert.equal(wake?.entity_url, E3, 'the claim hands out the wake of the message sent')
 await settle('claimed: entity running')
-await rest('POST', wake.callback.replace(/^https?:\/\/[^/]+/, ''), { epoch: wake.epoch, done: true }, wake.claim_token)
+await rest('POST', wake.callback.replace(/^https?:\/\/[^/]+/, ''), { epoch: wake.epoch, done: true,
+  acks: [{ stream: wake.stream_path, offset: sent.offset }] }, wake.claim_token)
 await settle('done: entity idle, gone from the running shape')
 
 // Stops and kills, then an entity type deleted: a delete on the wire.
