@@ -79,6 +79,15 @@ const tables = {
     row: (r) => ({ runner_id: r.runner_id, last_seen_at: ms(r.last_seen_at),
       liveness_lease_expires_at: ms(r.liveness_lease_expires_at), diagnostics: r.diagnostics ?? null }),
   },
+  entity_dispatch_state: {
+    key: 'entity_url',
+    rest: async () => (await rest('GET', '/entities')).map((e) => ({ ...e.dispatch, entity_url: e.url })),
+    row: (r) => ({ entity_url: r.entity_url, active_consumer_id: r.active_consumer_id ?? null,
+      active_epoch: r.active_epoch == null ? null : Number(r.active_epoch), active_runner_id: r.active_runner_id ?? null,
+      active_lease_expires_at: ms(r.active_lease_expires_at), outstanding_wake_id: r.outstanding_wake_id ?? null,
+      acked_offset: Number(r.acked_offset), last_sent_offset: Number(r.last_sent_offset),
+      last_released_at: ms(r.last_released_at) }),
+  },
   users: { key: 'id', rest: async () => [], row: (r) => ({ id: r.id }) },
   entity_effective_permissions: { key: 'id', rest: async () => [], row: (r) => ({ id: Number(r.id) }) },
 }
@@ -193,6 +202,7 @@ follow('entities', 'entities')
 follow('entities (sse, Electric path)', 'entities', {}, { sse: true, path: '/_electric/electric/v1/shape' })
 follow('running entities (where)', 'entities', { where: 'status = $1', params: { 1: 'running' } },
   { filter: (r) => r.status === 'running' })
+follow('entity_dispatch_state', 'entity_dispatch_state')
 follow('entity_types', 'entity_types')
 follow('runners', 'runners')
 follow('runners (columns)', 'runners', { columns: ['id', 'admin_status'] })
