@@ -79,8 +79,9 @@ func TestShapeClient(t *testing.T) {
 }
 
 // TestStatusPageBrowser: the status page in headless Chromium asks for the
-// admin token, shows the fleet, and shows an entity's status change (a
-// message sent and claimed, then done) without a reload.
+// admin token, shows the fleet, flags a claim whose lease passed, and
+// shows an entity's status change (a message sent: its wake queued; then
+// claimed, then done) without a reload.
 // PULLWAKE_UPDATE_SCREENSHOT=1 also writes the page's picture to
 // docs/img/status-page.png.
 func TestStatusPageBrowser(t *testing.T) {
@@ -88,7 +89,9 @@ func TestStatusPageBrowser(t *testing.T) {
 	project := nodetest.Prepare(t, "statuspage")
 	chromium := findChromium(t)
 	d := logicalDB(t)
-	srv := startServer(t, d.URL, adminToken(t))
+	// No expiry sweep during the test: a claim whose lease passed stays
+	// active, for the page to flag.
+	srv := startServer(t, d.URL, adminToken(t), "PULLWAKE_SWEEP_INTERVAL=1h")
 	shot := filepath.Join(t.TempDir(), "status-page.png")
 	runNode(t, project, "test.mjs", srv, "CHROMIUM="+chromium, "SCREENSHOT="+shot)
 	if _, err := os.Stat(shot); err != nil {

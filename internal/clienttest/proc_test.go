@@ -39,7 +39,7 @@ type server struct {
 // startServer starts pullwake serve on a free port over databaseURL with an
 // admin token, and stops it when the test ends (printing its log if the
 // test failed).
-func startServer(t testing.TB, databaseURL, admin string) *server {
+func startServer(t testing.TB, databaseURL, admin string, env ...string) *server {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -57,6 +57,7 @@ func startServer(t testing.TB, databaseURL, admin string) *server {
 	}
 	s.env = append(s.env, "PULLWAKE_DATABASE_URL="+databaseURL, "PULLWAKE_ADDR="+addr,
 		"PULLWAKE_ADMIN_TOKEN="+admin, "PULLWAKE_LOG_FORMAT=text", "PULLWAKE_LONG_POLL_TIMEOUT=5s")
+	s.env = append(s.env, env...)
 	t.Cleanup(func() {
 		s.stop()
 		if t.Failed() {

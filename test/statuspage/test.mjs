@@ -49,6 +49,9 @@ await rest('PUT', '/entities/chat/archive', {})
 await rest('DELETE', '/entities/chat/archive')
 await rest('POST', '/entities/chat/ops', { payload: { text: 'deploy?' } })
 await rest('POST', '/_electric/runners/worker-b/claim', {}, runners['worker-b'])
+// A claim left to lapse (the server runs no expiry sweep in this test).
+await rest('POST', '/entities/chat/random', { payload: { text: 'lost' } })
+await rest('POST', '/_electric/runners/worker-a/claim', { lease_ttl_ms: 1000 }, runners['worker-a'])
 
 const userDataDir = mkdtempSync(join(tmpdir(), 'pullwake-chromium-'))
 const context = await chromium.launchPersistentContext(userDataDir, {
@@ -101,11 +104,19 @@ try {
   await page.waitForFunction(() =>
     document.querySelector('#runners tr[data-runner="worker-a"] td.liveness')?.textContent === 'online', null, { timeout: WAIT_MS })
   console.log('ok  worker-a is online')
+  await page.waitForFunction(() => [...document.querySelectorAll('#attention tr[data-entity="/chat/random"] td')]
+    .some((td) => td.textContent === 'lease passed'), null, { timeout: WAIT_MS })
+  console.log('ok  the lapsed claim of /chat/random needs attention')
   const navigationsBefore = navigations
 
   // A message sent through the REST API, claimed by the entity's runner:
   // the page shows the entity running, then idle once the claim is done.
   const sent = await rest('POST', '/entities/chat/lobby', { payload: { text: 'hello' } })
+  await page.waitForFunction((wakeRow) => document.querySelector(wakeRow)?.textContent === 'queued',
+    '#wakes tr[data-entity="/chat/lobby"] td.status', { timeout: WAIT_MS }).catch(async () => {
+    throw new Error(`the wake of the message sent is not shown queued: ${await page.locator('#wakes').textContent()}`)
+  })
+  console.log('ok  message sent: its wake is queued')
   const wake = await rest('POST', '/_electric/runners/worker-a/claim', {}, runners['worker-a'])
   assert.equal(wake?.entity_url, '/chat/lobby')
   await waitStatus('/chat/lobby', 'running', 'message sent and claimed')

@@ -7,13 +7,16 @@ const SHAPE_URL = new URL('../v1/shape', import.meta.url).href
 const TOKEN_KEY = 'pullwake.adminToken'
 const MAX_ENTITIES = 300
 const MAX_WAKES = 50
-const MAX_EXPIRED = 20
-const LEAK_GRACE_MS = 5000
+// Two shapes are read apart: an entity counts as running without a claim
+// only once that has lasted GRACE_MS.
+const GRACE_MS = 5000
+// The Date header has whole seconds: a smaller skew is noise.
+const MIN_SKEW_MS = 2000
 
 // runners and runner_runtime_diagnostics (liveness, once a runner has
 // heartbeated) join on the runner id; entities and entity_dispatch_state
-// (the active claim) on the entity URL.
-const tables = ['runners', 'runner_runtime_diagnostics', 'entities', 'entity_dispatch_state', 'consumer_claims', 'wakes']
+// (the active claim, the outstanding wake) on the entity URL.
+const tables = ['runners', 'runner_runtime_diagnostics', 'entities', 'entity_dispatch_state']
 const followers = {}
 
 const token = () => sessionStorage.getItem(TOKEN_KEY) || ''
@@ -68,7 +71,8 @@ function parseTime(text) {
 
 // serverNow is the server's clock as the shape answers' Date headers tell it.
 function serverNow() {
-  return Date.now() + (followers.runners.serverSkewMs || 0)
+  const skew = followers.runners.serverSkewMs || 0
+  return Date.now() + (Math.abs(skew) < MIN_SKEW_MS ? 0 : skew)
 }
 
 function span(ms) {
@@ -82,6 +86,7 @@ function span(ms) {
 function ago(text, now) {
   const t = parseTime(text)
   if (Number.isNaN(t)) return '—'
+  if (Math.abs(now - t) < 1000) return 'just now'
   return t <= now ? `${span(now - t)} ago` : `in ${span(t - now)}`
 }
 
@@ -113,7 +118,7 @@ function fill(section, rows, emptyText, extra = 0) {
   const cols = sec.querySelectorAll('thead th').length
   const f = sectionFollower[section]
   let note = emptyText
-  if (f && f.state === 'unavailable') note = `not served by this server (${f.error})`
+  if (f && f.state === 'unavailable') note = `this server does not serve the shape it needs (${f.error})`
   else if (f && !f.upToDate) note = 'loading…'
   if (rows.length === 0) rows = [el('tr', {}, el('td', { class: 'empty', colspan: String(cols) }, note))]
   if (extra > 0) rows.push(el('tr', {}, el('td', { class: 'empty', colspan: String(cols) }, `… and ${extra} more`)))
@@ -123,8 +128,8 @@ function fill(section, rows, emptyText, extra = 0) {
 const sectionFollower = {
   runners: followers.runners,
   entities: followers.entities,
-  wakes: followers.wakes,
-  attention: followers.consumer_claims,
+  wakes: followers.entity_dispatch_state,
+  attention: followers.entity_dispatch_state,
 }
 
 // ---- render ----
@@ -147,6 +152,20 @@ function livenessOf(runner, now) {
   return lease > now ? 'online' : 'expired'
 }
 
+// runnerOf is the runner an entity is pinned to: the first runner target
+// of the entities shape's dispatch_policy (JSON text), "" for any.
+function runnerOf(entity) {
+  try {
+    const p = typeof entity.dispatch_policy === 'string' ? JSON.parse(entity.dispatch_policy) : entity.dispatch_policy
+    const t = (p?.targets || []).find((x) => x.type === 'runner')
+    return t?.runnerId || ''
+  } catch {
+    return ''
+  }
+}
+
+const claimOf = (d) => d.active_consumer_id ? `${d.active_consumer_id}/${d.active_epoch}` : ''
+
 function render() {
   renderTimer = null
   const now = serverNow()
@@ -154,15 +173,12 @@ function render() {
   const liveness = byKey(followers.runner_runtime_diagnostics, 'runner_id')
   const entities = [...followers.entities.rows.values()]
   const dispatch = byKey(followers.entity_dispatch_state, 'entity_url')
-  const claims = [...followers.consumer_claims.rows.values()]
-  const wakes = [...followers.wakes.rows.values()]
+  const slots = [...dispatch.values()]
 
-  // Active claims per runner: the claims shape when served, else the dispatch slots.
   const activeByRunner = new Map()
-  const active = followers.consumer_claims.state === 'unavailable'
-    ? [...dispatch.values()].filter((d) => d.active_consumer_id).map((d) => ({ runner_id: d.active_runner_id }))
-    : claims.filter((c) => c.status === 'active')
-  for (const c of active) activeByRunner.set(c.runner_id, (activeByRunner.get(c.runner_id) || 0) + 1)
+  for (const d of slots) {
+    if (d.active_consumer_id) activeByRunner.set(d.active_runner_id, (activeByRunner.get(d.active_runner_id) || 0) + 1)
+  }
 
   // Runners.
   let online = 0
@@ -178,75 +194,82 @@ function render() {
       td(badge(live), 'liveness'),
       td(ago(r.last_seen_at, now)),
       td(lease.text, lease.passed ? 'error' : ''),
-      td(String(activeByRunner.get(r.id) || 0)))
+      td(String(activeByRunner.get(r.id) || 0), 'active'))
   }), 'no runner has registered')
 
   // Entities: the busy ones first, then the most recently changed.
-  const rank = { running: 0, stopping: 1, idle: 2, stopped: 3 }
+  const rank = { running: 0, stopping: 1, idle: 2, stopped: 3, killed: 4 }
   entities.sort((a, b) => (rank[a.status] ?? 9) - (rank[b.status] ?? 9) ||
-    (parseTime(b.updated_at) || 0) - (parseTime(a.updated_at) || 0))
+    (parseTime(b.updated_at) || 0) - (parseTime(a.updated_at) || 0) || String(a.url).localeCompare(String(b.url)))
   let running = 0
   for (const e of entities) if (e.status === 'running') running++
   fill('entities', entities.slice(0, MAX_ENTITIES).map((e) => {
     const d = dispatch.get(e.url) || {}
     const lease = d.active_consumer_id ? remaining(d.active_lease_expires_at, now) : { text: '—', passed: false }
     const claim = d.active_consumer_id
-      ? el('span', {}, el('code', {}, `${d.active_consumer_id}/${d.active_epoch}`), el('span', { class: 'muted' }, ` on ${d.active_runner_id}`))
-      : el('span', { class: 'muted' }, d.outstanding_wake_id ? `queued ${d.outstanding_wake_id}` : 'none')
+      ? el('span', {}, el('code', {}, claimOf(d)), el('span', { class: 'muted' }, ` on ${d.active_runner_id}`))
+      : el('span', { class: 'muted' }, 'none')
     const offsets = d.entity_url ? `${Number(d.acked_offset)} / ${Number(d.last_sent_offset)}` : '—'
     return el('tr', { data: { entity: e.url } },
       td(el('code', {}, e.url)),
       td(badge(e.status), 'status'),
-      td(e.runner_id || el('span', { class: 'muted' }, 'any')),
+      td(runnerOf(e) || el('span', { class: 'muted' }, 'any')),
       td(claim, 'claim'),
       td(lease.text, lease.passed ? 'error' : ''),
       td(offsets),
       td(ago(e.updated_at, now)))
   }), 'no entity yet', Math.max(0, entities.length - MAX_ENTITIES))
 
-  // Claims needing attention.
-  const named = new Set([...dispatch.values()].filter((d) => d.active_consumer_id).map((d) => `${d.active_consumer_id}/${d.active_epoch}`))
-  const dispatchKnown = followers.entity_dispatch_state.upToDate
+  // Claims needing attention: a lease that passed while the claim still
+  // holds its entity (the sweeper has not expired it yet: within one
+  // sweep interval that is normal, longer means no sweeper runs), and an
+  // entity running without a claim (what the lifecycle rules forbid).
   const attention = []
-  for (const c of claims) {
-    if (c.status !== 'active') continue
-    const passed = parseTime(c.lease_expires_at) <= now
-    // Two shapes can be a moment apart: a claim counts as leaked once no
-    // dispatch slot has named it for LEAK_GRACE_MS after it was claimed.
-    const leaked = dispatchKnown && !named.has(`${c.consumer_id}/${c.epoch}`) &&
-      now - parseTime(c.claimed_at) > LEAK_GRACE_MS
-    if (passed || leaked) attention.push({ problem: leaked ? 'leaked' : 'lease passed', cls: leaked ? 'leaked' : 'expired', c })
+  const byUrl = new Map(entities.map((e) => [e.url, e]))
+  if (followers.entity_dispatch_state.upToDate) {
+    for (const d of slots) {
+      if (d.active_consumer_id && parseTime(d.active_lease_expires_at) <= now) {
+        const e = byUrl.get(d.entity_url)
+        attention.push({ problem: 'lease passed', cls: 'expired', url: d.entity_url, d, updated: e?.updated_at || '' })
+      }
+    }
+    for (const e of entities) {
+      const d = dispatch.get(e.url)
+      if (e.status === 'running' && d && !d.active_consumer_id && now - parseTime(e.updated_at) > GRACE_MS) {
+        attention.push({ problem: 'running without a claim', cls: 'leaked', url: e.url, d, updated: e.updated_at })
+      }
+    }
   }
-  const expired = claims.filter((c) => c.status === 'expired')
-    .sort((a, b) => (parseTime(b.updated_at) || 0) - (parseTime(a.updated_at) || 0)).slice(0, MAX_EXPIRED)
-  for (const c of expired) attention.push({ problem: 'expired', cls: 'expired', c })
-  const needing = attention.filter((a) => a.problem !== 'expired').length
-  fill('attention', attention.map(({ problem, cls, c }) => el('tr', { data: { claim: `${c.consumer_id}/${c.epoch}` } },
+  fill('attention', attention.map(({ problem, cls, url, d, updated }) => el('tr', { data: { entity: url } },
     td(badge(problem, cls)),
-    td(el('code', {}, `${c.consumer_id}/${c.epoch}`)),
-    td(el('code', {}, c.entity_url)),
-    td(c.runner_id),
-    td(ago(c.lease_expires_at, now)),
-    td(ago(c.updated_at, now)))), 'none: every active claim is live and held by its entity')
+    td(el('code', {}, url)),
+    td(d.active_consumer_id ? el('code', {}, claimOf(d)) : '—'),
+    td(d.active_runner_id || '—'),
+    td(d.active_consumer_id ? remaining(d.active_lease_expires_at, now).text : '—'),
+    td(updated ? ago(updated, now) : '—'))), 'none: every active claim has a live lease')
 
-  // Recent wakes.
-  wakes.sort((a, b) => (parseTime(b.created_at) || 0) - (parseTime(a.created_at) || 0) || String(b.wake_id).localeCompare(String(a.wake_id)))
-  const queued = wakes.filter((w) => w.status === 'queued').length
-  fill('wakes', wakes.slice(0, MAX_WAKES).map((w) => el('tr', { data: { wake: w.wake_id } },
-    td(el('code', {}, w.wake_id)),
-    td(el('code', {}, w.entity_url)),
-    td(w.runner_id || el('span', { class: 'muted' }, 'any')),
-    td(badge(w.status), 'status'),
-    td(w.consumer_id ? `${w.consumer_id}/${w.epoch}` : '—'),
-    td(ago(w.created_at, now)),
-    td(ago(w.finished_at, now)))), 'no wake yet', Math.max(0, wakes.length - MAX_WAKES))
+  // Outstanding wakes: the consumer id of a claim is its wake's id.
+  const wakes = slots.filter((d) => d.outstanding_wake_id)
+    .sort((a, b) => (parseTime(b.updated_at) || 0) - (parseTime(a.updated_at) || 0) || String(a.entity_url).localeCompare(String(b.entity_url)))
+  let queued = 0
+  fill('wakes', wakes.slice(0, MAX_WAKES).map((d) => {
+    const claimed = d.active_consumer_id === d.outstanding_wake_id
+    if (!claimed) queued++
+    return el('tr', { data: { wake: d.outstanding_wake_id, entity: d.entity_url } },
+      td(el('code', {}, d.outstanding_wake_id)),
+      td(el('code', {}, d.entity_url)),
+      td(badge(claimed ? 'claimed' : 'queued'), 'status'),
+      td(claimed ? d.active_runner_id : el('span', { class: 'muted' }, '—')),
+      td(ago(d.last_released_at, now)),
+      td(ago(d.last_completed_at, now)))
+  }), 'none: no entity has work waiting', Math.max(0, wakes.length - MAX_WAKES))
 
-  for (const [section, count] of [['runners', runners.length], ['entities', entities.length], ['wakes', wakes.length], ['attention', needing]]) {
+  for (const [section, count] of [['runners', runners.length], ['entities', entities.length], ['wakes', wakes.length], ['attention', attention.length]]) {
     document.querySelector(`#${section} .count`).textContent = `(${count})`
   }
   document.getElementById('summary').textContent =
     `${runners.length} runners (${online} online) · ${entities.length} entities (${running} running) · ` +
-    `${queued} queued wakes · ${needing} claims need attention`
+    `${queued} queued wakes · ${attention.length} need attention`
   document.getElementById('shapes').replaceChildren(...tables.map((t) => {
     const f = followers[t]
     return el('li', { class: f.state, title: f.error || f.state, data: { shape: t, state: f.state } }, `${t}: ${f.state}`)
