@@ -4,10 +4,14 @@
 // expired). The page is plain HTML, CSS and JavaScript modules embedded
 // in the binary (static/), with no build step and no framework.
 //
-// The page reads nothing but shapes: it follows one shape per table over
-// pullwake's shape endpoint (/v1/shape, Electric's sync protocol) and
-// renders the rows it holds, live. It never calls the REST routes and
-// never writes.
+// The page reads nothing but shapes: it follows runners,
+// runner_runtime_diagnostics, entities and entity_dispatch_state over
+// pullwake's shape endpoint (/v1/shape, Electric's sync protocol,
+// server/shapes) and renders the rows it holds, live. It never calls the
+// REST routes and never writes. The history of wakes and claims is not a
+// shape (the shape feed keeps whole tables in memory, and those tables
+// grow with the traffic), so the page shows each entity's outstanding
+// wake and active claim, not past ones.
 //
 // The follower (static/shape.js) is a small module of its own rather than
 // a vendored build of @electric-sql/client. The client is Apache-2.0, so
