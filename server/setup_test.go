@@ -21,6 +21,7 @@ import (
 	"github.com/pullwake/pullwake/internal/pgnotify"
 	"github.com/pullwake/pullwake/internal/testdb"
 	"github.com/pullwake/pullwake/server"
+	"github.com/pullwake/pullwake/server/shapes"
 	"github.com/pullwake/pullwake/server/streams"
 	"github.com/pullwake/pullwake/server/writeauth"
 )
@@ -116,10 +117,14 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 		scfg.Writer = bw
 	}
 	sh := streams.New(scfg)
+	// Shapes are mounted as pullwake serve mounts them; the feed starts
+	// only if a test asks for a shape.
+	feed := shapes.NewFeed(shapes.FeedConfig{Pool: pool, ConnString: d.URL, Tenant: "default", Logger: log})
 	cfg := server.Config{
 		Pool: pool, Tenant: "default", AdminToken: o.adminToken, SweepInterval: o.sweep, WakeEventResend: o.resend,
 		Tokens: store, Streams: sh, StreamChannel: streams.NotifyChannel, Logger: log,
 		ReconcileInterval: o.reconcile, GroupCommit: !o.singleCalls, RequireEntityTypes: o.requireTypes,
+		Shapes: shapes.New(shapes.Config{Feed: feed, Logger: log, LongPollTimeout: time.Second, Private: o.adminToken != ""}),
 	}
 	if o.listen {
 		cfg.ConnString = cmp.Or(o.listenURL, d.URL)
@@ -155,6 +160,7 @@ func startOn(t testing.TB, d *testdb.DB, opts ...func(*options)) *bundle {
 		}
 	}
 	t.Cleanup(func() {
+		feed.Close() // live shape readers answer, then the server closes
 		hs.Close()
 		cancel()
 		srv.Stop()

@@ -96,13 +96,13 @@ func (rw *recordingWriter) Unwrap() http.ResponseWriter { return rw.ResponseWrit
 
 // strictAnswers makes a field the document does not declare a mismatch
 // too, but for the free-form maps (a schema is stored as given, tags and
-// diagnostics are the client's) and the headers every stream answer
-// carries (CORS, nosniff), described once in info. $.body.next is declared in the
+// diagnostics are the client's) and the headers every stream and shape
+// answer carries (CORS, nosniff), described once in info. $.body.next is declared in the
 // allOf branch of ReleaseAndClaimNextAnswer, which the strict walk of an
 // anyOf does not see.
 var strictAnswers = []config.Option{
 	config.WithStrictMode(),
-	config.WithStrictIgnoredHeadersExtra("Access-Control-Allow-Origin", "Access-Control-Expose-Headers",
+	config.WithStrictIgnoredHeadersExtra("Access-Control-Allow-Origin", "Access-Control-Expose-Headers", "Access-Control-Allow-Methods",
 		"Cross-Origin-Resource-Policy", "X-Content-Type-Options"),
 	config.WithStrictIgnorePaths(freeForm()...),
 }

@@ -290,6 +290,45 @@ func (e RunnerLivenessStatus) Valid() bool {
 	}
 }
 
+// Defines values for ShapeMessageHeadersControl.
+const (
+	MustRefetch ShapeMessageHeadersControl = "must-refetch"
+	UpToDate    ShapeMessageHeadersControl = "up-to-date"
+)
+
+// Valid indicates whether the value is a known member of the ShapeMessageHeadersControl enum.
+func (e ShapeMessageHeadersControl) Valid() bool {
+	switch e {
+	case MustRefetch:
+		return true
+	case UpToDate:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ShapeMessageHeadersOperation.
+const (
+	Delete ShapeMessageHeadersOperation = "delete"
+	Insert ShapeMessageHeadersOperation = "insert"
+	Update ShapeMessageHeadersOperation = "update"
+)
+
+// Valid indicates whether the value is a known member of the ShapeMessageHeadersOperation enum.
+func (e ShapeMessageHeadersOperation) Valid() bool {
+	switch e {
+	case Delete:
+		return true
+	case Insert:
+		return true
+	case Update:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for SignalRequestSignal.
 const (
 	SIGCONT SignalRequestSignal = "SIGCONT"
@@ -407,6 +446,126 @@ func (e LiveParam) Valid() bool {
 	}
 }
 
+// Defines values for GetElectricShapeParamsTable.
+const (
+	GetElectricShapeParamsTableEntities                   GetElectricShapeParamsTable = "entities"
+	GetElectricShapeParamsTableEntityEffectivePermissions GetElectricShapeParamsTable = "entity_effective_permissions"
+	GetElectricShapeParamsTableEntityTypes                GetElectricShapeParamsTable = "entity_types"
+	GetElectricShapeParamsTableRunnerRuntimeDiagnostics   GetElectricShapeParamsTable = "runner_runtime_diagnostics"
+	GetElectricShapeParamsTableRunners                    GetElectricShapeParamsTable = "runners"
+	GetElectricShapeParamsTableUsers                      GetElectricShapeParamsTable = "users"
+)
+
+// Valid indicates whether the value is a known member of the GetElectricShapeParamsTable enum.
+func (e GetElectricShapeParamsTable) Valid() bool {
+	switch e {
+	case GetElectricShapeParamsTableEntities:
+		return true
+	case GetElectricShapeParamsTableEntityEffectivePermissions:
+		return true
+	case GetElectricShapeParamsTableEntityTypes:
+		return true
+	case GetElectricShapeParamsTableRunnerRuntimeDiagnostics:
+		return true
+	case GetElectricShapeParamsTableRunners:
+		return true
+	case GetElectricShapeParamsTableUsers:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetElectricShapeParamsLive.
+const (
+	GetElectricShapeParamsLiveFalse GetElectricShapeParamsLive = "false"
+	GetElectricShapeParamsLiveTrue  GetElectricShapeParamsLive = "true"
+)
+
+// Valid indicates whether the value is a known member of the GetElectricShapeParamsLive enum.
+func (e GetElectricShapeParamsLive) Valid() bool {
+	switch e {
+	case GetElectricShapeParamsLiveFalse:
+		return true
+	case GetElectricShapeParamsLiveTrue:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetElectricShapeParamsLiveSse.
+const (
+	GetElectricShapeParamsLiveSseFalse GetElectricShapeParamsLiveSse = "false"
+	GetElectricShapeParamsLiveSseTrue  GetElectricShapeParamsLiveSse = "true"
+)
+
+// Valid indicates whether the value is a known member of the GetElectricShapeParamsLiveSse enum.
+func (e GetElectricShapeParamsLiveSse) Valid() bool {
+	switch e {
+	case GetElectricShapeParamsLiveSseFalse:
+		return true
+	case GetElectricShapeParamsLiveSseTrue:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetElectricShapeParamsExperimentalLiveSse.
+const (
+	GetElectricShapeParamsExperimentalLiveSseFalse GetElectricShapeParamsExperimentalLiveSse = "false"
+	GetElectricShapeParamsExperimentalLiveSseTrue  GetElectricShapeParamsExperimentalLiveSse = "true"
+)
+
+// Valid indicates whether the value is a known member of the GetElectricShapeParamsExperimentalLiveSse enum.
+func (e GetElectricShapeParamsExperimentalLiveSse) Valid() bool {
+	switch e {
+	case GetElectricShapeParamsExperimentalLiveSseFalse:
+		return true
+	case GetElectricShapeParamsExperimentalLiveSseTrue:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetElectricShapeParamsReplica.
+const (
+	GetElectricShapeParamsReplicaDefault GetElectricShapeParamsReplica = "default"
+	GetElectricShapeParamsReplicaFull    GetElectricShapeParamsReplica = "full"
+)
+
+// Valid indicates whether the value is a known member of the GetElectricShapeParamsReplica enum.
+func (e GetElectricShapeParamsReplica) Valid() bool {
+	switch e {
+	case GetElectricShapeParamsReplicaDefault:
+		return true
+	case GetElectricShapeParamsReplicaFull:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetElectricShapeParamsLog.
+const (
+	GetElectricShapeParamsLogChangesOnly GetElectricShapeParamsLog = "changes_only"
+	GetElectricShapeParamsLogFull        GetElectricShapeParamsLog = "full"
+)
+
+// Valid indicates whether the value is a known member of the GetElectricShapeParamsLog enum.
+func (e GetElectricShapeParamsLog) Valid() bool {
+	switch e {
+	case GetElectricShapeParamsLogChangesOnly:
+		return true
+	case GetElectricShapeParamsLogFull:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for DeleteEntityType200JSONResponseBodyOk.
 const (
 	DeleteEntityType200JSONResponseBodyOkTrue DeleteEntityType200JSONResponseBodyOk = true
@@ -479,6 +638,126 @@ func (e ReadWakeStreamParamsLive) Valid() bool {
 	case ReadWakeStreamParamsLiveLongPoll:
 		return true
 	case ReadWakeStreamParamsLiveSse:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetShapeParamsTable.
+const (
+	GetShapeParamsTableEntities                   GetShapeParamsTable = "entities"
+	GetShapeParamsTableEntityEffectivePermissions GetShapeParamsTable = "entity_effective_permissions"
+	GetShapeParamsTableEntityTypes                GetShapeParamsTable = "entity_types"
+	GetShapeParamsTableRunnerRuntimeDiagnostics   GetShapeParamsTable = "runner_runtime_diagnostics"
+	GetShapeParamsTableRunners                    GetShapeParamsTable = "runners"
+	GetShapeParamsTableUsers                      GetShapeParamsTable = "users"
+)
+
+// Valid indicates whether the value is a known member of the GetShapeParamsTable enum.
+func (e GetShapeParamsTable) Valid() bool {
+	switch e {
+	case GetShapeParamsTableEntities:
+		return true
+	case GetShapeParamsTableEntityEffectivePermissions:
+		return true
+	case GetShapeParamsTableEntityTypes:
+		return true
+	case GetShapeParamsTableRunnerRuntimeDiagnostics:
+		return true
+	case GetShapeParamsTableRunners:
+		return true
+	case GetShapeParamsTableUsers:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetShapeParamsLive.
+const (
+	GetShapeParamsLiveFalse GetShapeParamsLive = "false"
+	GetShapeParamsLiveTrue  GetShapeParamsLive = "true"
+)
+
+// Valid indicates whether the value is a known member of the GetShapeParamsLive enum.
+func (e GetShapeParamsLive) Valid() bool {
+	switch e {
+	case GetShapeParamsLiveFalse:
+		return true
+	case GetShapeParamsLiveTrue:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetShapeParamsLiveSse.
+const (
+	GetShapeParamsLiveSseFalse GetShapeParamsLiveSse = "false"
+	GetShapeParamsLiveSseTrue  GetShapeParamsLiveSse = "true"
+)
+
+// Valid indicates whether the value is a known member of the GetShapeParamsLiveSse enum.
+func (e GetShapeParamsLiveSse) Valid() bool {
+	switch e {
+	case GetShapeParamsLiveSseFalse:
+		return true
+	case GetShapeParamsLiveSseTrue:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetShapeParamsExperimentalLiveSse.
+const (
+	GetShapeParamsExperimentalLiveSseFalse GetShapeParamsExperimentalLiveSse = "false"
+	GetShapeParamsExperimentalLiveSseTrue  GetShapeParamsExperimentalLiveSse = "true"
+)
+
+// Valid indicates whether the value is a known member of the GetShapeParamsExperimentalLiveSse enum.
+func (e GetShapeParamsExperimentalLiveSse) Valid() bool {
+	switch e {
+	case GetShapeParamsExperimentalLiveSseFalse:
+		return true
+	case GetShapeParamsExperimentalLiveSseTrue:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetShapeParamsReplica.
+const (
+	GetShapeParamsReplicaDefault GetShapeParamsReplica = "default"
+	GetShapeParamsReplicaFull    GetShapeParamsReplica = "full"
+)
+
+// Valid indicates whether the value is a known member of the GetShapeParamsReplica enum.
+func (e GetShapeParamsReplica) Valid() bool {
+	switch e {
+	case GetShapeParamsReplicaDefault:
+		return true
+	case GetShapeParamsReplicaFull:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GetShapeParamsLog.
+const (
+	GetShapeParamsLogChangesOnly GetShapeParamsLog = "changes_only"
+	GetShapeParamsLogFull        GetShapeParamsLog = "full"
+)
+
+// Valid indicates whether the value is a known member of the GetShapeParamsLog enum.
+func (e GetShapeParamsLog) Valid() bool {
+	switch e {
+	case GetShapeParamsLogChangesOnly:
+		return true
+	case GetShapeParamsLogFull:
 		return true
 	default:
 		return false
@@ -1011,6 +1290,29 @@ type SendResult struct {
 	Offset Offset `json:"offset"`
 }
 
+// ShapeMessage A row change `{key, value, old_value?, headers: {operation, relation, lsn?, op_position?, txids?, last?}}` or a control message `{headers: {control: up-to-date|must-refetch, global_last_seen_lsn?}}`.
+type ShapeMessage struct {
+	Headers struct {
+		Control           *ShapeMessageHeadersControl   `json:"control,omitempty"`
+		GlobalLastSeenLsn *string                       `json:"global_last_seen_lsn,omitempty"`
+		Last              *bool                         `json:"last,omitempty"`
+		Lsn               *string                       `json:"lsn,omitempty"`
+		OpPosition        *int                          `json:"op_position,omitempty"`
+		Operation         *ShapeMessageHeadersOperation `json:"operation,omitempty"`
+		Relation          *[]string                     `json:"relation,omitempty"`
+		Txids             *[]int                        `json:"txids,omitempty"`
+	} `json:"headers"`
+	Key      *string             `json:"key,omitempty"`
+	OldValue *map[string]*string `json:"old_value,omitempty"`
+	Value    *map[string]*string `json:"value,omitempty"`
+}
+
+// ShapeMessageHeadersControl defines model for ShapeMessage.Headers.Control.
+type ShapeMessageHeadersControl string
+
+// ShapeMessageHeadersOperation defines model for ShapeMessage.Headers.Operation.
+type ShapeMessageHeadersOperation string
+
 // SignalRequest defines model for SignalRequest.
 type SignalRequest struct {
 	Reason *string             `json:"reason,omitempty"`
@@ -1244,6 +1546,69 @@ type ListClaimsParams struct {
 	Limit     *int         `form:"limit,omitempty" json:"limit,omitempty"`
 }
 
+// GetElectricShapeParams defines parameters for GetElectricShape.
+type GetElectricShapeParams struct {
+	// Table The table.
+	Table GetElectricShapeParamsTable `form:"table" json:"table"`
+
+	// Offset `-1` (snapshot), `now`, or the `electric-offset` of the previous answer (`<lsn>_<n>`).
+	Offset string `form:"offset" json:"offset"`
+
+	// Handle The `electric-handle` of the previous answer; required unless `offset` is `-1` or `now`.
+	Handle *string `form:"handle,omitempty" json:"handle,omitempty"`
+
+	// Live `true`: wait for changes (not with `offset=-1`).
+	Live *GetElectricShapeParamsLive `form:"live,omitempty" json:"live,omitempty"`
+
+	// LiveSse `true` with `live=true`: Server-Sent Events.
+	LiveSse *GetElectricShapeParamsLiveSse `form:"live_sse,omitempty" json:"live_sse,omitempty"`
+
+	// ExperimentalLiveSse The older spelling of `live_sse`.
+	ExperimentalLiveSse *GetElectricShapeParamsExperimentalLiveSse `form:"experimental_live_sse,omitempty" json:"experimental_live_sse,omitempty"`
+
+	// Cursor The `electric-cursor` of the previous live answer.
+	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
+
+	// Columns Comma-separated, optionally double-quoted column names; must include the primary key.
+	Columns *string `form:"columns,omitempty" json:"columns,omitempty"`
+
+	// Where A filter: comparisons of a column with literals or `$n`, `IN`, `IS [NOT] NULL`, `AND`, `OR`, `NOT`, parentheses.
+	Where *string `form:"where,omitempty" json:"where,omitempty"`
+
+	// Params `params[1]=...`: the values of `$1`, `$2`... in `where`.
+	Params *map[string]string `json:"params,omitempty"`
+
+	// Replica `full`: updates carry the whole row and `old_value`.
+	Replica *GetElectricShapeParamsReplica `form:"replica,omitempty" json:"replica,omitempty"`
+
+	// Log `changes_only`: no initial snapshot.
+	Log *GetElectricShapeParamsLog `form:"log,omitempty" json:"log,omitempty"`
+
+	// ExpiredHandle The client's cache buster after a 409; ignored.
+	ExpiredHandle *string `form:"expired_handle,omitempty" json:"expired_handle,omitempty"`
+
+	// CacheBuster The client's cache buster; ignored.
+	CacheBuster *string `form:"cache-buster,omitempty" json:"cache-buster,omitempty"`
+}
+
+// GetElectricShapeParamsTable defines parameters for GetElectricShape.
+type GetElectricShapeParamsTable string
+
+// GetElectricShapeParamsLive defines parameters for GetElectricShape.
+type GetElectricShapeParamsLive string
+
+// GetElectricShapeParamsLiveSse defines parameters for GetElectricShape.
+type GetElectricShapeParamsLiveSse string
+
+// GetElectricShapeParamsExperimentalLiveSse defines parameters for GetElectricShape.
+type GetElectricShapeParamsExperimentalLiveSse string
+
+// GetElectricShapeParamsReplica defines parameters for GetElectricShape.
+type GetElectricShapeParamsReplica string
+
+// GetElectricShapeParamsLog defines parameters for GetElectricShape.
+type GetElectricShapeParamsLog string
+
 // ElectricListEntitiesParams defines parameters for ElectricListEntities.
 type ElectricListEntitiesParams struct {
 	Type   *string               `form:"type,omitempty" json:"type,omitempty"`
@@ -1310,6 +1675,69 @@ type ReadWakeStreamParams struct {
 
 // ReadWakeStreamParamsLive defines parameters for ReadWakeStream.
 type ReadWakeStreamParamsLive string
+
+// GetShapeParams defines parameters for GetShape.
+type GetShapeParams struct {
+	// Table The table.
+	Table GetShapeParamsTable `form:"table" json:"table"`
+
+	// Offset `-1` (snapshot), `now`, or the `electric-offset` of the previous answer (`<lsn>_<n>`).
+	Offset string `form:"offset" json:"offset"`
+
+	// Handle The `electric-handle` of the previous answer; required unless `offset` is `-1` or `now`.
+	Handle *string `form:"handle,omitempty" json:"handle,omitempty"`
+
+	// Live `true`: wait for changes (not with `offset=-1`).
+	Live *GetShapeParamsLive `form:"live,omitempty" json:"live,omitempty"`
+
+	// LiveSse `true` with `live=true`: Server-Sent Events.
+	LiveSse *GetShapeParamsLiveSse `form:"live_sse,omitempty" json:"live_sse,omitempty"`
+
+	// ExperimentalLiveSse The older spelling of `live_sse`.
+	ExperimentalLiveSse *GetShapeParamsExperimentalLiveSse `form:"experimental_live_sse,omitempty" json:"experimental_live_sse,omitempty"`
+
+	// Cursor The `electric-cursor` of the previous live answer.
+	Cursor *string `form:"cursor,omitempty" json:"cursor,omitempty"`
+
+	// Columns Comma-separated, optionally double-quoted column names; must include the primary key.
+	Columns *string `form:"columns,omitempty" json:"columns,omitempty"`
+
+	// Where A filter: comparisons of a column with literals or `$n`, `IN`, `IS [NOT] NULL`, `AND`, `OR`, `NOT`, parentheses.
+	Where *string `form:"where,omitempty" json:"where,omitempty"`
+
+	// Params `params[1]=...`: the values of `$1`, `$2`... in `where`.
+	Params *map[string]string `json:"params,omitempty"`
+
+	// Replica `full`: updates carry the whole row and `old_value`.
+	Replica *GetShapeParamsReplica `form:"replica,omitempty" json:"replica,omitempty"`
+
+	// Log `changes_only`: no initial snapshot.
+	Log *GetShapeParamsLog `form:"log,omitempty" json:"log,omitempty"`
+
+	// ExpiredHandle The client's cache buster after a 409; ignored.
+	ExpiredHandle *string `form:"expired_handle,omitempty" json:"expired_handle,omitempty"`
+
+	// CacheBuster The client's cache buster; ignored.
+	CacheBuster *string `form:"cache-buster,omitempty" json:"cache-buster,omitempty"`
+}
+
+// GetShapeParamsTable defines parameters for GetShape.
+type GetShapeParamsTable string
+
+// GetShapeParamsLive defines parameters for GetShape.
+type GetShapeParamsLive string
+
+// GetShapeParamsLiveSse defines parameters for GetShape.
+type GetShapeParamsLiveSse string
+
+// GetShapeParamsExperimentalLiveSse defines parameters for GetShape.
+type GetShapeParamsExperimentalLiveSse string
+
+// GetShapeParamsReplica defines parameters for GetShape.
+type GetShapeParamsReplica string
+
+// GetShapeParamsLog defines parameters for GetShape.
+type GetShapeParamsLog string
 
 // ReadWakeStreamUnderStreamsParams defines parameters for ReadWakeStreamUnderStreams.
 type ReadWakeStreamUnderStreamsParams struct {
@@ -1674,6 +2102,18 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /_electric/claims/{consumer_id}/{epoch}/release (the `ForceRelease` operationId).
 	ForceRelease(ctx context.Context, consumerId ConsumerIDParam, epoch int, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetElectricShape The shape API under Electric's agents-server prefix.
+	//
+	// Electric's shape protocol, as `@electric-sql/client` speaks it (`docs/shapes.md` has the whole contract): `offset=-1` is a snapshot of the table's rows (with `handle`, `offset` to go on from), a later `offset` the changes since, `live=true` a long poll (up to 20 s) or with `live_sse=true` Server-Sent Events. Values are text as PostgreSQL prints them, typed by `electric-schema`. The credential is the one the REST lists need (the admin token when one is configured). Needs the database's `wal_level=logical`.
+	//
+	// Corresponds with GET /_electric/electric/v1/shape (the `GetElectricShape` operationId).
+	GetElectricShape(ctx context.Context, params *GetElectricShapeParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ElectricShapePreflight CORS preflight.
+	//
+	// Corresponds with OPTIONS /_electric/electric/v1/shape (the `ElectricShapePreflight` operationId).
+	ElectricShapePreflight(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ElectricListEntities List entities in Electric's shape (by URL, at most 1000).
 	//
@@ -2048,6 +2488,18 @@ type ClientInterface interface {
 	// Corresponds with PUT /runners/{id}/wake (the `PutWakeStream` operationId).
 	PutWakeStream(ctx context.Context, id RunnerIDParam, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// GetShape Read a shape of a control-plane table (Electric's shape API).
+	//
+	// Electric's shape protocol, as `@electric-sql/client` speaks it (`docs/shapes.md` has the whole contract): `offset=-1` is a snapshot of the table's rows (with `handle`, `offset` to go on from), a later `offset` the changes since, `live=true` a long poll (up to 20 s) or with `live_sse=true` Server-Sent Events. Values are text as PostgreSQL prints them, typed by `electric-schema`. The credential is the one the REST lists need (the admin token when one is configured). Needs the database's `wal_level=logical`.
+	//
+	// Corresponds with GET /v1/shape (the `GetShape` operationId).
+	GetShape(ctx context.Context, params *GetShapeParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ShapePreflight CORS preflight.
+	//
+	// Corresponds with OPTIONS /v1/shape (the `ShapePreflight` operationId).
+	ShapePreflight(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// DeleteWakeStreamUnderStreams Refused: Delete a wake stream is the server's alone.
 	//
 	// Corresponds with DELETE /v1/stream/runners/{id}/wake (the `DeleteWakeStreamUnderStreams` operationId).
@@ -2317,6 +2769,38 @@ func (c *Client) ListClaims(ctx context.Context, params *ListClaimsParams, reqEd
 // Corresponds with POST /_electric/claims/{consumer_id}/{epoch}/release (the `ForceRelease` operationId).
 func (c *Client) ForceRelease(ctx context.Context, consumerId ConsumerIDParam, epoch int, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewForceReleaseRequest(c.Server, consumerId, epoch)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetElectricShape The shape API under Electric's agents-server prefix.
+//
+// Electric's shape protocol, as `@electric-sql/client` speaks it (`docs/shapes.md` has the whole contract): `offset=-1` is a snapshot of the table's rows (with `handle`, `offset` to go on from), a later `offset` the changes since, `live=true` a long poll (up to 20 s) or with `live_sse=true` Server-Sent Events. Values are text as PostgreSQL prints them, typed by `electric-schema`. The credential is the one the REST lists need (the admin token when one is configured). Needs the database's `wal_level=logical`.
+//
+// Corresponds with GET /_electric/electric/v1/shape (the `GetElectricShape` operationId).
+func (c *Client) GetElectricShape(ctx context.Context, params *GetElectricShapeParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetElectricShapeRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ElectricShapePreflight CORS preflight.
+//
+// Corresponds with OPTIONS /_electric/electric/v1/shape (the `ElectricShapePreflight` operationId).
+func (c *Client) ElectricShapePreflight(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewElectricShapePreflightRequest(c.Server)
 	if err != nil {
 		return nil, err
 	}
@@ -3170,6 +3654,38 @@ func (c *Client) PutWakeStream(ctx context.Context, id RunnerIDParam, reqEditors
 	return c.Client.Do(req)
 }
 
+// GetShape Read a shape of a control-plane table (Electric's shape API).
+//
+// Electric's shape protocol, as `@electric-sql/client` speaks it (`docs/shapes.md` has the whole contract): `offset=-1` is a snapshot of the table's rows (with `handle`, `offset` to go on from), a later `offset` the changes since, `live=true` a long poll (up to 20 s) or with `live_sse=true` Server-Sent Events. Values are text as PostgreSQL prints them, typed by `electric-schema`. The credential is the one the REST lists need (the admin token when one is configured). Needs the database's `wal_level=logical`.
+//
+// Corresponds with GET /v1/shape (the `GetShape` operationId).
+func (c *Client) GetShape(ctx context.Context, params *GetShapeParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetShapeRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ShapePreflight CORS preflight.
+//
+// Corresponds with OPTIONS /v1/shape (the `ShapePreflight` operationId).
+func (c *Client) ShapePreflight(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewShapePreflightRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // DeleteWakeStreamUnderStreams Refused: Delete a wake stream is the server's alone.
 //
 // Corresponds with DELETE /v1/stream/runners/{id}/wake (the `DeleteWakeStreamUnderStreams` operationId).
@@ -3841,6 +4357,235 @@ func NewForceReleaseRequest(server string, consumerId ConsumerIDParam, epoch int
 	}
 
 	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetElectricShapeRequest constructs an http.Request for the GetElectricShape method
+func NewGetElectricShapeRequest(server string, params *GetElectricShapeParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/_electric/electric/v1/shape")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "table", params.Table, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "offset", params.Offset, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if params.Handle != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "handle", *params.Handle, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Live != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "live", *params.Live, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.LiveSse != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "live_sse", *params.LiveSse, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.ExperimentalLiveSse != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "experimental_live_sse", *params.ExperimentalLiveSse, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Columns != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "columns", *params.Columns, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Where != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "where", *params.Where, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Params != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("deepObject", true, "params", *params.Params, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "object", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Replica != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "replica", *params.Replica, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Log != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "log", *params.Log, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.ExpiredHandle != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "expired_handle", *params.ExpiredHandle, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.CacheBuster != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cache-buster", *params.CacheBuster, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewElectricShapePreflightRequest constructs an http.Request for the ElectricShapePreflight method
+func NewElectricShapePreflightRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/_electric/electric/v1/shape")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodOptions, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -5390,6 +6135,235 @@ func NewPutWakeStreamRequest(server string, id RunnerIDParam) (*http.Request, er
 	return req, nil
 }
 
+// NewGetShapeRequest constructs an http.Request for the GetShape method
+func NewGetShapeRequest(server string, params *GetShapeParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/shape")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "table", params.Table, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "offset", params.Offset, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if params.Handle != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "handle", *params.Handle, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Live != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "live", *params.Live, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.LiveSse != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "live_sse", *params.LiveSse, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.ExperimentalLiveSse != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "experimental_live_sse", *params.ExperimentalLiveSse, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Columns != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "columns", *params.Columns, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Where != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "where", *params.Where, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Params != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("deepObject", true, "params", *params.Params, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "object", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Replica != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "replica", *params.Replica, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Log != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "log", *params.Log, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.ExpiredHandle != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "expired_handle", *params.ExpiredHandle, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.CacheBuster != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cache-buster", *params.CacheBuster, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewShapePreflightRequest constructs an http.Request for the ShapePreflight method
+func NewShapePreflightRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/shape")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodOptions, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewDeleteWakeStreamUnderStreamsRequest constructs an http.Request for the DeleteWakeStreamUnderStreams method
 func NewDeleteWakeStreamUnderStreamsRequest(server string, id RunnerIDParam) (*http.Request, error) {
 	var err error
@@ -6537,6 +7511,22 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /_electric/claims/{consumer_id}/{epoch}/release (the `ForceRelease` operationId).
 	ForceReleaseWithResponse(ctx context.Context, consumerId ConsumerIDParam, epoch int, reqEditors ...RequestEditorFn) (*ForceReleaseResponse, error)
 
+	// GetElectricShapeWithResponse The shape API under Electric's agents-server prefix.
+	//
+	// Electric's shape protocol, as `@electric-sql/client` speaks it (`docs/shapes.md` has the whole contract): `offset=-1` is a snapshot of the table's rows (with `handle`, `offset` to go on from), a later `offset` the changes since, `live=true` a long poll (up to 20 s) or with `live_sse=true` Server-Sent Events. Values are text as PostgreSQL prints them, typed by `electric-schema`. The credential is the one the REST lists need (the admin token when one is configured). Needs the database's `wal_level=logical`.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /_electric/electric/v1/shape (the `GetElectricShape` operationId).
+	GetElectricShapeWithResponse(ctx context.Context, params *GetElectricShapeParams, reqEditors ...RequestEditorFn) (*GetElectricShapeResponse, error)
+
+	// ElectricShapePreflightWithResponse CORS preflight.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with OPTIONS /_electric/electric/v1/shape (the `ElectricShapePreflight` operationId).
+	ElectricShapePreflightWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ElectricShapePreflightResponse, error)
+
 	// ElectricListEntitiesWithResponse List entities in Electric's shape (by URL, at most 1000).
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -6955,6 +7945,22 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with PUT /runners/{id}/wake (the `PutWakeStream` operationId).
 	PutWakeStreamWithResponse(ctx context.Context, id RunnerIDParam, reqEditors ...RequestEditorFn) (*PutWakeStreamResponse, error)
+
+	// GetShapeWithResponse Read a shape of a control-plane table (Electric's shape API).
+	//
+	// Electric's shape protocol, as `@electric-sql/client` speaks it (`docs/shapes.md` has the whole contract): `offset=-1` is a snapshot of the table's rows (with `handle`, `offset` to go on from), a later `offset` the changes since, `live=true` a long poll (up to 20 s) or with `live_sse=true` Server-Sent Events. Values are text as PostgreSQL prints them, typed by `electric-schema`. The credential is the one the REST lists need (the admin token when one is configured). Needs the database's `wal_level=logical`.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/shape (the `GetShape` operationId).
+	GetShapeWithResponse(ctx context.Context, params *GetShapeParams, reqEditors ...RequestEditorFn) (*GetShapeResponse, error)
+
+	// ShapePreflightWithResponse CORS preflight.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with OPTIONS /v1/shape (the `ShapePreflight` operationId).
+	ShapePreflightWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ShapePreflightResponse, error)
 
 	// DeleteWakeStreamUnderStreamsWithResponse Refused: Delete a wake stream is the server's alone.
 	//
@@ -7632,6 +8638,141 @@ func (r ForceReleaseResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r ForceReleaseResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// GetElectricShapeResponse200Headers the declared response headers of an HTTP 200 response for GetElectricShape
+type GetElectricShapeResponse200Headers struct {
+	ElectricCursor   *string
+	ElectricHandle   *string
+	ElectricOffset   *string
+	ElectricSchema   *string
+	ElectricUpToDate *string
+}
+
+// GetElectricShapeResponse401Headers the declared response headers of an HTTP 401 response for GetElectricShape
+type GetElectricShapeResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// GetElectricShapeResponse409Headers the declared response headers of an HTTP 409 response for GetElectricShape
+type GetElectricShapeResponse409Headers struct {
+	ElectricHandle *string
+}
+
+// GetElectricShapeResponse503Headers the declared response headers of an HTTP 503 response for GetElectricShape
+type GetElectricShapeResponse503Headers struct {
+	RetryAfter *string
+}
+
+type GetElectricShapeResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *[]ShapeMessage
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *[]ShapeMessage
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *GetElectricShapeResponse200Headers
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *GetElectricShapeResponse401Headers
+	// Headers409 the parsed response headers for an HTTP 409 response
+	Headers409 *GetElectricShapeResponse409Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *GetElectricShapeResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetElectricShapeResponse) GetJSON200() *[]ShapeMessage {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r GetElectricShapeResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetElectricShapeResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r GetElectricShapeResponse) GetJSON409() *[]ShapeMessage {
+	return r.JSON409
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r GetElectricShapeResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r GetElectricShapeResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetElectricShapeResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetElectricShapeResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetElectricShapeResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ElectricShapePreflightResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+}
+
+// GetBody returns the raw response body bytes
+func (r ElectricShapePreflightResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ElectricShapePreflightResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ElectricShapePreflightResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ElectricShapePreflightResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -10461,6 +11602,141 @@ func (r PutWakeStreamResponse) ContentType() string {
 	return ""
 }
 
+// GetShapeResponse200Headers the declared response headers of an HTTP 200 response for GetShape
+type GetShapeResponse200Headers struct {
+	ElectricCursor   *string
+	ElectricHandle   *string
+	ElectricOffset   *string
+	ElectricSchema   *string
+	ElectricUpToDate *string
+}
+
+// GetShapeResponse401Headers the declared response headers of an HTTP 401 response for GetShape
+type GetShapeResponse401Headers struct {
+	WWWAuthenticate *string
+}
+
+// GetShapeResponse409Headers the declared response headers of an HTTP 409 response for GetShape
+type GetShapeResponse409Headers struct {
+	ElectricHandle *string
+}
+
+// GetShapeResponse503Headers the declared response headers of an HTTP 503 response for GetShape
+type GetShapeResponse503Headers struct {
+	RetryAfter *string
+}
+
+type GetShapeResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *[]ShapeMessage
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *[]ShapeMessage
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Error
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *GetShapeResponse200Headers
+	// Headers401 the parsed response headers for an HTTP 401 response
+	Headers401 *GetShapeResponse401Headers
+	// Headers409 the parsed response headers for an HTTP 409 response
+	Headers409 *GetShapeResponse409Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *GetShapeResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetShapeResponse) GetJSON200() *[]ShapeMessage {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r GetShapeResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetShapeResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r GetShapeResponse) GetJSON409() *[]ShapeMessage {
+	return r.JSON409
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r GetShapeResponse) GetJSON503() *Error {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r GetShapeResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetShapeResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetShapeResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetShapeResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ShapePreflightResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+}
+
+// GetBody returns the raw response body bytes
+func (r ShapePreflightResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ShapePreflightResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ShapePreflightResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ShapePreflightResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type DeleteWakeStreamUnderStreamsResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -12005,6 +13281,34 @@ func (c *ClientWithResponses) ForceReleaseWithResponse(ctx context.Context, cons
 	return ParseForceReleaseResponse(rsp)
 }
 
+// GetElectricShapeWithResponse The shape API under Electric's agents-server prefix.
+//
+// Electric's shape protocol, as `@electric-sql/client` speaks it (`docs/shapes.md` has the whole contract): `offset=-1` is a snapshot of the table's rows (with `handle`, `offset` to go on from), a later `offset` the changes since, `live=true` a long poll (up to 20 s) or with `live_sse=true` Server-Sent Events. Values are text as PostgreSQL prints them, typed by `electric-schema`. The credential is the one the REST lists need (the admin token when one is configured). Needs the database's `wal_level=logical`.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /_electric/electric/v1/shape (the `GetElectricShape` operationId).
+func (c *ClientWithResponses) GetElectricShapeWithResponse(ctx context.Context, params *GetElectricShapeParams, reqEditors ...RequestEditorFn) (*GetElectricShapeResponse, error) {
+	rsp, err := c.GetElectricShape(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetElectricShapeResponse(rsp)
+}
+
+// ElectricShapePreflightWithResponse CORS preflight.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with OPTIONS /_electric/electric/v1/shape (the `ElectricShapePreflight` operationId).
+func (c *ClientWithResponses) ElectricShapePreflightWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ElectricShapePreflightResponse, error) {
+	rsp, err := c.ElectricShapePreflight(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseElectricShapePreflightResponse(rsp)
+}
+
 // ElectricListEntitiesWithResponse List entities in Electric's shape (by URL, at most 1000).
 //
 // Returns a wrapper object for the known response body format(s).
@@ -12704,6 +14008,34 @@ func (c *ClientWithResponses) PutWakeStreamWithResponse(ctx context.Context, id 
 		return nil, err
 	}
 	return ParsePutWakeStreamResponse(rsp)
+}
+
+// GetShapeWithResponse Read a shape of a control-plane table (Electric's shape API).
+//
+// Electric's shape protocol, as `@electric-sql/client` speaks it (`docs/shapes.md` has the whole contract): `offset=-1` is a snapshot of the table's rows (with `handle`, `offset` to go on from), a later `offset` the changes since, `live=true` a long poll (up to 20 s) or with `live_sse=true` Server-Sent Events. Values are text as PostgreSQL prints them, typed by `electric-schema`. The credential is the one the REST lists need (the admin token when one is configured). Needs the database's `wal_level=logical`.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/shape (the `GetShape` operationId).
+func (c *ClientWithResponses) GetShapeWithResponse(ctx context.Context, params *GetShapeParams, reqEditors ...RequestEditorFn) (*GetShapeResponse, error) {
+	rsp, err := c.GetShape(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetShapeResponse(rsp)
+}
+
+// ShapePreflightWithResponse CORS preflight.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with OPTIONS /v1/shape (the `ShapePreflight` operationId).
+func (c *ClientWithResponses) ShapePreflightWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ShapePreflightResponse, error) {
+	rsp, err := c.ShapePreflight(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseShapePreflightResponse(rsp)
 }
 
 // DeleteWakeStreamUnderStreamsWithResponse Refused: Delete a wake stream is the server's alone.
@@ -13479,6 +14811,153 @@ func ParseForceReleaseResponse(rsp *http.Response) (*ForceReleaseResponse, error
 			headers.RetryAfter = &value
 		}
 		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseGetElectricShapeResponse parses an HTTP response from a GetElectricShapeWithResponse call
+func ParseGetElectricShapeResponse(rsp *http.Response) (*GetElectricShapeResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetElectricShapeResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest []ShapeMessage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case rsp.StatusCode == 304:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest []ShapeMessage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	case rsp.StatusCode == 200:
+		// Content-type (text/event-stream) unsupported
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers GetElectricShapeResponse200Headers
+		if values := rsp.Header.Values("electric-cursor"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "electric-cursor", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ElectricCursor = &value
+		}
+		if values := rsp.Header.Values("electric-handle"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "electric-handle", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ElectricHandle = &value
+		}
+		if values := rsp.Header.Values("electric-offset"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "electric-offset", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ElectricOffset = &value
+		}
+		if values := rsp.Header.Values("electric-schema"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "electric-schema", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ElectricSchema = &value
+		}
+		if values := rsp.Header.Values("electric-up-to-date"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "electric-up-to-date", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ElectricUpToDate = &value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 401:
+		var headers GetElectricShapeResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 409:
+		var headers GetElectricShapeResponse409Headers
+		if values := rsp.Header.Values("electric-handle"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "electric-handle", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ElectricHandle = &value
+		}
+		response.Headers409 = &headers
+	case rsp.StatusCode == 503:
+		var headers GetElectricShapeResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseElectricShapePreflightResponse parses an HTTP response from a ElectricShapePreflightWithResponse call
+func ParseElectricShapePreflightResponse(rsp *http.Response) (*ElectricShapePreflightResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ElectricShapePreflightResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
 	}
 
 	return response, nil
@@ -16051,6 +17530,153 @@ func ParsePutWakeStreamResponse(rsp *http.Response) (*PutWakeStreamResponse, err
 		}
 		response.JSON403 = &dest
 
+	}
+
+	return response, nil
+}
+
+// ParseGetShapeResponse parses an HTTP response from a GetShapeWithResponse call
+func ParseGetShapeResponse(rsp *http.Response) (*GetShapeResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetShapeResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest []ShapeMessage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case rsp.StatusCode == 304:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest []ShapeMessage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	case rsp.StatusCode == 200:
+		// Content-type (text/event-stream) unsupported
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers GetShapeResponse200Headers
+		if values := rsp.Header.Values("electric-cursor"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "electric-cursor", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ElectricCursor = &value
+		}
+		if values := rsp.Header.Values("electric-handle"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "electric-handle", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ElectricHandle = &value
+		}
+		if values := rsp.Header.Values("electric-offset"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "electric-offset", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ElectricOffset = &value
+		}
+		if values := rsp.Header.Values("electric-schema"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "electric-schema", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ElectricSchema = &value
+		}
+		if values := rsp.Header.Values("electric-up-to-date"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "electric-up-to-date", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ElectricUpToDate = &value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 401:
+		var headers GetShapeResponse401Headers
+		if values := rsp.Header.Values("WWW-Authenticate"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "WWW-Authenticate", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.WWWAuthenticate = &value
+		}
+		response.Headers401 = &headers
+	case rsp.StatusCode == 409:
+		var headers GetShapeResponse409Headers
+		if values := rsp.Header.Values("electric-handle"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "electric-handle", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ElectricHandle = &value
+		}
+		response.Headers409 = &headers
+	case rsp.StatusCode == 503:
+		var headers GetShapeResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseShapePreflightResponse parses an HTTP response from a ShapePreflightWithResponse call
+func ParseShapePreflightResponse(rsp *http.Response) (*ShapePreflightResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ShapePreflightResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
 	}
 
 	return response, nil

@@ -25,7 +25,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type fixture struct {
-	t    *testing.T
+	t    testing.TB
 	db   *testdb.DB
 	feed *shapes.Feed
 	url  string
@@ -37,7 +37,7 @@ type fixtureOpts struct {
 	longPoll time.Duration
 }
 
-func setup(t *testing.T, opts ...func(*fixtureOpts)) *fixture {
+func setup(t testing.TB, opts ...func(*fixtureOpts)) *fixture {
 	t.Helper()
 	o := fixtureOpts{longPoll: 10 * time.Second}
 	for _, f := range opts {
@@ -120,7 +120,7 @@ func (f *fixture) get(q url.Values) answer {
 	return get(f.t, f.url+"/v1/shape?"+q.Encode())
 }
 
-func get(t *testing.T, u string) answer {
+func get(t testing.TB, u string) answer {
 	t.Helper()
 	resp, err := http.Get(u)
 	if err != nil {
@@ -161,7 +161,7 @@ func with(base url.Values, kv ...string) url.Values {
 	return v
 }
 
-func expectStatus(t *testing.T, a answer, want int) {
+func expectStatus(t testing.TB, a answer, want int) {
 	t.Helper()
 	if a.status != want {
 		t.Fatalf("status %d, want %d; body %s", a.status, want, a.body)
@@ -202,7 +202,7 @@ func (f *fixture) live(q url.Values) <-chan answer {
 	return ch
 }
 
-func recv(t *testing.T, ch <-chan answer) answer {
+func recv(t testing.TB, ch <-chan answer) answer {
 	t.Helper()
 	select {
 	case a := <-ch:
@@ -283,7 +283,9 @@ func TestSnapshotHandleOffsetAndLiveChanges(t *testing.T) {
 	if _, ok := upd.changes()[0].Value["tags"]; ok {
 		t.Fatal("an update with replica=default carries an unchanged column")
 	}
-	del := f.liveUntil(base, upd, func() { f.exec(`DELETE FROM entity_dispatch_state WHERE entity_url = '/chat/c'; DELETE FROM entities WHERE url = '/chat/c'`) })
+	del := f.liveUntil(base, upd, func() {
+		f.exec(`DELETE FROM entity_dispatch_state WHERE entity_url = '/chat/c'; DELETE FROM entities WHERE url = '/chat/c'`)
+	})
 	if c := del.changes(); len(c) != 1 || c[0].op() != "delete" || c[0].val("url") != "/chat/c" || len(c[0].Value) != 1 {
 		t.Fatalf("delete %+v", del.msgs)
 	}
