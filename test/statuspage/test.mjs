@@ -2,7 +2,8 @@
 // playwright-core (which never downloads a browser). The page asks for the
 // admin token, then shows the runners and entities the REST API made; a
 // message sent to an entity, claimed and finished changes the entity's
-// status on the page without a reload.
+// status on the page without a reload, and the page keeps following
+// across a server restart (its shapes' must-refetch).
 //
 // Run by internal/clienttest (TestStatusPageBrowser), which starts
 // `pullwake serve` and passes:
@@ -10,10 +11,13 @@
 //   PULLWAKE_ADMIN_TOKEN   its admin token
 //   CHROMIUM               the browser binary (scripts/chromium.sh)
 //   SCREENSHOT             where to write a PNG of the page (optional)
+// It prints "@@restart" and waits for "restarted" on stdin while the Go
+// test restarts the server process.
 import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { createInterface } from 'node:readline'
 import { chromium } from 'playwright-core'
 
 const BASE = process.env.PULLWAKE_URL
@@ -65,10 +69,11 @@ try {
   const page = context.pages()[0] || (await context.newPage())
   const problems = []
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`))
-  // A refused request (the 401 before the token, a shape this server does
-  // not serve) is the page's expected traffic; a script error or a 5xx is not.
+  // A failed request (the 401 before the token, a connection refused while
+  // the server restarts) is traffic the page handles; a script error or a
+  // 5xx is not.
   page.on('console', (m) => {
-    if (m.type() === 'error' && !/^Failed to load resource: the server responded with a status of 4/.test(m.text())) {
+    if (m.type() === 'error' && !/^Failed to load resource: (the server responded with a status of 4|net::ERR_CONNECTION_REFUSED)/.test(m.text())) {
       problems.push(`console: ${m.text()}`)
     }
   })
@@ -123,9 +128,6 @@ try {
   await rest('POST', wake.callback.replace(/^https?:\/\/[^/]+/, ''), { epoch: wake.epoch, done: true,
     acks: [{ stream: wake.stream_path, offset: sent.offset }] }, wake.claim_token)
   await waitStatus('/chat/lobby', 'idle', 'claim done')
-  assert.equal(navigations, navigationsBefore, 'the page reloaded')
-  console.log('ok  no reload')
-
   if (process.env.SCREENSHOT) {
     // The running entity again, for the picture.
     await rest('POST', '/entities/chat/support', { payload: { text: 'help' } })
@@ -134,6 +136,24 @@ try {
     await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true })
     console.log(`ok  screenshot in ${process.env.SCREENSHOT}`)
   }
+  // A server restart ends every shape handle: the page's followers get a
+  // 409, start over and keep following, still without a reload. The new
+  // process's first sweep expires the lapsed claim: its row goes.
+  const rl = createInterface({ input: process.stdin })
+  console.log('@@restart')
+  const answer = await rl[Symbol.asyncIterator]().next()
+  rl.close()
+  if (answer.done || answer.value.trim() !== 'restarted') throw new Error(`restart: the driver answered ${JSON.stringify(answer.value)}`)
+  await page.waitForFunction(() => !document.querySelector('#attention tr[data-entity="/chat/random"]'), null, { timeout: WAIT_MS })
+  console.log('ok  after a server restart the expired claim left the attention list')
+  await rest('POST', '/_electric/runners/worker-b/disable')
+  await page.waitForFunction(() =>
+    document.querySelector('#runners tr[data-runner="worker-b"] td.admin')?.textContent === 'disabled', null, { timeout: WAIT_MS })
+  console.log('ok  after a server restart the page follows again: worker-b disabled')
+  await rest('POST', '/_electric/runners/worker-b/enable')
+  assert.equal(navigations, navigationsBefore, 'the page reloaded')
+  console.log('ok  no reload')
+
   assert.deepEqual(problems, [], 'the page logged errors')
 } finally {
   await context.close()

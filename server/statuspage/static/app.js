@@ -190,7 +190,7 @@ function render() {
     return el('tr', { data: { runner: r.id } },
       td(el('span', {}, el('code', {}, r.id), r.label ? el('span', { class: 'muted' }, ` ${r.label}`) : '')),
       td(r.kind || '—'),
-      td(badge(r.admin_status || '—')),
+      td(badge(r.admin_status || '—'), 'admin'),
       td(badge(live), 'liveness'),
       td(ago(r.last_seen_at, now)),
       td(lease.text, lease.passed ? 'error' : ''),
