@@ -63,7 +63,7 @@ func New() (*Handler, error) {
 	return h, nil
 }
 
-// Lookup returns the file a request path under Prefix names ("" is the
+// lookup returns the file a request path under Prefix names ("" is the
 // page itself) and whether there is one.
 func (h *Handler) lookup(urlPath string) (file, bool) {
 	name := strings.TrimPrefix(urlPath, Prefix)

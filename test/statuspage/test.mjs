@@ -90,7 +90,10 @@ try {
   console.log('ok  the page asked for the admin token')
 
   const status = (url) => page.locator(`#entities tr[data-entity="${url}"] td.status`)
+  // waitStatus waits for the entity's row to show want; it logs how long
+  // the page took from the call (a figure, never an assertion).
   const waitStatus = async (url, want, step) => {
+    const t0 = Date.now()
     try {
       await page.waitForFunction(([u, w]) =>
         document.querySelector(`#entities tr[data-entity="${u}"] td.status`)?.textContent === w,
@@ -100,7 +103,7 @@ try {
       const shapes = await page.locator('#shapes').textContent().catch(() => '')
       throw new Error(`${step}: ${url} shows ${JSON.stringify(got)}, want ${JSON.stringify(want)} (shapes: ${shapes})`)
     }
-    console.log(`ok  ${step}: ${url} is ${want}`)
+    console.log(`ok  ${step}: ${url} is ${want} (shown ${Date.now() - t0} ms after the call)`)
   }
 
   await waitStatus('/chat/ops', 'running', 'initial rows')
