@@ -27,15 +27,17 @@ func adminToken(t testing.TB) string {
 	return hex.EncodeToString(b)
 }
 
-// runNode runs script of project against srv and fails t with node's whole
-// output when it fails. A line "@@restart" from node restarts the server;
-// node is told "restarted" once it serves again.
+// runNode runs script of project against srv (nil: none) and fails t with
+// node's whole output when it fails. A line "@@restart" from node restarts
+// the server; node is told "restarted" once it serves again.
 func runNode(t *testing.T, project nodetest.Project, script string, srv *server, env ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), nodeTimeout)
 	defer cancel()
 	restarts := make(chan *nodetest.Run)
-	env = append(env, "PULLWAKE_URL="+srv.URL(), "PULLWAKE_ADMIN_TOKEN="+srv.admin)
+	if srv != nil {
+		env = append(env, "PULLWAKE_URL="+srv.URL(), "PULLWAKE_ADMIN_TOKEN="+srv.admin)
+	}
 	run, err := project.Start(ctx, script, env, func(r *nodetest.Run, line string) {
 		if strings.TrimSpace(line) == "@@restart" {
 			select {
@@ -52,6 +54,9 @@ func runNode(t *testing.T, project nodetest.Project, script string, srv *server,
 	for {
 		select {
 		case r := <-restarts:
+			if srv == nil {
+				t.Fatalf("node %s asked for a restart with no server\nnode output:\n%s", script, run.Output())
+			}
 			srv.restart()
 			if err := r.Reply("restarted"); err != nil {
 				t.Fatalf("tell node the server restarted: %v\nnode output:\n%s", err, run.Output())
@@ -107,6 +112,16 @@ func TestStatusPageBrowser(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// TestShapeFollower: the status page's own shape follower
+// (server/statuspage/static/shape.js) against scripted protocol answers,
+// with node's test runner: chunks, live, merged updates, deletes, 409 and
+// must-refetch, 401 then a token, an unserved table.
+func TestShapeFollower(t *testing.T) {
+	t.Parallel()
+	project := nodetest.Prepare(t, "statuspage")
+	runNode(t, project, "follower.test.mjs", nil)
 }
 
 // findChromium returns Debian's Chromium, installed by scripts/chromium.sh

@@ -1,6 +1,6 @@
 // Package clienttest holds the tests of pullwake's shapes through real
-// clients, each against `pullwake serve` run as a process on a database
-// with logical decoding:
+// clients, against `pullwake serve` run as a process on a database with
+// logical decoding:
 //
 //   - TestShapeClient runs Electric's TypeScript client
 //     (@electric-sql/client, test/shapeclient) over every shape while it
@@ -8,7 +8,9 @@
 //     force a must-refetch;
 //   - TestStatusPageBrowser opens the status page (/status/) in headless
 //     Chromium (Debian's, through playwright-core, test/statuspage) and
-//     watches an entity's status change on it without a reload.
+//     watches an entity's status change on it without a reload;
+//   - TestShapeFollower runs the page's own follower (shape.js) against
+//     scripted answers of the protocol, with node's test runner.
 //
 // The Node projects are installed and run by internal/nodetest; a missing
 // node, npm or Chromium is installed with apt-get or fails the test, never

@@ -51,7 +51,7 @@ export class ShapeFollower {
   }
 
   requestURL() {
-    const u = new URL(this.opts.url, document.baseURI)
+    const u = new URL(this.opts.url, globalThis.location?.href)
     u.searchParams.set('table', this.opts.table)
     if (this.opts.columns) u.searchParams.set('columns', this.opts.columns.join(','))
     if (this.opts.where) u.searchParams.set('where', this.opts.where)
