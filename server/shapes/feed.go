@@ -175,10 +175,16 @@ func (f *Feed) run(started chan struct{}) {
 // the decoded changes print timestamps alike.
 var sessionParams = map[string]string{"TimeZone": "UTC", "DateStyle": "ISO, MDY", "application_name": "pullwake-shapes"}
 
+// connConfig is one connection of the feed; the URL's pgxpool-only
+// parameters (pool_max_conns, ...) are dropped.
 func (f *Feed) connConfig(replication bool) (*pgconn.Config, error) {
-	c, err := pgconn.ParseConfig(f.cfg.ConnString)
+	pc, err := pgxpool.ParseConfig(f.cfg.ConnString)
 	if err != nil {
 		return nil, fmt.Errorf("parse database url: %w", err)
+	}
+	c := &pc.ConnConfig.Copy().Config
+	if c.RuntimeParams == nil {
+		c.RuntimeParams = map[string]string{}
 	}
 	for k, v := range sessionParams {
 		c.RuntimeParams[k] = v

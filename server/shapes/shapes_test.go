@@ -46,7 +46,8 @@ func setup(t testing.TB, opts ...func(*fixtureOpts)) *fixture {
 	tdb := testdb.NewLogical(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	feed := shapes.NewFeed(shapes.FeedConfig{
-		Pool: tdb.Pool, ConnString: tdb.URL, Tenant: "default", Logger: log,
+		// pool_* parameters are the pool's: the feed's connections drop them.
+		Pool: tdb.Pool, ConnString: tdb.URL + "&pool_max_conns=4", Tenant: "default", Logger: log,
 		IdleTimeout: o.idle, MaxLogChanges: o.maxLog, StatusInterval: 50 * time.Millisecond,
 	})
 	h := shapes.New(shapes.Config{Feed: feed, Logger: log, LongPollTimeout: o.longPoll, SSETimeout: 20 * time.Second, KeepAlive: time.Second})
