@@ -1,6 +1,8 @@
 package shapes
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"slices"
@@ -32,6 +34,17 @@ type epoch struct {
 	endErr   error
 	lastUsed atomic.Int64
 	readers  atomic.Int32
+
+	// applied is the WAL position the feed has read everything up to
+	// (a commit's end, or the server's position in a keepalive between
+	// transactions); progress is closed and replaced when it moves.
+	applied  atomic.Uint64
+	progMu   sync.Mutex
+	progress chan struct{}
+	// poke interrupts the feed's wait for a message so it asks the server
+	// where it is (a status update with reply requested).
+	pokeMu sync.Mutex
+	poke   context.CancelFunc
 }
 
 // tableState is a shaped table: its rows now, and its recent changes.
@@ -61,7 +74,7 @@ func newEpoch(cfg FeedConfig) *epoch {
 		base:    map[string]map[string]Row{},
 		tables:  map[string]*tableState{},
 		handles: map[string]string{}, defs: map[string]string{},
-		done: make(chan struct{}),
+		done: make(chan struct{}), progress: make(chan struct{}),
 	}
 	for _, bt := range baseTables {
 		ep.base[bt.Name] = map[string]Row{}
@@ -314,4 +327,69 @@ func (ep *epoch) since(name string, lsn uint64, limit int) (txs []txn, head uint
 		n += len(ts.log[i].changes)
 	}
 	return txs, ep.head, true, true, ts.wake
+}
+
+// advance records that the feed has read the WAL up to lsn.
+func (ep *epoch) advance(lsn uint64) {
+	if lsn <= ep.applied.Load() {
+		return
+	}
+	ep.applied.Store(lsn)
+	ep.progMu.Lock()
+	close(ep.progress)
+	ep.progress = make(chan struct{})
+	ep.progMu.Unlock()
+}
+
+func (ep *epoch) progressed() <-chan struct{} {
+	ep.progMu.Lock()
+	defer ep.progMu.Unlock()
+	return ep.progress
+}
+
+func (ep *epoch) setPoke(cancel context.CancelFunc) {
+	ep.pokeMu.Lock()
+	ep.poke = cancel
+	ep.pokeMu.Unlock()
+}
+
+func (ep *epoch) pokeFeed() {
+	ep.pokeMu.Lock()
+	if ep.poke != nil {
+		ep.poke()
+	}
+	ep.pokeMu.Unlock()
+}
+
+// errBehind is a wait for the feed that ran out of time.
+var errBehind = errors.New("the change feed is behind")
+
+// waitApplied waits until the feed has read the WAL up to target, asking
+// the server for its position while it waits.
+func (ep *epoch) waitApplied(ctx context.Context, target uint64, limit time.Duration) error {
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	for ep.applied.Load() < target {
+		prog := ep.progressed()
+		if ep.applied.Load() >= target {
+			break
+		}
+		ep.pokeFeed()
+		retry := time.NewTimer(5 * time.Millisecond)
+		select {
+		case <-prog:
+		case <-retry.C:
+		case <-t.C:
+			retry.Stop()
+			return errBehind
+		case <-ep.done:
+			retry.Stop()
+			return errBehind
+		case <-ctx.Done():
+			retry.Stop()
+			return ctx.Err()
+		}
+		retry.Stop()
+	}
+	return nil
 }

@@ -241,6 +241,7 @@ func (f *Feed) start(ctx context.Context) (*epoch, *pgconn.PgConn, error) {
 	}
 	ep.head = uint64(lsn)
 	ep.confirmed = lsn
+	ep.applied.Store(uint64(lsn))
 	for _, ts := range ep.tables {
 		ts.floor = ep.head
 	}
@@ -315,9 +316,24 @@ func (f *Feed) follow(ctx context.Context, ep *epoch, conn *pgconn.PgConn) error
 		nextStatus = time.Now().Add(f.cfg.StatusInterval)
 		return err
 	}
+	// pctx ends when a request pokes the feed (epoch.waitApplied): the
+	// wait for a message stops, and the feed asks the server where it is.
+	pctx, pcancel := context.WithCancel(ctx)
+	ep.setPoke(pcancel)
+	defer func() { ep.setPoke(nil); pcancel() }()
 	for {
 		if ctx.Err() != nil {
 			return nil
+		}
+		if pctx.Err() != nil {
+			pctx, pcancel = context.WithCancel(ctx)
+			ep.setPoke(pcancel)
+			err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{
+				WALWritePosition: ep.confirmed, WALFlushPosition: ep.confirmed, WALApplyPosition: ep.confirmed, ReplyRequested: true,
+			})
+			if err != nil {
+				return fmt.Errorf("ask for the server's position: %w", err)
+			}
 		}
 		if time.Now().After(nextStatus) {
 			if err := sendStatus(); err != nil {
@@ -327,11 +343,11 @@ func (f *Feed) follow(ctx context.Context, ep *epoch, conn *pgconn.PgConn) error
 				return nil
 			}
 		}
-		rctx, cancel := context.WithDeadline(ctx, nextStatus)
+		rctx, cancel := context.WithDeadline(pctx, nextStatus)
 		msg, err := conn.ReceiveMessage(rctx)
 		cancel()
 		if err != nil {
-			if pgconn.Timeout(err) || ctx.Err() != nil {
+			if pgconn.Timeout(err) || pctx.Err() != nil {
 				continue
 			}
 			return fmt.Errorf("receive: %w", err)
@@ -353,6 +369,11 @@ func (f *Feed) follow(ctx context.Context, ep *epoch, conn *pgconn.PgConn) error
 				// to its end (as PostgreSQL's own subscriber does).
 				if tx == nil && k.ServerWALEnd > ep.confirmed {
 					ep.confirmed = k.ServerWALEnd
+				}
+				if tx == nil {
+					// Every transaction that committed before this
+					// position has been sent.
+					ep.advance(uint64(k.ServerWALEnd))
 				}
 				if k.ReplyRequested {
 					if err := sendStatus(); err != nil {
@@ -414,6 +435,7 @@ func (f *Feed) apply(ep *epoch, rels map[uint32]*relation, tx *pendingTx, lm pgl
 		if m.TransactionEndLSN > ep.confirmed {
 			ep.confirmed = m.TransactionEndLSN
 		}
+		ep.advance(uint64(m.TransactionEndLSN))
 		return nil, nil
 	case *pglogrepl.InsertMessage:
 		if r := rels[m.RelationID]; r != nil && tx != nil {

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+
 	"github.com/pullwake/pullwake/internal/jsontext"
 	"github.com/pullwake/pullwake/server/httpx"
 )
@@ -39,6 +41,9 @@ type Config struct {
 	// MaxMessages (10000): about the most changes one answer carries
 	// (whole transactions); the client asks again for the rest.
 	MaxMessages int
+	// ReadWait (5s): how long a non-live answer waits for the feed to
+	// decode the WAL flushed when the request came.
+	ReadWait time.Duration
 }
 
 // Handler serves GET /v1/shape.
@@ -56,6 +61,7 @@ func New(cfg Config) *Handler {
 	cfg.KeepAlive = cmp.Or(cfg.KeepAlive, 21*time.Second)
 	cfg.StartTimeout = cmp.Or(cfg.StartTimeout, 20*time.Second)
 	cfg.MaxMessages = cmp.Or(cfg.MaxMessages, 10000)
+	cfg.ReadWait = cmp.Or(cfg.ReadWait, 5*time.Second)
 	return &Handler{cfg: cfg, feed: cfg.Feed, log: cfg.Logger}
 }
 
@@ -360,6 +366,11 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request) error {
 	if req.handle != "" && req.handle != current {
 		return h.mustRefetch(w, current)
 	}
+	if !req.live {
+		if err := h.readYourWrites(r, ep); err != nil {
+			return err
+		}
+	}
 	switch {
 	case req.offset == "-1":
 		return h.serveSnapshot(w, r, ep, req, current)
@@ -375,6 +386,27 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request) error {
 		return h.serveSSE(w, r, ep, req, current)
 	}
 	return h.serveLog(w, r, ep, req, current)
+}
+
+// readYourWrites waits until the feed has decoded the WAL flushed when
+// the request came, so a write that committed before a request is in its
+// answer. After ReadWait it answers with what the feed has (a later
+// request catches up).
+func (h *Handler) readYourWrites(r *http.Request, ep *epoch) error {
+	var lsn string
+	if err := h.feed.cfg.Pool.QueryRow(r.Context(), "SELECT pg_current_wal_flush_lsn()::text").Scan(&lsn); err != nil {
+		return fmt.Errorf("read the WAL position: %w", err)
+	}
+	target, err := pglogrepl.ParseLSN(lsn)
+	if err != nil {
+		return fmt.Errorf("WAL position %q: %w", lsn, err)
+	}
+	err = ep.waitApplied(r.Context(), uint64(target), h.cfg.ReadWait)
+	if errors.Is(err, errBehind) {
+		h.log.Warn("shape answered before the feed caught up with the WAL flushed at the request", "lsn", lsn, "applied", pglogrepl.LSN(ep.applied.Load()).String())
+		return nil
+	}
+	return err
 }
 
 func (h *Handler) mustRefetch(w http.ResponseWriter, handle string) error {
