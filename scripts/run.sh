@@ -33,6 +33,7 @@ local_pg_answers() {
 }
 
 url=${PULLWAKE_DATABASE_URL:-${DATABASE_URL:-}}
+given_url=$url
 if [ -n "$url" ]; then
   echo "make run: using the database named by ${PULLWAKE_DATABASE_URL:+PULLWAKE_}DATABASE_URL"
 elif [ "${PULLWAKE_RUN_PRIVATE:-}" != "1" ] && local_pg_answers; then
@@ -53,7 +54,9 @@ fi
 export PULLWAKE_DATABASE_URL="$url"
 # Shape sync (docs/shapes.md) needs wal_level=logical; everything else works without it.
 if level=$(psql "$url" -tAXc "SHOW wal_level" 2>/dev/null) && [ "$level" != logical ]; then
-  echo "make run: this database has wal_level=$level: shape sync (/v1/shape) will answer 503 until it is logical; PULLWAKE_RUN_PRIVATE=1 uses a private cluster that has it"
+  if [ -n "$given_url" ]; then hint="set wal_level = logical on that server and restart it"
+  else hint="PULLWAKE_RUN_PRIVATE=1 uses a private cluster that has it"; fi
+  echo "make run: this database has wal_level=$level: shape sync (/v1/shape) will answer 503 until it is logical; $hint"
 fi
 bin/pullwake migrate up
 addr=${PULLWAKE_ADDR:-127.0.0.1:8080}

@@ -3,6 +3,7 @@ package shapes
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -44,6 +46,9 @@ type Config struct {
 	// ReadWait (5s): how long a non-live answer waits for the feed to
 	// decode the WAL flushed when the request came.
 	ReadWait time.Duration
+	// MaxLive (1000): live requests (long-poll and SSE) waiting at once;
+	// more answer 503 with Retry-After.
+	MaxLive int
 }
 
 // Handler serves GET /v1/shape.
@@ -51,6 +56,7 @@ type Handler struct {
 	cfg  Config
 	feed *Feed
 	log  *slog.Logger
+	live atomic.Int64 // live requests now
 }
 
 // New returns the shape handler.
@@ -62,6 +68,7 @@ func New(cfg Config) *Handler {
 	cfg.StartTimeout = cmp.Or(cfg.StartTimeout, 20*time.Second)
 	cfg.MaxMessages = cmp.Or(cfg.MaxMessages, 10000)
 	cfg.ReadWait = cmp.Or(cfg.ReadWait, 5*time.Second)
+	cfg.MaxLive = cmp.Or(cfg.MaxLive, 1000)
 	return &Handler{cfg: cfg, feed: cfg.Feed, log: cfg.Logger}
 }
 
@@ -342,6 +349,15 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set("Cache-Control", "no-store")
 		return err
 	}
+	if req.live {
+		defer h.live.Add(-1)
+		if n := h.live.Add(1); n > int64(h.cfg.MaxLive) {
+			w.Header().Set("Cache-Control", "no-store")
+			w.Header().Set("Retry-After", "1")
+			return httpx.Errorf(http.StatusServiceUnavailable, "TOO_MANY_READERS",
+				"%d live shape requests are waiting already, the most this server holds; retry", h.cfg.MaxLive)
+		}
+	}
 	ctx, cancel := contextWithTimeout(r, h.cfg.StartTimeout)
 	ep, err := h.feed.acquire(ctx)
 	cancel()
@@ -394,7 +410,9 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request) error {
 // request catches up).
 func (h *Handler) readYourWrites(r *http.Request, ep *epoch) error {
 	var lsn string
-	if err := h.feed.cfg.Pool.QueryRow(r.Context(), "SELECT pg_current_wal_flush_lsn()::text").Scan(&lsn); err != nil {
+	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.ReadWait)
+	defer cancel()
+	if err := h.feed.cfg.Pool.QueryRow(ctx, "SELECT pg_current_wal_flush_lsn()::text").Scan(&lsn); err != nil {
 		return fmt.Errorf("read the WAL position: %w", err)
 	}
 	target, err := pglogrepl.ParseLSN(lsn)

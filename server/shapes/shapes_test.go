@@ -32,6 +32,7 @@ type fixture struct {
 }
 
 type fixtureOpts struct {
+	maxLive  int
 	idle     time.Duration
 	maxLog   int
 	longPoll time.Duration
@@ -50,7 +51,7 @@ func setup(t testing.TB, opts ...func(*fixtureOpts)) *fixture {
 		Pool: tdb.Pool, ConnString: tdb.URL + "&pool_max_conns=4", Tenant: "default", Logger: log,
 		IdleTimeout: o.idle, MaxLogChanges: o.maxLog, StatusInterval: 50 * time.Millisecond,
 	})
-	h := shapes.New(shapes.Config{Feed: feed, Logger: log, LongPollTimeout: o.longPoll, SSETimeout: 20 * time.Second, KeepAlive: time.Second})
+	h := shapes.New(shapes.Config{Feed: feed, Logger: log, LongPollTimeout: o.longPoll, SSETimeout: 20 * time.Second, KeepAlive: time.Second, MaxLive: o.maxLive})
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/shape", func(w http.ResponseWriter, r *http.Request) {
 		if err := h.Serve(w, r); err != nil {
@@ -747,4 +748,38 @@ func TestReadYourWrites(t *testing.T) {
 		}
 		up = n
 	}
+}
+
+// Live requests are capped: past the cap a live request answers 503 with
+// Retry-After at once, and the slot frees when the live answer ends.
+func TestLiveReadersAreCapped(t *testing.T) {
+	t.Parallel()
+	f := setup(t, func(o *fixtureOpts) { o.maxLive = 1; o.longPoll = 60 * time.Second })
+	base := q("table", "entities")
+	up := f.catchUp(base, f.get(with(base, "offset", "-1")))
+	// Four at once: one holds the slot until a change comes, three are
+	// refused.
+	var chans []<-chan answer
+	for range 4 {
+		chans = append(chans, f.live(next(base, up)))
+	}
+	refused := 0
+	answers := make(chan answer, 4)
+	for _, ch := range chans {
+		go func() { answers <- <-ch }()
+	}
+	for refused < 3 {
+		a := <-answers
+		if a.status != http.StatusServiceUnavailable || a.header.Get("Retry-After") == "" || !strings.Contains(a.body, "TOO_MANY_READERS") {
+			t.Fatalf("over the cap: %d %v %s", a.status, a.header, a.body)
+		}
+		refused++
+	}
+	f.spawn("/cap/1")
+	if a := <-answers; a.status != http.StatusOK || len(a.changes()) != 1 {
+		t.Fatalf("the live request that held the slot: %d %s", a.status, a.body)
+	}
+	// The slot is free again.
+	n := f.liveUntil(base, up, func() { f.spawn("/cap/2") })
+	expectStatus(t, n, http.StatusOK)
 }
