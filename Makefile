@@ -5,7 +5,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin/pullwake
 
-.PHONY: run stop clean test build schema generate migration check-generated ci conformance bench vet api-check api-generate
+.PHONY: run stop clean test build node-deps schema generate migration check-generated ci conformance bench vet api-check api-generate
 
 # The version `pullwake version` prints: git describe (tag, commits since,
 # abbreviated hash, -dirty for uncommitted changes), or "dev" outside git.
@@ -25,9 +25,19 @@ stop:
 	scripts/pg.sh stop .data/pgtest
 	scripts/pg.sh stop .data/pgtest-logical
 
-# Stops them and removes them, their data, and bin/.
+# Stops them and removes them, their data, bin/, and the Node test
+# projects' node_modules.
 clean: stop
-	rm -rf .data bin
+	rm -rf .data bin test/*/node_modules
+
+# The Node test projects' packages (test/*/), from their lockfiles. make test
+# does this by itself (internal/nodetest: npm ci when a lockfile changed);
+# this target does it ahead, e.g. before working offline.
+NODE_PROJECTS := $(wildcard test/*/package-lock.json)
+node-deps:
+	@for lock in $(NODE_PROJECTS); do d=$$(dirname $$lock); echo "npm ci in $$d"; \
+		(cd $$d && npm ci --no-audit --no-fund --loglevel=error) || exit 1; \
+		sha256sum $$lock | cut -d' ' -f1 > $$d/node_modules/.pullwake-lock-sha256; done
 
 test:
 	$(GO) vet ./...

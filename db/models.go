@@ -49,6 +49,23 @@ type ElectricEntity struct {
 	UpdatedAt      int64
 }
 
+type ElectricEntityDispatchState struct {
+	TenantID             string
+	EntityUrl            string
+	ActiveConsumerID     *string
+	ActiveEpoch          *int64
+	ActiveRunnerID       *string
+	ActiveClaimedAt      *time.Time
+	ActiveLeaseExpiresAt *time.Time
+	OutstandingWakeID    *string
+	AckedOffset          int64
+	LastSentOffset       int64
+	LastReleasedAt       *time.Time
+	LastCompletedAt      *time.Time
+	LastError            *string
+	UpdatedAt            time.Time
+}
+
 type ElectricEntityEffectivePermission struct {
 	TenantID        *string
 	ID              *int64

@@ -406,7 +406,10 @@ const electricOffsetStart = "0000000000000000_0000000000000000"
 
 // rootStreamPrefixes are the root paths of the API itself: the streams
 // served at the root never shadow them.
-var rootStreamPrefixes = []string{"/_electric/", "/__ds/", "/v1/", "/entities", "/runners/", "/healthz", "/readyz", "/metrics"}
+var rootStreamPrefixes = []string{"/_electric/", "/__ds/", "/v1/", "/entities", "/runners/", "/healthz", "/readyz", "/metrics", "/status/"}
+
+// rootStreamExact are root paths of the API that are only that path.
+var rootStreamExact = []string{"/status"}
 
 // rootStream serves the Durable Stream at /v1/stream{path} at {path} too,
 // where Electric's agents server serves its streams (an entity's main
@@ -414,7 +417,7 @@ var rootStreamPrefixes = []string{"/_electric/", "/__ds/", "/v1/", "/entities", 
 // stream routes' own rules, auth and deadlines. Electric's start offset
 // reads from the start. It reports false for the API's own paths.
 func (s *Server) rootStream(w http.ResponseWriter, r *http.Request) bool {
-	if s.cfg.Streams == nil || r.URL.Path == "/" {
+	if s.cfg.Streams == nil || r.URL.Path == "/" || slices.Contains(rootStreamExact, r.URL.Path) {
 		return false
 	}
 	for _, p := range rootStreamPrefixes {

@@ -21,6 +21,7 @@ import (
 	"github.com/pullwake/pullwake/server/httpx"
 	"github.com/pullwake/pullwake/server/reconcile"
 	"github.com/pullwake/pullwake/server/shapes"
+	"github.com/pullwake/pullwake/server/statuspage"
 	"github.com/pullwake/pullwake/server/subscriptions"
 	"github.com/pullwake/pullwake/server/sweeper"
 	"github.com/pullwake/pullwake/server/tokens"
@@ -133,6 +134,7 @@ type Server struct {
 	wakePub  *wakepublish.Publisher // publishes the wake-event log to the wake streams
 	types    *entitytypes.Service   // /_electric/entity-types and the typed validation
 	subs     *subscriptions.Service // /__ds/subscriptions/{id} and /__ds/jwks.json
+	page     *statuspage.Handler    // the status page's embedded files (/status/)
 	// validator checks spawns and sends against entity types (dialect.go;
 	// the entity types' service).
 	validator entityValidator
@@ -228,6 +230,9 @@ func New(cfg Config) (*Server, error) {
 		Pool: cfg.Pool, Tenant: cfg.Tenant, PublicURL: cfg.PublicURL, Logger: cfg.Logger,
 		WebhookSigner: cfg.WebhookSigner, RequireAdmin: s.requireAdmin,
 	})
+	if s.page, err = statuspage.New(); err != nil {
+		return nil, err
+	}
 	s.routes()
 	return s, nil
 }
@@ -376,6 +381,16 @@ func (s *Server) routes() {
 	// nothing until it answers 200.
 	h("GET /_electric/health", health)
 	h("GET /readyz", s.readyz)
+	// The status page (server/statuspage): its files are open to all; what
+	// it shows comes from the shape endpoint, behind that endpoint's auth.
+	handle("GET /status", http.RedirectHandler(statuspage.Prefix, http.StatusMovedPermanently))
+	h("GET "+statuspage.Prefix, func(w http.ResponseWriter, r *http.Request) error {
+		if !s.page.Has(r.URL.Path) {
+			return httpx.Errorf(http.StatusNotFound, "NOT_FOUND", "the status page has no file %s", r.URL.Path)
+		}
+		s.page.ServeHTTP(w, r)
+		return nil
+	})
 	handle("GET /metrics", s.metrics.Handler())
 	if s.cfg.Streams != nil {
 		handle("/v1/stream/", s.cfg.Streams)

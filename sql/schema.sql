@@ -2879,6 +2879,53 @@ CREATE VIEW public.electric_entities AS
    FROM public.entities e;
 
 --
+-- Name: entity_dispatch_state; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.entity_dispatch_state (
+    tenant_id text DEFAULT 'default'::text NOT NULL,
+    entity_url text NOT NULL,
+    active_consumer_id text,
+    active_epoch bigint,
+    active_runner_id text,
+    active_claimed_at timestamp with time zone,
+    active_lease_expires_at timestamp with time zone,
+    outstanding_wake_id text,
+    epoch bigint DEFAULT 0 NOT NULL,
+    acked_offset bigint DEFAULT 0 NOT NULL,
+    last_sent_offset bigint DEFAULT 0 NOT NULL,
+    last_released_at timestamp with time zone,
+    last_completed_at timestamp with time zone,
+    last_error text,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT entity_dispatch_state_check CHECK (((active_consumer_id IS NULL) = (active_epoch IS NULL))),
+    CONSTRAINT entity_dispatch_state_check1 CHECK (((active_consumer_id IS NULL) OR (active_lease_expires_at IS NOT NULL))),
+    CONSTRAINT entity_dispatch_state_check2 CHECK (((acked_offset >= 0) AND (last_sent_offset >= 0)))
+)
+WITH (fillfactor='80');
+
+--
+-- Name: electric_entity_dispatch_state; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.electric_entity_dispatch_state AS
+ SELECT d.tenant_id,
+    d.entity_url,
+    d.active_consumer_id,
+    d.active_epoch,
+    d.active_runner_id,
+    d.active_claimed_at,
+    d.active_lease_expires_at,
+    d.outstanding_wake_id,
+    d.acked_offset,
+    d.last_sent_offset,
+    d.last_released_at,
+    d.last_completed_at,
+    d.last_error,
+    d.updated_at
+   FROM public.entity_dispatch_state d;
+
+--
 -- Name: electric_entity_effective_permissions; Type: VIEW; Schema: public; Owner: -
 --
 
@@ -2978,32 +3025,6 @@ CREATE VIEW public.electric_users AS
     NULL::timestamp with time zone AS created_at,
     NULL::timestamp with time zone AS updated_at
   WHERE false;
-
---
--- Name: entity_dispatch_state; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.entity_dispatch_state (
-    tenant_id text DEFAULT 'default'::text NOT NULL,
-    entity_url text NOT NULL,
-    active_consumer_id text,
-    active_epoch bigint,
-    active_runner_id text,
-    active_claimed_at timestamp with time zone,
-    active_lease_expires_at timestamp with time zone,
-    outstanding_wake_id text,
-    epoch bigint DEFAULT 0 NOT NULL,
-    acked_offset bigint DEFAULT 0 NOT NULL,
-    last_sent_offset bigint DEFAULT 0 NOT NULL,
-    last_released_at timestamp with time zone,
-    last_completed_at timestamp with time zone,
-    last_error text,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT entity_dispatch_state_check CHECK (((active_consumer_id IS NULL) = (active_epoch IS NULL))),
-    CONSTRAINT entity_dispatch_state_check1 CHECK (((active_consumer_id IS NULL) OR (active_lease_expires_at IS NOT NULL))),
-    CONSTRAINT entity_dispatch_state_check2 CHECK (((acked_offset >= 0) AND (last_sent_offset >= 0)))
-)
-WITH (fillfactor='80');
 
 --
 -- Name: push_queue; Type: TABLE; Schema: public; Owner: -
@@ -3449,6 +3470,12 @@ CREATE PUBLICATION pullwake_shapes WITH (publish = 'insert, update, delete, trun
 --
 
 ALTER PUBLICATION pullwake_shapes ADD TABLE ONLY public.entities;
+
+--
+-- Name: pullwake_shapes entity_dispatch_state; Type: PUBLICATION TABLE; Schema: public; Owner: -
+--
+
+ALTER PUBLICATION pullwake_shapes ADD TABLE ONLY public.entity_dispatch_state;
 
 --
 -- Name: pullwake_shapes entity_types; Type: PUBLICATION TABLE; Schema: public; Owner: -

@@ -104,3 +104,25 @@ SELECT NULL::text AS tenant_id,
        NULL::timestamptz AS expires_at,
        NULL::timestamptz AS created_at
  WHERE false;
+
+-- electric_entity_dispatch_state: an entity's dispatch slot as pullwake
+-- keeps it (not an Electric table; the status page reads it): the active
+-- claim (consumer, epoch, runner, lease), the outstanding wake, how far the
+-- runners acked the main stream and what was last sent to it, and when
+-- its claims last ended. One row per entity.
+CREATE OR REPLACE VIEW electric_entity_dispatch_state AS
+SELECT d.tenant_id,
+       d.entity_url,
+       d.active_consumer_id,
+       d.active_epoch,
+       d.active_runner_id,
+       d.active_claimed_at,
+       d.active_lease_expires_at,
+       d.outstanding_wake_id,
+       d.acked_offset,
+       d.last_sent_offset,
+       d.last_released_at,
+       d.last_completed_at,
+       d.last_error,
+       d.updated_at
+  FROM entity_dispatch_state d;

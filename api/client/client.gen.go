@@ -449,6 +449,7 @@ func (e LiveParam) Valid() bool {
 // Defines values for GetElectricShapeParamsTable.
 const (
 	GetElectricShapeParamsTableEntities                   GetElectricShapeParamsTable = "entities"
+	GetElectricShapeParamsTableEntityDispatchState        GetElectricShapeParamsTable = "entity_dispatch_state"
 	GetElectricShapeParamsTableEntityEffectivePermissions GetElectricShapeParamsTable = "entity_effective_permissions"
 	GetElectricShapeParamsTableEntityTypes                GetElectricShapeParamsTable = "entity_types"
 	GetElectricShapeParamsTableRunnerRuntimeDiagnostics   GetElectricShapeParamsTable = "runner_runtime_diagnostics"
@@ -460,6 +461,8 @@ const (
 func (e GetElectricShapeParamsTable) Valid() bool {
 	switch e {
 	case GetElectricShapeParamsTableEntities:
+		return true
+	case GetElectricShapeParamsTableEntityDispatchState:
 		return true
 	case GetElectricShapeParamsTableEntityEffectivePermissions:
 		return true
@@ -662,6 +665,7 @@ func (e ReadWakeStreamParamsLive) Valid() bool {
 // Defines values for GetShapeParamsTable.
 const (
 	GetShapeParamsTableEntities                   GetShapeParamsTable = "entities"
+	GetShapeParamsTableEntityDispatchState        GetShapeParamsTable = "entity_dispatch_state"
 	GetShapeParamsTableEntityEffectivePermissions GetShapeParamsTable = "entity_effective_permissions"
 	GetShapeParamsTableEntityTypes                GetShapeParamsTable = "entity_types"
 	GetShapeParamsTableRunnerRuntimeDiagnostics   GetShapeParamsTable = "runner_runtime_diagnostics"
@@ -673,6 +677,8 @@ const (
 func (e GetShapeParamsTable) Valid() bool {
 	switch e {
 	case GetShapeParamsTableEntities:
+		return true
+	case GetShapeParamsTableEntityDispatchState:
 		return true
 	case GetShapeParamsTableEntityEffectivePermissions:
 		return true
@@ -2511,6 +2517,21 @@ type ClientInterface interface {
 	// Corresponds with PUT /runners/{id}/wake (the `PutWakeStream` operationId).
 	PutWakeStream(ctx context.Context, id RunnerIDParam, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// StatusPageRedirect Redirects to the status page, `/status/`.
+	//
+	// Corresponds with GET /status (the `StatusPageRedirect` operationId).
+	StatusPageRedirect(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StatusPage The read-only status page (see `docs/status-page.md`). It reads the shapes of `/v1/shape`, which ask for the admin token when one is configured; the page itself is open.
+	//
+	// Corresponds with GET /status/ (the `StatusPage` operationId).
+	StatusPage(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// StatusPageFile A file of the status page (`app.js`, `shape.js`, `style.css`), embedded in the binary.
+	//
+	// Corresponds with GET /status/{file} (the `StatusPageFile` operationId).
+	StatusPageFile(ctx context.Context, file string, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// GetShape Read a shape of a control-plane table (Electric's shape API).
 	//
 	// Electric's shape protocol, as `@electric-sql/client` speaks it (`docs/shapes.md` has the whole contract): `offset=-1` is a snapshot of the table's rows (with `handle`, `offset` to go on from), a later `offset` the changes since, `live=true` a long poll (up to 20 s) or with `live_sse=true` Server-Sent Events. Values are text as PostgreSQL prints them, typed by `electric-schema`. The credential is the one the REST lists need (the admin token when one is configured). Needs the database's `wal_level=logical`.
@@ -3682,6 +3703,51 @@ func (c *Client) PostWakeStream(ctx context.Context, id RunnerIDParam, reqEditor
 // Corresponds with PUT /runners/{id}/wake (the `PutWakeStream` operationId).
 func (c *Client) PutWakeStream(ctx context.Context, id RunnerIDParam, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewPutWakeStreamRequest(c.Server, id)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StatusPageRedirect Redirects to the status page, `/status/`.
+//
+// Corresponds with GET /status (the `StatusPageRedirect` operationId).
+func (c *Client) StatusPageRedirect(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStatusPageRedirectRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StatusPage The read-only status page (see `docs/status-page.md`). It reads the shapes of `/v1/shape`, which ask for the admin token when one is configured; the page itself is open.
+//
+// Corresponds with GET /status/ (the `StatusPage` operationId).
+func (c *Client) StatusPage(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStatusPageRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// StatusPageFile A file of the status page (`app.js`, `shape.js`, `style.css`), embedded in the binary.
+//
+// Corresponds with GET /status/{file} (the `StatusPageFile` operationId).
+func (c *Client) StatusPageFile(ctx context.Context, file string, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewStatusPageFileRequest(c.Server, file)
 	if err != nil {
 		return nil, err
 	}
@@ -6200,6 +6266,94 @@ func NewPutWakeStreamRequest(server string, id RunnerIDParam) (*http.Request, er
 	return req, nil
 }
 
+// NewStatusPageRedirectRequest constructs an http.Request for the StatusPageRedirect method
+func NewStatusPageRedirectRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/status")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewStatusPageRequest constructs an http.Request for the StatusPage method
+func NewStatusPageRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/status/")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewStatusPageFileRequest constructs an http.Request for the StatusPageFile method
+func NewStatusPageFileRequest(server string, file string) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "file", file, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/status/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewGetShapeRequest constructs an http.Request for the GetShape method
 func NewGetShapeRequest(server string, params *GetShapeParams) (*http.Request, error) {
 	var err error
@@ -8017,6 +8171,27 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with PUT /runners/{id}/wake (the `PutWakeStream` operationId).
 	PutWakeStreamWithResponse(ctx context.Context, id RunnerIDParam, reqEditors ...RequestEditorFn) (*PutWakeStreamResponse, error)
+
+	// StatusPageRedirectWithResponse Redirects to the status page, `/status/`.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /status (the `StatusPageRedirect` operationId).
+	StatusPageRedirectWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*StatusPageRedirectResponse, error)
+
+	// StatusPageWithResponse The read-only status page (see `docs/status-page.md`). It reads the shapes of `/v1/shape`, which ask for the admin token when one is configured; the page itself is open.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /status/ (the `StatusPage` operationId).
+	StatusPageWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*StatusPageResponse, error)
+
+	// StatusPageFileWithResponse A file of the status page (`app.js`, `shape.js`, `style.css`), embedded in the binary.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /status/{file} (the `StatusPageFile` operationId).
+	StatusPageFileWithResponse(ctx context.Context, file string, reqEditors ...RequestEditorFn) (*StatusPageFileResponse, error)
 
 	// GetShapeWithResponse Read a shape of a control-plane table (Electric's shape API).
 	//
@@ -11726,6 +11901,187 @@ func (r PutWakeStreamResponse) ContentType() string {
 	return ""
 }
 
+// StatusPageRedirectResponse301Headers the declared response headers of an HTTP 301 response for StatusPageRedirect
+type StatusPageRedirectResponse301Headers struct {
+	Location *string
+}
+
+type StatusPageRedirectResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// Headers301 the parsed response headers for an HTTP 301 response
+	Headers301 *StatusPageRedirectResponse301Headers
+}
+
+// GetBody returns the raw response body bytes
+func (r StatusPageRedirectResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r StatusPageRedirectResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r StatusPageRedirectResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r StatusPageRedirectResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// StatusPageResponse200Headers the declared response headers of an HTTP 200 response for StatusPage
+type StatusPageResponse200Headers struct {
+	CacheControl          *string
+	ContentSecurityPolicy *string
+	ETag                  *string
+	ReferrerPolicy        *string
+	XContentTypeOptions   *string
+}
+
+// StatusPageResponse301Headers the declared response headers of an HTTP 301 response for StatusPage
+type StatusPageResponse301Headers struct {
+	Location *string
+}
+
+// StatusPageResponse304Headers the declared response headers of an HTTP 304 response for StatusPage
+type StatusPageResponse304Headers struct {
+	CacheControl          *string
+	ContentSecurityPolicy *string
+	ETag                  *string
+	ReferrerPolicy        *string
+	XContentTypeOptions   *string
+}
+
+type StatusPageResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *StatusPageResponse200Headers
+	// Headers301 the parsed response headers for an HTTP 301 response
+	Headers301 *StatusPageResponse301Headers
+	// Headers304 the parsed response headers for an HTTP 304 response
+	Headers304 *StatusPageResponse304Headers
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r StatusPageResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetBody returns the raw response body bytes
+func (r StatusPageResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r StatusPageResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r StatusPageResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r StatusPageResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// StatusPageFileResponse200Headers the declared response headers of an HTTP 200 response for StatusPageFile
+type StatusPageFileResponse200Headers struct {
+	CacheControl          *string
+	ContentSecurityPolicy *string
+	ETag                  *string
+	ReferrerPolicy        *string
+	XContentTypeOptions   *string
+}
+
+// StatusPageFileResponse304Headers the declared response headers of an HTTP 304 response for StatusPageFile
+type StatusPageFileResponse304Headers struct {
+	CacheControl          *string
+	ContentSecurityPolicy *string
+	ETag                  *string
+	ReferrerPolicy        *string
+	XContentTypeOptions   *string
+}
+
+type StatusPageFileResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *Error
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *Error
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *StatusPageFileResponse200Headers
+	// Headers304 the parsed response headers for an HTTP 304 response
+	Headers304 *StatusPageFileResponse304Headers
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r StatusPageFileResponse) GetJSON400() *Error {
+	return r.JSON400
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r StatusPageFileResponse) GetJSON404() *Error {
+	return r.JSON404
+}
+
+// GetBody returns the raw response body bytes
+func (r StatusPageFileResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r StatusPageFileResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r StatusPageFileResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r StatusPageFileResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // GetShapeResponse200Headers the declared response headers of an HTTP 200 response for GetShape
 type GetShapeResponse200Headers struct {
 	ElectricCursor   *string
@@ -14145,6 +14501,45 @@ func (c *ClientWithResponses) PutWakeStreamWithResponse(ctx context.Context, id 
 		return nil, err
 	}
 	return ParsePutWakeStreamResponse(rsp)
+}
+
+// StatusPageRedirectWithResponse Redirects to the status page, `/status/`.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /status (the `StatusPageRedirect` operationId).
+func (c *ClientWithResponses) StatusPageRedirectWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*StatusPageRedirectResponse, error) {
+	rsp, err := c.StatusPageRedirect(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStatusPageRedirectResponse(rsp)
+}
+
+// StatusPageWithResponse The read-only status page (see `docs/status-page.md`). It reads the shapes of `/v1/shape`, which ask for the admin token when one is configured; the page itself is open.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /status/ (the `StatusPage` operationId).
+func (c *ClientWithResponses) StatusPageWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*StatusPageResponse, error) {
+	rsp, err := c.StatusPage(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStatusPageResponse(rsp)
+}
+
+// StatusPageFileWithResponse A file of the status page (`app.js`, `shape.js`, `style.css`), embedded in the binary.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /status/{file} (the `StatusPageFile` operationId).
+func (c *ClientWithResponses) StatusPageFileWithResponse(ctx context.Context, file string, reqEditors ...RequestEditorFn) (*StatusPageFileResponse, error) {
+	rsp, err := c.StatusPageFile(ctx, file, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseStatusPageFileResponse(rsp)
 }
 
 // GetShapeWithResponse Read a shape of a control-plane table (Electric's shape API).
@@ -17702,6 +18097,271 @@ func ParsePutWakeStreamResponse(rsp *http.Response) (*PutWakeStreamResponse, err
 		}
 		response.JSON403 = &dest
 
+	}
+
+	return response, nil
+}
+
+// ParseStatusPageRedirectResponse parses an HTTP response from a StatusPageRedirectWithResponse call
+func ParseStatusPageRedirectResponse(rsp *http.Response) (*StatusPageRedirectResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &StatusPageRedirectResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 301:
+		var headers StatusPageRedirectResponse301Headers
+		if values := rsp.Header.Values("Location"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Location = &value
+		}
+		response.Headers301 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseStatusPageResponse parses an HTTP response from a StatusPageWithResponse call
+func ParseStatusPageResponse(rsp *http.Response) (*StatusPageResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &StatusPageResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 301:
+		break // No content-type
+
+	case rsp.StatusCode == 304:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers StatusPageResponse200Headers
+		if values := rsp.Header.Values("Cache-Control"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Cache-Control", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.CacheControl = &value
+		}
+		if values := rsp.Header.Values("Content-Security-Policy"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Content-Security-Policy", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ContentSecurityPolicy = &value
+		}
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = &value
+		}
+		if values := rsp.Header.Values("Referrer-Policy"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Referrer-Policy", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ReferrerPolicy = &value
+		}
+		if values := rsp.Header.Values("X-Content-Type-Options"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Content-Type-Options", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XContentTypeOptions = &value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 301:
+		var headers StatusPageResponse301Headers
+		if values := rsp.Header.Values("Location"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Location = &value
+		}
+		response.Headers301 = &headers
+	case rsp.StatusCode == 304:
+		var headers StatusPageResponse304Headers
+		if values := rsp.Header.Values("Cache-Control"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Cache-Control", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.CacheControl = &value
+		}
+		if values := rsp.Header.Values("Content-Security-Policy"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Content-Security-Policy", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ContentSecurityPolicy = &value
+		}
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = &value
+		}
+		if values := rsp.Header.Values("Referrer-Policy"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Referrer-Policy", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ReferrerPolicy = &value
+		}
+		if values := rsp.Header.Values("X-Content-Type-Options"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Content-Type-Options", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XContentTypeOptions = &value
+		}
+		response.Headers304 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseStatusPageFileResponse parses an HTTP response from a StatusPageFileWithResponse call
+func ParseStatusPageFileResponse(rsp *http.Response) (*StatusPageFileResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &StatusPageFileResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 304:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Error
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers StatusPageFileResponse200Headers
+		if values := rsp.Header.Values("Cache-Control"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Cache-Control", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.CacheControl = &value
+		}
+		if values := rsp.Header.Values("Content-Security-Policy"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Content-Security-Policy", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ContentSecurityPolicy = &value
+		}
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = &value
+		}
+		if values := rsp.Header.Values("Referrer-Policy"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Referrer-Policy", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ReferrerPolicy = &value
+		}
+		if values := rsp.Header.Values("X-Content-Type-Options"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Content-Type-Options", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XContentTypeOptions = &value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 304:
+		var headers StatusPageFileResponse304Headers
+		if values := rsp.Header.Values("Cache-Control"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Cache-Control", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.CacheControl = &value
+		}
+		if values := rsp.Header.Values("Content-Security-Policy"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Content-Security-Policy", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ContentSecurityPolicy = &value
+		}
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = &value
+		}
+		if values := rsp.Header.Values("Referrer-Policy"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Referrer-Policy", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ReferrerPolicy = &value
+		}
+		if values := rsp.Header.Values("X-Content-Type-Options"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "X-Content-Type-Options", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.XContentTypeOptions = &value
+		}
+		response.Headers304 = &headers
 	}
 
 	return response, nil

@@ -599,6 +599,9 @@ func TestViewsMatchTheFeed(t *testing.T) {
 		f.spawn("/task/v" + suffix)
 		f.exec(`UPDATE entities SET runner_id = 'r"`+suffix+`', tags = '{"k": "v", "a": "b\"c"}', status = 'running' WHERE url = $1`, "/chat/v"+suffix)
 		f.exec(`UPDATE entities SET status = 'stopped', stop_signal = 'SIGKILL', parent = '/chat/v`+suffix+`' WHERE url = $1`, "/task/v"+suffix)
+		f.exec(`UPDATE entity_dispatch_state SET active_consumer_id = 'wake-"`+suffix+`', active_epoch = 3, active_runner_id = 'r1',
+			active_claimed_at = now(), active_lease_expires_at = now() + interval '30 seconds', outstanding_wake_id = 'wake-9',
+			acked_offset = 2, last_sent_offset = 5, last_released_at = now(), last_error = 'boom' WHERE entity_url = $1`, "/chat/v"+suffix)
 		f.exec(`INSERT INTO entity_types (name, description, inbox_schemas, default_dispatch_policy) VALUES ($1, 'd', '{"m": {"type": "object"}}', '{"targets": [{"type": "runner", "runnerId": "r1"}]}')`, "type"+suffix)
 		f.exec(`INSERT INTO runners (id, label, token_hash) VALUES ($1, 'L', '\x00')`, "run"+suffix)
 		f.exec(`INSERT INTO runners (id, kind, token_hash, last_seen_at, liveness_lease_expires_at, diagnostics, wake_stream_read_seq) VALUES ($1, 'ci', '\x00', now(), now() + interval '30 seconds', '{"events_received": 3}', 7)`, "beat"+suffix)
@@ -676,6 +679,8 @@ func pkOf(table string) string {
 		return "name"
 	case "runner_runtime_diagnostics":
 		return "runner_id"
+	case "entity_dispatch_state":
+		return "entity_url"
 	}
 	return "id"
 }

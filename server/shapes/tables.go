@@ -58,7 +58,14 @@ var baseTables = []baseTable{
 	{Name: "entities", Columns: []string{"tenant_id", "url", "status", "runner_id", "created_at", "updated_at", "tags", "parent", "stop_signal"}, PK: []int{0, 1}},
 	{Name: "entity_types", Columns: []string{"tenant_id", "name", "description", "creation_schema", "inbox_schemas", "state_schemas", "default_dispatch_policy", "created_at", "updated_at", "revision"}, PK: []int{0, 1}},
 	{Name: "runners", Columns: []string{"tenant_id", "id", "label", "kind", "admin_status", "last_seen_at", "liveness_lease_expires_at", "diagnostics", "created_at", "updated_at", "wake_stream_read_seq"}, PK: []int{0, 1}},
+	{Name: "entity_dispatch_state", Columns: dispatchColumns, PK: []int{0, 1}},
 }
+
+// dispatchColumns are entity_dispatch_state's columns the status page
+// reads, served as they are (electric_entity_dispatch_state).
+var dispatchColumns = []string{"tenant_id", "entity_url", "active_consumer_id", "active_epoch", "active_runner_id",
+	"active_claimed_at", "active_lease_expires_at", "outstanding_wake_id", "acked_offset", "last_sent_offset",
+	"last_released_at", "last_completed_at", "last_error", "updated_at"}
 
 func str(s string) *string { return &s }
 
@@ -106,6 +113,14 @@ var tables = map[string]*table{
 			updated_at:timestamptz:nn`),
 		Map: mapRunnerDiagnostics,
 	},
+	"entity_dispatch_state": {
+		Name: "entity_dispatch_state", Base: "entity_dispatch_state", PK: []int{1},
+		Columns: cols(`tenant_id:text:nn entity_url:text:nn active_consumer_id:text active_epoch:int8
+			active_runner_id:text active_claimed_at:timestamptz active_lease_expires_at:timestamptz
+			outstanding_wake_id:text acked_offset:int8:nn last_sent_offset:int8:nn
+			last_released_at:timestamptz last_completed_at:timestamptz last_error:text updated_at:timestamptz:nn`),
+		Map: func(b Row) (Row, bool) { return b, true },
+	},
 	"users": {
 		Name: "users", PK: []int{1},
 		Columns: cols(`tenant_id:text:nn id:text:nn display_name:text email:text avatar_url:text
@@ -121,7 +136,7 @@ var tables = map[string]*table{
 
 // TableNames lists the tables the shape API serves, sorted.
 func TableNames() []string {
-	return []string{"entities", "entity_types", "entity_effective_permissions", "runner_runtime_diagnostics", "runners", "users"}
+	return []string{"entities", "entity_dispatch_state", "entity_types", "entity_effective_permissions", "runner_runtime_diagnostics", "runners", "users"}
 }
 
 // pgTime parses a timestamptz as PostgreSQL prints it with DateStyle ISO
