@@ -228,6 +228,14 @@ func queueWakes(ctx context.Context, pool *pgxpool.Pool, tenant, prefix string, 
 	if _, err := pool.Exec(ctx, `ANALYZE entities, entity_dispatch_state, streams, wakes, wake_queue`); err != nil {
 		return fmt.Errorf("analyze queued wakes: %w", err)
 	}
+	return publishLog(ctx, pool)
+}
+
+// publishLog publishes every logged wake event (pw_publish_wake_events,
+// large batches), so no mode's clock runs while a server's publisher
+// catches up on its setup's events. A database without the log (before
+// migration 00022) wrote them at commit.
+func publishLog(ctx context.Context, pool *pgxpool.Pool) error {
 	var hasLog bool
 	if err := pool.QueryRow(ctx, `SELECT to_regclass('wake_event_log') IS NOT NULL`).Scan(&hasLog); err != nil || !hasLog {
 		return err

@@ -56,6 +56,9 @@ func (d dataset) create(ctx context.Context, pool *pgxpool.Pool, checkpoint bool
 			return fmt.Errorf("send to bench entities %d-%d: %w", lo, hi, err)
 		}
 	}
+	if err := publishLog(ctx, pool); err != nil {
+		return err
+	}
 	return settle(ctx, pool, checkpoint)
 }
 
