@@ -35,8 +35,8 @@ const (
 	ModeSQLBacklog  Mode = 16
 	firstMode            = ModeHTTP
 	lastMode             = ModeSQLBacklog
-	messageSize            = 1024
-	defaultLeaseMs         = 60000
+	messageSize          = 1024
+	defaultLeaseMs       = 60000
 )
 
 func (m Mode) String() string {
