@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -231,34 +230,6 @@ func queueWakes(ctx context.Context, pool *pgxpool.Pool, tenant, prefix string, 
 	return publishLog(ctx, pool)
 }
 
-// publishLog publishes every logged wake event (pw_publish_wake_events,
-// large batches), so no mode's clock runs while a server's publisher
-// catches up on its setup's events. A database without the log (before
-// migration 00022) wrote them at commit.
-func publishLog(ctx context.Context, pool *pgxpool.Pool) error {
-	var hasLog bool
-	if err := pool.QueryRow(ctx, `SELECT to_regclass('wake_event_log') IS NOT NULL`).Scan(&hasLog); err != nil || !hasLog {
-		return err
-	}
-	deadline := time.Now().Add(10 * time.Minute)
-	for {
-		var events int
-		var left bool
-		if err := pool.QueryRow(ctx, `SELECT pw_publish_wake_events(10000), EXISTS (SELECT 1 FROM wake_event_log)`).Scan(&events, &left); err != nil {
-			return fmt.Errorf("publish the queued wakes' events: %w", err)
-		}
-		if !left {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return errors.New("the queued wakes' events were not published within 10 minutes")
-		}
-		if events == 0 {
-			time.Sleep(10 * time.Millisecond) // behind the fence: another transaction is open
-		}
-	}
-}
-
 // follower reads the wake streams of a send mode after each publish and
 // records, for each event of a send it knows, the time from the send's
 // commit to the read.
@@ -414,31 +385,4 @@ func removeTenant(ctx context.Context, pool *pgxpool.Pool, tenant string) error 
 		return fmt.Errorf("remove bench data: %w", err)
 	}
 	return nil
-}
-
-// queueBacklog queues --queued wakes in the mode's tenant for a runner of
-// their own that never claims (modes 15 and 16): the cycle's runners pass
-// them by on every pick.
-func queueBacklog(ctx context.Context, cfg *Config, pool *pgxpool.Pool, tenant, prefix string, m Mode) error {
-	idle, err := createRunners(ctx, pool, tenant, prefix+"-idle", 1)
-	if err != nil {
-		return err
-	}
-	start := time.Now()
-	if err := queueWakes(ctx, pool, tenant, prefix+"-idle", idle, cfg.Queued); err != nil {
-		return err
-	}
-	fmt.Fprintf(cfg.Log, "mode %d: queued %d other wakes and published their events in %s\n", m, cfg.Queued, time.Since(start).Round(100*time.Millisecond))
-	return nil
-}
-
-// finishMode tidies up after a cycle mode (dataset.finish). A backlog
-// mode's tenant, when it is the mode's own (ownTenant), goes whole, as a
-// send mode's does: deleting its 100,000 queued entities row by row takes
-// minutes.
-func finishMode(ctx context.Context, cfg *Config, pool *pgxpool.Pool, ds dataset, m Mode, ownTenant bool) error {
-	if (m == ModeHTTPBacklog || m == ModeSQLBacklog) && ownTenant && !cfg.Keep {
-		return removeTenant(ctx, pool, ds.tenant)
-	}
-	return ds.finish(ctx, pool, cfg.Keep)
 }
