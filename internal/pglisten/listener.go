@@ -275,7 +275,9 @@ func (l *Listener) supervise(ctx context.Context, errc <-chan error) (ended bool
 			continue // connecting: pgxlisten retries by itself
 		}
 		if silent > l.cfg.SilentAfter {
-			err := fmt.Errorf("no self-notification heard for %s", silent.Round(time.Millisecond))
+			// The reason keeps the word "silent" after the session is torn
+			// down, until a reconnect attempt reports its own error.
+			err := fmt.Errorf("silent for %s (no self-notification heard)", silent.Round(time.Millisecond))
 			l.setErr(err)
 			l.cfg.Logger.Warn("listener connection silent; reconnecting", "err", err)
 			return false
