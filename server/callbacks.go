@@ -209,7 +209,12 @@ func (s *Server) afterRelease(consumer string, epoch int64, res db.ReleaseClaimR
 	s.tokens.ClearIfOwner(res.StreamPath, tokens.Owner{ConsumerID: consumer, Epoch: epoch})
 	if res.Released {
 		s.publishClaimEnd(consumer, epoch, res.StreamPath, "released")
-		// A release may have queued a wake or logged a forced event.
+	}
+	if res.QueuedWakeID != "" {
+		// The release queued a wake or logged a forced event for one
+		// (release_claim names it): publish it now. A release that logged
+		// nothing leaves the publisher alone, so a busy server does not
+		// run an idle publish pass per done.
 		s.wakePub.Kick()
 	}
 	outcome := metrics.Outcome(res.Released, res.EntityCleared, res.ClaimStatus)
