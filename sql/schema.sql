@@ -2164,7 +2164,7 @@ $$;
 --
 
 CREATE FUNCTION public.pw_write_secret(p_claim_token text) RETURNS text
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    LANGUAGE sql STABLE STRICT PARALLEL SAFE
     AS $$
     SELECT encode(sha256(convert_to('write:' || p_claim_token, 'UTF8')), 'hex')
 $$;
