@@ -73,7 +73,10 @@ func Empty(t testing.TB) *DB { t.Helper(); return open(t, pgtestdb.NoopMigrator{
 
 // NewLogical creates a fresh migrated database on a server with
 // wal_level=logical (LogicalAdminURL), for tests of logical decoding.
-func NewLogical(t testing.TB) *DB { t.Helper(); return open(t, Migrator{}, LogicalAdminURL) }
+func NewLogical(t testing.TB) *DB {
+	t.Helper()
+	return open(t, Migrator{Server: "logical"}, LogicalAdminURL)
+}
 
 func open(t testing.TB, m pgtestdb.Migrator, adminOf func(context.Context) (string, error)) *DB {
 	t.Helper()
@@ -133,11 +136,19 @@ func config(admin string) (pgtestdb.Config, error) {
 // Migrator applies the embedded migrations (internal/migrate, goose) to
 // pgtestdb's template; its hash is the migrations' content, so worktrees
 // with different migrations get different templates.
-type Migrator struct{}
+//
+// Server names the cluster the template lives on ("" the test server,
+// "logical" the wal_level=logical one). pgtestdb makes each template once
+// per test binary, keyed by the hash alone, not by server: without the
+// name in the hash, a binary using both clusters made the template on the
+// first one it met and then cloned a template the second never had.
+type Migrator struct{ Server string }
 
-// Hash is the SHA-256 of every embedded migration's name and content.
-func (Migrator) Hash() (string, error) {
+// Hash is the SHA-256 of the server's name and every embedded migration's
+// name and content.
+func (m Migrator) Hash() (string, error) {
 	h := sha256.New()
+	h.Write([]byte(m.Server + "\x00"))
 	err := fs.WalkDir(migrations.FS, ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
