@@ -180,3 +180,29 @@ func TestServeConfigRequireEntityTypes(t *testing.T) {
 		}
 	}
 }
+
+// Group commit is on unless the flag or the environment turns it off.
+func TestServeConfigGroupCommitDefault(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		args []string
+		env  []string
+		want bool
+	}{
+		{"default", nil, nil, true},
+		{"env off", nil, []string{"PULLWAKE_GROUP_COMMIT", "false"}, false},
+		{"flag off", []string{"--group-commit=false"}, nil, false},
+		{"flag over env", []string{"--group-commit"}, []string{"PULLWAKE_GROUP_COMMIT", "false"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseServe(tc.args, env(tc.env...), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.groupCommit != tc.want {
+				t.Fatalf("group commit %v, want %v", c.groupCommit, tc.want)
+			}
+		})
+	}
+}

@@ -115,7 +115,7 @@ func parseServe(args []string, getenv func(string) string, stderr io.Writer) (se
 	fs.StringVar(&c.streamWriteAuth, "stream-write-auth", cmp.Or(getenv("PULLWAKE_STREAM_WRITE_AUTH"), streams.WriteAuthAdmin), "who appends to and closes plain streams when an admin token is set: admin or none (env PULLWAKE_STREAM_WRITE_AUTH)")
 	fs.StringVar(&c.streamReadAuth, "stream-read-auth", cmp.Or(getenv("PULLWAKE_STREAM_READ_AUTH"), streams.ReadAuthNone), "who reads streams when an admin token is set: none, entity (entity streams need the admin or write token) or admin (env PULLWAKE_STREAM_READ_AUTH)")
 	fs.IntVar(&c.maxLiveReaders, "max-live-readers", env.int("max-live-readers", "PULLWAKE_MAX_LIVE_READERS", 1000), "most concurrent long-poll and SSE stream readers, and as many live shape readers; more get 503 (env PULLWAKE_MAX_LIVE_READERS)")
-	fs.BoolVar(&c.groupCommit, "group-commit", env.bool("group-commit", "PULLWAKE_GROUP_COMMIT", false), "run concurrent claims, dones and plain appends as shared transactions (env PULLWAKE_GROUP_COMMIT)")
+	fs.BoolVar(&c.groupCommit, "group-commit", env.bool("group-commit", "PULLWAKE_GROUP_COMMIT", true), "run concurrent claims, dones and plain appends as shared transactions; --group-commit=false runs each request alone (env PULLWAKE_GROUP_COMMIT)")
 	fs.IntVar(&c.gcInFlight, "group-commit-in-flight", env.int("group-commit-in-flight", "PULLWAKE_GROUP_COMMIT_IN_FLIGHT", 1), "group commit: batches of one kind that may run at once, 1 to 32 (env PULLWAKE_GROUP_COMMIT_IN_FLIGHT)")
 	fs.StringVar(&c.pprofAddr, "pprof-addr", getenv("PULLWAKE_PPROF_ADDR"), "serve net/http/pprof on this host:port, a listener of its own; empty = off (env PULLWAKE_PPROF_ADDR)")
 	c.push.register(fs, getenv, env)
