@@ -75,7 +75,49 @@ func Empty(t testing.TB) *DB { t.Helper(); return open(t, pgtestdb.NoopMigrator{
 // wal_level=logical (LogicalAdminURL), for tests of logical decoding.
 func NewLogical(t testing.TB) *DB {
 	t.Helper()
-	return open(t, Migrator{Server: "logical"}, LogicalAdminURL)
+	d := open(t, Migrator{Server: "logical"}, LogicalAdminURL)
+	// Runs after the test's own cleanups (its servers stopped) and before
+	// pgtestdb drops the database, which PostgreSQL refuses while a
+	// replication slot of it is active: a walsender whose client has gone
+	// can outlive it by a moment on a loaded machine.
+	t.Cleanup(func() { releaseSlots(t, d.Name) })
+	return d
+}
+
+// releaseSlots waits until no replication slot of database name is active,
+// ending the walsenders that still hold one, for at most 10 s.
+func releaseSlots(t testing.TB, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	admin, err := LogicalAdminURL(ctx)
+	if err != nil {
+		return // open failed the test already
+	}
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		t.Logf("testdb: release slots of %s: %v", name, err)
+		return
+	}
+	defer conn.Close(context.Background())
+	for {
+		var active int
+		err := conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(s.active_pid))
+		                             FROM pg_replication_slots s
+		                            WHERE s.database = $1 AND s.active`, name).Scan(&active)
+		if err != nil {
+			t.Logf("testdb: release slots of %s: %v", name, err)
+			return
+		}
+		if active == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Logf("testdb: %d replication slots of %s still active after 10 s", active, name)
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 func open(t testing.TB, m pgtestdb.Migrator, adminOf func(context.Context) (string, error)) *DB {
