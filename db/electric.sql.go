@@ -11,8 +11,22 @@ import (
 	"time"
 )
 
+const currentTxID = `-- name: CurrentTxID :one
+SELECT pg_current_xact_id()::xid::text::bigint AS txid
+`
+
+// The current transaction's 32-bit id (assigning one), as shape changes
+// carry it in headers.txids: run in the transaction of a change, after it.
+func (q *Queries) CurrentTxID(ctx context.Context, db DBTX) (int64, error) {
+	row := db.QueryRow(ctx, currentTxID)
+	var txid int64
+	err := row.Scan(&txid)
+	return txid, err
+}
+
 const killEntity = `-- name: KillEntity :one
-SELECT r.previous_status::text AS previous_status, r.status::text AS status
+SELECT r.previous_status::text AS previous_status, r.status::text AS status,
+       pg_current_xact_id()::xid::text::bigint AS txid
   FROM kill_entity($1::text, $2::text, $3::text,
                    $4::timestamptz, $5::text) AS r
 `
@@ -28,8 +42,11 @@ type KillEntityParams struct {
 type KillEntityRow struct {
 	PreviousStatus string
 	Status         string
+	Txid           int64
 }
 
+// txid: the transaction's 32-bit id, as shape changes carry it in
+// headers.txids (Electric's UI waits for it).
 func (q *Queries) KillEntity(ctx context.Context, db DBTX, arg KillEntityParams) (KillEntityRow, error) {
 	row := db.QueryRow(ctx, killEntity,
 		arg.Url,
@@ -39,7 +56,7 @@ func (q *Queries) KillEntity(ctx context.Context, db DBTX, arg KillEntityParams)
 		arg.TenantID,
 	)
 	var i KillEntityRow
-	err := row.Scan(&i.PreviousStatus, &i.Status)
+	err := row.Scan(&i.PreviousStatus, &i.Status, &i.Txid)
 	return i, err
 }
 

@@ -302,7 +302,8 @@ func (q *Queries) ReleaseClaim(ctx context.Context, db DBTX, arg ReleaseClaimPar
 }
 
 const sendToEntity = `-- name: SendToEntity :one
-SELECT r.msg_offset::text AS msg_offset, coalesce(r.wake_id, '')::text AS wake_id
+SELECT r.msg_offset::text AS msg_offset, coalesce(r.wake_id, '')::text AS wake_id,
+       pg_current_xact_id()::xid::text AS txid
   FROM send_to_entity($1::text, $2::jsonb, $3::text, $4::timestamptz, $5::text,
                       $6::text) AS r
 `
@@ -319,8 +320,10 @@ type SendToEntityParams struct {
 type SendToEntityRow struct {
 	MsgOffset string
 	WakeID    string
+	Txid      string
 }
 
+// txid: the transaction's 32-bit id, the inbox event's headers.txid.
 func (q *Queries) SendToEntity(ctx context.Context, db DBTX, arg SendToEntityParams) (SendToEntityRow, error) {
 	row := db.QueryRow(ctx, sendToEntity,
 		arg.Url,
@@ -331,7 +334,7 @@ func (q *Queries) SendToEntity(ctx context.Context, db DBTX, arg SendToEntityPar
 		arg.MessageType,
 	)
 	var i SendToEntityRow
-	err := row.Scan(&i.MsgOffset, &i.WakeID)
+	err := row.Scan(&i.MsgOffset, &i.WakeID, &i.Txid)
 	return i, err
 }
 

@@ -11,6 +11,14 @@ SELECT * FROM set_entity_tag(@url::text, @key::text, sqlc.narg('value')::text,
                              sqlc.narg('now')::timestamptz, @tenant_id::text);
 
 -- name: KillEntity :one
-SELECT r.previous_status::text AS previous_status, r.status::text AS status
+-- txid: the transaction's 32-bit id, as shape changes carry it in
+-- headers.txids (Electric's UI waits for it).
+SELECT r.previous_status::text AS previous_status, r.status::text AS status,
+       pg_current_xact_id()::xid::text::bigint AS txid
   FROM kill_entity(@url::text, @signal::text, sqlc.narg('reason')::text,
                    sqlc.narg('now')::timestamptz, @tenant_id::text) AS r;
+
+-- name: CurrentTxID :one
+-- The current transaction's 32-bit id (assigning one), as shape changes
+-- carry it in headers.txids: run in the transaction of a change, after it.
+SELECT pg_current_xact_id()::xid::text::bigint AS txid;

@@ -5,7 +5,9 @@
 SELECT * FROM spawn_entity(@url::text, sqlc.narg('runner_id')::text, sqlc.narg('now')::timestamptz, @tenant_id::text);
 
 -- name: SendToEntity :one
-SELECT r.msg_offset::text AS msg_offset, coalesce(r.wake_id, '')::text AS wake_id
+-- txid: the transaction's 32-bit id, the inbox event's headers.txid.
+SELECT r.msg_offset::text AS msg_offset, coalesce(r.wake_id, '')::text AS wake_id,
+       pg_current_xact_id()::xid::text AS txid
   FROM send_to_entity(@url::text, @payload::jsonb, sqlc.narg('from_name')::text, sqlc.narg('now')::timestamptz, @tenant_id::text,
                       sqlc.narg('message_type')::text) AS r;
 

@@ -106,6 +106,36 @@ type electricEntityJSON struct {
 	Dispatch   DispatchJSON `json:"dispatch"`
 }
 
+// electricMutationJSON is the answer of a spawn or a tag change under
+// Electric's prefix: the entity, and the 32-bit id of the transaction that
+// changed it. Electric's UI waits until a change of the entities shape
+// carries that id in headers.txids before it reports the action done.
+type electricMutationJSON struct {
+	electricEntityJSON
+	TxID int64 `json:"txid"`
+}
+
+// withTxID runs fn, one lifecycle function call, and reads the id of its
+// transaction in that transaction (Electric's answers carry it).
+func (s *Server) withTxID(ctx context.Context, fn func(db.DBTX) error) (int64, error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }() // after Commit, a no-op
+	if err := fn(tx); err != nil {
+		return 0, err
+	}
+	txid, err := s.q.CurrentTxID(ctx, tx)
+	if err != nil {
+		return 0, fmt.Errorf("transaction id: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("commit: %w", err)
+	}
+	return txid, nil
+}
+
 // electricPrincipal is the inbox sender of a send made with the admin
 // token and no Electric-Principal header.
 const electricPrincipal = "/principal/system%3Aadmin"
@@ -306,7 +336,8 @@ func (s *Server) requireAdminOrEntity(r *http.Request, url string) error {
 
 // setTag serves POST /_electric/entities/{type}/{id}/tags/{key} {"value"}
 // and DELETE on the same path: set_entity_tag, which writes the tag and
-// its event on the main stream in one transaction. 200 with the entity.
+// its event on the main stream in one transaction. 200 with the entity
+// and the transaction's id (txid).
 func (s *Server) setTag(enc entityEncoding, w http.ResponseWriter, r *http.Request) error {
 	url, err := httpx.EntityURL(r)
 	if err != nil {
@@ -335,7 +366,11 @@ func (s *Server) setTag(enc entityEncoding, w http.ResponseWriter, r *http.Reque
 		}
 		p.Value = body.Value
 	}
-	if _, err := s.q.SetEntityTag(r.Context(), s.pool, p); err != nil {
+	txid, err := s.withTxID(r.Context(), func(tx db.DBTX) error {
+		_, err := s.q.SetEntityTag(r.Context(), tx, p)
+		return err
+	})
+	if err != nil {
 		return err
 	}
 	s.afterSend(url)
@@ -344,7 +379,7 @@ func (s *Server) setTag(enc entityEncoding, w http.ResponseWriter, r *http.Reque
 		return err
 	}
 	s.log.Info("entity tag changed", "entity_url", url, "tag", key, "removed", p.Value == nil)
-	httpx.WriteJSON(w, http.StatusOK, enc.entity(e))
+	httpx.WriteJSON(w, http.StatusOK, electricMutationJSON{electricEncoding{}.entity(e).(electricEntityJSON), txid})
 	return nil
 }
 
@@ -382,8 +417,9 @@ func (s *Server) signalEntity(enc entityEncoding, w http.ResponseWriter, r *http
 	if before.Status == "stopped" {
 		return httpx.Errorf(http.StatusConflict, "INVALID_SIGNAL", "cannot signal a %s entity", enc.status(before))
 	}
-	if _, err := s.q.KillEntity(r.Context(), s.pool, db.KillEntityParams{
-		Url: url, Signal: *body.Signal, Reason: body.Reason, TenantID: s.cfg.Tenant}); err != nil {
+	killed, err := s.q.KillEntity(r.Context(), s.pool, db.KillEntityParams{
+		Url: url, Signal: *body.Signal, Reason: body.Reason, TenantID: s.cfg.Tenant})
+	if err != nil {
 		return err
 	}
 	s.afterSend(url)
@@ -394,7 +430,7 @@ func (s *Server) signalEntity(enc entityEncoding, w http.ResponseWriter, r *http
 	s.log.Info("entity signalled", "entity_url", url, "signal", *body.Signal, "entity_status", after.Status)
 	httpx.WriteJSON(w, http.StatusOK, map[string]any{
 		"url": url, "signal": *body.Signal, "previous_state": enc.status(before),
-		"new_state": enc.status(after), "created_at": time.Now().UnixMilli(),
+		"new_state": enc.status(after), "created_at": time.Now().UnixMilli(), "txid": killed.Txid,
 	})
 	return nil
 }

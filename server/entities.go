@@ -158,7 +158,14 @@ func (s *Server) spawnEntity(enc entityEncoding, w http.ResponseWriter, r *http.
 	if err := s.validator.ValidateSpawn(r.Context(), entityType(url), args, electric || s.cfg.RequireEntityTypes); err != nil {
 		return entitytypes.Refusal(electric, err)
 	}
-	e, err := s.q.SpawnEntityAs(r.Context(), s.pool, p)
+	var e db.Entity
+	spawn := func(tx db.DBTX) (err error) { e, err = s.q.SpawnEntityAs(r.Context(), tx, p); return err }
+	var txid int64
+	if electric {
+		txid, err = s.withTxID(r.Context(), spawn) // Electric's answer carries it
+	} else {
+		err = spawn(s.pool)
+	}
 	if err != nil {
 		return err
 	}
@@ -171,6 +178,10 @@ func (s *Server) spawnEntity(enc entityEncoding, w http.ResponseWriter, r *http.
 		if row, err = s.loadEntity(r, url); err != nil {
 			return err
 		}
+	}
+	if electric {
+		httpx.WriteJSON(w, http.StatusCreated, electricMutationJSON{enc.entity(row).(electricEntityJSON), txid})
+		return nil
 	}
 	httpx.WriteJSON(w, http.StatusCreated, enc.entity(row))
 	return nil
@@ -298,7 +309,11 @@ func (s *Server) sendToEntity(enc entityEncoding, w http.ResponseWriter, r *http
 		s.wakePub.Kick() // publish the wake's events now; the publisher then wakes the readers
 	}
 	s.log.Info("message sent", "entity_url", url, "offset", res.MsgOffset, "wake_id", res.WakeID)
-	httpx.WriteJSON(w, enc.sentStatus(), map[string]any{"offset": res.MsgOffset})
+	answer := map[string]any{"offset": res.MsgOffset}
+	if _, electric := enc.(electricEncoding); electric {
+		answer["txid"] = res.Txid // the inbox event's headers.txid, which Electric's UI waits for
+	}
+	httpx.WriteJSON(w, enc.sentStatus(), answer)
 	return nil
 }
 

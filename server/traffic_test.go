@@ -96,7 +96,8 @@ func (rw *recordingWriter) Unwrap() http.ResponseWriter { return rw.ResponseWrit
 
 // strictAnswers makes a field the document does not declare a mismatch
 // too, but for the free-form maps (a schema is stored as given, tags and
-// diagnostics are the client's) and the headers every stream and shape
+// diagnostics are the client's, a shape row's value and old_value are
+// keyed by the columns asked for) and the headers every stream and shape
 // answer carries (CORS, nosniff), described once in info. $.body.next is declared in the
 // allOf branch of ReleaseAndClaimNextAnswer, which the strict walk of an
 // anyOf does not see.
@@ -109,7 +110,7 @@ var strictAnswers = []config.Option{
 
 func freeForm() []string {
 	var out []string
-	for _, f := range []string{"tags", "diagnostics", "client", "creation_schema", "inbox_schemas", "state_schemas", "default_dispatch_policy"} {
+	for _, f := range []string{"tags", "diagnostics", "client", "creation_schema", "inbox_schemas", "state_schemas", "default_dispatch_policy", "value", "old_value"} {
 		out = append(out, "$.body."+f+".**", "$.body[*]."+f+".**")
 	}
 	return append(out, "$.body.next")

@@ -173,7 +173,10 @@ $function$;
 -- no sends (PW003). Inbox keys sort by time: msg-in-<unix ms>-<random>.
 -- p_message_type, when given, is the event's value.message_type (what
 -- Electric's runtime reads; the server checked the payload against the
--- type's inbox schema of that name).
+-- type's inbox schema of that name). The event's headers.txid is the
+-- sending transaction's 32-bit id (pg_current_xact_id()::xid), the txid
+-- the send's answer carries: Electric's UI waits for an inbox event with
+-- that txid before it reports the send done.
 CREATE OR REPLACE FUNCTION send_to_entity(
     p_url text,
     p_payload jsonb,
@@ -218,7 +221,7 @@ BEGIN
             'status', 'processed')
             || CASE WHEN p_message_type IS NULL THEN '{}'::jsonb
                     ELSE jsonb_build_object('message_type', p_message_type) END,
-        'headers', jsonb_build_object('operation', 'insert'));
+        'headers', jsonb_build_object('operation', 'insert', 'txid', pg_current_xact_id()::xid::text));
     v_seq := pw_stream_append(p_tenant, v_stream, ARRAY[convert_to(v_event::text, 'UTF8')], v_now);
     UPDATE entity_dispatch_state d SET last_sent_offset = v_seq, updated_at = v_now
      WHERE d.tenant_id = p_tenant AND d.entity_url = p_url;

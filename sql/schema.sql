@@ -2455,7 +2455,7 @@ BEGIN
             'status', 'processed')
             || CASE WHEN p_message_type IS NULL THEN '{}'::jsonb
                     ELSE jsonb_build_object('message_type', p_message_type) END,
-        'headers', jsonb_build_object('operation', 'insert'));
+        'headers', jsonb_build_object('operation', 'insert', 'txid', pg_current_xact_id()::xid::text));
     v_seq := pw_stream_append(p_tenant, v_stream, ARRAY[convert_to(v_event::text, 'UTF8')], v_now);
     UPDATE entity_dispatch_state d SET last_sent_offset = v_seq, updated_at = v_now
      WHERE d.tenant_id = p_tenant AND d.entity_url = p_url;

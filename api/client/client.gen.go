@@ -990,6 +990,40 @@ type ElectricEntity struct {
 // ElectricEntityStatus `killed`: stopped by SIGKILL (Electric's kill); `stopped`: by SIGTERM or pullwake's stop.
 type ElectricEntityStatus string
 
+// ElectricMutation The entity and the id of the transaction that changed it.
+type ElectricMutation struct {
+	// CreatedAt Unix milliseconds.
+	CreatedAt int      `json:"created_at"`
+	Dispatch  Dispatch `json:"dispatch"`
+
+	// MainStream Examples: /v1/stream/chat/42/main
+	MainStream string `json:"main_stream"`
+
+	// Parent Present when spawned with a parent.
+	Parent   *string `json:"parent,omitempty"`
+	RunnerId *string `json:"runner_id"`
+
+	// Status `killed`: stopped by SIGKILL (Electric's kill); `stopped`: by SIGTERM or pullwake's stop.
+	Status  ElectricEntityStatus `json:"status"`
+	Streams struct {
+		// Main The main stream at the root (also served at `/v1/stream{url}/main`).
+		//
+		// Examples: /chat/42/main
+		Main string `json:"main"`
+	} `json:"streams"`
+	Tags map[string]string `json:"tags"`
+
+	// Txid The 32-bit id of the transaction that made the change (`pg_current_xact_id()::xid`), as the change carries it in the entities shape's `headers.txids`: Electric's UI waits for it there before it reports the action done.
+	Txid TxID   `json:"txid"`
+	Type string `json:"type"`
+
+	// UpdatedAt Unix milliseconds.
+	UpdatedAt int `json:"updated_at"`
+
+	// Url Examples: /chat/42
+	Url string `json:"url"`
+}
+
 // ElectricSendRequest defines model for ElectricSendRequest.
 type ElectricSendRequest struct {
 	From *string `json:"from,omitempty"`
@@ -1003,6 +1037,15 @@ type ElectricSendRequest struct {
 
 	// Type The message type: the payload must match the entity type's inbox schema of this name when the type has `inbox_schemas`.
 	Type *string `json:"type,omitempty"`
+}
+
+// ElectricSendResult defines model for ElectricSendResult.
+type ElectricSendResult struct {
+	// Offset Opaque, strictly increasing, sorts as text (`0000000000000042`).
+	Offset Offset `json:"offset"`
+
+	// Txid The sending transaction's 32-bit id, as text: the inbox event's `headers.txid`, which Electric's UI waits for on the main stream.
+	Txid string `json:"txid"`
 }
 
 // ElectricSpawnRequest defines model for ElectricSpawnRequest.
@@ -1353,7 +1396,10 @@ type SignalResult struct {
 	// PreviousState `killed`: stopped by SIGKILL (Electric's kill); `stopped`: by SIGTERM or pullwake's stop.
 	PreviousState ElectricEntityStatus `json:"previous_state"`
 	Signal        string               `json:"signal"`
-	Url           string               `json:"url"`
+
+	// Txid The 32-bit id of the transaction that made the change (`pg_current_xact_id()::xid`), as the change carries it in the entities shape's `headers.txids`: Electric's UI waits for it there before it reports the action done.
+	Txid TxID   `json:"txid"`
+	Url  string `json:"url"`
 }
 
 // SpawnRequest defines model for SpawnRequest.
@@ -1432,6 +1478,9 @@ type SubscriptionRequest struct {
 
 // Timestamp defines model for Timestamp.
 type Timestamp = time.Time
+
+// TxID The 32-bit id of the transaction that made the change (`pg_current_xact_id()::xid`), as the change carries it in the entities shape's `headers.txids`: Electric's UI waits for it there before it reports the action done.
+type TxID = int
 
 // WakeEvent One event of a runner's wake stream, appended in the transaction that queues a wake.
 type WakeEvent struct {
@@ -9282,7 +9331,7 @@ type ElectricSpawnEntityResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON201 the response for an HTTP 201 `application/json` response
-	JSON201 *ElectricEntity
+	JSON201 *ElectricMutation
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
 	// JSON401 the response for an HTTP 401 `application/json` response
@@ -9304,7 +9353,7 @@ type ElectricSpawnEntityResponse struct {
 }
 
 // GetJSON201 returns the response for an HTTP 201 `application/json` response
-func (r ElectricSpawnEntityResponse) GetJSON201() *ElectricEntity {
+func (r ElectricSpawnEntityResponse) GetJSON201() *ElectricMutation {
 	return r.JSON201
 }
 
@@ -9386,7 +9435,7 @@ type ElectricSendToEntityResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
-	JSON200 *SendResult
+	JSON200 *ElectricSendResult
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
 	// JSON401 the response for an HTTP 401 `application/json` response
@@ -9408,7 +9457,7 @@ type ElectricSendToEntityResponse struct {
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
-func (r ElectricSendToEntityResponse) GetJSON200() *SendResult {
+func (r ElectricSendToEntityResponse) GetJSON200() *ElectricSendResult {
 	return r.JSON200
 }
 
@@ -9594,7 +9643,7 @@ type RemoveEntityTagResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
-	JSON200 *ElectricEntity
+	JSON200 *ElectricMutation
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
 	// JSON401 the response for an HTTP 401 `application/json` response
@@ -9612,7 +9661,7 @@ type RemoveEntityTagResponse struct {
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
-func (r RemoveEntityTagResponse) GetJSON200() *ElectricEntity {
+func (r RemoveEntityTagResponse) GetJSON200() *ElectricMutation {
 	return r.JSON200
 }
 
@@ -9684,7 +9733,7 @@ type SetEntityTagResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
 	// JSON200 the response for an HTTP 200 `application/json` response
-	JSON200 *ElectricEntity
+	JSON200 *ElectricMutation
 	// JSON400 the response for an HTTP 400 `application/json` response
 	JSON400 *BadRequest
 	// JSON401 the response for an HTTP 401 `application/json` response
@@ -9704,7 +9753,7 @@ type SetEntityTagResponse struct {
 }
 
 // GetJSON200 returns the response for an HTTP 200 `application/json` response
-func (r SetEntityTagResponse) GetJSON200() *ElectricEntity {
+func (r SetEntityTagResponse) GetJSON200() *ElectricMutation {
 	return r.JSON200
 }
 
@@ -15734,7 +15783,7 @@ func ParseElectricSpawnEntityResponse(rsp *http.Response) (*ElectricSpawnEntityR
 
 	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
-		var dest ElectricEntity
+		var dest ElectricMutation
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
@@ -15832,7 +15881,7 @@ func ParseElectricSendToEntityResponse(rsp *http.Response) (*ElectricSendToEntit
 
 	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
-		var dest SendResult
+		var dest ElectricSendResult
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
@@ -16028,7 +16077,7 @@ func ParseRemoveEntityTagResponse(rsp *http.Response) (*RemoveEntityTagResponse,
 
 	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
-		var dest ElectricEntity
+		var dest ElectricMutation
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
@@ -16112,7 +16161,7 @@ func ParseSetEntityTagResponse(rsp *http.Response) (*SetEntityTagResponse, error
 
 	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
-		var dest ElectricEntity
+		var dest ElectricMutation
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
