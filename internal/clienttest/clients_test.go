@@ -83,6 +83,18 @@ func TestShapeClient(t *testing.T) {
 	runNode(t, project, "test.mjs", srv)
 }
 
+// TestAwaitTxID: Electric's agents UI waits after each action until its
+// entities collection (@tanstack/electric-db-collection) has seen the
+// answer's txid; the same packages and options resolve awaitTxId after a
+// spawn, a rename and a kill, each with the change in the collection.
+func TestAwaitTxID(t *testing.T) {
+	t.Parallel()
+	project := nodetest.Prepare(t, "shapeclient")
+	d := logicalDB(t)
+	srv := startServer(t, d.URL, adminToken(t))
+	runNode(t, project, "txid.mjs", srv)
+}
+
 // TestStatusPageBrowser: the status page in headless Chromium asks for the
 // admin token, shows the fleet, flags a claim whose lease passed, and
 // shows an entity's status change (a message sent: its wake queued; then
