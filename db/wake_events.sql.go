@@ -12,6 +12,82 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
+const oldestWakeEventLogRow = `-- name: OldestWakeEventLogRow :many
+SELECT (l.xid::text || '/' || l.id::text)::text AS row_key
+  FROM wake_event_log l ORDER BY l.xid, l.id LIMIT 1
+`
+
+// The key of the oldest row of the wake-event log (none when it is empty):
+// the publisher's stall check, one descent of the log's primary key.
+func (q *Queries) OldestWakeEventLogRow(ctx context.Context, db DBTX) ([]string, error) {
+	rows, err := db.Query(ctx, oldestWakeEventLogRow)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []string
+	for rows.Next() {
+		var row_key string
+		if err := rows.Scan(&row_key); err != nil {
+			return nil, err
+		}
+		items = append(items, row_key)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const oldestWritingTransaction = `-- name: OldestWritingTransaction :many
+SELECT a.pid::integer AS pid, coalesce(a.datname::text, '')::text AS database,
+       coalesce(a.application_name, '')::text AS application_name, coalesce(a.state, '')::text AS state,
+       coalesce(extract(epoch FROM now() - a.xact_start), 0)::float8 AS age_seconds,
+       left(coalesce(a.query, ''), 200)::text AS query
+  FROM pg_catalog.pg_stat_activity a
+ WHERE a.backend_xid IS NOT NULL
+ ORDER BY age(a.backend_xid) DESC
+ LIMIT 1
+`
+
+type OldestWritingTransactionRow struct {
+	Pid             int32
+	Database        string
+	ApplicationName string
+	State           string
+	AgeSeconds      float64
+	Query           string
+}
+
+// The cluster's oldest transaction that holds a transaction id (none when
+// there is none): what holds wake events behind the snapshot fence.
+func (q *Queries) OldestWritingTransaction(ctx context.Context, db DBTX) ([]OldestWritingTransactionRow, error) {
+	rows, err := db.Query(ctx, oldestWritingTransaction)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []OldestWritingTransactionRow
+	for rows.Next() {
+		var i OldestWritingTransactionRow
+		if err := rows.Scan(
+			&i.Pid,
+			&i.Database,
+			&i.ApplicationName,
+			&i.State,
+			&i.AgeSeconds,
+			&i.Query,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const publishWakeEvents = `-- name: PublishWakeEvents :one
 SELECT pw_publish_wake_events($1::integer)::integer AS events
 `

@@ -20,3 +20,21 @@ SELECT sweep_wake_events(@min_age::interval, @max_wakes::integer, sqlc.narg('now
 -- Publishes up to max_rows rows of the wake-event log (behind the snapshot
 -- fence) to the runners' wake streams; the events written.
 SELECT pw_publish_wake_events(@max_rows::integer)::integer AS events;
+
+-- name: OldestWakeEventLogRow :many
+-- The key of the oldest row of the wake-event log (none when it is empty):
+-- the publisher's stall check, one descent of the log's primary key.
+SELECT (l.xid::text || '/' || l.id::text)::text AS row_key
+  FROM wake_event_log l ORDER BY l.xid, l.id LIMIT 1;
+
+-- name: OldestWritingTransaction :many
+-- The cluster's oldest transaction that holds a transaction id (none when
+-- there is none): what holds wake events behind the snapshot fence.
+SELECT a.pid::integer AS pid, coalesce(a.datname::text, '')::text AS database,
+       coalesce(a.application_name, '')::text AS application_name, coalesce(a.state, '')::text AS state,
+       coalesce(extract(epoch FROM now() - a.xact_start), 0)::float8 AS age_seconds,
+       left(coalesce(a.query, ''), 200)::text AS query
+  FROM pg_catalog.pg_stat_activity a
+ WHERE a.backend_xid IS NOT NULL
+ ORDER BY age(a.backend_xid) DESC
+ LIMIT 1;

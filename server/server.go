@@ -240,6 +240,10 @@ func New(cfg Config) (*Server, error) {
 // Handler is the server's HTTP handler.
 func (s *Server) Handler() http.Handler { return s.handler }
 
+// WakeEventsHeld is how long the oldest wake-event log row has waited
+// unpublished (wakepublish.Publisher.HeldFor), for the metric.
+func (s *Server) WakeEventsHeld() time.Duration { return s.wakePub.HeldFor() }
+
 // Tokens is the server's write-token store.
 func (s *Server) Tokens() *tokens.Store { return s.tokens }
 

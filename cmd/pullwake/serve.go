@@ -257,9 +257,11 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	}
 	pub := pgnotify.New(pool, log)
 	var sh *streams.Handler // set below, before anything is served or scraped
+	var srv *server.Server  // likewise
 	met := metrics.New(metrics.Config{
 		TokenStoreSize: store.Len,
 		LiveReaders:    func() int { return sh.LiveReaders() },
+		WakeEventsHeld: func() time.Duration { return srv.WakeEventsHeld() },
 		Source:         metrics.DBSource{Conn: pool, Tenant: c.db.tenant},
 		Logger:         log,
 	})
@@ -278,7 +280,7 @@ func serve(ctx context.Context, c serveConfig, log *slog.Logger) error {
 	// request; then a temporary logical replication slot feeds it.
 	feed := shapes.NewFeed(shapes.FeedConfig{Pool: pool, ConnString: c.db.url, Tenant: c.db.tenant, Logger: log})
 	defer feed.Close()
-	srv, err := server.New(server.Config{
+	srv, err = server.New(server.Config{
 		Pool: pool, ConnString: c.db.url, Tenant: c.db.tenant, PublicURL: publicURL,
 		AdminToken: c.adminToken, DefaultLeaseTTL: c.defaultLease, SweepInterval: c.sweepInterval,
 		WakeEventResend: c.wakeEventResend,

@@ -178,6 +178,15 @@ func TestPushAndLiveReaderMetrics(t *testing.T) {
 		t.Error("pullwake_live_readers without a LiveReaders func")
 	}
 
+	held := time.Duration(0)
+	m = metrics.New(metrics.Config{WakeEventsHeld: func() time.Duration { return held }})
+	want(t, scrape(t, m), `pullwake_wake_events_held_seconds 0`)
+	held = 12500 * time.Millisecond
+	want(t, scrape(t, m), `pullwake_wake_events_held_seconds 12.5`)
+	if strings.Contains(scrape(t, metrics.New(metrics.Config{})), "pullwake_wake_events_held_seconds") {
+		t.Error("pullwake_wake_events_held_seconds without a WakeEventsHeld func")
+	}
+
 	var nilM *metrics.Metrics
 	nilM.PushDelivery(metrics.PushDelivered, time.Second)
 	nilM.HTTPRequest("/", "GET", 200, time.Second)

@@ -58,6 +58,10 @@ type Config struct {
 	// served now (streams.Handler.LiveReaders). Nil leaves
 	// pullwake_live_readers out.
 	LiveReaders func() int
+	// WakeEventsHeld reports how long the oldest row of the wake-event log
+	// has waited unpublished (wakepublish.Publisher.HeldFor). Nil leaves
+	// pullwake_wake_events_held_seconds out.
+	WakeEventsHeld func() time.Duration
 	// Source reads claim state from the database when RefreshClaimGauges
 	// is called (by the sweeper), never at scrape time. Nil leaves the
 	// DB-derived gauges out.
@@ -218,6 +222,12 @@ func New(cfg Config) *Metrics {
 			Name: "pullwake_live_readers",
 			Help: "Long-poll and SSE stream readers this server is serving now (capped by PULLWAKE_MAX_LIVE_READERS).",
 		}, func() float64 { return float64(f()) }))
+	}
+	if f := cfg.WakeEventsHeld; f != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "pullwake_wake_events_held_seconds",
+			Help: "How long the oldest row of the wake-event log has stayed the oldest, unpublished, as this server's publisher last looked (every second): near 0 while events flow; growing while a transaction open on the cluster holds the snapshot fence, or while publishing fails.",
+		}, func() float64 { return f().Seconds() }))
 	}
 	if cfg.Source != nil {
 		reg.MustRegister(&dbCollector{snap: m.snap, now: time.Now})

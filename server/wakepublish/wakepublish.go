@@ -10,6 +10,13 @@
 // nothing. Every instance may publish, and publishes every tenant's log
 // (the log is one, in transaction order): publishers take turns on the
 // publisher's position row, so no row is published twice.
+//
+// A transaction that holds a transaction id anywhere on the cluster holds
+// back every log row written after it began (the snapshot fence): the
+// events arrive once it ends, never lost, but late. The publisher watches
+// the oldest log row: HeldFor is how long one row has stayed the oldest,
+// and past HeldWarnAfter it logs a warning naming the cluster's oldest
+// writing transaction, once per stall.
 package wakepublish
 
 import (
@@ -17,6 +24,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -29,6 +37,13 @@ const DefaultInterval = 50 * time.Millisecond
 
 // DefaultBatch is how many log rows one call takes at most.
 const DefaultBatch = 1000
+
+// DefaultHeldCheck is how often the publisher looks at the oldest log row.
+const DefaultHeldCheck = time.Second
+
+// DefaultHeldWarnAfter is how long one row may stay the oldest before the
+// publisher warns.
+const DefaultHeldWarnAfter = 10 * time.Second
 
 // maxCallsPerPass bounds one pass: a backlog (a long transaction held the
 // fence) is published over several passes, never in one unbounded loop.
@@ -44,6 +59,11 @@ type Config struct {
 	// count), on the publisher's goroutine: the server wakes its live
 	// readers of wake streams there.
 	Published func(events int)
+	// HeldCheck is how often a pass is followed by a look at the oldest
+	// log row (default DefaultHeldCheck); HeldWarnAfter how long one row
+	// may stay the oldest before a warning (default DefaultHeldWarnAfter).
+	HeldCheck     time.Duration
+	HeldWarnAfter time.Duration
 }
 
 // Publisher publishes the wake-event log until Stop.
@@ -53,12 +73,21 @@ type Publisher struct {
 	kickCh chan struct{}
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	lastCheck time.Time // the publisher's goroutine only
+	warned    bool      // this stall was logged; the goroutine only
+
+	mu        sync.Mutex
+	heldKey   string    // the oldest log row at the last look ("" none)
+	heldSince time.Time // when it was first seen the oldest
 }
 
 // New returns a publisher; Start runs it.
 func New(cfg Config) *Publisher {
 	cfg.Interval = cmp.Or(cfg.Interval, DefaultInterval)
 	cfg.Batch = cmp.Or(cfg.Batch, DefaultBatch)
+	cfg.HeldCheck = cmp.Or(cfg.HeldCheck, DefaultHeldCheck)
+	cfg.HeldWarnAfter = cmp.Or(cfg.HeldWarnAfter, DefaultHeldWarnAfter)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -93,6 +122,12 @@ func (p *Publisher) Start(ctx context.Context) {
 			}
 			if _, err := p.PublishOnce(ctx); err != nil && ctx.Err() == nil {
 				p.cfg.Logger.Warn("wake event publish failed", "err", err)
+			}
+			if time.Since(p.lastCheck) >= p.cfg.HeldCheck {
+				p.lastCheck = time.Now()
+				if err := p.checkHeld(ctx); err != nil && ctx.Err() == nil {
+					p.cfg.Logger.Warn("wake event log check failed", "err", err)
+				}
 			}
 		}
 	}()
@@ -130,6 +165,61 @@ func (p *Publisher) PublishOnce(ctx context.Context) (int, error) {
 	}
 	p.published(total)
 	return total, nil
+}
+
+// HeldFor is how long the oldest row of the wake-event log has stayed the
+// oldest, as of the publisher's last look (every HeldCheck): about zero
+// while events flow, growing while a transaction holds the fence. Zero
+// when the log was empty.
+func (p *Publisher) HeldFor() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.heldKey == "" {
+		return 0
+	}
+	return time.Since(p.heldSince)
+}
+
+// checkHeld looks at the oldest log row after a pass, and warns once per
+// stall when one row has stayed the oldest past HeldWarnAfter.
+func (p *Publisher) checkHeld(ctx context.Context) error {
+	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	rows, err := p.q.OldestWakeEventLogRow(qctx, p.cfg.Pool)
+	if err != nil {
+		return fmt.Errorf("oldest wake event log row: %w", err)
+	}
+	key := ""
+	if len(rows) > 0 {
+		key = rows[0]
+	}
+	p.mu.Lock()
+	if key != p.heldKey {
+		p.heldKey, p.heldSince = key, time.Now()
+		p.warned = false
+	}
+	held := time.Duration(0)
+	if key != "" {
+		held = time.Since(p.heldSince)
+	}
+	p.mu.Unlock()
+	if held < p.cfg.HeldWarnAfter || p.warned {
+		return nil
+	}
+	p.warned = true
+	attrs := []any{"held_for", held.Round(time.Millisecond), "oldest_log_row", key}
+	tx, err := p.q.OldestWritingTransaction(qctx, p.cfg.Pool)
+	if err != nil {
+		attrs = append(attrs, "oldest_tx_err", err)
+	} else if len(tx) > 0 {
+		attrs = append(attrs, "oldest_tx_pid", tx[0].Pid, "oldest_tx_database", tx[0].Database,
+			"oldest_tx_application", tx[0].ApplicationName, "oldest_tx_state", tx[0].State,
+			"oldest_tx_age", time.Duration(tx[0].AgeSeconds*float64(time.Second)).Round(time.Millisecond),
+			"oldest_tx_query", tx[0].Query)
+	}
+	p.cfg.Logger.Warn("wake events held back: a transaction open on the cluster holds the snapshot fence; "+
+		"they are published when it ends (pg_terminate_backend(oldest_tx_pid) ends it), or publishing fails (see its errors)", attrs...)
+	return nil
 }
 
 func (p *Publisher) published(n int) {

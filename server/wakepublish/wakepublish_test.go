@@ -2,6 +2,9 @@ package wakepublish_test
 
 import (
 	"context"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -94,4 +97,100 @@ func TestPublisherTimerAndKick(t *testing.T) {
 	if got := events(); got != 2 {
 		t.Fatalf("after the kick: %d events, want 2", got)
 	}
+}
+
+// syncBuffer is a log sink the publisher's goroutine writes while the test
+// reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// A transaction left open holds a later send's wake event behind the
+// snapshot fence: HeldFor grows, one warning names the oldest writing
+// transaction, and once it ends the event is published and HeldFor is
+// zero again.
+func TestPublisherReportsAHeldFence(t *testing.T) {
+	t.Parallel()
+	d := testdb.New(t)
+	ctx := t.Context()
+	for _, q := range []string{
+		`SELECT count(*) FROM register_runner('r1', NULL, NULL, '\x01')`,
+		`SELECT count(*) FROM spawn_entity('/chat/1', 'r1')`,
+	} {
+		if _, err := d.Pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var logs syncBuffer
+	p := wakepublish.New(wakepublish.Config{Pool: d.Pool, Interval: 10 * time.Millisecond,
+		HeldCheck: 10 * time.Millisecond, HeldWarnAfter: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	pctx, cancel := context.WithCancel(ctx)
+	p.Start(pctx)
+	t.Cleanup(func() { cancel(); p.Stop() })
+
+	until := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(time.Minute); !cond(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("not within a minute: %s (held for %s; log:\n%s)", what, p.HeldFor(), logs.String())
+			}
+		}
+	}
+	// The registration's back-fill row published first: published later,
+	// it would write the send's event itself (a back-fill reads the queue).
+	until("the registration's log row published", func() bool {
+		var n int
+		if err := d.Pool.QueryRow(ctx, `SELECT count(*) FROM wake_event_log`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 0
+	})
+
+	blocker, err := d.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = blocker.Rollback(context.Background()) }()
+	if _, err := blocker.Exec(ctx, `SELECT pg_current_xact_id()`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Pool.Exec(ctx, `SELECT * FROM send_to_entity('/chat/1', '1')`); err != nil {
+		t.Fatal(err)
+	}
+	until("the warning", func() bool { return strings.Contains(logs.String(), "wake events held back") })
+	if held := p.HeldFor(); held < 200*time.Millisecond {
+		t.Fatalf("warned with the oldest row held for %s, under HeldWarnAfter", held)
+	}
+	if out := logs.String(); !strings.Contains(out, "oldest_tx_pid=") || strings.Count(out, "wake events held back") != 1 {
+		t.Fatalf("want one warning naming the oldest transaction:\n%s", out)
+	}
+	var events int
+	if err := d.Pool.QueryRow(ctx, `SELECT count(*) FROM stream_messages WHERE path = pw_wake_stream('r1')`).Scan(&events); err != nil || events != 0 {
+		t.Fatalf("an event published through the fence: %d (%v)", events, err)
+	}
+
+	if err := blocker.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	until("the event published and the log drained", func() bool {
+		var n int
+		if err := d.Pool.QueryRow(ctx, `SELECT count(*) FROM stream_messages WHERE path = pw_wake_stream('r1')`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 1 && p.HeldFor() == 0
+	})
 }
