@@ -142,7 +142,10 @@ const electricPrincipal = "/principal/system%3Aadmin"
 
 var electricStatuses = []string{"idle", "running", "stopping", "stopped", "killed"}
 
-func (electricEncoding) entity(e db.GetEntityRow) any {
+func (electricEncoding) entity(e db.GetEntityRow) any { return electricEntity(e) }
+
+// electricEntity is an entity as Electric's agents server answers it.
+func electricEntity(e db.GetEntityRow) electricEntityJSON {
 	tags := e.Tags
 	if len(tags) == 0 {
 		tags = json.RawMessage("{}")
@@ -379,7 +382,7 @@ func (s *Server) setTag(enc entityEncoding, w http.ResponseWriter, r *http.Reque
 		return err
 	}
 	s.log.Info("entity tag changed", "entity_url", url, "tag", key, "removed", p.Value == nil)
-	httpx.WriteJSON(w, http.StatusOK, electricMutationJSON{electricEncoding{}.entity(e).(electricEntityJSON), txid})
+	httpx.WriteJSON(w, http.StatusOK, electricMutationJSON{electricEntity(e), txid})
 	return nil
 }
 

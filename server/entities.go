@@ -180,7 +180,7 @@ func (s *Server) spawnEntity(enc entityEncoding, w http.ResponseWriter, r *http.
 		}
 	}
 	if electric {
-		httpx.WriteJSON(w, http.StatusCreated, electricMutationJSON{enc.entity(row).(electricEntityJSON), txid})
+		httpx.WriteJSON(w, http.StatusCreated, electricMutationJSON{electricEntity(row), txid})
 		return nil
 	}
 	httpx.WriteJSON(w, http.StatusCreated, enc.entity(row))
