@@ -64,11 +64,16 @@ func (c *chunk) jsonMode() bool {
 	return isJSON(mt)
 }
 
-// body renders the chunk's messages: a JSON array in JSON mode, else the
-// bytes concatenated.
+// body renders the chunk's messages: a JSON array in JSON mode (the State
+// Protocol events of an entity stream with their offsets: eventoffset.go),
+// else the bytes concatenated.
 func (c *chunk) body() []byte {
 	if c.jsonMode() {
-		return joinJSON(c.Data)
+		msgs := c.Data
+		if c.IsEntity && int64(len(msgs)) == c.LastSeq-c.after {
+			msgs = withEventOffsets(msgs, c.after)
+		}
+		return joinJSON(msgs)
 	}
 	return bytes.Join(c.Data, nil)
 }
