@@ -11,10 +11,10 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/pullwake/pullwake/internal/syncbuf"
 	"github.com/pullwake/pullwake/internal/testdb"
 )
 
@@ -91,24 +91,7 @@ func TestServePprofOnItsOwnListener(t *testing.T) {
 // served is a `pullwake serve` process for one test, on its own database.
 type served struct {
 	addr string
-	out  *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	out  *syncbuf.Buffer
 }
 
 // startServe runs `pullwake serve` with env (on top of an environment
@@ -123,7 +106,7 @@ func startServe(t *testing.T, env []string, args ...string) *served {
 func startServeUnder(t *testing.T, wrap, env []string, args ...string) *served {
 	t.Helper()
 	tdb := testdb.New(t)
-	s := &served{addr: freeAddr(t), out: &syncBuffer{}}
+	s := &served{addr: freeAddr(t), out: &syncbuf.Buffer{}}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	argv := append(append(wrap, binary(t), "serve", "--database-url", tdb.URL, "--addr", s.addr), args...)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)

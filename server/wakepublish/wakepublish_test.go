@@ -4,10 +4,10 @@ import (
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/pullwake/pullwake/internal/syncbuf"
 	"github.com/pullwake/pullwake/internal/testdb"
 	"github.com/pullwake/pullwake/server/wakepublish"
 )
@@ -99,25 +99,6 @@ func TestPublisherTimerAndKick(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink the publisher's goroutine writes while the test
-// reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A transaction left open holds a later send's wake event behind the
 // snapshot fence: HeldFor grows, one warning names the oldest writing
 // transaction, and once it ends the event is published and HeldFor is
@@ -134,7 +115,7 @@ func TestPublisherReportsAHeldFence(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	p := wakepublish.New(wakepublish.Config{Pool: d.Pool, Interval: 10 * time.Millisecond,
 		HeldCheck: 10 * time.Millisecond, HeldWarnAfter: 200 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
