@@ -12,6 +12,30 @@ import (
 	"github.com/pullwake/pullwake/server/wakepublish"
 )
 
+// seed registers runner r1 and spawns the entities for it.
+func seed(t *testing.T, d *testdb.DB, urls ...string) {
+	t.Helper()
+	qs := []string{`SELECT count(*) FROM register_runner('r1', NULL, NULL, '\x01')`}
+	for _, u := range urls {
+		qs = append(qs, `SELECT count(*) FROM spawn_entity('`+u+`', 'r1')`)
+	}
+	for _, q := range qs {
+		if _, err := d.Pool.Exec(t.Context(), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// wakeEvents counts the events in r1's wake stream.
+func wakeEvents(t *testing.T, d *testdb.DB) int {
+	t.Helper()
+	var n int
+	if err := d.Pool.QueryRow(t.Context(), `SELECT count(*) FROM stream_messages WHERE path = pw_wake_stream('r1')`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // The publisher writes the events of a wake queued from SQL on its timer,
 // without a kick, and of one queued after a kick at once (the timer set
 // far off), and reports what it wrote.
@@ -19,22 +43,8 @@ func TestPublisherTimerAndKick(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
 	ctx := t.Context()
-	for _, q := range []string{
-		`SELECT count(*) FROM register_runner('r1', NULL, NULL, '\x01')`,
-		`SELECT count(*) FROM spawn_entity('/chat/1', 'r1')`,
-		`SELECT count(*) FROM spawn_entity('/chat/2', 'r1')`,
-	} {
-		if _, err := d.Pool.Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	events := func() int {
-		var n int
-		if err := d.Pool.QueryRow(ctx, `SELECT count(*) FROM stream_messages WHERE path = pw_wake_stream('r1')`).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
+	seed(t, d, "/chat/1", "/chat/2")
+	events := func() int { return wakeEvents(t, d) }
 	published := make(chan int, 16)
 	run := func(interval time.Duration) (kick, stop func()) {
 		p := wakepublish.New(wakepublish.Config{Pool: d.Pool, Interval: interval, Published: func(n int) { published <- n }})
@@ -107,14 +117,7 @@ func TestPublisherReportsAHeldFence(t *testing.T) {
 	t.Parallel()
 	d := testdb.New(t)
 	ctx := t.Context()
-	for _, q := range []string{
-		`SELECT count(*) FROM register_runner('r1', NULL, NULL, '\x01')`,
-		`SELECT count(*) FROM spawn_entity('/chat/1', 'r1')`,
-	} {
-		if _, err := d.Pool.Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	seed(t, d, "/chat/1")
 	var logs syncbuf.Buffer
 	p := wakepublish.New(wakepublish.Config{Pool: d.Pool, Interval: 10 * time.Millisecond,
 		HeldCheck: 10 * time.Millisecond, HeldWarnAfter: 200 * time.Millisecond,
@@ -163,19 +166,12 @@ func TestPublisherReportsAHeldFence(t *testing.T) {
 	if out := since(); !strings.Contains(out, "oldest_tx_pid=") || strings.Count(out, "wake events held back") != 1 {
 		t.Fatalf("want one warning naming the oldest transaction:\n%s", out)
 	}
-	var events int
-	if err := d.Pool.QueryRow(ctx, `SELECT count(*) FROM stream_messages WHERE path = pw_wake_stream('r1')`).Scan(&events); err != nil || events != 0 {
-		t.Fatalf("an event published through the fence: %d (%v)", events, err)
+	if n := wakeEvents(t, d); n != 0 {
+		t.Fatalf("an event published through the fence: %d", n)
 	}
 
 	if err := blocker.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	until("the event published and the log drained", func() bool {
-		var n int
-		if err := d.Pool.QueryRow(ctx, `SELECT count(*) FROM stream_messages WHERE path = pw_wake_stream('r1')`).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n == 1 && p.HeldFor() == 0
-	})
+	until("the event published and the log drained", func() bool { return wakeEvents(t, d) == 1 && p.HeldFor() == 0 })
 }
